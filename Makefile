@@ -1,0 +1,68 @@
+# Esper — `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+# The virtualenv lives outside the checkout, keyed by the dependency lock and the
+# Python version, so fresh clones (CI) reuse it and a changed lock gets a new one.
+ESPER_CACHE ?= $(HOME)/.cache/esper
+LOCK_HASH := $(shell cat requirements.lock | $(PYTHON) -c "import sys, hashlib, platform; print(hashlib.sha256(sys.stdin.buffer.read() + platform.python_version().encode()).hexdigest()[:16])")
+VENV ?= $(ESPER_CACHE)/venv-$(LOCK_HASH)
+PY := $(VENV)/bin/python
+ESPER := PYTHONPATH=$(CURDIR) $(PY) -m services.cli
+PYTEST_ARGS ?=
+
+.PHONY: help venv venv-path up down status broker broker-stop schemas schemas-check test test-unit test-integration bench clean clean-state
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+venv-path:
+	@echo $(VENV)
+
+venv: $(VENV)/.installed ## create the cached virtualenv with every dependency
+
+$(VENV)/.installed: requirements.lock
+	@echo "setting up $(VENV) (first time: torch is a large download)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.lock
+	touch $@
+
+up: venv ## install everything, start the broker and provision topics
+	$(ESPER) up
+
+down: venv ## stop the local broker (data is kept)
+	$(ESPER) down
+
+status: venv ## broker status
+	$(ESPER) broker status
+
+broker: venv ## start only the local single-node Kafka
+	$(ESPER) broker start
+
+broker-stop: venv ## stop the local single-node Kafka
+	$(ESPER) broker stop
+
+schemas: venv ## regenerate schemas/*.avsc (+ history and fixture logs) from contracts/
+	$(ESPER) schemas generate
+	PYTHONPATH=$(CURDIR) $(PY) -m tests.fixtures.write_fixture_logs
+
+schemas-check: venv ## fail if schemas/ drifted from contracts/
+	$(ESPER) schemas check
+
+test: venv ## the whole suite, including integration tests on a real broker (started if needed)
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only (no broker)
+	PYTHONPATH=$(CURDIR) $(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: venv ## benchmarks: side-by-side ratios, JSON in bench-results/
+	$(ESPER) bench
+
+clean: ## remove caches inside the checkout (not the data)
+	rm -rf .cache .pytest_cache bench-results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-state: down ## stop and delete all local data (broker log, DuckDB files)
+	rm -rf .state

@@ -1,0 +1,156 @@
+"""Long-lived assets: seeds, blueprints and training sessions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from pydantic import AliasChoices, Field, model_validator
+
+from contracts._base import Contract, UtcDatetime, utc_now
+from contracts.enums import BlueprintOp, BlueprintState, SeedState, SessionStatus
+from contracts.seed_identity import SeedId
+
+
+class SeedSlotRef(Contract):
+    """Fields naming one seed slot; ``seed_id`` is the ``(layer_id, seed_idx)`` identity."""
+
+    layer_id: int = Field(ge=0, description="Stable id of the host layer (layer_id_for_path)")
+    seed_idx: int = Field(ge=0, description="Index of the seed within its layer")
+
+    @property
+    def seed_id(self) -> SeedId:
+        return SeedId(layer_id=self.layer_id, seed_idx=self.seed_idx)
+
+
+class Seed(SeedSlotRef):
+    """A seed slot inside a host layer. ``position`` is the original name of ``seed_idx``."""
+
+    seed_idx: int = Field(
+        ge=0,
+        validation_alias=AliasChoices("seed_idx", "position"),
+        description="Index of the seed within its layer (the original 'position')",
+    )
+    layer_name: str = Field(default="", max_length=255, description="Module path of the host layer")
+    state: SeedState = SeedState.DORMANT
+    blueprint_id: str | None = None
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def position(self) -> int:
+        return self.seed_idx
+
+    def state_display(self) -> str:
+        return self.state.value.title()
+
+    def is_active(self) -> bool:
+        return self.state in (SeedState.TRAINING, SeedState.GRAFTING)
+
+
+class OpSpec(Contract):
+    """One whitelisted operation of a blueprint; only the fields its op uses are set."""
+
+    op: BlueprintOp
+    width: int | None = Field(default=None, ge=1, description="Output features/channels, or inner width")
+    kernel_size: int | None = Field(default=None, ge=1, le=7)
+    heads: int | None = Field(default=None, ge=1, le=16)
+
+
+class BlueprintArchitecture(Contract):
+    """Declarative sub-network: a sequence of whitelisted ops with a shape contract.
+
+    Shapes exclude the batch dimension. Nothing in here is ever executed as code.
+    """
+
+    ir_version: int = Field(default=1, ge=1)
+    input_shape: list[int] = Field(min_length=1)
+    output_shape: list[int] = Field(min_length=1)
+    layers: list[OpSpec] = Field(min_length=1)
+
+    def content_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Blueprint(Contract):
+    blueprint_id: str = Field(default="", max_length=80, description="bp- + content hash of the architecture")
+    name: str = Field(min_length=1, max_length=255)
+    description: str = Field(min_length=1, max_length=1000)
+    state: BlueprintState = BlueprintState.PROPOSED
+    architecture: BlueprintArchitecture
+    hyperparameters: dict[str, float] = Field(default_factory=dict)
+    performance_metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+    created_by: str = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _derive_id(self) -> Blueprint:
+        if not self.blueprint_id:
+            # Bypass validate_assignment: re-entering validation here would recurse.
+            object.__setattr__(self, "blueprint_id", "bp-" + self.architecture.content_hash()[:32])
+        return self
+
+    def is_ready_for_deployment(self) -> bool:
+        return self.state == BlueprintState.CHARACTERIZED
+
+    def get_performance_summary(self) -> str:
+        if not self.performance_metrics:
+            return "No metrics available"
+        parts = ", ".join(f"{k}: {v:.3f}" for k, v in self.performance_metrics.items())
+        return f"Performance: {parts}"
+
+
+class ModelSpec(Contract):
+    """The host model of a session (was ``Dict[str, Any]``)."""
+
+    architecture: str = Field(min_length=1, max_length=100, description="Host model family, e.g. 'mlp'")
+    input_shape: list[int] = Field(min_length=1, description="Shape of one sample, no batch dim")
+    num_classes: int = Field(ge=1)
+    hidden_sizes: list[int] = Field(default_factory=list)
+    target_layers: list[str] = Field(default_factory=list, description="Module paths that hold seed slots")
+    seeds_per_layer: int = Field(default=1, ge=0)
+    parameter_count: int = Field(default=0, ge=0)
+
+
+class TrainingSpec(Contract):
+    """How a session trains (was ``Dict[str, Any]``)."""
+
+    dataset: str = Field(min_length=1, max_length=255)
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    optimizer: str = Field(default="adam", min_length=1, max_length=50)
+    random_seed: int = Field(default=0, ge=0)
+    device: str = Field(default="cpu", max_length=50)
+    adaptation_enabled: bool = True
+    adaptation_budget: int = Field(default=0, ge=0, description="Max germinations in the run")
+    cooldown_epochs: int = Field(default=0, ge=0)
+
+
+class TrainingSession(Contract):
+    session_id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=80)
+    name: str = Field(min_length=1, max_length=255)
+    description: str = Field(min_length=1, max_length=1000)
+    training_model_config: ModelSpec
+    training_config: TrainingSpec
+    seeds: list[Seed] = Field(default_factory=list)
+    blueprints: list[Blueprint] = Field(default_factory=list)
+    status: SessionStatus = SessionStatus.INITIALIZED
+    created_at: UtcDatetime = Field(default_factory=utc_now)
+    updated_at: UtcDatetime = Field(default_factory=utc_now)
+
+    def get_active_seed_count(self) -> int:
+        return sum(1 for s in self.seeds if s.is_active())
+
+    def get_session_summary(self) -> str:
+        return (
+            f"Session '{self.name}': {len(self.seeds)} seeds "
+            f"({self.get_active_seed_count()} active), {len(self.blueprints)} blueprints, "
+            f"status: {self.status.value}"
+        )
+
+

@@ -1,0 +1,28 @@
+"""Innovation plane events: submissions and field reports."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from contracts._base import Contract
+from contracts.assets import Blueprint, SeedSlotRef
+from contracts.enums import FieldReportOutcome
+
+
+class BlueprintSubmitted(Contract):
+    blueprint_id: str = Field(min_length=1, max_length=80)
+    submitted_by: str = Field(min_length=1, max_length=100)
+    blueprint: Blueprint
+
+
+class FieldReport(SeedSlotRef):
+    """What happened when a blueprint was grown in a real run."""
+
+    blueprint_id: str = Field(min_length=1, max_length=80)
+    kernel_id: str = Field(min_length=1, max_length=80)
+    layer_name: str = Field(default="", max_length=255)
+    pre_metric: float = Field(description="Validation accuracy before germination")
+    post_metric: float = Field(description="Validation accuracy at the outcome")
+    outcome: FieldReportOutcome
+    epochs_active: int = Field(default=0, ge=0)
+    eval_metrics: dict[str, float] = Field(default_factory=dict)

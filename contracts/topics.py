@@ -1,0 +1,20 @@
+"""Topic names (the operational registry with keys and partitions lives in Oona)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TopicName(str, Enum):
+    TRAINING_SESSIONS = "training.sessions"
+    TELEMETRY_SEED_HEALTH = "telemetry.seed.health"
+    SYSTEM_EVENTS_EPOCH = "system.events.epoch"
+    CONTROL_TAMIYO_DECISIONS = "control.tamiyo.decisions"
+    CONTROL_KASMINA_COMMANDS = "control.kasmina.commands"
+    LIFECYCLE_SEED_TRANSITIONS = "lifecycle.seed.transitions"
+    COMPILATION_BLUEPRINT_SUBMITTED = "compilation.blueprint.submitted"
+    COMPILATION_KERNEL_READY = "compilation.kernel.ready"
+    VALIDATION_KERNEL_CHARACTERIZED = "validation.kernel.characterized"
+    INNOVATION_FIELD_REPORTS = "innovation.field_reports"
+    LIBRARY_KERNELS = "library.kernels"
+    DLQ = "esper.dlq"

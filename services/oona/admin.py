@@ -1,0 +1,98 @@
+"""Cluster administration: reachability and idempotent topic provisioning."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.oona.errors import BrokerUnavailableError, ConfigurationError
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TOPICS, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+def admin_client(settings: KafkaSettings) -> AdminClient:
+    try:
+        return AdminClient(settings.client_config())
+    except KafkaException as exc:
+        raise ConfigurationError(f"invalid Kafka client settings: {exc.args[0].str()}") from None
+
+
+def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> int:
+    """Block until the cluster answers a metadata request; returns the broker count."""
+    timeout_s = settings.connect_timeout_s if timeout_s is None else timeout_s
+    client = admin_client(settings)
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            metadata = client.list_topics(timeout=max(0.5, min(2.0, remaining)))
+            if metadata.brokers:
+                return len(metadata.brokers)
+        except KafkaException as exc:
+            last = exc.args[0].str() if exc.args else str(exc)
+        if time.monotonic() >= deadline:
+            raise BrokerUnavailableError(settings.bootstrap_servers, last or f"no answer within {timeout_s:g}s")
+        time.sleep(0.2)
+
+
+def ensure_topics(
+    settings: KafkaSettings,
+    specs: Iterable[TopicSpec] = TOPICS,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+    specs = list(specs)
+    client = admin_client(settings)
+    try:
+        existing = set(client.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(settings.bootstrap_servers, exc.args[0].str()) from None
+    wanted = [
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor, config=spec.topic_configs())
+        for spec in specs
+        if spec.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in client.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+            log.info("topic created topic=%s", name)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race with another provisioner
+                raise ConfigurationError(f"cannot create topic {name}: {error.str()}") from None
+    _wait_for_metadata(client, created, timeout_s)
+    return created
+
+
+def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        topics = client.list_topics(timeout=timeout_s).topics
+        pending = {n for n in pending if n not in topics or topics[n].error is not None or not topics[n].partitions}
+        if pending:
+            time.sleep(0.1)
+
+
+def delete_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 30.0) -> None:
+    if not names:
+        return
+    client = admin_client(settings)
+    for _, future in client.delete_topics(names, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise

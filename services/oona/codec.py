@@ -1,0 +1,191 @@
+"""Wire codecs: Avro single-object encoding (default) and the Confluent wire format.
+
+Single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of
+the writer schema + the Avro binary body. Writer schemas are resolved against
+``schemas/`` and ``schemas/history/``, so no registry server is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import fastavro
+from pydantic import ValidationError
+
+from contracts import OonaMessage
+from services.oona.errors import (
+    ConfigurationError,
+    ContractViolationError,
+    DecodeError,
+    EncodeError,
+    UnknownSchemaError,
+)
+from services.oona.avro_encoder import compile_encoder
+from services.oona.schema_store import SchemaStore
+from services.oona.topic_registry import TopicSpec
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+_HEADER_LEN = 10
+
+
+class Codec(Protocol):
+    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes: ...
+
+    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage: ...
+
+
+def message_to_record(message: OonaMessage) -> dict[str, Any]:
+    # mode="python" keeps datetimes (fastavro writes timestamp-micros) and str-enum
+    # members, which compare equal to their symbols.
+    return message.model_dump(mode="python")
+
+
+def record_to_message(spec: TopicSpec, record: dict[str, Any]) -> OonaMessage:
+    try:
+        return spec.message_type.model_validate(record)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ContractViolationError(
+            f"{spec.record_name} violates its contract at {where}: {first['msg']} ({exc.error_count()} errors)"
+        ) from None
+
+
+class SingleObjectCodec:
+    def __init__(self, store: SchemaStore | None = None) -> None:
+        self.store = store or SchemaStore()
+        self._encoders: dict[str, Callable[[Any], bytes]] = {}
+
+    def _encoder(self, record_name: str) -> Callable[[Any], bytes]:
+        encoder = self._encoders.get(record_name)
+        if encoder is None:
+            body = compile_encoder(self.store.raw(record_name), {"schema_version": self.store.version(record_name)})
+            header = SINGLE_OBJECT_MAGIC + self.store.fingerprint(record_name)
+
+            def encoder(message: Any, _body=body, _header=header) -> bytes:
+                return _header + _body(message)
+
+            self._encoders[record_name] = encoder
+        return encoder
+
+    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes:
+        try:
+            return self._encoder(spec.record_name)(message)
+        except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
+            raise EncodeError(spec.name, f"{type(exc).__name__}: {exc}") from None
+
+    def decode_record(self, spec: TopicSpec, data: bytes) -> dict[str, Any]:
+        if data is None:
+            raise DecodeError("message has no value (tombstone or null)")
+        if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MAGIC:
+            raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(data[:2]).hex() or 'none'})")
+        fingerprint = bytes(data[2:_HEADER_LEN])
+        writer = self.store.writer(fingerprint)
+        if writer is None:
+            raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+        if writer.record_name != spec.record_name:
+            raise UnknownSchemaError(
+                f"schema {writer.record_name} v{writer.version} does not belong on {spec.name} "
+                f"(expects {spec.record_name})"
+            )
+        body = io.BytesIO(data)
+        body.seek(_HEADER_LEN)
+        try:
+            record = fastavro.schemaless_reader(body, writer.parsed, self.store.reader(spec.record_name))
+        except Exception as exc:  # fastavro raises assorted types on corrupt bodies
+            raise DecodeError(f"corrupt Avro body for {spec.record_name}: {type(exc).__name__}: {exc}") from None
+        if body.tell() != len(data):
+            raise DecodeError(f"{len(data) - body.tell()} trailing bytes after the {spec.record_name} body")
+        return record
+
+    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage:
+        return record_to_message(spec, self.decode_record(spec, data))
+
+
+class ConfluentCodec:
+    """Confluent wire format (magic 0 + 4-byte schema id) through a schema registry.
+
+    Works with Confluent Schema Registry, Karapace and Apicurio's compatible API;
+    ``mock://`` URLs use confluent-kafka's in-memory registry (unit tests).
+    Subjects follow the default TopicNameStrategy: ``<topic>-value``.
+    """
+
+    def __init__(self, registry_url: str, store: SchemaStore | None = None, registry_config: dict | None = None) -> None:
+        import json
+
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+        from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+
+        if not registry_url.startswith(("http://", "https://", "mock://")):
+            raise ConfigurationError(
+                f"SCHEMA_REGISTRY_URL must start with http://, https:// or mock://, got {registry_url!r}"
+            )
+        self.store = store or SchemaStore()
+        try:
+            self.client = SchemaRegistryClient.new_client({"url": registry_url, **(registry_config or {})})
+        except Exception as exc:
+            raise ConfigurationError(f"bad schema registry settings for {registry_url}: {exc}") from None
+        self._registry_url = registry_url
+        self._serializers: dict[str, Any] = {}
+        self._deserializers: dict[str, Any] = {}
+        self._json = json
+        self._serializer_cls = AvroSerializer
+        self._deserializer_cls = AvroDeserializer
+
+    def _schema_str(self, spec: TopicSpec) -> str:
+        path = self.store.schemas_dir / f"{spec.record_name}.avsc"
+        return path.read_text()
+
+    def _serializer(self, spec: TopicSpec) -> Any:
+        ser = self._serializers.get(spec.name)
+        if ser is None:
+            ser = self._serializer_cls(
+                self.client,
+                self._schema_str(spec),
+                conf={"auto.register.schemas": True, "normalize.schemas": True},
+            )
+            self._serializers[spec.name] = ser
+        return ser
+
+    def _deserializer(self, spec: TopicSpec) -> Any:
+        de = self._deserializers.get(spec.name)
+        if de is None:
+            de = self._deserializer_cls(self.client, self._schema_str(spec))
+            self._deserializers[spec.name] = de
+        return de
+
+    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+        from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
+
+        record = message_to_record(message)
+        record["schema_version"] = self.store.version(spec.record_name)
+        try:
+            return self._serializer(spec)(record, SerializationContext(spec.name, MessageField.VALUE))
+        except SchemaRegistryError as exc:
+            raise ConfigurationError(f"schema registry at {self._registry_url} refused {spec.record_name}: {exc}") from None
+        except SerializationError as exc:
+            raise EncodeError(spec.name, str(exc)) from None
+        except Exception as exc:  # connection errors surface as requests/httpx exceptions
+            raise ConfigurationError(f"schema registry at {self._registry_url} unreachable: {exc}") from None
+
+    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage:
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        if not data or data[0] != 0 or len(data) < 5:
+            raise DecodeError("not in the Confluent wire format (magic byte 0 + schema id)")
+        try:
+            record = self._deserializer(spec)(data, SerializationContext(spec.name, MessageField.VALUE))
+        except Exception as exc:
+            raise UnknownSchemaError(f"cannot decode Confluent-framed {spec.record_name}: {exc}") from None
+        return record_to_message(spec, record)
+
+
+def make_codec(schema_registry_url: str | None, store: SchemaStore | None = None) -> Codec:
+    """The single-object codec, or the Confluent one when a registry URL is set."""
+    if schema_registry_url:
+        return ConfluentCodec(schema_registry_url, store)
+    return SingleObjectCodec(store)

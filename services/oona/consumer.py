@@ -1,0 +1,198 @@
+"""Consumer with manual commits, batch ``consume(n)`` and dead-lettering.
+
+A message that cannot be decoded or validated is produced, unchanged, to
+``esper.dlq`` with its source and the reason in headers, and the consumer carries
+on. ``commit()`` first makes sure every dead letter is durably on the DLQ, so
+committing can never skip past a message that is neither processed nor
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from contracts import OonaMessage, TopicName
+from contracts.dead_letter import (
+    DLQ_HEADER_ERROR_TYPE,
+    DLQ_HEADER_FAILED_AT,
+    DLQ_HEADER_GROUP,
+    DLQ_HEADER_OFFSET,
+    DLQ_HEADER_PARTITION,
+    DLQ_HEADER_REASON,
+    DLQ_HEADER_TOPIC,
+    DeadLetter,
+)
+from services.oona.codec import Codec
+from services.oona.errors import ConfigurationError, DecodeError, FatalError, OversizedMessageError
+from services.oona.producer import OonaProducer
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TopicSpec
+
+log = logging.getLogger(__name__)
+
+CONSUMER_DEFAULTS: dict[str, str | int | bool] = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "isolation.level": "read_committed",
+    "enable.partition.eof": False,
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+}
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A decoded event and where it was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    message: OonaMessage
+
+
+class OonaConsumer:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        codec: Codec,
+        *,
+        group_id: str,
+        topics: Sequence[TopicSpec],
+        dead_letters: OonaProducer,
+        dlq_topic: str = TopicName.DLQ.value,
+        config: dict | None = None,
+        on_dead_letter: Callable[[DeadLetter], None] | None = None,
+    ) -> None:
+        conf = settings.client_config() | CONSUMER_DEFAULTS | {"group.id": group_id} | (config or {})
+        conf["error_cb"] = self._on_client_error
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:
+            raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
+        self.codec = codec
+        self.group_id = group_id
+        self.max_event_bytes = settings.max_event_bytes
+        self.dead_letters = dead_letters
+        self.dlq_topic = dlq_topic
+        self.on_dead_letter = on_dead_letter
+        self.dead_lettered = 0
+        self._specs = {spec.name: spec for spec in topics}
+        self._consumer.subscribe(list(self._specs))
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        log.log(level, "kafka client error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
+
+    def consume(self, max_messages: int = 500, timeout: float = 1.0) -> list[Delivered]:
+        """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead."""
+        delivered: list[Delivered] = []
+        for msg in self._consumer.consume(max_messages, timeout):
+            error = msg.error()
+            if error is not None:
+                if error.fatal():
+                    raise FatalError(f"consumer {self.group_id} failed: {error.str()}")
+                log.warning("consume error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
+                continue
+            spec = self._specs[msg.topic()]
+            value = msg.value()
+            try:
+                if value is not None and len(value) > self.max_event_bytes:
+                    raise OversizedMessageError(
+                        f"value of {len(value)} bytes exceeds max_event_bytes={self.max_event_bytes}"
+                    )
+                message = self.codec.decode(spec, value)
+            except DecodeError as exc:
+                self.dead_letter(msg, exc)
+                continue
+            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message))
+        return delivered
+
+    def dead_letter(self, msg: Message, exc: DecodeError) -> None:
+        failed_at = datetime.now(timezone.utc)
+        headers = [
+            (DLQ_HEADER_TOPIC, msg.topic().encode()),
+            (DLQ_HEADER_PARTITION, str(msg.partition()).encode()),
+            (DLQ_HEADER_OFFSET, str(msg.offset()).encode()),
+            (DLQ_HEADER_REASON, exc.reason.encode("utf-8")[:4000]),
+            (DLQ_HEADER_ERROR_TYPE, type(exc).__name__.encode()),
+            (DLQ_HEADER_GROUP, self.group_id.encode()),
+            (DLQ_HEADER_FAILED_AT, failed_at.isoformat().encode()),
+        ]
+        self.dead_letters.produce_raw(self.dlq_topic, msg.value(), msg.key(), headers)
+        self.dead_lettered += 1
+        log.warning(
+            "dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
+            msg.topic(), msg.partition(), msg.offset(), self.group_id, exc.reason,
+        )
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(
+                DeadLetter(
+                    source_topic=msg.topic(),
+                    source_partition=msg.partition(),
+                    source_offset=msg.offset(),
+                    reason=exc.reason[:4000],
+                    error_type=type(exc).__name__,
+                    consumer_group=self.group_id,
+                    original_key=msg.key(),
+                    original_value=msg.value(),
+                    failed_at=failed_at,
+                )
+            )
+
+    def commit(self) -> None:
+        """Commit the positions of everything consumed so far (synchronously)."""
+        self.dead_letters.flush()
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                raise
+
+    # -- helpers for transactional processing and replays --------------------------------------
+    def assignment(self) -> list[TopicPartition]:
+        return self._consumer.assignment()
+
+    def positions(self) -> list[TopicPartition]:
+        return self._consumer.position(self._consumer.assignment())
+
+    def group_metadata(self):
+        return self._consumer.consumer_group_metadata()
+
+    def rewind_to_committed(self, timeout: float = 10.0) -> None:
+        """After an aborted transaction: go back to the last committed offsets."""
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in self._consumer.committed(assignment, timeout=timeout):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def dead_letter_from_message(msg: Message) -> DeadLetter:
+    """Rebuild the DeadLetter record from a message read off ``esper.dlq``."""
+    headers = {k: v for k, v in (msg.headers() or [])}
+
+    def text(name: str, default: str = "") -> str:
+        value = headers.get(name)
+        return value.decode("utf-8", "replace") if value is not None else default
+
+    return DeadLetter(
+        source_topic=text(DLQ_HEADER_TOPIC, "unknown"),
+        source_partition=int(text(DLQ_HEADER_PARTITION, "0")),
+        source_offset=int(text(DLQ_HEADER_OFFSET, "0")),
+        reason=text(DLQ_HEADER_REASON, "no reason recorded"),
+        error_type=text(DLQ_HEADER_ERROR_TYPE, "unknown"),
+        consumer_group=text(DLQ_HEADER_GROUP),
+        original_key=msg.key(),
+        original_value=msg.value(),
+        failed_at=datetime.fromisoformat(text(DLQ_HEADER_FAILED_AT)) if DLQ_HEADER_FAILED_AT in headers else datetime.now(timezone.utc),
+    )

@@ -1,0 +1,103 @@
+"""Oona's exception tree. Everything Esper raises on purpose derives from EsperError.
+
+    EsperError
+    ├── FatalError                     stop the service: retrying cannot help
+    │   ├── ConfigurationError         invalid setting, bad SCHEMA_REGISTRY_URL
+    │   ├── BrokerUnavailableError     no broker answered within the timeout
+    │   └── LocalBrokerError           the project's own Kafka could not be set up/started
+    ├── SchemaError
+    │   ├── SchemaMappingError         a contract annotation with no Avro mapping
+    │   ├── SchemaDriftError           committed schemas differ from the contracts
+    │   └── SchemaCompatibilityError   a schema cannot read a historical version
+    ├── UnknownTopicError              a topic that is not in the registry
+    ├── EncodeError                    a message that cannot be encoded
+    ├── DecodeError                    bytes that cannot become a valid contract (-> DLQ)
+    │   ├── UnknownSchemaError         fingerprint / schema id not known
+    │   ├── ContractViolationError     decoded, but the contract rejects it
+    │   └── OversizedMessageError      above the consumer's max_event_bytes
+    └── DeliveryError                  the broker did not take a produced message
+"""
+
+from __future__ import annotations
+
+
+class EsperError(Exception):
+    """Base of every error Esper raises on purpose."""
+
+
+class FatalError(EsperError):
+    """The service must stop; a supervisor may restart it."""
+
+
+class ConfigurationError(FatalError):
+    pass
+
+
+class BrokerUnavailableError(FatalError):
+    def __init__(self, bootstrap_servers: str, detail: str = "") -> None:
+        self.bootstrap_servers = bootstrap_servers
+        msg = f"no Kafka broker answered at {bootstrap_servers}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class LocalBrokerError(FatalError):
+    pass
+
+
+class SchemaError(EsperError):
+    pass
+
+
+class SchemaMappingError(SchemaError):
+    pass
+
+
+class SchemaDriftError(SchemaError):
+    pass
+
+
+class SchemaCompatibilityError(SchemaError):
+    pass
+
+
+class UnknownTopicError(EsperError):
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"unknown topic {topic!r}")
+
+
+class EncodeError(EsperError):
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"cannot encode for {topic}: {reason}")
+
+
+class DecodeError(EsperError):
+    """Raised by codecs; the consumer adds where the bytes came from and dead-letters them."""
+
+    def __init__(self, reason: str, *, topic: str = "", partition: int = -1, offset: int = -1) -> None:
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(reason)
+
+
+class UnknownSchemaError(DecodeError):
+    pass
+
+
+class ContractViolationError(DecodeError):
+    pass
+
+
+class OversizedMessageError(DecodeError):
+    pass
+
+
+class DeliveryError(EsperError):
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"delivery to {topic} failed: {reason}")

@@ -1,0 +1,154 @@
+"""The idempotent, batching producer every Esper service publishes through."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from contracts import OonaMessage
+from services.oona.codec import Codec
+from services.oona.errors import ConfigurationError, DeliveryError, EncodeError
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TopicSpec, topic_spec
+
+log = logging.getLogger(__name__)
+
+# Large enough for the DLQ (8 MiB topics), which must take any message whole.
+MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "batch.num.messages": 10000,
+    "batch.size": 1024 * 1024,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 1_000_000,
+    "queue.buffering.max.kbytes": 1024 * 1024,
+    "message.max.bytes": MAX_MESSAGE_BYTES,
+    # Java clients place keys with murmur2; agree with them.
+    "partitioner": "murmur2_random",
+}
+
+
+def message_key(spec: TopicSpec, message: OonaMessage) -> bytes:
+    if spec.key == "run_id":
+        value = message.run_id
+    else:
+        value = getattr(message.payload, spec.key, None)
+    if not value:
+        raise EncodeError(spec.name, f"{spec.key} is required as the key of {spec.name}")
+    return value.encode("utf-8")
+
+
+class OonaProducer:
+    """Encodes contracts and produces them; delivery failures surface on ``flush``."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        codec: Codec,
+        *,
+        transactional_id: str | None = None,
+        config: dict | None = None,
+    ) -> None:
+        conf = settings.client_config() | PRODUCER_DEFAULTS | (config or {})
+        if transactional_id:
+            conf["transactional.id"] = transactional_id
+        conf["error_cb"] = self._on_client_error
+        try:
+            self._producer = Producer(conf)
+        except KafkaException as exc:
+            raise ConfigurationError(f"invalid producer settings: {exc.args[0].str()}") from None
+        self.codec = codec
+        self.settings = settings
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+
+    # -- callbacks -------------------------------------------------------------------------
+    def _on_client_error(self, error: KafkaError) -> None:
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        log.log(level, "kafka client error code=%s reason=%s", error.name(), error.str())
+
+    def _on_delivery(self, error: KafkaError | None, msg) -> None:
+        if error is not None:
+            with self._lock:
+                self._failures.append(f"{msg.topic()}: {error.str()}")
+
+    # -- producing -------------------------------------------------------------------------
+    def publish(self, spec: TopicSpec | str, message: OonaMessage, headers: dict[str, bytes] | None = None) -> None:
+        spec = topic_spec(spec) if isinstance(spec, str) else spec
+        self.produce_raw(spec.name, self.codec.encode(spec, message), message_key(spec, message), headers)
+
+    def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage]) -> int:
+        """Encode and enqueue a batch in one call into librdkafka (no headers)."""
+        spec = topic_spec(spec) if isinstance(spec, str) else spec
+        encode = self.codec.encode
+        pending = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
+        count = len(pending)
+        while pending:
+            self._producer.produce_batch(spec.name, pending, on_delivery=self._on_delivery)
+            retry = []
+            for item in pending:
+                error = item.pop("_error", None)
+                if error is None:
+                    continue
+                if error.code() != KafkaError._QUEUE_FULL:
+                    raise DeliveryError(spec.name, error.str())
+                retry.append(item)
+            pending = retry
+            if pending:  # local queue full: let librdkafka drain it
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        return count
+
+    def produce_raw(
+        self, topic: str, value: bytes | None, key: bytes | None = None, headers: dict[str, bytes] | list | None = None
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: let librdkafka drain it
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise DeliveryError(topic, exc.args[0].str()) from None
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every queued message; raise DeliveryError if any was refused."""
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if failures:
+            raise DeliveryError(failures[0].split(":", 1)[0], f"{len(failures)} failed, first: {failures[0]}")
+        if remaining:
+            raise DeliveryError("*", f"{remaining} messages still queued after {timeout:g}s")
+
+    def pending(self) -> int:
+        return len(self._producer)
+
+    # -- transactions ------------------------------------------------------------------------
+    def init_transactions(self, timeout: float = 30.0) -> None:
+        self._producer.init_transactions(timeout)
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+
+    def send_offsets_to_transaction(self, offsets: Iterable, group_metadata, timeout: float = 30.0) -> None:
+        self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout)
+
+    def commit_transaction(self, timeout: float = 30.0) -> None:
+        self._producer.commit_transaction(timeout)
+
+    def abort_transaction(self, timeout: float = 30.0) -> None:
+        self._producer.abort_transaction(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._producer.flush(timeout)

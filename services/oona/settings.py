@@ -1,0 +1,74 @@
+"""Settings of the bus layer. Plain values only: the environment is read at the edge
+(``services.settings``), never here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the cluster. SASL/TLS options are passed through to librdkafka."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092", min_length=1)
+    client_id: str = Field(default="esper", min_length=1)
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    schema_registry_url: str | None = None
+    # Consumers dead-letter any value larger than this (bytes).
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Seconds to wait for the cluster to answer before giving up with a clear error.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    # Extra librdkafka properties, e.g. {"socket.keepalive.enable": "true"}.
+    librdkafka: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _hosts_have_ports(cls, value: str) -> str:
+        for host in value.split(","):
+            name, _, port = host.strip().rpartition(":")
+            if not name or not port.isdigit():
+                raise ValueError(f"bootstrap server {host.strip()!r} must be host:port")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://", "mock://")):
+            raise ValueError(f"must start with http://, https:// or mock://, got {value!r}")
+        return value or None
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties shared by producers, consumers and admin clients."""
+        config: dict[str, Any] = {
+            # librdkafka's own log lines go through Python logging, not raw stderr.
+            "logger": logging.getLogger("librdkafka"),
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+        config.update(self.librdkafka)
+        return config

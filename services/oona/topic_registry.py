@@ -1,0 +1,98 @@
+"""The topic registry: topic <-> record type <-> key <-> partitions <-> cleanup policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+from contracts import (
+    AdaptationDecision,
+    BlueprintSubmitted,
+    CompiledKernel,
+    DeadLetter,
+    EpochCompleted,
+    FieldReport,
+    HealthSignal,
+    KasminaCommand,
+    KernelCharacterized,
+    KernelReady,
+    OonaMessage,
+    SeedTransition,
+    TopicName,
+    TrainingSessionEvent,
+)
+from services.oona.errors import UnknownTopicError
+
+KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    payload: type[BaseModel]
+    key: KeyKind
+    partitions: int = 3
+    compacted: bool = False
+    # The DLQ carries original bytes + headers, not an Avro record.
+    raw: bool = False
+    configs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.payload.__name__}Message"
+
+    @property
+    def message_type(self) -> type[OonaMessage]:
+        return OonaMessage[self.payload]  # type: ignore[name-defined]
+
+    @property
+    def run_scoped(self) -> bool:
+        return self.key == "run_id"
+
+    def topic_configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        configs.update(self.configs)
+        return configs
+
+
+# Data topics accept up to 2 MiB; the DLQ up to 8 MiB so that an oversized
+# message (rejected by consumers above max_event_bytes) still fits there whole.
+_DATA = {"max.message.bytes": str(2 * 1024 * 1024)}
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(TopicName.TRAINING_SESSIONS.value, TrainingSessionEvent, "run_id", configs=_DATA),
+    TopicSpec(TopicName.TELEMETRY_SEED_HEALTH.value, HealthSignal, "run_id", partitions=6, configs=_DATA),
+    TopicSpec(TopicName.SYSTEM_EVENTS_EPOCH.value, EpochCompleted, "run_id", configs=_DATA),
+    TopicSpec(TopicName.CONTROL_TAMIYO_DECISIONS.value, AdaptationDecision, "run_id", configs=_DATA),
+    TopicSpec(TopicName.CONTROL_KASMINA_COMMANDS.value, KasminaCommand, "run_id", configs=_DATA),
+    TopicSpec(TopicName.LIFECYCLE_SEED_TRANSITIONS.value, SeedTransition, "run_id", configs=_DATA),
+    TopicSpec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, BlueprintSubmitted, "blueprint_id", configs=_DATA),
+    TopicSpec(TopicName.COMPILATION_KERNEL_READY.value, KernelReady, "blueprint_id", configs=_DATA),
+    TopicSpec(TopicName.VALIDATION_KERNEL_CHARACTERIZED.value, KernelCharacterized, "kernel_id", configs=_DATA),
+    TopicSpec(TopicName.INNOVATION_FIELD_REPORTS.value, FieldReport, "run_id", configs=_DATA),
+    TopicSpec(TopicName.LIBRARY_KERNELS.value, CompiledKernel, "kernel_id", partitions=1, compacted=True, configs=_DATA),
+    TopicSpec(
+        TopicName.DLQ.value,
+        DeadLetter,
+        "source",
+        partitions=1,
+        raw=True,
+        configs={"max.message.bytes": str(8 * 1024 * 1024)},
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in TOPICS}
+
+
+def topic_spec(name: str) -> TopicSpec:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownTopicError(name) from None
+
+
+def avro_topics() -> tuple[TopicSpec, ...]:
+    """Every topic whose values are Avro records (all but the DLQ)."""
+    return tuple(spec for spec in TOPICS if not spec.raw)

@@ -1,0 +1,85 @@
+"""The edge: the one place Esper reads the environment (``ESPER_`` prefix, ``__`` nesting).
+
+    ESPER_KAFKA__BOOTSTRAP_SERVERS=host:9092     (or plain KAFKA_BOOTSTRAP_SERVERS)
+    ESPER_KAFKA__SECURITY_PROTOCOL=SASL_SSL, ESPER_KAFKA__SASL_USERNAME=..., ...
+    SCHEMA_REGISTRY_URL=http://registry:8081     (or ESPER_KAFKA__SCHEMA_REGISTRY_URL)
+    ESPER_BROKER__PORT=9092                      the project's own local broker
+    ESPER_STATE_DIR=.state                       broker data, service logs, DuckDB files
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.oona.errors import ConfigurationError
+from services.oona.local_broker import REPO_ROOT, LocalBrokerConfig
+from services.oona.settings import KafkaSettings
+
+
+class BrokerSettings(BaseModel):
+    """The project's own single-node Kafka (used when no external cluster is configured)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9092, ge=1, le=65535)
+    controller_port: int = Field(default=9093, ge=1, le=65535)
+    heap: str = Field(default="1G", pattern=r"^\d+[mMgG]$")
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class EsperSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ESPER_", env_nested_delimiter="__", extra="ignore")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    state_dir: Path = REPO_ROOT / ".state"
+    cache_dir: Path = REPO_ROOT / ".cache"
+    # True when the cluster was named explicitly: then Esper never starts its own broker.
+    external_cluster: bool = False
+
+    def local_broker(self) -> LocalBrokerConfig:
+        return LocalBrokerConfig(
+            state_dir=self.state_dir / "broker",
+            cache_dir=self.cache_dir,
+            host=self.broker.host,
+            port=self.broker.port,
+            controller_port=self.broker.controller_port,
+            heap=self.broker.heap,
+            start_timeout_s=self.broker.start_timeout_s,
+        )
+
+
+def load_settings() -> EsperSettings:
+    """Settings from the environment; a bad value raises ConfigurationError naming it."""
+    env = os.environ
+    explicit = "KAFKA_BOOTSTRAP_SERVERS" in env or "ESPER_KAFKA__BOOTSTRAP_SERVERS" in env
+    try:
+        settings = EsperSettings()
+        kafka = settings.kafka.model_dump()
+        if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            kafka["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        elif not explicit:
+            # No cluster named: the project's own local broker is the cluster.
+            kafka["bootstrap_servers"] = f"{settings.broker.host}:{settings.broker.port}"
+        if "SCHEMA_REGISTRY_URL" in env:
+            kafka["schema_registry_url"] = env["SCHEMA_REGISTRY_URL"]
+        return settings.model_copy(
+            update={"kafka": KafkaSettings.model_validate(kafka), "external_cluster": explicit}
+        )
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] in ("bootstrap_servers", "schema_registry_url") and len(loc) == 1:
+        name = {"bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS", "schema_registry_url": "SCHEMA_REGISTRY_URL"}[loc[0]]
+    else:
+        name = "ESPER_" + "__".join(p.upper() for p in loc)
+    return f"invalid setting {name}: {first['msg']}"

@@ -1,0 +1,104 @@
+"""Settings come from the environment at the edge; bad input gives one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.oona.errors import ConfigurationError
+from services.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("ESPER_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_point_at_the_local_broker(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("ESPER_BROKER__PORT", "29092")
+    settings = load_settings()
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:29092"
+    assert not settings.external_cluster
+    assert settings.kafka.schema_registry_url is None
+
+
+def test_external_cluster_and_security_settings(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka-1:9093,kafka-2:9093")
+    monkeypatch.setenv("ESPER_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("ESPER_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("ESPER_KAFKA__SASL_USERNAME", "esper")
+    monkeypatch.setenv("ESPER_KAFKA__SASL_PASSWORD", "s3cret")
+    monkeypatch.setenv("ESPER_KAFKA__SSL_CA_LOCATION", "/etc/ca.pem")
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "https://registry:8081")
+    settings = load_settings()
+    assert settings.external_cluster
+    config = settings.kafka.client_config()
+    assert config["bootstrap.servers"] == "kafka-1:9093,kafka-2:9093"
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert config["sasl.password"] == "s3cret"
+    assert config["ssl.ca.location"] == "/etc/ca.pem"
+    assert "s3cret" not in repr(settings), "secrets must not leak into logs"
+    assert settings.kafka.schema_registry_url == "https://registry:8081"
+
+
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("KAFKA_BOOTSTRAP_SERVERS", "no-port", "invalid setting KAFKA_BOOTSTRAP_SERVERS"),
+        ("SCHEMA_REGISTRY_URL", "registry:8081", "invalid setting SCHEMA_REGISTRY_URL"),
+        ("ESPER_KAFKA__SECURITY_PROTOCOL", "CARRIER_PIGEON", "invalid setting ESPER_KAFKA__SECURITY_PROTOCOL"),
+        ("ESPER_BROKER__PORT", "99999", "invalid setting ESPER_BROKER__PORT"),
+    ],
+)
+def test_invalid_settings_name_the_variable(monkeypatch, name, value, fragment):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=fragment):
+        load_settings()
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")}
+    full_env.update(env, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=full_env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "args, env, fragment",
+    [
+        (("tail", "no.such.topic"), {}, "esper: error: unknown topic 'no.such.topic'"),
+        (("topics", "create"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ESPER_KAFKA__CONNECT_TIMEOUT_S": "1"},
+         "esper: error: no Kafka broker answered at 127.0.0.1:9"),
+        (("topics", "list"), {"KAFKA_BOOTSTRAP_SERVERS": "oops"}, "esper: error: invalid setting KAFKA_BOOTSTRAP_SERVERS"),
+        (("tail", "telemetry.seed.health"), {"SCHEMA_REGISTRY_URL": "registry"}, "esper: error: invalid setting SCHEMA_REGISTRY_URL"),
+        (("broker", "status"), {"ESPER_BROKER__HEAP": "lots"}, "esper: error: invalid setting ESPER_BROKER__HEAP"),
+    ],
+)
+def test_bad_input_gives_one_line_and_non_zero_exit(args, env, fragment):
+    result = run_cli(*args, **env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(fragment), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_2_with_usage():
+    result = run_cli("broker", "explode")
+    assert result.returncode == 2
+    assert "invalid choice: 'explode'" in result.stderr
+
+
+def test_schemas_check_passes_on_the_committed_tree():
+    result = run_cli("schemas", "check")
+    assert result.returncode == 0, result.stderr
+    assert "schemas match the contracts" in result.stdout
