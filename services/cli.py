@@ -69,30 +69,22 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from services.oona.admin import ensure_topics, wait_for_broker
-    from services.oona.local_broker import LocalKafka
+    from services.oona.admin import ensure_topics
+    from services.oona.cluster import ensure_cluster
     from services.settings import load_settings
 
     settings = load_settings()
-    if not settings.external_cluster:
-        pid = LocalKafka(settings.local_broker()).start()
-        print(f"kafka running pid={pid} bootstrap={settings.kafka.bootstrap_servers}")
-    brokers = wait_for_broker(settings.kafka)
+    print(ensure_cluster(settings))
     created = ensure_topics(settings.kafka)
-    print(f"cluster {settings.kafka.bootstrap_servers}: {brokers} broker(s), {len(created)} topics created")
+    print(f"topics: {len(created)} created, the rest already present")
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from services.oona.local_broker import LocalKafka
+    from services.oona.cluster import stop_cluster
     from services.settings import load_settings
 
-    settings = load_settings()
-    if settings.external_cluster:
-        print("external cluster configured: nothing local to stop")
-        return 0
-    stopped = LocalKafka(settings.local_broker()).stop()
-    print("kafka stopped (data kept)" if stopped else "kafka was not running")
+    print(stop_cluster(load_settings()))
     return 0
 
 

@@ -80,6 +80,7 @@ class LocalKafka:
         self.pid_file = self.state_dir / "broker.pid"
         self.log_file = self.state_dir / "broker.log"
         self.properties_file = self.state_dir / "server.properties"
+        self._process: subprocess.Popen | None = None
 
     # -- toolchain -------------------------------------------------------------------------------
     @staticmethod
@@ -203,6 +204,8 @@ class LocalKafka:
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives the CLI that started it
             )
+        # Keep the handle: dropping a running Popen warns, and stop() reaps through it.
+        self._process = proc
         self.pid_file.write_text(str(proc.pid))
         log.info("local Kafka starting pid=%d bootstrap=%s", proc.pid, self.cfg.bootstrap_servers)
         self._wait_until_ready(proc.pid, proc)
@@ -247,7 +250,13 @@ class LocalKafka:
             os.kill(pid, signal.SIGKILL)
             _wait_exit(pid, 10)
         self.pid_file.unlink(missing_ok=True)
+        self._reap()
         return True
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait(timeout=10)
+            self._process = None
 
     def kill(self) -> bool:
         """SIGKILL the broker (fault-injection tests)."""
@@ -256,6 +265,7 @@ class LocalKafka:
             return False
         os.kill(pid, signal.SIGKILL)
         _wait_exit(pid, 10)
+        self._reap()
         return True
 
     def status(self) -> dict[str, object]:

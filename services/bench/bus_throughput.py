@@ -1,0 +1,130 @@
+"""Bus benchmarks: HealthSignal encode, encode+produce and consume+decode on a real broker.
+
+Baselines, measured in the same run: per-message pydantic JSON, produced with a
+flush after every message (what a naive service does), and read back one
+``poll()`` at a time with JSON parsing and pydantic validation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+from confluent_kafka import Consumer, Producer
+
+from contracts import HealthSignal, OonaMessage
+from services.bench.results import BenchResult
+from services.oona.admin import delete_topics, ensure_topics
+from services.oona.codec import SingleObjectCodec
+from services.oona.consumer import OonaConsumer
+from services.oona.producer import OonaProducer
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TopicSpec, topic_spec
+
+BASELINE_EVENTS = 2000
+
+
+def telemetry_batch(spec: TopicSpec, n: int, runs: int = 8, seeds_per_epoch: int = 256) -> list[OonaMessage]:
+    """Realistic telemetry: each epoch's signals share the epoch-end timestamp, as Kasmina emits them."""
+    message_type = spec.message_type
+    out = []
+    now = datetime.now(timezone.utc)
+    for i in range(n):
+        epoch, slot = divmod(i, seeds_per_epoch)
+        payload = HealthSignal(
+            layer_id=1000 + slot % 16, seed_idx=slot // 16, layer_name=f"blocks.{slot % 16}.fc", epoch=epoch,
+            activation_variance=0.1 + slot * 1e-3, dead_neuron_ratio=0.05, avg_correlation=0.2,
+            gradient_norm=0.3, health_score=0.9, execution_latency=0.02, active_seeds=1, total_seeds=16, timestamp=now,
+        )
+        out.append(message_type(sender_id="tolaria", topic=spec.name, run_id=f"bench-run-{i % runs}",
+                                timestamp=now, payload=payload))
+    return out
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def bench_encode(events: int) -> BenchResult:
+    spec = topic_spec("telemetry.seed.health")
+    codec = SingleObjectCodec()
+    messages = telemetry_batch(spec, events)
+    start = time.perf_counter()
+    for m in messages:
+        codec.encode(spec, m)
+    fast = _rate(events, time.perf_counter() - start)
+    sample = messages[:BASELINE_EVENTS]
+    start = time.perf_counter()
+    for m in sample:
+        m.model_dump_json().encode()
+    naive = _rate(len(sample), time.perf_counter() - start)
+    return BenchResult("encode HealthSignal (Avro single-object)", "events/s", fast, "pydantic JSON", naive,
+                       details={"events": events})
+
+
+def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, TopicSpec, list[OonaMessage]]:
+    base = topic_spec("telemetry.seed.health")
+    spec = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.telemetry", base.payload, base.key, partitions=6)
+    naive_topic = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.naive", base.payload, base.key, partitions=6)
+    ensure_topics(settings, [spec, naive_topic])
+    codec = SingleObjectCodec()
+    messages = telemetry_batch(spec, events)
+    producer = OonaProducer(settings, codec)
+    chunk = 10_000
+    start = time.perf_counter()
+    for i in range(0, events, chunk):
+        producer.publish_many(spec, messages[i : i + chunk])
+    producer.flush()
+    fast = _rate(events, time.perf_counter() - start)
+
+    naive_producer = Producer(settings.client_config())
+    sample = messages[:BASELINE_EVENTS // 4]
+    start = time.perf_counter()
+    for m in sample:
+        naive_producer.produce(naive_topic.name, m.model_dump_json().encode(), key=m.run_id.encode())
+        naive_producer.flush()
+    naive = _rate(len(sample), time.perf_counter() - start)
+    delete_topics(settings, [naive_topic.name])
+    return (
+        BenchResult("encode+produce HealthSignal to Kafka", "events/s", fast, "JSON + flush per message", naive,
+                    target=150_000, details={"events": events}),
+        spec,
+        messages,
+    )
+
+
+def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> BenchResult:
+    codec = SingleObjectCodec()
+    dlq = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.dlq", topic_spec("esper.dlq").payload, "source", partitions=1, raw=True)
+    ensure_topics(settings, [dlq])
+    producer = OonaProducer(settings, codec)
+    consumer = OonaConsumer(settings, codec, group_id=f"bench-{uuid.uuid4().hex[:8]}", topics=[spec],
+                            dead_letters=producer, dlq_topic=dlq.name)
+    got = 0
+    start = None
+    deadline = time.monotonic() + 120
+    while got < expected and time.monotonic() < deadline:
+        batch = consumer.consume(5000, 1.0)
+        if batch and start is None:
+            start = time.perf_counter() - 1e-9
+        got += len(batch)
+    fast = _rate(got, time.perf_counter() - (start or time.perf_counter()))
+    consumer.close()
+
+    raw = Consumer(settings.client_config() | {"group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
+                                                "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    raw.subscribe([spec.name])
+    json_bodies = []
+    while len(json_bodies) < BASELINE_EVENTS:
+        msg = raw.poll(1.0)
+        if msg is not None and msg.error() is None:
+            json_bodies.append(codec.decode(spec, msg.value()).model_dump_json())
+    raw.close()
+    start = time.perf_counter()
+    for body in json_bodies:
+        spec.message_type.model_validate_json(body)
+    naive = _rate(len(json_bodies), time.perf_counter() - start)
+    delete_topics(settings, [spec.name, dlq.name])
+    return BenchResult("consume+decode HealthSignal from Kafka", "events/s", fast,
+                       "pydantic JSON decode only", naive, details={"events": got})

@@ -1,0 +1,30 @@
+"""Runs the benchmarks against the configured cluster (starting the local broker if needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.bench import bus_throughput
+from services.bench.results import BenchResult, print_table, write_json
+from services.oona.cluster import ensure_cluster
+from services.settings import load_settings
+
+
+def run_benchmarks(events: int, output: str, only: list[str]) -> int:
+    settings = load_settings()
+    ensure_cluster(settings)
+
+    def wanted(name: str) -> bool:
+        return not only or any(o in name for o in only)
+
+    results: list[BenchResult] = []
+    if wanted("encode"):
+        results.append(bus_throughput.bench_encode(events))
+    if wanted("produce") or wanted("consume"):
+        produced, spec, _ = bus_throughput.bench_produce(settings.kafka, events)
+        results.append(produced)
+        results.append(bus_throughput.bench_consume(settings.kafka, spec, events))
+    print_table(results)
+    write_json(results, Path(output))
+    print(f"results written to {output}")
+    return 0
