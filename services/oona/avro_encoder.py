@@ -78,51 +78,94 @@ def timestamp_micros(value: datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def compile_encoder(schema: dict, constants: dict[str, Any] | None = None) -> Callable[[Any], bytes]:
+_TIMESTAMP_CACHE: dict[datetime, bytes] = {}
+
+
+def encode_timestamp(value: datetime) -> bytes:
+    """timestamp-micros as a varint; events of one epoch share their timestamp, hence the cache."""
+    out = _TIMESTAMP_CACHE.get(value)
+    if out is None:
+        out = encode_long(timestamp_micros(value))
+        if len(_TIMESTAMP_CACHE) >= _CACHE_MAX:
+            _TIMESTAMP_CACHE.clear()
+        _TIMESTAMP_CACHE[value] = out
+    return out
+
+
+def _encode_array(items: Any, encode_item: Callable[[Any], bytes]) -> bytes:
+    if not items:
+        return b"\x00"
+    return b"".join((encode_long(len(items)), *map(encode_item, items), b"\x00"))
+
+
+def _encode_map(items: Any, encode_value: Callable[[Any], bytes]) -> bytes:
+    if not items:
+        return b"\x00"
+    parts = [encode_long(len(items))]
+    for key, value in items.items():
+        parts.append(encode_string(key))
+        parts.append(encode_value(value))
+    parts.append(b"\x00")
+    return b"".join(parts)
+
+
+def compile_encoder(
+    schema: dict, constants: dict[str, Any] | None = None, prefix: bytes = b""
+) -> Callable[[Any], bytes]:
     """``encode(obj) -> bytes`` for a record schema; ``obj`` exposes fields as attributes.
 
-    ``constants`` replaces top-level field values (e.g. the envelope's schema_version).
+    ``constants`` replaces top-level field values (e.g. the envelope's schema_version);
+    ``prefix`` is written before the body (e.g. the single-object header).
     """
     gen = _Generator()
-    top = gen.record_function(schema, constants or {})
+    top = gen.record_function(schema, constants or {}, prefix)
     namespace: dict[str, Any] = {
         "_L": encode_long,
         "_S": encode_string,
         "_B": encode_bytes,
-        "_T": timestamp_micros,
+        "_TS": encode_timestamp,
+        "_ARR": _encode_array,
+        "_MAP": _encode_map,
         **gen.namespace,
     }
-    source = "\n".join(gen.functions) + f"\ndef encode(o):\n    out = []\n    {top}(o, out.append)\n    return b''.join(out)\n"
+    source = "\n".join(gen.functions)
     exec(compile(source, f"<avro encoder {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - see module doc
-    return namespace["encode"]
+    return namespace[top]
 
 
 class _Generator:
+    """Emits one function per record: ``def _wN(o): return b"".join((<field expressions>))``."""
+
     def __init__(self) -> None:
         self.functions: list[str] = []
         self.namespace: dict[str, Any] = {}
-        self._records: dict[str, str] = {}
+        self._named: dict[str, str] = {}  # Avro full name -> function encoding one value of it
         self._counter = 0
 
     def _fresh(self, prefix: str) -> str:
         self._counter += 1
         return f"{prefix}{self._counter}"
 
-    def record_function(self, schema: dict, constants: dict[str, Any]) -> str:
+    def _constant(self, value: Any) -> str:
+        name = self._fresh("_C")
+        self.namespace[name] = value
+        return name
+
+    def record_function(self, schema: dict, constants: dict[str, Any], prefix: bytes = b"") -> str:
         name = schema["name"]
-        if name in self._records and not constants:
-            return self._records[name]
+        top_level = bool(constants or prefix)
+        if name in self._named and not top_level:
+            return self._named[name]
         fn = self._fresh("_w")
-        if not constants:
-            self._records[name] = fn
-        body: list[str] = []
-        pending: list[tuple[str, str]] = []  # run of fixed-width fields: (struct code, expr)
+        if not top_level:
+            self._named[name] = fn  # registered before the fields: recursive types resolve
+        parts: list[str] = [self._constant(prefix)] if prefix else []
+        pending: list[tuple[str, str]] = []  # run of fixed-width fields: (struct code, expression)
 
         def flush() -> None:
             if pending:
-                packer = self._fresh("_P")
-                self.namespace[packer] = struct.Struct("<" + "".join(code for code, _ in pending)).pack
-                body.append(f"a({packer}({', '.join(expr for _, expr in pending)}))")
+                packer = self._constant(struct.Struct("<" + "".join(code for code, _ in pending)).pack)
+                parts.append(f"{packer}({', '.join(expr for _, expr in pending)})")
                 pending.clear()
 
         for field in schema["fields"]:
@@ -130,101 +173,85 @@ class _Generator:
             if not _NAME.match(fname) or keyword.iskeyword(fname):
                 raise SchemaError(f"field name {fname!r} is not a safe identifier")
             if fname in constants:
-                const = self._fresh("_C")
-                self.namespace[const] = constants[fname]
-                expr = const
-            else:
-                expr = f"o.{fname}"
+                flush()
+                parts.append(self._constant(_encode_constant(field["type"], constants[fname])))
+                continue
+            expr = f"o.{fname}"
             code = _fixed_code(field["type"])
             if code:
                 pending.append((code, expr))
                 continue
             flush()
-            body.extend(self.value(field["type"], expr))
+            parts.append(self.value(field["type"], expr))
         flush()
-        lines = [f"def {fn}(o, a):"] + ["    " + line for line in body or ["pass"]]
-        self.functions.append("\n".join(lines))
+        body = ", ".join(parts) + ("," if len(parts) == 1 else "")
+        self.functions.append(f"def {fn}(o):\n    return b''.join(({body}))")
         return fn
 
-    def value(self, schema: Any, expr: str) -> list[str]:
+    def _value_function(self, schema: Any) -> str:
+        """A generated function encoding one value of ``schema`` (for array items, map values)."""
+        fn = self._fresh("_v")
+        self.functions.append(f"def {fn}(o):\n    return {self.value(schema, 'o')}")
+        return fn
+
+    def value(self, schema: Any, expr: str) -> str:
+        """A Python expression producing the bytes of ``expr`` encoded as ``schema``."""
         if isinstance(schema, list):
             return self.union(schema, expr)
         if isinstance(schema, str):
-            if schema in self._records:
-                return [f"{self._records[schema]}({expr}, a)"]
+            if schema in self._named:
+                return f"{self._named[schema]}({expr})"
             return self.primitive(schema, expr)
         kind = schema["type"]
         if isinstance(kind, (dict, list)):
             return self.value(kind, expr)
         if kind == "long" and schema.get("logicalType") == "timestamp-micros":
-            return [f"a(_L(_T({expr})))"]
+            return f"_TS({expr})"
         if kind == "record":
-            return [f"{self.record_function(schema, {})}({expr}, a)"]
+            return f"{self.record_function(schema, {})}({expr})"
         if kind == "enum":
-            table = self._fresh("_E")
-            self.namespace[table] = {symbol: encode_long(i) for i, symbol in enumerate(schema["symbols"])}
-            self._records[schema["name"]] = self._enum_function(table)
-            return [f"a({table}[{expr}])"]
+            table = self._constant({symbol: encode_long(i) for i, symbol in enumerate(schema["symbols"])})
+            fn = self._fresh("_w")
+            self.functions.append(f"def {fn}(o):\n    return {table}[o]")
+            self._named[schema["name"]] = fn
+            return f"{table}[{expr}]"
         if kind == "array":
-            var, item = self._fresh("v"), self._fresh("i")
-            inner = self.value(schema["items"], item)
-            return [
-                f"{var} = {expr}",
-                f"if {var}:",
-                f"    a(_L(len({var})))",
-                f"    for {item} in {var}:",
-                *("        " + line for line in inner),
-                "a(b'\\x00')",
-            ]
+            return f"_ARR({expr}, {self._value_function(schema['items'])})"
         if kind == "map":
-            var, key, item = self._fresh("v"), self._fresh("k"), self._fresh("i")
-            inner = self.value(schema["values"], item)
-            return [
-                f"{var} = {expr}",
-                f"if {var}:",
-                f"    a(_L(len({var})))",
-                f"    for {key}, {item} in {var}.items():",
-                f"        a(_S({key}))",
-                *("        " + line for line in inner),
-                "a(b'\\x00')",
-            ]
+            return f"_MAP({expr}, {self._value_function(schema['values'])})"
         return self.primitive(kind, expr)
 
-    def _enum_function(self, table: str) -> str:
-        fn = self._fresh("_w")
-        self.functions.append(f"def {fn}(o, a):\n    a({table}[o])")
-        return fn
-
-    def primitive(self, kind: str, expr: str) -> list[str]:
+    def primitive(self, kind: str, expr: str) -> str:
         if kind in ("int", "long"):
-            return [f"a(_L({expr}))"]
+            return f"_L({expr})"
         if kind == "string":
-            return [f"a(_S({expr}))"]
+            return f"_S({expr})"
         if kind == "bytes":
-            return [f"a(_B({expr}))"]
+            return f"_B({expr})"
         if kind == "null":
-            return []
+            return "b''"
         if kind in _FIXED:
-            packer = self._fresh("_P")
-            self.namespace[packer] = struct.Struct("<" + _FIXED[kind]).pack
-            return [f"a({packer}({expr}))"]
+            return f"{self._constant(struct.Struct('<' + _FIXED[kind]).pack)}({expr})"
         raise SchemaError(f"fast encoder does not support Avro type {kind!r}")
 
-    def union(self, branches: list, expr: str) -> list[str]:
+    def union(self, branches: list, expr: str) -> str:
         non_null = [b for b in branches if b != "null"]
         if len(branches) != 2 or len(non_null) != 1:
             raise SchemaError(f"fast encoder supports only [null, X] unions, got {branches}")
         null_at = branches.index("null")
         var = self._fresh("v")
-        inner = self.value(non_null[0], var) or ["pass"]
-        return [
-            f"{var} = {expr}",
-            f"if {var} is None:",
-            f"    a({encode_long(null_at)!r})",
-            "else:",
-            f"    a({encode_long(1 - null_at)!r})",
-            *("    " + line for line in inner),
-        ]
+        inner = self.value(non_null[0], var)
+        return (f"({encode_long(null_at)!r} if ({var} := {expr}) is None "
+                f"else {encode_long(1 - null_at)!r} + {inner})")
+
+
+def _encode_constant(schema: Any, value: Any) -> bytes:
+    kind = schema if isinstance(schema, str) else schema.get("type")
+    if kind in ("int", "long"):
+        return encode_long(value)
+    if kind == "string":
+        return encode_string(value)
+    raise SchemaError(f"constants must be long or string fields, not {kind!r}")
 
 
 def _fixed_code(schema: Any) -> str | None:

@@ -62,12 +62,11 @@ class SingleObjectCodec:
     def _encoder(self, record_name: str) -> Callable[[Any], bytes]:
         encoder = self._encoders.get(record_name)
         if encoder is None:
-            body = compile_encoder(self.store.raw(record_name), {"schema_version": self.store.version(record_name)})
-            header = SINGLE_OBJECT_MAGIC + self.store.fingerprint(record_name)
-
-            def encoder(message: Any, _body=body, _header=header) -> bytes:
-                return _header + _body(message)
-
+            encoder = compile_encoder(
+                self.store.raw(record_name),
+                constants={"schema_version": self.store.version(record_name)},
+                prefix=SINGLE_OBJECT_MAGIC + self.store.fingerprint(record_name),
+            )
             self._encoders[record_name] = encoder
         return encoder
 
