@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from contracts._base import Contract, UtcDatetime, utc_now
+from contracts.assets import BlueprintArchitecture
 from contracts.enums import CompilationOutcome, KernelStatus
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -40,6 +41,8 @@ class CompiledKernel(Contract):
     deployment_stats: dict[str, float] = Field(default_factory=dict)
     created_at: UtcDatetime = Field(default_factory=utc_now)
     last_used_at: UtcDatetime | None = None
+    # Added in schema v2: the IR travels with the artifact, so loading needs no other lookup.
+    architecture: BlueprintArchitecture | None = None
 
 
 class KernelReady(Contract):

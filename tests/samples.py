@@ -137,7 +137,7 @@ def payload_for(spec: TopicSpec):
     if name == "CompiledKernel":
         return CompiledKernel(
             kernel_id="k-1", blueprint_id="bp-x", binary_ref="inline", metadata=kernel_metadata(),
-            artifact=b"\x00\x01weights", created_at=T0,
+            artifact=b"\x00\x01weights", created_at=T0, architecture=blueprint().architecture,
         )
     raise KeyError(name)
 

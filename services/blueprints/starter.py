@@ -1,0 +1,48 @@
+"""Starter blueprints for Linear and Conv2d slots (Karn's seed library; also used by tests and demos)."""
+
+from __future__ import annotations
+
+from contracts import Blueprint, BlueprintArchitecture, BlueprintOp, OpSpec
+
+
+def _bp(name: str, description: str, in_shape: list[int], out_shape: list[int], ops: list[OpSpec]) -> Blueprint:
+    return Blueprint(
+        name=name, description=description, created_by="karn",
+        architecture=BlueprintArchitecture(input_shape=in_shape, output_shape=out_shape, layers=ops),
+    )
+
+
+def mlp_adapter(in_features: int, out_features: int, hidden: int = 32) -> Blueprint:
+    """A two-layer side path: the classic capacity-adding seed for a Linear slot."""
+    return _bp(
+        f"mlp-{in_features}-{hidden}-{out_features}", f"Linear({in_features},{hidden}) + ReLU + Linear -> {out_features}",
+        [in_features], [out_features],
+        [OpSpec(op=BlueprintOp.LINEAR, width=hidden), OpSpec(op=BlueprintOp.RELU),
+         OpSpec(op=BlueprintOp.LINEAR, width=out_features)],
+    )
+
+
+def linear_residual(in_features: int, out_features: int, bottleneck: int = 8) -> Blueprint:
+    return _bp(
+        f"lin-bneck-{in_features}-{bottleneck}-{out_features}", "Linear projection with a bottleneck adapter",
+        [in_features], [out_features],
+        [OpSpec(op=BlueprintOp.LINEAR, width=out_features), OpSpec(op=BlueprintOp.BOTTLENECK, width=bottleneck)],
+    )
+
+
+def conv_adapter(in_shape: list[int], out_shape: list[int], hidden: int = 16, kernel_size: int = 3) -> Blueprint:
+    return _bp(
+        f"conv-{in_shape[0]}-{hidden}-{out_shape[0]}-k{kernel_size}", "Conv + GELU + 1x1 conv side path",
+        in_shape, out_shape,
+        [OpSpec(op=BlueprintOp.CONV2D, width=hidden, kernel_size=kernel_size), OpSpec(op=BlueprintOp.GELU),
+         OpSpec(op=BlueprintOp.CONV2D, width=out_shape[0], kernel_size=1)],
+    )
+
+
+def for_slot(input_shape: list[int], output_shape: list[int]) -> list[Blueprint]:
+    """Starter blueprints that fit a slot of these shapes."""
+    if len(input_shape) == 1:
+        return [mlp_adapter(input_shape[0], output_shape[0], h) for h in (16, 32, 64)] + [
+            linear_residual(input_shape[0], output_shape[0])
+        ]
+    return [conv_adapter(input_shape, output_shape, h) for h in (8, 16)]

@@ -1,0 +1,306 @@
+"""Lifecycle mechanics of every seed in a model: transitions, gates, grafting, embargo.
+
+Pure with respect to Kafka: every method returns the contract events it caused
+(SeedTransition, FieldReport); Tolaria publishes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contracts import (
+    BlueprintArchitecture,
+    FieldReport,
+    FieldReportOutcome,
+    GateResult,
+    HealthSignal,
+    SeedId,
+    SeedState,
+    SeedTransition,
+)
+from services.blueprints.artifacts import probe
+from services.kasmina.lifecycle import CULLABLE, check_transition
+from services.kasmina.seed_slot import KasminaError, SeedSlot
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    training_epochs: int = 2  # TRAINING -> GRAFTING after this many epochs (when auto_advance)
+    grafting_steps: int = 50  # optimizer steps for alpha to ramp 0 -> 1
+    embargo_epochs: int = 2  # CULLED -> DORMANT after this many epochs
+    min_contribution: float = 0.0  # the counterfactual gate: contribution must exceed this
+    auto_advance: bool = True
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    kernel_id: str
+    blueprint_id: str
+    architecture: BlueprintArchitecture
+
+
+class SeedManager:
+    def __init__(self, slots: dict[str, SeedSlot], settings: LifecycleSettings) -> None:
+        self.slots = slots
+        self.settings = settings
+        self._by_layer = {slot.layer_id: slot for slot in slots.values()}
+        if len(self._by_layer) != len(slots):
+            raise KasminaError("two target layers map to the same layer id")
+        self.kernel_info: dict[SeedId, KernelInfo] = {}
+
+    # -- lookup ---------------------------------------------------------------------------
+    def seed_ids(self) -> Iterator[SeedId]:
+        for slot in self.slots.values():
+            for idx in range(slot.num_seeds):
+                yield SeedId(layer_id=slot.layer_id, seed_idx=idx)
+
+    def slot(self, seed: SeedId) -> SeedSlot:
+        slot = self._by_layer.get(seed.layer_id)
+        if slot is None or seed.seed_idx >= slot.num_seeds:
+            raise KasminaError(f"unknown seed {seed} (layers: {', '.join(f'{s.layer_name}={s.layer_id}' for s in self.slots.values())})")
+        return slot
+
+    def state(self, seed: SeedId) -> SeedState:
+        return self.slot(seed).state(seed.seed_idx)
+
+    def counts(self) -> dict[SeedState, int]:
+        counts = {state: 0 for state in SeedState}
+        for seed in self.seed_ids():
+            counts[self.state(seed)] += 1
+        return counts
+
+    def active_count(self) -> int:
+        return sum(1 for s in self.seed_ids() if self.state(s) in (SeedState.TRAINING, SeedState.GRAFTING))
+
+    # -- transitions ------------------------------------------------------------------------
+    def _move(self, seed: SeedId, to: SeedState, epoch: int, reason: str, *, command_id: str | None = None,
+              gates: list[GateResult] | None = None) -> SeedTransition:
+        slot = self.slot(seed)
+        frm = slot.state(seed.seed_idx)
+        check_transition(frm, to, str(seed))
+        slot.set_state(seed.seed_idx, to)
+        info = self.kernel_info.get(seed)
+        return SeedTransition(
+            layer_id=seed.layer_id, seed_idx=seed.seed_idx, layer_name=slot.layer_name, from_state=frm, to_state=to,
+            epoch=epoch, reason=reason, command_id=command_id, kernel_id=info.kernel_id if info else None,
+            gates=gates or [],
+        )
+
+    def germinate(self, seed: SeedId, kernel: nn.Module, info: KernelInfo, epoch: int, pre_metric: float,
+                  command_id: str | None = None) -> tuple[list[SeedTransition], list[FieldReport]]:
+        """Load ``kernel`` into a dormant seed; a kernel that fails its probe is culled at once."""
+        slot = self.slot(seed)
+        check_transition(slot.state(seed.seed_idx), SeedState.GERMINATED, str(seed))
+        idx = seed.seed_idx
+        slot.attach_kernel(idx, kernel)
+        self.kernel_info[seed] = info
+        digest = hashlib.sha256(info.kernel_id.encode()).digest()[:16]
+        slot.seed_kernel_digest[idx] = torch.tensor(list(digest), dtype=torch.uint8)
+        slot.seed_pre_metric[idx] = pre_metric
+        slot.seed_germinated_epoch[idx] = epoch
+        slot.set_alpha(idx, 0.0)
+        events = [self._move(seed, SeedState.GERMINATED, epoch, "kernel loaded", command_id=command_id)]
+        gate = self._probe_gate(slot, kernel)
+        if gate.passed:
+            events.append(self._move(seed, SeedState.TRAINING, epoch, "kernel probe passed", command_id=command_id, gates=[gate]))
+            return events, []
+        cull_events, reports = self.cull(seed, epoch, "kernel probe failed", command_id=command_id, gates=[gate], metric=pre_metric)
+        return events + cull_events, reports
+
+    def _probe_gate(self, slot: SeedSlot, kernel: nn.Module) -> GateResult:
+        try:
+            out = probe(kernel, slot.input_shape or [], batch=4) if slot.input_shape else None
+            ok = out is not None and list(out.shape[1:]) == slot.output_shape and bool(torch.isfinite(out).all())
+        except Exception:
+            ok = False
+        return GateResult(name="kernel_probe", passed=ok, value=1.0 if ok else 0.0, threshold=1.0)
+
+    def cull(self, seed: SeedId, epoch: int, reason: str, *, command_id: str | None = None,
+             gates: list[GateResult] | None = None, metric: float = 0.0) -> tuple[list[SeedTransition], list[FieldReport]]:
+        slot = self.slot(seed)
+        state = slot.state(seed.seed_idx)
+        if state not in CULLABLE:
+            check_transition(state, SeedState.CULLED, str(seed))  # raises with the allowed moves
+        event = self._move(seed, SeedState.CULLED, epoch, reason, command_id=command_id, gates=gates)
+        report = self._field_report(seed, epoch, metric, FieldReportOutcome.CULLED)
+        slot.detach_kernel(seed.seed_idx)
+        slot.set_alpha(seed.seed_idx, 0.0)
+        slot.seed_embargo_left[seed.seed_idx] = self.settings.embargo_epochs
+        return [event], [report]
+
+    def advance(self, seed: SeedId, epoch: int, reason: str, command_id: str | None = None) -> list[SeedTransition]:
+        """TRAINING -> GRAFTING (alpha starts its ramp)."""
+        slot = self.slot(seed)
+        event = self._move(seed, SeedState.GRAFTING, epoch, reason, command_id=command_id)
+        slot.seed_graft_step[seed.seed_idx] = 0
+        slot.seed_graft_total[seed.seed_idx] = max(1, self.settings.grafting_steps)
+        slot.set_alpha(seed.seed_idx, 0.0)
+        return [event]
+
+    def fossilize_gate(self, seed: SeedId, epoch: int, evaluate: Callable[[], float], current: float,
+                       command_id: str | None = None) -> tuple[list[SeedTransition], list[FieldReport]]:
+        """GRAFTING -> FOSSILIZED if the seed's counterfactual contribution is positive, else CULLED."""
+        slot = self.slot(seed)
+        with slot.override_alpha(seed.seed_idx, 0.0):
+            without = evaluate()
+        contribution = current - without
+        gate = GateResult(name="counterfactual_contribution", passed=contribution > self.settings.min_contribution,
+                          value=contribution, threshold=self.settings.min_contribution)
+        if not gate.passed:
+            return self.cull(seed, epoch, f"counterfactual contribution {contribution:+.4f} not above "
+                             f"{self.settings.min_contribution:+.4f}", command_id=command_id, gates=[gate], metric=current)
+        event = self._move(seed, SeedState.FOSSILIZED, epoch, f"counterfactual contribution {contribution:+.4f}",
+                           command_id=command_id, gates=[gate])
+        slot.set_alpha(seed.seed_idx, 1.0)
+        kernel = slot.kernel(seed.seed_idx)
+        if kernel is not None:
+            kernel.requires_grad_(False)
+        return [event], [self._field_report(seed, epoch, current, FieldReportOutcome.FOSSILIZED,
+                                            {"contribution": contribution, "without_seed": without})]
+
+    def _field_report(self, seed: SeedId, epoch: int, post: float, outcome: FieldReportOutcome,
+                      extra: dict[str, float] | None = None) -> FieldReport:
+        slot = self.slot(seed)
+        info = self.kernel_info[seed]
+        return FieldReport(
+            layer_id=seed.layer_id, seed_idx=seed.seed_idx, blueprint_id=info.blueprint_id, kernel_id=info.kernel_id,
+            layer_name=slot.layer_name, pre_metric=float(slot.seed_pre_metric[seed.seed_idx]), post_metric=post,
+            outcome=outcome, epochs_active=max(0, epoch - int(slot.seed_germinated_epoch[seed.seed_idx])),
+            eval_metrics=extra or {},
+        )
+
+    # -- per step / per epoch mechanics ------------------------------------------------------
+    def after_optimizer_step(self) -> None:
+        """Advance every grafting seed's alpha ramp by one step."""
+        for slot in self.slots.values():
+            for idx in range(slot.num_seeds):
+                if slot.state(idx) is SeedState.GRAFTING and slot.alpha(idx) < 1.0:
+                    step = int(slot.seed_graft_step[idx]) + 1
+                    slot.seed_graft_step[idx] = step
+                    slot.set_alpha(idx, min(1.0, step / max(1, int(slot.seed_graft_total[idx]))))
+
+    def end_of_epoch(self, epoch: int, evaluate: Callable[[], float], current: float
+                     ) -> tuple[list[SeedTransition], list[FieldReport]]:
+        """Failures -> CULLED; embargo -> DORMANT; auto-advance; finished grafts face the gate."""
+        transitions: list[SeedTransition] = []
+        reports: list[FieldReport] = []
+        for slot in self.slots.values():
+            failures = slot.take_failures()
+            for idx in range(slot.num_seeds):
+                seed = SeedId(layer_id=slot.layer_id, seed_idx=idx)
+                state = slot.state(idx)
+                if idx in failures and state in CULLABLE | {SeedState.FOSSILIZED}:
+                    if state is SeedState.FOSSILIZED:
+                        continue  # a fossil cannot be culled; its failure is counted in error_count
+                    t, r = self.cull(seed, epoch, failures[idx], metric=current)
+                    transitions += t
+                    reports += r
+                    continue
+                if state is SeedState.CULLED:
+                    left = int(slot.seed_embargo_left[idx]) - 1
+                    slot.seed_embargo_left[idx] = max(0, left)
+                    if left <= 0:
+                        transitions.append(self._move(seed, SeedState.DORMANT, epoch, "embargo over"))
+                        self.kernel_info.pop(seed, None)
+                    continue
+                slot.seed_epochs_in_state[idx] += 1
+                if (state is SeedState.TRAINING and self.settings.auto_advance
+                        and int(slot.seed_epochs_in_state[idx]) >= self.settings.training_epochs):
+                    transitions += self.advance(seed, epoch, f"trained {self.settings.training_epochs} epochs")
+                elif state is SeedState.GRAFTING and slot.alpha(idx) >= 1.0:
+                    t, r = self.fossilize_gate(seed, epoch, evaluate, current)
+                    transitions += t
+                    reports += r
+        return transitions, reports
+
+    # -- training support ----------------------------------------------------------------------
+    def training_seed_parameters(self) -> list[nn.Parameter]:
+        params: list[nn.Parameter] = []
+        for slot in self.slots.values():
+            for idx in range(slot.num_seeds):
+                if slot.state(idx) is SeedState.TRAINING and slot.kernel(idx) is not None:
+                    params += [p for p in slot.kernel(idx).parameters() if p.requires_grad]
+        return params
+
+    @contextmanager
+    def probe_training(self):
+        """The isolated pass: TRAINING seeds blended at alpha 1 (their input detached)."""
+        for slot in self.slots.values():
+            slot.probe_training = True
+        try:
+            yield
+        finally:
+            for slot in self.slots.values():
+                slot.probe_training = False
+
+    def observe_gradients(self) -> None:
+        for slot in self.slots.values():
+            if slot.collect_health:
+                slot.health.observe_gradient(slot.host.weight.grad)
+
+    def seed_parameter_count(self) -> int:
+        return sum(p.numel() for slot in self.slots.values() for p in slot.kernels.parameters())
+
+    # -- telemetry -------------------------------------------------------------------------------
+    def health_signals(self, epoch: int) -> list[HealthSignal]:
+        signals = []
+        for slot in self.slots.values():
+            chunks = slot.health.summary()
+            slot.health.reset()
+            if chunks is None:
+                continue
+            active = sum(1 for i in range(slot.num_seeds) if slot.state(i) in (SeedState.TRAINING, SeedState.GRAFTING))
+            for idx, chunk in enumerate(chunks):
+                state = slot.state(idx)
+                ready = (state is SeedState.TRAINING and int(slot.seed_epochs_in_state[idx]) + 1 >= self.settings.training_epochs) or (
+                    state is SeedState.GRAFTING and slot.alpha(idx) >= 1.0)
+                signals.append(HealthSignal(
+                    layer_id=slot.layer_id, seed_idx=idx, layer_name=slot.layer_name, chunk_id=idx, epoch=epoch,
+                    activation_variance=chunk.activation_variance, dead_neuron_ratio=chunk.dead_neuron_ratio,
+                    avg_correlation=chunk.avg_correlation, gradient_norm=chunk.gradient_norm,
+                    is_ready_for_transition=ready, health_score=chunk.health_score,
+                    execution_latency=chunk.execution_latency_ms, error_count=int(slot.seed_errors[idx]),
+                    active_seeds=active, total_seeds=slot.num_seeds,
+                ))
+        return signals
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def kernel_records(self) -> str:
+        """JSON of the kernels in use: needed to rebuild modules before loading a checkpoint."""
+        return json.dumps({
+            f"{seed.layer_id}:{seed.seed_idx}": {
+                "kernel_id": info.kernel_id, "blueprint_id": info.blueprint_id,
+                "architecture": info.architecture.model_dump(mode="json"),
+            }
+            for seed, info in self.kernel_info.items()
+        }, sort_keys=True)
+
+    def restore_kernels(self, records: str, build: Callable[[BlueprintArchitecture], nn.Module]) -> None:
+        """Rebuild (empty) kernel modules so that ``load_state_dict`` can fill them."""
+        for key, record in json.loads(records).items():
+            layer_id, idx = (int(part) for part in key.split(":"))
+            seed = SeedId(layer_id=layer_id, seed_idx=idx)
+            arch = BlueprintArchitecture.model_validate(record["architecture"])
+            self.kernel_info[seed] = KernelInfo(record["kernel_id"], record["blueprint_id"], arch)
+            slot = self.slot(seed)
+            slot.kernels[str(idx)] = build(arch).to(slot.host.weight.device)
+
+    def after_load(self) -> None:
+        """Call after ``load_state_dict``: re-read buffers, freeze fossils, check every kernel is there."""
+        from services.kasmina.lifecycle import HAS_KERNEL
+
+        for slot in self.slots.values():
+            slot.refresh()
+            for idx in range(slot.num_seeds):
+                state = slot.state(idx)
+                if state in HAS_KERNEL and slot.kernel(idx) is None:
+                    raise KasminaError(f"checkpoint has seed {slot.layer_id}:{idx} {state.value} but no kernel record")
+                if state is SeedState.FOSSILIZED:
+                    slot.kernel(idx).requires_grad_(False)

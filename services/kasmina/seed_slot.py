@@ -1,0 +1,160 @@
+"""SeedSlot: a host layer plus N seeds whose outputs are blended into the layer's output.
+
+    y = host(x) + sum_i alpha_i * kernel_i(x)
+
+TRAINING   the seed learns the task in isolation: it adds nothing to the model's
+           output (alpha 0, host gradients unchanged); the trainer runs a second,
+           seed-only pass (``probe_training``) where it is blended at alpha 1 and
+           only the seed's parameters receive gradients (its input is detached).
+GRAFTING   alpha ramps 0 -> 1 over a set number of optimizer steps.
+FOSSILIZED alpha 1, parameters frozen: the seed is part of the model for good.
+
+A kernel that raises, changes the shape or produces non-finite values is switched
+off at once and reported through ``take_failures()`` (the manager culls it).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from contracts import SeedState, layer_id_for_path
+from services.kasmina.health import HealthAccumulator
+from services.kasmina.lifecycle import state_code, state_of
+
+_CONTRIBUTING = (SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED)
+
+
+class KasminaError(ValueError):
+    """A seed slot cannot be made or used as asked."""
+
+
+class SeedSlot(nn.Module):
+    def __init__(self, host: nn.Module, layer_name: str, num_seeds: int, sample_every: int = 4) -> None:
+        super().__init__()
+        if not isinstance(host, (nn.Linear, nn.Conv2d)):
+            raise KasminaError(f"{layer_name}: seed slots wrap nn.Linear or nn.Conv2d, not {type(host).__name__}")
+        if num_seeds < 1:
+            raise KasminaError(f"{layer_name}: a seed slot needs at least one seed")
+        self.host = host
+        self.layer_name = layer_name
+        self.layer_id = layer_id_for_path(layer_name)
+        self.num_seeds = num_seeds
+        self.kernels = nn.ModuleDict()
+        n = num_seeds
+        self.register_buffer("seed_state", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_alpha", torch.zeros(n))
+        self.register_buffer("seed_kernel_digest", torch.zeros(n, 16, dtype=torch.uint8))
+        self.register_buffer("seed_epochs_in_state", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_graft_step", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_graft_total", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_embargo_left", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_pre_metric", torch.zeros(n))
+        self.register_buffer("seed_errors", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("seed_germinated_epoch", torch.zeros(n, dtype=torch.long))
+        self.health = HealthAccumulator(num_seeds)
+        self.sample_every = max(1, sample_every)
+        self.collect_health = True
+        self.probe_training = False
+        self.input_shape: list[int] | None = None
+        self.output_shape: list[int] | None = None
+        self._calls = 0
+        self._alpha_override: dict[int, float] = {}
+        self._failures: dict[int, str] = {}
+        self.refresh()
+
+    # -- python-side mirror of the buffers (read on every forward, so no tensor syncs) ----------
+    def refresh(self) -> None:
+        """Re-read the buffers, e.g. after ``load_state_dict``."""
+        self._states = [state_of(c) for c in self.seed_state.tolist()]
+        self._alphas = [float(a) for a in self.seed_alpha.tolist()]
+        self._disabled: set[int] = set()
+        self._contributing = [i for i, s in enumerate(self._states) if s in _CONTRIBUTING and str(i) in self.kernels]
+
+    def state(self, idx: int) -> SeedState:
+        return self._states[idx]
+
+    def set_state(self, idx: int, state: SeedState) -> None:
+        self.seed_state[idx] = state_code(state)
+        self.seed_epochs_in_state[idx] = 0
+        self.refresh()
+
+    def set_alpha(self, idx: int, alpha: float) -> None:
+        self.seed_alpha[idx] = alpha
+        self._alphas[idx] = float(alpha)
+
+    def alpha(self, idx: int) -> float:
+        return self._alphas[idx]
+
+    @contextmanager
+    def override_alpha(self, idx: int, alpha: float):
+        """Evaluate the model with one seed's alpha forced (the counterfactual gate)."""
+        self._alpha_override[idx] = alpha
+        try:
+            yield
+        finally:
+            self._alpha_override.pop(idx, None)
+
+    # -- kernels ------------------------------------------------------------------------------
+    def attach_kernel(self, idx: int, kernel: nn.Module) -> None:
+        device = self.host.weight.device
+        self.kernels[str(idx)] = kernel.to(device)
+        self.refresh()
+
+    def detach_kernel(self, idx: int) -> None:
+        if str(idx) in self.kernels:
+            del self.kernels[str(idx)]
+        self.refresh()
+
+    def kernel(self, idx: int) -> nn.Module | None:
+        return self.kernels[str(idx)] if str(idx) in self.kernels else None
+
+    def take_failures(self) -> dict[int, str]:
+        failures, self._failures = self._failures, {}
+        return failures
+
+    def _fail(self, idx: int, reason: str) -> None:
+        self._disabled.add(idx)
+        self._failures.setdefault(idx, reason)
+        self.seed_errors[idx] += 1
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sample = self.training and self.collect_health and not self.probe_training and self._calls % self.sample_every == 0
+        self._calls += 1
+        if sample:
+            start = time.perf_counter()
+            y = self.host(x)
+            self.health.observe(y, time.perf_counter() - start)
+        else:
+            y = self.host(x)
+        if self.input_shape is None:
+            self.input_shape, self.output_shape = list(x.shape[1:]), list(y.shape[1:])
+        for idx in self._contributing:
+            if idx in self._disabled:
+                continue
+            state = self._states[idx]
+            training = state is SeedState.TRAINING
+            if training and not self.probe_training:
+                continue  # alpha 0: isolated from the host
+            try:
+                out = self.kernels[str(idx)](x.detach() if training else x)
+            except Exception as exc:  # a kernel is data we were given: it must not kill the run
+                self._fail(idx, f"kernel raised {type(exc).__name__}: {exc}")
+                continue
+            if out.shape != y.shape:
+                self._fail(idx, f"kernel output shape {list(out.shape)} != layer output {list(y.shape)}")
+                continue
+            if not bool(torch.isfinite(out).all()):
+                self._fail(idx, "kernel produced non-finite values")
+                continue
+            alpha = self._alpha_override.get(idx, 1.0 if training else self._alphas[idx])
+            if alpha:
+                y = y + out if alpha == 1.0 else y + alpha * out
+        return y
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer_name!r}, layer_id={self.layer_id}, seeds={self.num_seeds}"

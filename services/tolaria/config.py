@@ -1,0 +1,117 @@
+"""The run configuration (YAML or JSON), validated by pydantic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: Literal["digits", "spirals", "folder"] = "digits"
+    path: str | None = Field(default=None, description="folder with MNIST-style IDX files or data.npz (x, y)")
+    val_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    spiral_arms: int = Field(default=3, ge=2, le=10)
+    spiral_points: int = Field(default=400, ge=20, description="points per arm")
+    spiral_noise: float = Field(default=0.25, ge=0)
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataConfig:
+        if self.dataset == "folder" and not self.path:
+            raise ValueError("dataset 'folder' needs data.path")
+        return self
+
+
+class ModelConfig(_Strict):
+    kind: Literal["mlp", "cnn"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [16], description="mlp: hidden widths")
+    channels: list[int] = Field(default_factory=lambda: [8, 16], description="cnn: conv channels")
+
+
+class SeedsConfig(_Strict):
+    target_layers: list[str] = Field(default_factory=lambda: ["body.0"], description="module paths")
+    per_layer: int = Field(default=2, ge=1, le=64)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+class ScheduleConfig(_Strict):
+    kind: Literal["constant", "cosine", "step"] = "constant"
+    step_epochs: int = Field(default=10, ge=1)
+    gamma: float = Field(default=0.5, gt=0, le=1)
+
+
+class AdaptationConfig(_Strict):
+    enabled: bool = True
+    budget: int = Field(default=4, ge=0, description="max germinations in the run")
+    cooldown_epochs: int = Field(default=0, ge=0, description="min epochs between germinations")
+    training_epochs: int = Field(default=2, ge=1)
+    grafting_steps: int = Field(default=50, ge=1)
+    embargo_epochs: int = Field(default=2, ge=0)
+    min_contribution: float = Field(default=0.0, description="counterfactual gate threshold (accuracy)")
+    auto_advance: bool = True
+    kernel_wait_s: float = Field(default=15.0, ge=0, description="how long to wait for a kernel in the library")
+
+
+class TelemetryConfig(_Strict):
+    sample_every_steps: int = Field(default=4, ge=1, description="health statistics on every n-th step")
+
+
+class RunConfig(_Strict):
+    name: str = Field(default="run", min_length=1, max_length=100)
+    description: str = Field(default="an Esper run", min_length=1, max_length=1000)
+    seed: int = Field(default=0, ge=0)
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    checkpoint_every_epochs: int = Field(default=1, ge=1)
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration, described in one line."""
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                          f"{str(exc).splitlines()[0]}") from None
+    return parse_config(raw or {}, str(path))
+
+
+def parse_config(raw: object, source: str = "config") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {where}: {first['msg']}{more}") from None

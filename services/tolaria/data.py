@@ -1,0 +1,130 @@
+"""Datasets: scikit-learn's bundled digits, synthetic spirals, or MNIST-style files from a folder."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.tolaria.config import DataConfig
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Split:
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    sample_shape: list[int]  # image datasets: [C, H, W]; vectors: [features]
+
+
+def load_dataset(cfg: DataConfig, seed: int, image: bool) -> Dataset:
+    """Load and split (train / validation / test, fixed by ``seed``). ``image``: keep [C,H,W] shape."""
+    if cfg.dataset == "digits":
+        x, y, shape = _digits()
+    elif cfg.dataset == "spirals":
+        if image:
+            raise DataError("the spirals task is 2-D points: use model.kind mlp")
+        x, y, shape = _spirals(cfg.spiral_arms, cfg.spiral_points, cfg.spiral_noise, seed)
+    else:
+        x, y, shape = _folder(Path(cfg.path or ""))
+    if not image:
+        x = x.reshape(len(x), -1)
+        shape = [int(np.prod(shape))]
+    else:
+        x = x.reshape(len(x), *shape)
+    return _split(cfg.dataset, x, y, shape, cfg.val_fraction, cfg.test_fraction, seed)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64), [1, 8, 8]
+
+
+def _spirals(arms: int, points: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Interleaved spirals: far from linearly separable, so a small host lacks capacity."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for arm in range(arms):
+        r = np.linspace(0.1, 1.0, points)
+        theta = 2 * math.pi * arm / arms + r * 3.5 * math.pi + rng.normal(0, noise * 0.3, points)
+        xs.append(np.stack([r * np.cos(theta), r * np.sin(theta)], 1) + rng.normal(0, noise * 0.05, (points, 2)))
+        ys.append(np.full(points, arm))
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), [2]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path.name} is not an unsigned-byte IDX file")
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4 : 4 + 4 * dims])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
+    if array.size != int(np.prod(shape)):
+        raise DataError(f"{path.name}: header says {shape}, found {array.size} values")
+    return array.reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _folder(folder: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """MNIST / Fashion-MNIST IDX files, or ``data.npz`` with arrays ``x`` and ``y`` (no pickles)."""
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    npz = folder / "data.npz"
+    if npz.exists():
+        with np.load(npz, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise DataError(f"{npz} needs arrays 'x' and 'y'")
+            x, y = archive["x"].astype(np.float32), archive["y"].astype(np.int64)
+        shape = list(x.shape[1:]) if x.ndim > 2 else [x.shape[1]]
+        if x.ndim == 3:
+            shape = [1, *x.shape[1:]]
+        return x, y, shape
+    images = [_find(folder, f"{p}-images-idx3-ubyte") for p in ("train", "t10k")]
+    labels = [_find(folder, f"{p}-labels-idx1-ubyte") for p in ("train", "t10k")]
+    if images[0] is None or labels[0] is None:
+        raise DataError(f"{folder} has neither data.npz nor train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]")
+    xs = [_read_idx(p) for p in images if p is not None]
+    ys = [_read_idx(p) for p in labels if p is not None]
+    x = np.concatenate(xs).astype(np.float32) / 255.0
+    y = np.concatenate(ys).astype(np.int64)
+    if len(x) != len(y):
+        raise DataError(f"{folder}: {len(x)} images but {len(y)} labels")
+    return x, y, [1, x.shape[1], x.shape[2]]
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray, shape: list[int], val: float, test: float, seed: int) -> Dataset:
+    if len(x) < 10:
+        raise DataError(f"dataset {name} has only {len(x)} samples")
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test, n_val = max(1, int(len(x) * test)), max(1, int(len(x) * val))
+    parts = np.split(order, [n_test, n_test + n_val])
+    to = lambda idx: Split(torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(y[idx]))  # noqa: E731
+    return Dataset(name, train=to(parts[2]), val=to(parts[1]), test=to(parts[0]),
+                   num_classes=int(y.max()) + 1, sample_shape=shape)
