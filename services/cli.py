@@ -53,13 +53,13 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 def _cmd_topics(args: argparse.Namespace) -> int:
     from services.oona.admin import ensure_topics, wait_for_broker
-    from services.oona.topic_registry import TOPICS
+    from services.oona.topic_registry import TOPICS, all_topics
     from services.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
     if args.action == "create":
-        created = ensure_topics(settings.kafka)
+        created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
         print(f"{len(created)} topics created, {len(TOPICS) - len(created)} already present")
     else:
         for spec in TOPICS:
@@ -71,11 +71,12 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from services.oona.admin import ensure_topics
     from services.oona.cluster import ensure_cluster
+    from services.oona.topic_registry import all_topics
     from services.settings import load_settings
 
     settings = load_settings()
     print(ensure_cluster(settings))
-    created = ensure_topics(settings.kafka)
+    created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
     print(f"topics: {len(created)} created, the rest already present")
     return 0
 
@@ -92,6 +93,28 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     from services.oona.tail import tail
 
     return tail(args.topic, max_events=args.max, from_beginning=args.from_beginning, timeout_s=args.timeout)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from services.settings import load_settings
+    from services.tolaria.config import load_config
+    from services.tolaria.run import resume_run, start_run
+
+    settings = load_settings()
+    if args.resume:
+        if args.config or args.no_adapt or args.run_id:
+            raise EsperUsageError("--resume RUN_ID takes no CONFIG, --run-id or --no-adapt (they come from the checkpoint)")
+        result = resume_run(args.resume, settings, progress=not args.quiet)
+    else:
+        if not args.config:
+            raise EsperUsageError("a CONFIG file is required (or --resume RUN_ID)")
+        cfg = load_config(args.config)
+        result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
+    print(f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
+          f"params={result.parameter_count} (seeds {result.seed_parameter_count}) "
+          f"events={result.events_emitted} skipped_as_already_on_log={result.events_skipped} "
+          f"seeds={result.seed_states}")
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -130,12 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many idle seconds (0: never)")
     p.set_defaults(func=_cmd_tail)
 
+    p = sub.add_parser("run", help="train a model with seed slots (Tolaria); streams the run onto Kafka")
+    p.add_argument("config", nargs="?", help="run config (YAML or JSON)")
+    p.add_argument("--run-id", help="name the run (default: NAME-TIMESTAMP-XXXX)")
+    p.add_argument("--no-adapt", action="store_true", help="baseline: same config, seeds stay dormant")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch output")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("bench", help="run the benchmarks; prints ratios and writes JSON")
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")
     p.add_argument("--output", default="bench-results/bench.json", help="JSON results file")
     p.add_argument("--only", action="append", default=[], help="run only benchmarks whose name contains this")
     p.set_defaults(func=_cmd_bench)
     return parser
+
+
+class EsperUsageError(EsperError):
+    """Arguments that argparse accepts but that do not go together."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,9 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # Connection retries are reported once, as the command's own error.
         logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
+    from services.tolaria.checkpoint import CheckpointError
+    from services.tolaria.config import ConfigError
+
     try:
         return args.func(args)
-    except EsperError as exc:
+    except EsperUsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"esper: error: {exc}", file=sys.stderr)
+        return 2
+    except (EsperError, ConfigError, CheckpointError) as exc:
         print(f"esper: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

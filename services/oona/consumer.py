@@ -54,6 +54,7 @@ class Delivered:
     offset: int
     key: bytes | None
     message: OonaMessage
+    value: bytes = b""  # the original bytes, so a semantically rejected event can be dead-lettered whole
 
 
 class OonaConsumer:
@@ -110,40 +111,40 @@ class OonaConsumer:
             except DecodeError as exc:
                 self.dead_letter(msg, exc)
                 continue
-            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message))
+            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value))
         return delivered
 
     def dead_letter(self, msg: Message, exc: DecodeError) -> None:
+        self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                          exc.reason, type(exc).__name__)
+
+    def reject(self, delivered: Delivered, reason: str, error_type: str = "RejectedEvent") -> None:
+        """Dead-letter an event that decoded fine but cannot be acted on (e.g. a command for an unknown seed)."""
+        self._dead_letter(delivered.topic, delivered.partition, delivered.offset, delivered.key, delivered.value,
+                          reason, error_type)
+
+    def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     reason: str, error_type: str) -> None:
         failed_at = datetime.now(timezone.utc)
         headers = [
-            (DLQ_HEADER_TOPIC, msg.topic().encode()),
-            (DLQ_HEADER_PARTITION, str(msg.partition()).encode()),
-            (DLQ_HEADER_OFFSET, str(msg.offset()).encode()),
-            (DLQ_HEADER_REASON, exc.reason.encode("utf-8")[:4000]),
-            (DLQ_HEADER_ERROR_TYPE, type(exc).__name__.encode()),
+            (DLQ_HEADER_TOPIC, topic.encode()),
+            (DLQ_HEADER_PARTITION, str(partition).encode()),
+            (DLQ_HEADER_OFFSET, str(offset).encode()),
+            (DLQ_HEADER_REASON, reason.encode("utf-8")[:4000]),
+            (DLQ_HEADER_ERROR_TYPE, error_type.encode()),
             (DLQ_HEADER_GROUP, self.group_id.encode()),
             (DLQ_HEADER_FAILED_AT, failed_at.isoformat().encode()),
         ]
-        self.dead_letters.produce_raw(self.dlq_topic, msg.value(), msg.key(), headers)
+        self.dead_letters.produce_raw(self.dlq_topic, value, key, headers)
         self.dead_lettered += 1
-        log.warning(
-            "dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
-            msg.topic(), msg.partition(), msg.offset(), self.group_id, exc.reason,
-        )
+        log.warning("dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
+                    topic, partition, offset, self.group_id, reason)
         if self.on_dead_letter is not None:
-            self.on_dead_letter(
-                DeadLetter(
-                    source_topic=msg.topic(),
-                    source_partition=msg.partition(),
-                    source_offset=msg.offset(),
-                    reason=exc.reason[:4000],
-                    error_type=type(exc).__name__,
-                    consumer_group=self.group_id,
-                    original_key=msg.key(),
-                    original_value=msg.value(),
-                    failed_at=failed_at,
-                )
-            )
+            self.on_dead_letter(DeadLetter(
+                source_topic=topic, source_partition=partition, source_offset=offset, reason=reason[:4000],
+                error_type=error_type, consumer_group=self.group_id, original_key=key, original_value=value,
+                failed_at=failed_at,
+            ))
 
     def commit(self) -> None:
         """Commit the positions of everything consumed so far (synchronously)."""

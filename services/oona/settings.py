@@ -28,6 +28,8 @@ class KafkaSettings(BaseModel):
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
     schema_registry_url: str | None = None
+    # Prepended to every topic name: several Esper deployments (or test runs) share one cluster.
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
     # Consumers dead-letter any value larger than this (bytes).
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Seconds to wait for the cluster to answer before giving up with a clear error.

@@ -15,12 +15,13 @@ from services.settings import load_settings
 
 
 def tail(topic: str, *, max_events: int = 0, from_beginning: bool = False, timeout_s: float = 0.0) -> int:
-    spec = topic_spec(topic)  # unknown topic: one-line error before touching the cluster
+    topic_spec(topic)  # unknown topic: one-line error before touching the cluster
+    settings = load_settings()
+    spec = topic_spec(topic, settings.kafka.topic_prefix)
     if spec.raw:
         from services.oona.errors import UnknownTopicError
 
         raise UnknownTopicError(f"{topic} (raw bytes; read it with `esper sql` once Nissa sinks it)")
-    settings = load_settings()
     wait_for_broker(settings.kafka)
     codec = make_codec(settings.kafka.schema_registry_url)
     producer = OonaProducer(settings.kafka, codec)

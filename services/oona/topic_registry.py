@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -86,11 +87,17 @@ TOPICS: tuple[TopicSpec, ...] = (
 _BY_NAME = {spec.name: spec for spec in TOPICS}
 
 
-def topic_spec(name: str) -> TopicSpec:
+def topic_spec(name: str, prefix: str = "") -> TopicSpec:
+    """The registered topic ``name``; with a prefix, the same topic under ``prefix + name``."""
     try:
-        return _BY_NAME[name]
+        spec = _BY_NAME[name]
     except KeyError:
         raise UnknownTopicError(name) from None
+    return dataclasses.replace(spec, name=prefix + spec.name) if prefix else spec
+
+
+def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
+    return tuple(topic_spec(spec.name, prefix) for spec in TOPICS)
 
 
 def avro_topics() -> tuple[TopicSpec, ...]:
