@@ -26,7 +26,7 @@ from contracts import (
     SeedTransition,
 )
 from services.blueprints.artifacts import probe
-from services.kasmina.lifecycle import CULLABLE, check_transition
+from services.kasmina.lifecycle import CULLABLE, HAS_KERNEL, check_transition
 from services.kasmina.seed_slot import KasminaError, SeedSlot
 
 
@@ -278,6 +278,7 @@ class SeedManager:
             f"{seed.layer_id}:{seed.seed_idx}": {
                 "kernel_id": info.kernel_id, "blueprint_id": info.blueprint_id,
                 "architecture": info.architecture.model_dump(mode="json"),
+                "attached": self.slot(seed).kernel(seed.seed_idx) is not None,
             }
             for seed, info in self.kernel_info.items()
         }, sort_keys=True)
@@ -290,12 +291,11 @@ class SeedManager:
             arch = BlueprintArchitecture.model_validate(record["architecture"])
             self.kernel_info[seed] = KernelInfo(record["kernel_id"], record["blueprint_id"], arch)
             slot = self.slot(seed)
-            slot.kernels[str(idx)] = build(arch).to(slot.host.weight.device)
+            if record["attached"]:
+                slot.kernels[str(idx)] = build(arch).to(slot.host.weight.device)
 
     def after_load(self) -> None:
         """Call after ``load_state_dict``: re-read buffers, freeze fossils, check every kernel is there."""
-        from services.kasmina.lifecycle import HAS_KERNEL
-
         for slot in self.slots.values():
             slot.refresh()
             for idx in range(slot.num_seeds):

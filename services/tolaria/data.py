@@ -98,10 +98,13 @@ def _folder(folder: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
         raise DataError(f"data folder {folder} does not exist")
     npz = folder / "data.npz"
     if npz.exists():
-        with np.load(npz, allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise DataError(f"{npz} needs arrays 'x' and 'y'")
-            x, y = archive["x"].astype(np.float32), archive["y"].astype(np.int64)
+        try:
+            with np.load(npz, allow_pickle=False) as archive:
+                if "x" not in archive or "y" not in archive:
+                    raise DataError(f"{npz} needs arrays 'x' and 'y'")
+                x, y = archive["x"].astype(np.float32), archive["y"].astype(np.int64)
+        except (ValueError, OSError) as exc:  # object arrays need pickle: refused
+            raise DataError(f"cannot read {npz}: {exc}") from None
         shape = list(x.shape[1:]) if x.ndim > 2 else [x.shape[1]]
         if x.ndim == 3:
             shape = [1, *x.shape[1:]]
