@@ -123,8 +123,10 @@ class SeedSlot(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sample = self.training and self.collect_health and not self.probe_training and self._calls % self.sample_every == 0
-        self._calls += 1
+        sample = False
+        if self.training and not self.probe_training:  # the isolated seed pass is not the host's forward
+            sample = self.collect_health and self._calls % self.sample_every == 0
+            self._calls += 1
         if sample:
             start = time.perf_counter()
             y = self.host(x)

@@ -86,6 +86,25 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
             time.sleep(0.1)
 
 
+def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], committed_only: bool = True,
+                timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+    """End offset of each partition in one request (the last stable offset when ``committed_only``)."""
+    from confluent_kafka import IsolationLevel, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+    if not wanted:
+        return {}
+    level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
+    futures = client.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
+    return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
+
+
+def partitions_of(client: AdminClient, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
+    metadata = client.list_topics(timeout=timeout_s).topics
+    return [(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+
+
 def delete_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 30.0) -> None:
     if not names:
         return

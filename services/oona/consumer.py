@@ -10,6 +10,7 @@ dead-lettered.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from contracts.dead_letter import (
     DLQ_HEADER_TOPIC,
     DeadLetter,
 )
+from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.errors import ConfigurationError, DecodeError, FatalError, OversizedMessageError
 from services.oona.producer import OonaProducer
@@ -83,6 +85,9 @@ class OonaConsumer:
         self.dlq_topic = dlq_topic
         self.on_dead_letter = on_dead_letter
         self.dead_lettered = 0
+        self._early: list[Delivered] = []
+        self._settings = settings
+        self._admin = None
         self._specs = {spec.name: spec for spec in topics}
         self._consumer.subscribe(list(self._specs))
 
@@ -154,6 +159,32 @@ class OonaConsumer:
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 raise
+
+    def wait_for_assignment(self, timeout_s: float = 30.0) -> list[TopicPartition]:
+        """Join the group: poll until partitions are assigned (events read meanwhile are returned by catch_up)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._consumer.assignment():
+            self._early.extend(self.consume(100, 0.1))
+            if time.monotonic() > deadline:
+                raise FatalError(f"consumer group {self.group_id} got no partitions within {timeout_s:g}s")
+        return self._consumer.assignment()
+
+    def catch_up(self, timeout_s: float = 30.0) -> list[Delivered]:
+        """Everything on the assigned partitions up to their current end (what was published before now)."""
+        got, self._early = self._early, []
+        assignment = self._consumer.assignment()
+        if self._admin is None:
+            self._admin = admin_client(self._settings)
+        ends = end_offsets(self._admin, [(tp.topic, tp.partition) for tp in assignment])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind = [tp for tp in self._consumer.position(assignment)
+                      if tp.offset < ends[(tp.topic, tp.partition)] and not (tp.offset < 0 and ends[(tp.topic, tp.partition)] == 0)]
+            if not behind:
+                return got
+            if time.monotonic() > deadline:
+                raise FatalError(f"consumer group {self.group_id} could not catch up within {timeout_s:g}s")
+            got.extend(self.consume(500, 0.1))
 
     # -- helpers for transactional processing and replays --------------------------------------
     def assignment(self) -> list[TopicPartition]:

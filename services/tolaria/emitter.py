@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import BaseModel
 
 from contracts import OonaMessage, deterministic_event_id
+from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import Codec
 from services.oona.errors import DecodeError
 from services.oona.producer import OonaProducer
@@ -37,6 +38,8 @@ class RunEmitter:
         self.already_on_log: set[str] = set()
         self.emitted = 0
         self.skipped = 0
+        self._admin = admin_client(settings)
+        self._partitions: list[tuple[str, int]] | None = None
 
     def emit(self, topic: str, payload: BaseModel, *about: object, trace_id: str | None = None) -> OonaMessage | None:
         spec = self.topics[topic]
@@ -60,18 +63,13 @@ class RunEmitter:
         })
 
     def log_positions(self) -> LogPositions:
-        """High watermarks of every partition of the run's topics (call after ``flush``)."""
-        consumer = self._consumer()
-        try:
-            positions: LogPositions = {}
-            for spec in self.topics.values():
-                partitions = consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
-                positions[spec.name] = {
-                    p: consumer.get_watermark_offsets(TopicPartition(spec.name, p), timeout=10)[1] for p in partitions
-                }
-            return positions
-        finally:
-            consumer.close()
+        """End offsets of every partition of the run's topics (call after ``flush``)."""
+        if self._partitions is None:
+            self._partitions = partitions_of(self._admin, [spec.name for spec in self.topics.values()])
+        positions: LogPositions = {}
+        for (topic, partition), offset in end_offsets(self._admin, self._partitions, committed_only=False).items():
+            positions.setdefault(topic, {})[partition] = offset
+        return positions
 
     def read_back(self, since: LogPositions) -> int:
         """Collect the ids of this run's events written after ``since``; returns how many were found."""
@@ -79,12 +77,11 @@ class RunEmitter:
         try:
             targets: dict[tuple[str, int], int] = {}
             assignment = []
-            for spec in self.topics.values():
-                for partition, start in since.get(spec.name, {}).items():
-                    end = consumer.get_watermark_offsets(TopicPartition(spec.name, int(partition)), timeout=10)[1]
-                    if end > start:
-                        targets[(spec.name, int(partition))] = end
-                        assignment.append(TopicPartition(spec.name, int(partition), start))
+            starts = {(t, int(p)): o for t, parts in since.items() for p, o in parts.items()}
+            for key, end in end_offsets(self._admin, list(starts), committed_only=False).items():
+                if end > starts[key]:
+                    targets[key] = end
+                    assignment.append(TopicPartition(key[0], key[1], starts[key]))
             if not assignment:
                 return 0
             consumer.assign(assignment)

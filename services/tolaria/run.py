@@ -158,6 +158,7 @@ class TolariaRun:
         self.emitter = RunEmitter(kafka, self.producer, self.codec, self.topics, self.run_id)
         self.commands = OonaConsumer(kafka, self.codec, group_id=f"tolaria.{self.run_id}", topics=[self.commands_spec],
                                      dead_letters=self.producer, dlq_topic=self.dlq_spec.name)
+        self.commands.wait_for_assignment()
         self.library = None if self.no_adapt else KernelLibrary(kafka, self.codec, self.library_spec)
         self.applier = CommandApplier(self.manager, self.library, self.budget, self.cfg.adaptation.kernel_wait_s,
                                       self.trainer.rebuild_optimizer)
@@ -275,12 +276,8 @@ class TolariaRun:
         return val_acc, later
 
     def _poll_commands(self) -> list[Delivered]:
-        got: list[Delivered] = []
-        while True:
-            batch = self.commands.consume(500, 0.05)
-            if not batch:
-                return got
-            got += [d for d in batch if d.message.run_id == self.run_id]
+        """Every command published for this run before this boundary."""
+        return [d for d in self.commands.catch_up() if d.message.run_id == self.run_id]
 
     def _pending_from(self, record: dict) -> Delivered:
         value = bytes.fromhex(record["value"])
