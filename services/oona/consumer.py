@@ -178,13 +178,19 @@ class OonaConsumer:
         ends = end_offsets(self._admin, [(tp.topic, tp.partition) for tp in assignment])
         deadline = time.monotonic() + timeout_s
         while True:
-            behind = [tp for tp in self._consumer.position(assignment)
-                      if tp.offset < ends[(tp.topic, tp.partition)] and not (tp.offset < 0 and ends[(tp.topic, tp.partition)] == 0)]
-            if not behind:
+            if all(self._position(tp) >= ends[(tp.topic, tp.partition)] for tp in assignment):
                 return got
             if time.monotonic() > deadline:
                 raise FatalError(f"consumer group {self.group_id} could not catch up within {timeout_s:g}s")
             got.extend(self.consume(500, 0.1))
+
+    def _position(self, tp: TopicPartition) -> int:
+        """Next offset to read: the fetch position, else the committed offset, else the start."""
+        [current] = self._consumer.position([tp])
+        if current.offset >= 0:
+            return current.offset
+        [committed] = self._consumer.committed([tp], timeout=10)
+        return max(committed.offset, 0)
 
     # -- helpers for transactional processing and replays --------------------------------------
     def assignment(self) -> list[TopicPartition]:
