@@ -18,6 +18,8 @@ class BenchResult:
     baseline: float
     higher_is_better: bool = True
     target: float | None = None
+    # For costs measured against a baseline: the largest acceptable relative overhead (0.05 = 5%).
+    max_overhead: float | None = None
     details: dict[str, float | int | str] = field(default_factory=dict)
 
     @property
@@ -27,13 +29,20 @@ class BenchResult:
         return self.value / self.baseline if self.higher_is_better else self.baseline / self.value
 
     @property
+    def overhead(self) -> float:
+        return self.value / self.baseline - 1.0 if self.baseline > 0 else 0.0
+
+    @property
     def meets_target(self) -> bool | None:
+        if self.max_overhead is not None:
+            return self.overhead <= self.max_overhead
         if self.target is None:
             return None
         return self.value >= self.target if self.higher_is_better else self.value <= self.target
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"ratio": self.ratio, "meets_target": self.meets_target}
+        extra = {"overhead": self.overhead} if self.max_overhead is not None else {}
+        return asdict(self) | {"ratio": self.ratio, "meets_target": self.meets_target} | extra
 
 
 def print_table(results: list[BenchResult]) -> None:
@@ -44,9 +53,13 @@ def print_table(results: list[BenchResult]) -> None:
     for column in ("benchmark", "value", "baseline", "ratio", "target"):
         table.add_column(column, justify="left" if column == "benchmark" else "right")
     for r in results:
-        target = "" if r.target is None else f"{'>=' if r.higher_is_better else '<='} {r.target:,.0f} " + (
-            "[green]met[/]" if r.meets_target else "[red]missed[/]"
-        )
+        verdict = "[green]met[/]" if r.meets_target else "[red]missed[/]"
+        if r.max_overhead is not None:
+            target = f"overhead {r.overhead:+.1%} (<= {r.max_overhead:.0%}) {verdict}"
+        elif r.target is not None:
+            target = f"{'>=' if r.higher_is_better else '<='} {r.target:,.0f} {verdict}"
+        else:
+            target = ""
         table.add_row(
             r.name, f"{r.value:,.1f} {r.unit}", f"{r.baseline:,.1f} ({r.baseline_name})", f"{r.ratio:,.1f}x", target
         )
