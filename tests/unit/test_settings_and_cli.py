@@ -92,6 +92,27 @@ def test_bad_input_gives_one_line_and_non_zero_exit(args, env, fragment):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("config, fragment", [
+    ("seeds: {target_layers: [body.7]}\n", "seeds.target_layers: unknown layer path(s) body.7; seedable layers: body.0, head"),
+    ("epochs: -1\n", "epochs: Input should be greater than or equal to 1"),
+    ("model: {kind: cnn}\ndata: {dataset: spirals}\n", "data: the spirals task is 2-D points"),
+])
+def test_bad_run_configs_fail_before_touching_the_cluster(tmp_path, config, fragment):
+    path = tmp_path / "run.yaml"
+    path.write_text(config)
+    result = run_cli("run", str(path), KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", ESPER_STATE_DIR=str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().startswith("esper: error: ") and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_arguments_that_do_not_go_together(tmp_path):
+    result = run_cli("run", "x.yaml", "--resume", "r1", ESPER_STATE_DIR=str(tmp_path))
+    assert result.returncode == 2 and "--resume RUN_ID takes no CONFIG" in result.stderr
+    missing = run_cli("run", "--resume", "nope", ESPER_STATE_DIR=str(tmp_path))
+    assert missing.returncode == 1 and "no checkpoint at" in missing.stderr
+
+
 def test_bad_arguments_exit_2_with_usage():
     result = run_cli("broker", "explode")
     assert result.returncode == 2
