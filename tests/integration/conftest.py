@@ -135,6 +135,20 @@ def consumer_factory(kafka_settings: KafkaSettings, codec: SingleObjectCodec, pr
         consumer.close()
 
 
+@pytest.fixture
+def esper_settings(kafka_bootstrap: str, tmp_path):
+    """Settings for a whole service/run under a unique topic prefix, with every topic created."""
+    from services.oona.topic_registry import all_topics
+    from services.settings import EsperSettings
+
+    prefix = f"it.{uuid.uuid4().hex[:8]}."
+    settings = EsperSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
+                             state_dir=tmp_path / "state", external_cluster=True)
+    ensure_topics(settings.kafka, all_topics(prefix))
+    yield settings
+    delete_topics(settings.kafka, [spec.name for spec in all_topics(prefix)])
+
+
 def consume_until(consumer: OonaConsumer, count: int, timeout_s: float = 30.0) -> list:
     """Consume until ``count`` events arrived or the timeout passed (a condition, not a sleep)."""
     import time

@@ -12,14 +12,8 @@ import statistics
 import uuid
 from pathlib import Path
 
-import pytest
-
 from contracts import CommandAction
 from services.blueprints.starter import mlp_adapter
-from services.oona.admin import delete_topics, ensure_topics
-from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import all_topics
-from services.settings import EsperSettings
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
 from tests.kafka_helpers import publish_command, publish_kernel
@@ -28,17 +22,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-adaptive.y
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture
-def settings(kafka_bootstrap, tmp_path):
-    prefix = f"science.{uuid.uuid4().hex[:8]}."
-    s = EsperSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
-                      state_dir=tmp_path / "state", external_cluster=True)
-    ensure_topics(s.kafka, all_topics(prefix))
-    yield s
-    delete_topics(s.kafka, [spec.name for spec in all_topics(prefix)])
-
-
-def test_adaptive_runs_beat_the_no_adapt_baseline(settings, tmp_path):
+def test_adaptive_runs_beat_the_no_adapt_baseline(esper_settings, tmp_path):
+    settings = esper_settings
     prefix = settings.kafka.topic_prefix
     kernels = [publish_kernel(settings.kafka, mlp_adapter(2, 8, 64), init_seed=i, prefix=prefix) for i in range(2)]
     base = load_config(EXAMPLE)

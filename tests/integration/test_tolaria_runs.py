@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 from contracts import CommandAction, SeedState, layer_id_for_path
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_REASON
 from services.blueprints.starter import mlp_adapter
-from services.oona.admin import delete_topics, ensure_topics
-from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import all_topics
-from services.settings import EsperSettings
 from services.tolaria.config import parse_config
 from services.tolaria.run import start_run
 from tests.integration.conftest import read_raw
@@ -27,16 +21,6 @@ SPIRALS = {
     "optimizer": {"lr": 0.01},
     "adaptation": {"training_epochs": 2, "grafting_steps": 20, "embargo_epochs": 1, "budget": 2},
 }
-
-
-@pytest.fixture
-def esper_settings(kafka_bootstrap, tmp_path):
-    prefix = f"it.{uuid.uuid4().hex[:8]}."
-    settings = EsperSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
-                             state_dir=tmp_path / "state", external_cluster=True)
-    ensure_topics(settings.kafka, all_topics(prefix))
-    yield settings
-    delete_topics(settings.kafka, [spec.name for spec in all_topics(prefix)])
 
 
 def test_a_run_emits_everything_and_obeys_a_germinate_command(esper_settings):
