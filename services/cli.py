@@ -117,6 +117,117 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must look like 64 or 1x8x8") from None
+
+
+def _connected():
+    from services.oona.admin import ensure_topics, wait_for_broker
+    from services.oona.codec import make_codec
+    from services.oona.topic_registry import all_topics
+    from services.settings import load_settings
+
+    settings = load_settings()
+    wait_for_broker(settings.kafka)
+    ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
+    return settings, make_codec(settings.kafka.schema_registry_url)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from services.oona.service_loop import StopFlag, run_until_stopped
+
+    settings, codec = _connected()
+    blobs = settings.state_dir / "blobs"
+    if args.service == "tezzeret":
+        from services.tezzeret.service import Tezzeret
+
+        service = Tezzeret(settings.kafka, codec, blobs)
+    elif args.service == "urabrask":
+        from services.urabrask.service import Urabrask
+
+        service = Urabrask(settings.kafka, codec, blobs)
+    else:
+        from services.karn.service import Karn
+        from services.karn.starter_library import DEFAULT_SLOTS, parse_slot, starter_library
+
+        try:
+            slots = [parse_slot(s) for s in args.slot] or list(DEFAULT_SLOTS)
+        except ValueError as exc:
+            raise EsperUsageError(str(exc)) from None
+        service = Karn(settings.kafka, codec, starter_library(slots))
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    print(f"{args.service} serving on {settings.kafka.bootstrap_servers} (Ctrl-C to stop)", flush=True)
+    handled = run_until_stopped(args.service, service.step, stop, service.close)
+    print(f"{args.service} stopped after {handled} events")
+    return 0
+
+
+def _cmd_blueprint(args: argparse.Namespace) -> int:
+    from services.karn.service import submit
+    from services.tolaria.config import ConfigError
+    from services.blueprints.files import load_blueprints
+
+    try:
+        blueprints = load_blueprints(args.file)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings, codec = _connected()
+    submit(settings.kafka, codec, blueprints, submitted_by=args.submitted_by)
+    for bp in blueprints:
+        print(f"submitted {bp.blueprint_id} {bp.name} {bp.architecture.input_shape} -> {bp.architecture.output_shape}")
+    return 0
+
+
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from services.urza.catalog import load_catalog
+
+    settings, codec = _connected()
+    catalog = load_catalog(settings.kafka, codec)
+    if args.action == "blueprints":
+        for entry in catalog.blueprints.values():
+            bp = entry.blueprint
+            print(f"{bp.blueprint_id}  {entry.state.value:13} {bp.name:36} {bp.architecture.input_shape} -> "
+                  f"{bp.architecture.output_shape} kernels={len(entry.kernel_ids)}"
+                  + (f" reason={entry.failure_reason}" if entry.failure_reason else ""))
+        return 0
+    if args.action == "fetch":
+        from services.blueprints.artifacts import ArtifactError
+        from services.oona.topic_registry import topic_spec
+        from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
+
+        if not args.kernel_id or not args.out:
+            raise EsperUsageError("kernels fetch needs KERNEL_ID and --out PATH")
+        library = KernelLibrary(settings.kafka, codec, topic_spec("library.kernels", settings.kafka.topic_prefix),
+                                settings.state_dir / "blobs")
+        try:
+            kernel = library.find(args.kernel_id, None, wait_s=2.0)
+            data = library.artifact(kernel)
+            library.load_module(kernel)  # verifies the checksum and that it loads weights-only
+        except (KernelNotFoundError, ArtifactError) as exc:
+            raise EsperUsageError(str(exc)) from None
+        finally:
+            library.close()
+        from pathlib import Path
+
+        Path(args.out).write_bytes(data)
+        print(f"wrote {args.out} ({len(data)} bytes, sha256 {kernel.metadata.checksum} verified)")
+        return 0
+    entries = catalog.query(input_shape=args.input_shape, output_shape=args.output_shape, tags=args.tag,
+                            max_latency_ms=args.max_latency_ms, max_memory_mb=args.max_memory_mb,
+                            only_validated=not args.all)
+    for e in entries:
+        c = e.characterization
+        timing = f"p50={c.latency_ms_p50:.4f}ms mem={c.peak_memory_mb:.3f}MB" if c else "not characterised"
+        print(f"{e.metadata.kernel_id}  {e.status.value:9} {e.metadata.name:36} {e.metadata.input_shape} -> "
+              f"{e.metadata.output_shape} params={e.metadata.parameter_count} {timing} tags={','.join(e.tags)}")
+    print(f"{len(entries)} kernel(s)")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from services.bench.runner import run_benchmarks
 
@@ -160,6 +271,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
+    p.add_argument("service", choices=["karn", "tezzeret", "urabrask"])
+    p.add_argument("--slot", action="append", default=[], help="karn: slot shapes to seed, e.g. 64:16 or 1x8x8:4x8x8")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("blueprint", help="submit blueprints (YAML/JSON: one blueprint or a list)")
+    p.add_argument("action", choices=["submit"])
+    p.add_argument("file")
+    p.add_argument("--submitted-by", default="user")
+    p.set_defaults(func=_cmd_blueprint)
+
+    p = sub.add_parser("kernels", help="query Urza's library: list kernels, list blueprints, fetch an artifact")
+    p.add_argument("action", choices=["list", "blueprints", "fetch"])
+    p.add_argument("kernel_id", nargs="?")
+    p.add_argument("--input-shape", type=_shape)
+    p.add_argument("--output-shape", type=_shape)
+    p.add_argument("--tag", action="append", default=[], help="require a tag (low-latency, low-memory, high-capacity)")
+    p.add_argument("--max-latency-ms", type=float)
+    p.add_argument("--max-memory-mb", type=float)
+    p.add_argument("--all", action="store_true", help="include kernels not (yet) validated")
+    p.add_argument("--out", help="fetch: where to write the artifact")
+    p.set_defaults(func=_cmd_kernels)
 
     p = sub.add_parser("bench", help="run the benchmarks; prints ratios and writes JSON")
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")

@@ -159,7 +159,8 @@ class TolariaRun:
         self.commands = OonaConsumer(kafka, self.codec, group_id=f"tolaria.{self.run_id}", topics=[self.commands_spec],
                                      dead_letters=self.producer, dlq_topic=self.dlq_spec.name)
         self.commands.wait_for_assignment()
-        self.library = None if self.no_adapt else KernelLibrary(kafka, self.codec, self.library_spec)
+        self.library = None if self.no_adapt else KernelLibrary(kafka, self.codec, self.library_spec,
+                                                                self.settings.state_dir / "blobs")
         self.applier = CommandApplier(self.manager, self.library, self.budget, self.cfg.adaptation.kernel_wait_s,
                                       self.trainer.rebuild_optimizer)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -25,7 +26,8 @@ class KernelNotFoundError(LookupError):
 class KernelLibrary:
     """Reads the whole library topic from the beginning (no consumer group), then follows it."""
 
-    def __init__(self, settings: KafkaSettings, codec: Codec, kernels: TopicSpec) -> None:
+    def __init__(self, settings: KafkaSettings, codec: Codec, kernels: TopicSpec, blob_dir: Path | None = None) -> None:
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else None
         self.codec = codec
         self.spec = kernels
         self.kernels: dict[str, CompiledKernel] = {}
@@ -67,14 +69,21 @@ class KernelLibrary:
             if time.monotonic() >= deadline:
                 raise KernelNotFoundError(f"kernel {kernel_id or 'for blueprint ' + str(blueprint_id)} is not in the library")
 
-    @staticmethod
-    def load_module(kernel: CompiledKernel):
+    def artifact(self, kernel: CompiledKernel) -> bytes:
+        """The artifact bytes, inline or from the content-addressed blob folder."""
+        if kernel.artifact is not None:
+            return kernel.artifact
+        if kernel.binary_ref.startswith("blob:") and self.blob_dir is not None:
+            path = self.blob_dir / kernel.binary_ref[len("blob:"):]
+            if path.exists():
+                return path.read_bytes()
+        raise ArtifactError(f"kernel {kernel.kernel_id}: artifact {kernel.binary_ref} is not available here")
+
+    def load_module(self, kernel: CompiledKernel):
         """Build the kernel's module and load its weights (weights-only, checksum verified)."""
-        if kernel.artifact is None:
-            raise ArtifactError(f"kernel {kernel.kernel_id} has no inline artifact ({kernel.binary_ref})")
         if kernel.architecture is None:
             raise ArtifactError(f"kernel {kernel.kernel_id} carries no blueprint architecture")
-        return load_artifact(kernel.artifact, kernel.architecture, kernel.metadata.checksum)
+        return load_artifact(self.artifact(kernel), kernel.architecture, kernel.metadata.checksum)
 
     def close(self) -> None:
         self._consumer.close()

@@ -1,0 +1,1 @@
+"""Tezzeret: compiles submitted blueprints into validated, weights-only kernels (consumer group ``tezzeret``)."""

@@ -1,0 +1,1 @@
+"""Urabrask: characterises compiled kernels (latency, memory) and tags them (consumer group ``urabrask``)."""

@@ -1,0 +1,83 @@
+"""Measure a kernel on the current device: latency percentiles and peak memory, then tag it (pure, no Kafka).
+
+Memory on CPU is parameters + buffers + every activation the forward pass produced
+(measured with forward hooks); on CUDA it is ``max_memory_allocated`` during the run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from contracts import KernelCharacterized, KernelMetadata
+
+BATCH = 32
+WARMUP = 5
+RUNS = 50
+LOW_LATENCY_MS = 0.2
+LOW_MEMORY_MB = 1.0
+HIGH_CAPACITY_PARAMS = 10_000
+MAX_LATENCY_MS = 50.0
+
+
+def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.device) -> KernelCharacterized:
+    module = module.to(device).eval()
+    x = torch.randn(BATCH, *metadata.input_shape, device=device)
+    activation_bytes = 0
+
+    def count(_m, _i, out):
+        nonlocal activation_bytes
+        if isinstance(out, torch.Tensor):
+            activation_bytes += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in module.modules()]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        out = module(x)
+    for hook in hooks:
+        hook.remove()
+    finite = bool(torch.isfinite(out).all())
+    shape_ok = list(out.shape[1:]) == list(metadata.output_shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP + RUNS):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            module(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i >= WARMUP:
+                times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    p50, p95 = statistics.median(times), times[int(0.95 * (len(times) - 1))]
+    state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base + state_bytes) / 2**20
+    else:
+        peak_mb = (state_bytes + activation_bytes) / 2**20
+    tags = []
+    if p50 <= LOW_LATENCY_MS:
+        tags.append("low-latency")
+    if peak_mb <= LOW_MEMORY_MB:
+        tags.append("low-memory")
+    if metadata.parameter_count >= HIGH_CAPACITY_PARAMS:
+        tags.append("high-capacity")
+    reasons = []
+    if not finite:
+        reasons.append("non-finite output")
+    if not shape_ok:
+        reasons.append(f"output shape {list(out.shape[1:])} != {metadata.output_shape}")
+    if p95 > MAX_LATENCY_MS:
+        reasons.append(f"p95 latency {p95:.2f} ms over the {MAX_LATENCY_MS:g} ms budget")
+    return KernelCharacterized(
+        kernel_id=metadata.kernel_id, blueprint_id=metadata.blueprint_id, device=str(device),
+        latency_ms_p50=p50, latency_ms_p95=p95, peak_memory_mb=peak_mb, tags=tags, passed=not reasons,
+        failure_reason="; ".join(reasons) or None,
+    )
