@@ -81,7 +81,8 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
     pending = set(names)
     while pending and time.monotonic() < deadline:
         topics = client.list_topics(timeout=timeout_s).topics
-        pending = {n for n in pending if n not in topics or topics[n].error is not None or not topics[n].partitions}
+        pending = {n for n in pending if n not in topics or topics[n].error is not None or not topics[n].partitions
+                   or any(p.leader < 0 for p in topics[n].partitions.values())}
         if pending:
             time.sleep(0.1)
 
@@ -96,8 +97,16 @@ def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], comm
     if not wanted:
         return {}
     level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
-    futures = client.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
-    return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        futures = client.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
+        try:
+            return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
+        except KafkaException as exc:
+            # A just-created partition may not have a leader the broker knows about yet.
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def partitions_of(client: AdminClient, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from contracts import OonaMessage
+from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.errors import DecodeError
 from services.oona.settings import KafkaSettings
@@ -23,9 +24,8 @@ class TopicView:
             "isolation.level": "read_committed",
         })
         partitions = self._consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
-        self._ends = {}
-        for p in partitions:
-            self._ends[p] = self._consumer.get_watermark_offsets(TopicPartition(spec.name, p), timeout=10)[1]
+        ends = end_offsets(admin_client(settings), [(spec.name, p) for p in partitions])
+        self._ends = {p: ends[(spec.name, p)] for p in partitions}
         self._consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in partitions])
 
     def poll(self, timeout: float = 0.2) -> list[OonaMessage]:
