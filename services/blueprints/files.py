@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from contracts import Blueprint
+from services.config_files import read_document
 
 
 def load_blueprints(path: str | Path) -> list[Blueprint]:
     """One blueprint or a list of them; ``blueprint_id`` is derived from the architecture when absent."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path} is not valid JSON/YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_document(path)
     items = raw if isinstance(raw, list) else [raw]
     blueprints = []
     for i, item in enumerate(items):

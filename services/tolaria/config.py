@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.config_files import read_document
 
 
 class _Strict(BaseModel):
@@ -92,16 +92,10 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> RunConfig:
-    path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                          f"{str(exc).splitlines()[0]}") from None
+        raw = read_document(path)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
     return parse_config(raw or {}, str(path))
 
 

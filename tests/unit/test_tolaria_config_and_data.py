@@ -33,7 +33,7 @@ def test_invalid_configs(raw, message):
 
 
 def test_unreadable_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match="config: cannot read"):
         load_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: [1,\n")
