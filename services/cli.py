@@ -167,9 +167,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_blueprint(args: argparse.Namespace) -> int:
+    from services.blueprints.files import load_blueprints
     from services.karn.service import submit
     from services.tolaria.config import ConfigError
-    from services.blueprints.files import load_blueprints
 
     try:
         blueprints = load_blueprints(args.file)

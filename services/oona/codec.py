@@ -16,6 +16,7 @@ import fastavro
 from pydantic import ValidationError
 
 from contracts import OonaMessage
+from services.oona.avro_encoder import compile_encoder
 from services.oona.errors import (
     ConfigurationError,
     ContractViolationError,
@@ -23,7 +24,6 @@ from services.oona.errors import (
     EncodeError,
     UnknownSchemaError,
 )
-from services.oona.avro_encoder import compile_encoder
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 

@@ -194,7 +194,7 @@ class TolariaRun:
             else:
                 self._emit_session(SessionStatus.RUNNING, "started")
             self.emitter.flush()
-            val_acc = 0.0
+            val_acc = self.trainer.val_accuracy()  # what a run resumed after its last epoch reports
             for epoch in range(start_epoch, self.cfg.epochs):
                 val_acc, pending = self._epoch(epoch, pending)
             test_loss, test_acc = self.trainer.evaluate("test")
@@ -331,6 +331,8 @@ class TolariaRun:
         ), "session", phase, *about)
 
     # -- progress ---------------------------------------------------------------------------------
+    _bar = None  # (rich Progress, task id) while a progress bar is shown
+
     def _batch_progress(self, epoch: int):
         if self._bar is None:
             return None
@@ -340,8 +342,6 @@ class TolariaRun:
             bar.update(task, completed=epoch + step / steps)
 
         return update
-
-    _bar = None
 
     def _report_epoch(self, epoch: int, stats, val_acc: float, transitions) -> None:
         counts = ", ".join(f"{n} {s.value}" for s, n in self.manager.counts().items() if n and s.value != "dormant")

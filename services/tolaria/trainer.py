@@ -117,7 +117,7 @@ class Trainer:
         with self.manager.probe_training():
             loss = F.cross_entropy(self.model(xb), yb)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        for p, g in zip(params, grads):
+        for p, g in zip(params, grads, strict=True):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
 

@@ -51,7 +51,7 @@ def test_poison_messages_are_dead_lettered_and_nothing_is_lost(
 
     letters = read_raw(kafka_settings, dlq.name, len(poison))
     assert len(letters) == len(poison)
-    for label, letter in zip(order, letters):
+    for label, letter in zip(order, letters, strict=True):
         headers = dict(letter.headers())
         assert headers[DLQ_HEADER_TOPIC].decode() == spec.name
         assert letter.value() == poison[label], f"{label}: original bytes kept whole"

@@ -35,7 +35,6 @@ from services.urza.topic_view import TopicView
 from tests.integration.run_log import run_events
 from tests.kafka_helpers import publish_command
 
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
