@@ -29,14 +29,14 @@ $(VENV)/.installed: requirements.lock
 	$(VENV)/bin/pip install -q -r requirements.lock
 	touch $@
 
-up: venv ## install everything, start the broker and provision topics
+up: venv ## install everything, start the broker, create the topics, start the services
 	$(ESPER) up
 
-down: venv ## stop the local broker (data is kept)
+down: venv ## stop the services and the local broker (data is kept)
 	$(ESPER) down
 
-status: venv ## broker status
-	$(ESPER) broker status
+status: venv ## broker and services: up or down
+	$(ESPER) status
 
 broker: venv ## start only the local single-node Kafka
 	$(ESPER) broker start
