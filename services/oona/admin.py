@@ -73,6 +73,8 @@ def ensure_topics(
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race with another provisioner
                 raise ConfigurationError(f"cannot create topic {name}: {error.str()}") from None
     _wait_for_metadata(client, created, timeout_s)
+    # Leaders known to the metadata are not always serving yet: wait until every partition answers.
+    end_offsets(client, partitions_of(client, created), timeout_s=timeout_s)
     return created
 
 
@@ -85,6 +87,12 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
                    or any(p.leader < 0 for p in topics[n].partitions.values())}
         if pending:
             time.sleep(0.1)
+
+
+_LEADERSHIP_ERRORS = {
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.REQUEST_TIMED_OUT,
+}
 
 
 def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], committed_only: bool = True,
@@ -104,7 +112,9 @@ def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], comm
             return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
         except KafkaException as exc:
             # A just-created partition may not have a leader the broker knows about yet.
-            if not exc.args[0].retriable() or time.monotonic() > deadline:
+            error = exc.args[0]
+            transient = error.retriable() or error.code() in _LEADERSHIP_ERRORS
+            if not transient or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
