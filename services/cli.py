@@ -238,7 +238,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
             data = library.artifact(kernel)
             library.load_module(kernel)  # verifies the checksum and that it loads weights-only
         except (KernelNotFoundError, ArtifactError) as exc:
-            raise EsperUsageError(str(exc)) from None
+            raise EsperError(str(exc)) from None
         finally:
             library.close()
         from pathlib import Path
