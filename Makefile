@@ -20,7 +20,18 @@ help: ## list the targets
 venv-path:
 	@echo $(VENV)
 
-venv: $(VENV)/.installed ## create the cached virtualenv with every dependency
+venv: $(VENV)/.installed $(VENV)/.scatter ## create the cached virtualenv with every dependency
+
+# torch-scatter (the optional scatter backend) has no wheels on PyPI: build it once from
+# source against the venv's torch (~10 min on 2 cores) and keep the wheel outside the clone.
+TORCH_SCATTER ?= torch-scatter==2.1.2
+WHEELS := $(ESPER_CACHE)/wheels
+$(VENV)/.scatter: $(VENV)/.installed
+	@$(VENV)/bin/pip install -q --no-index --find-links $(WHEELS) "$(TORCH_SCATTER)" 2>/dev/null || { \
+	  echo "building $(TORCH_SCATTER) from source (once; cached in $(WHEELS))"; \
+	  $(VENV)/bin/pip wheel -q --no-build-isolation --no-deps -w $(WHEELS) "$(TORCH_SCATTER)" && \
+	  $(VENV)/bin/pip install -q --no-index --find-links $(WHEELS) "$(TORCH_SCATTER)"; }
+	touch $@
 
 $(VENV)/.installed: requirements.lock
 	@echo "setting up $(VENV) (first time: torch is a large download)"
