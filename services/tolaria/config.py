@@ -68,6 +68,7 @@ class AdaptationConfig(_Strict):
 
 class TelemetryConfig(_Strict):
     sample_every_steps: int = Field(default=4, ge=1, description="health statistics on every n-th step")
+    every_epochs: int = Field(default=1, ge=1, description="publish HealthSignals every n epochs (and at the end)")
 
 
 class RunConfig(_Strict):

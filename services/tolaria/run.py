@@ -251,8 +251,10 @@ class TolariaRun:
         reports += r
 
         emit = self.emitter.emit
-        for signal in self.manager.health_signals(epoch):
-            emit("telemetry.seed.health", signal, "health", epoch, signal.layer_id, signal.seed_idx)
+        every = self.cfg.telemetry.every_epochs
+        if (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs:  # statistics accumulate in between
+            for signal in self.manager.health_signals(epoch):
+                emit("telemetry.seed.health", signal, "health", epoch, signal.layer_id, signal.seed_idx)
         for i, tr in enumerate(transitions):
             emit("lifecycle.seed.transitions", tr, "transition", epoch, tr.layer_id, tr.seed_idx, i,
                  tr.to_state.value, trace_id=causes.get(tr.command_id or ""))

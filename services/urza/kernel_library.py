@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -23,11 +25,45 @@ class KernelNotFoundError(LookupError):
     pass
 
 
-class KernelLibrary:
+class KernelLoader:
+    """Turns library entries into modules: artifact bytes (inline or blob), checksum, LRU of loaded kernels."""
+
+    def __init__(self, blob_dir: Path | None = None, cache_size: int = 32) -> None:
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else None
+        self.cache_size = cache_size
+        self._modules: OrderedDict[str, object] = OrderedDict()
+
+    def artifact(self, kernel: CompiledKernel) -> bytes:
+        """The artifact bytes, inline or from the content-addressed blob folder."""
+        if kernel.artifact is not None:
+            return kernel.artifact
+        if kernel.binary_ref.startswith("blob:") and self.blob_dir is not None:
+            path = self.blob_dir / kernel.binary_ref[len("blob:"):]
+            if path.exists():
+                return path.read_bytes()
+        raise ArtifactError(f"kernel {kernel.kernel_id}: artifact {kernel.binary_ref} is not available here")
+
+    def load_module(self, kernel: CompiledKernel):
+        """A fresh module with the kernel's weights (weights-only, checksum verified once, then LRU-cached)."""
+        cached = self._modules.get(kernel.kernel_id)
+        if cached is None:
+            if kernel.architecture is None:
+                raise ArtifactError(f"kernel {kernel.kernel_id} carries no blueprint architecture")
+            cached = load_artifact(self.artifact(kernel), kernel.architecture, kernel.metadata.checksum)
+            self._modules[kernel.kernel_id] = cached
+            if len(self._modules) > self.cache_size:
+                self._modules.popitem(last=False)
+        else:
+            self._modules.move_to_end(kernel.kernel_id)
+        return copy.deepcopy(cached)  # every seed trains its own copy
+
+
+
+class KernelLibrary(KernelLoader):
     """Reads the whole library topic from the beginning (no consumer group), then follows it."""
 
     def __init__(self, settings: KafkaSettings, codec: Codec, kernels: TopicSpec, blob_dir: Path | None = None) -> None:
-        self.blob_dir = Path(blob_dir) if blob_dir is not None else None
+        super().__init__(blob_dir)
         self.codec = codec
         self.spec = kernels
         self.kernels: dict[str, CompiledKernel] = {}
@@ -68,22 +104,6 @@ class KernelLibrary:
                     return matches[-1]
             if time.monotonic() >= deadline:
                 raise KernelNotFoundError(f"kernel {kernel_id or 'for blueprint ' + str(blueprint_id)} is not in the library")
-
-    def artifact(self, kernel: CompiledKernel) -> bytes:
-        """The artifact bytes, inline or from the content-addressed blob folder."""
-        if kernel.artifact is not None:
-            return kernel.artifact
-        if kernel.binary_ref.startswith("blob:") and self.blob_dir is not None:
-            path = self.blob_dir / kernel.binary_ref[len("blob:"):]
-            if path.exists():
-                return path.read_bytes()
-        raise ArtifactError(f"kernel {kernel.kernel_id}: artifact {kernel.binary_ref} is not available here")
-
-    def load_module(self, kernel: CompiledKernel):
-        """Build the kernel's module and load its weights (weights-only, checksum verified)."""
-        if kernel.architecture is None:
-            raise ArtifactError(f"kernel {kernel.kernel_id} carries no blueprint architecture")
-        return load_artifact(self.artifact(kernel), kernel.architecture, kernel.metadata.checksum)
 
     def close(self) -> None:
         self._consumer.close()

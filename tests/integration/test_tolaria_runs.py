@@ -80,10 +80,12 @@ def test_no_adapt_keeps_seeds_dormant_and_rejects_germination(esper_settings):
     kernel_id = publish_kernel(kafka, mlp_adapter(2, 8, 32), prefix=prefix)
     publish_command(kafka, run_id, CommandAction.GERMINATE, "body.0", 0, kernel_id=kernel_id, prefix=prefix,
                     command_id="nope")
-    result = start_run(parse_config({**SPIRALS, "epochs": 3}), esper_settings, run_id=run_id, no_adapt=True,
-                       progress=False)
+    cfg = parse_config({**SPIRALS, "epochs": 5, "telemetry": {"every_epochs": 2}})
+    result = start_run(cfg, esper_settings, run_id=run_id, no_adapt=True, progress=False)
     assert result.seed_states == {"dormant": 2} and result.seed_parameter_count == 0
     events = run_events(kafka, run_id)
+    health = sorted({m.payload.epoch for t, m in events if t.endswith("telemetry.seed.health")})
+    assert health == [1, 3, 4], "every second epoch, and at the end"
     assert not [m for t, m in events if t.endswith("lifecycle.seed.transitions")]
     started = next(m for t, m in events if t.endswith("training.sessions"))
     assert started.payload.session.training_config.adaptation_enabled is False

@@ -105,3 +105,19 @@ def test_compiler_validates_and_describes_the_kernel():
     assert compile_blueprint(bp, init_seed=4)[0].kernel_id != kernel.kernel_id
     with pytest.raises(BlueprintError, match="exceed the budget"):
         compile_blueprint(bp, max_parameters=10)
+
+
+def test_kernel_library_hands_out_independent_copies(tmp_path):
+    from services.urza.kernel_library import KernelLoader
+
+    bp = for_slot([16], [8])[0]
+    kernel, _ = compile_blueprint(bp)
+    library = KernelLoader(tmp_path, cache_size=2)
+    first, second = library.load_module(kernel), library.load_module(kernel)
+    assert first is not second
+    with torch.no_grad():
+        first[0].weight.add_(1.0)
+    assert not torch.equal(first[0].weight, second[0].weight), "a seed's training never touches another's kernel"
+    tampered = kernel.model_copy(update={"kernel_id": "k-other", "artifact": kernel.artifact[:-1] + b"\x00"})
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        library.load_module(tampered)
