@@ -8,15 +8,14 @@ after the checkpoint's log position are read back and skipped.
 from __future__ import annotations
 
 import logging
-import uuid
 
-from confluent_kafka import Consumer, TopicPartition
 from pydantic import BaseModel
 
 from contracts import OonaMessage, deterministic_event_id
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import Codec
 from services.oona.errors import DecodeError
+from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
@@ -56,12 +55,6 @@ class RunEmitter:
     def flush(self) -> None:
         self.producer.flush()
 
-    def _consumer(self) -> Consumer:
-        return Consumer(self.settings.client_config() | {
-            "group.id": f"tolaria-readback-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        })
-
     def log_positions(self) -> LogPositions:
         """End offsets of every partition of the run's topics (call after ``flush``)."""
         if self._partitions is None:
@@ -73,38 +66,16 @@ class RunEmitter:
 
     def read_back(self, since: LogPositions) -> int:
         """Collect the ids of this run's events written after ``since``; returns how many were found."""
-        consumer = self._consumer()
-        try:
-            targets: dict[tuple[str, int], int] = {}
-            assignment = []
-            starts = {(t, int(p)): o for t, parts in since.items() for p, o in parts.items()}
-            for key, end in end_offsets(self._admin, list(starts), committed_only=False).items():
-                if end > starts[key]:
-                    targets[key] = end
-                    assignment.append(TopicPartition(key[0], key[1], starts[key]))
-            if not assignment:
-                return 0
-            consumer.assign(assignment)
-            specs = {spec.name: spec for spec in self.topics.values()}
-            done: set[tuple[str, int]] = set()
-            while len(done) < len(targets):
-                for msg in consumer.consume(500, 1.0):
-                    if msg.error() is not None:
-                        continue
-                    where = (msg.topic(), msg.partition())
-                    if msg.offset() + 1 >= targets[where]:
-                        done.add(where)
-                    if msg.key() != self.run_id.encode():
-                        continue
-                    try:
-                        self.already_on_log.add(self.codec.decode(specs[msg.topic()], msg.value()).event_id)
-                    except DecodeError:
-                        continue
-                # Transaction markers occupy offsets too: stop once the position passed the target.
-                for tp in consumer.position([TopicPartition(t, p) for t, p in targets]):
-                    if tp.offset >= targets[(tp.topic, tp.partition)]:
-                        done.add((tp.topic, tp.partition))
-            log.info("read back run_id=%s events_on_log=%d", self.run_id, len(self.already_on_log))
-            return len(self.already_on_log)
-        finally:
-            consumer.close()
+        starts = {(t, int(p)): o for t, parts in since.items() for p, o in parts.items()}
+        ends = end_offsets(self._admin, list(starts), committed_only=False)
+        specs = {spec.name: spec for spec in self.topics.values()}
+        key = self.run_id.encode()
+        for msg in read_range(self.settings, {k: (starts[k], ends[k]) for k in starts}):
+            if msg.key() != key:
+                continue
+            try:
+                self.already_on_log.add(self.codec.decode(specs[msg.topic()], msg.value()).event_id)
+            except DecodeError:
+                continue
+        log.info("read back run_id=%s events_on_log=%d", self.run_id, len(self.already_on_log))
+        return len(self.already_on_log)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import copy
-import logging
 import time
-import uuid
 from collections import OrderedDict
 from pathlib import Path
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from contracts import CompiledKernel
 from services.blueprints.artifacts import ArtifactError, load_artifact
 from services.oona.codec import Codec
-from services.oona.errors import DecodeError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
-
-log = logging.getLogger(__name__)
+from services.urza.topic_view import TopicView
 
 
 class KernelNotFoundError(LookupError):
@@ -64,33 +58,15 @@ class KernelLibrary(KernelLoader):
 
     def __init__(self, settings: KafkaSettings, codec: Codec, kernels: TopicSpec, blob_dir: Path | None = None) -> None:
         super().__init__(blob_dir)
-        self.codec = codec
-        self.spec = kernels
         self.kernels: dict[str, CompiledKernel] = {}
-        self._consumer = Consumer(settings.client_config() | {
-            "group.id": f"urza-view-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-        })
-        metadata = self._consumer.list_topics(kernels.name, timeout=10).topics[kernels.name]
-        self._consumer.assign([TopicPartition(kernels.name, p, OFFSET_BEGINNING) for p in metadata.partitions])
+        self._view = TopicView(settings, codec, kernels)
 
     def poll(self, timeout: float = 0.2) -> int:
         """Apply what arrived since the last poll; returns how many records were read."""
-        n = 0
-        for msg in self._consumer.consume(500, timeout):
-            if msg.error() is not None:
-                continue
-            n += 1
-            if msg.value() is None:  # tombstone: the kernel was removed
-                self.kernels.pop((msg.key() or b"").decode(), None)
-                continue
-            try:
-                kernel = self.codec.decode(self.spec, msg.value()).payload
-            except DecodeError as exc:
-                log.warning("skipping undecodable library record offset=%d reason=%s", msg.offset(), exc.reason)
-                continue
-            self.kernels[kernel.kernel_id] = kernel
-        return n
+        new = self._view.poll(timeout)
+        for message in new:
+            self.kernels[message.payload.kernel_id] = message.payload
+        return len(new)
 
     def find(self, kernel_id: str | None, blueprint_id: str | None, wait_s: float = 0.0) -> CompiledKernel:
         deadline = time.monotonic() + wait_s
@@ -106,4 +82,4 @@ class KernelLibrary(KernelLoader):
                 raise KernelNotFoundError(f"kernel {kernel_id or 'for blueprint ' + str(blueprint_id)} is not in the library")
 
     def close(self) -> None:
-        self._consumer.close()
+        self._view.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -10,15 +12,17 @@ from contracts import OonaMessage
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.errors import DecodeError
+from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
+
+log = logging.getLogger(__name__)
 
 
 class TopicView:
     def __init__(self, settings: KafkaSettings, codec: Codec, spec: TopicSpec) -> None:
         self.codec = codec
         self.spec = spec
-        self.messages: list[OonaMessage] = []
         self._consumer = Consumer(settings.client_config() | {
             "group.id": f"view-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed",
@@ -36,15 +40,13 @@ class TopicView:
                 continue
             try:
                 new.append(self.codec.decode(self.spec, msg.value()))
-            except DecodeError:
-                continue
-        self.messages.extend(new)
+            except DecodeError as exc:  # a projection skips it; the services' consumers dead-letter it
+                log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
+                            msg.topic(), msg.partition(), msg.offset(), exc.reason)
         return new
 
     def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
         """Read at least up to the end the topic had when this view was opened."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         new = []
         while time.monotonic() < deadline:
@@ -70,27 +72,14 @@ def replay_until_committed(settings: KafkaSettings, codec: Codec, spec: TopicSpe
         committed = consumer.committed([TopicPartition(spec.name, p) for p in partitions], timeout=10)
     finally:
         consumer.close()
-    targets = {tp.partition: tp.offset for tp in committed if tp.offset > 0}
-    if not targets:
-        return []
-    reader = Consumer(settings.client_config() | {"group.id": f"replay-{uuid.uuid4().hex[:8]}",
-                                                   "enable.auto.commit": False, "isolation.level": "read_committed"})
-    out: list[tuple[int, int, OonaMessage]] = []
-    try:
-        reader.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in targets])
-        done: set[int] = set()
-        while len(done) < len(targets):
-            for msg in reader.consume(1000, 0.5):
-                if msg.error() is not None:
-                    continue
-                if msg.offset() < targets[msg.partition()] and msg.value() is not None:
-                    try:
-                        out.append((msg.partition(), msg.offset(), codec.decode(spec, msg.value())))
-                    except DecodeError:
-                        pass
-            for tp in reader.position([TopicPartition(spec.name, p) for p in targets]):
-                if tp.offset >= targets[tp.partition]:
-                    done.add(tp.partition)
-    finally:
-        reader.close()
-    return [m for _, _, m in sorted(out, key=lambda item: (item[0], item[1]))]
+    ranges = {(spec.name, tp.partition): (OFFSET_BEGINNING, tp.offset) for tp in committed if tp.offset > 0}
+    out = []
+    for msg in sorted(read_range(settings, ranges), key=lambda m: (m.partition(), m.offset())):
+        if msg.value() is None:
+            continue
+        try:
+            out.append(codec.decode(spec, msg.value()))
+        except DecodeError as exc:
+            log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
+                        msg.topic(), msg.partition(), msg.offset(), exc.reason)
+    return out
