@@ -176,21 +176,18 @@ class OonaConsumer:
         if self._admin is None:
             self._admin = admin_client(self._settings)
         ends = end_offsets(self._admin, [(tp.topic, tp.partition) for tp in assignment])
+        # Until the first fetch a partition has no position; then it starts at the committed offset.
+        committed = {(tp.topic, tp.partition): max(tp.offset, 0)
+                     for tp in self._consumer.committed(assignment, timeout=10)} if assignment else {}
         deadline = time.monotonic() + timeout_s
         while True:
-            if all(self._position(tp) >= ends[(tp.topic, tp.partition)] for tp in assignment):
+            positions = self._consumer.position(assignment)
+            if all((tp.offset if tp.offset >= 0 else committed[(tp.topic, tp.partition)])
+                   >= ends[(tp.topic, tp.partition)] for tp in positions):
                 return got
             if time.monotonic() > deadline:
                 raise FatalError(f"consumer group {self.group_id} could not catch up within {timeout_s:g}s")
             got.extend(self.consume(500, 0.1))
-
-    def _position(self, tp: TopicPartition) -> int:
-        """Next offset to read: the fetch position, else the committed offset, else the start."""
-        [current] = self._consumer.position([tp])
-        if current.offset >= 0:
-            return current.offset
-        [committed] = self._consumer.committed([tp], timeout=10)
-        return max(committed.offset, 0)
 
     # -- helpers for transactional processing and replays --------------------------------------
     def assignment(self) -> list[TopicPartition]:
