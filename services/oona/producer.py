@@ -89,14 +89,7 @@ class OonaProducer:
         """Encode and enqueue a batch in one call into librdkafka (no headers)."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
         encode = self.codec.encode
-        keys: dict[str, bytes] = {}  # a batch usually holds few runs
-        pending = []
-        for m in messages:
-            if spec.key == "run_id" and m.run_id:
-                key = keys.get(m.run_id) or keys.setdefault(m.run_id, m.run_id.encode("utf-8"))
-            else:
-                key = message_key(spec, m)
-            pending.append({"value": encode(spec, m), "key": key})
+        pending = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
         count = len(pending)
         while pending:
             self._producer.produce_batch(spec.name, pending, on_delivery=self._on_delivery)
