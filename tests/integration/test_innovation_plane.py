@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,10 +29,9 @@ from services.tolaria.run import start_run
 from services.urabrask.service import Urabrask
 from services.urza.catalog import load_catalog
 from services.urza.topic_view import TopicView
+from tests.esper_cli import esper_env, run_esper
 from tests.integration.run_log import run_events
 from tests.kafka_helpers import publish_command
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _step_until(services, condition, timeout_s=90.0):
@@ -57,11 +53,9 @@ def _all(settings, codec, name):
 
 
 def _cli(settings, *args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
-    env.update(PYTHONPATH=REPO, KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
-               ESPER_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix, ESPER_STATE_DIR=str(settings.state_dir))
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return run_esper(*args, env=esper_env(
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix,
+        ESPER_STATE_DIR=str(settings.state_dir)))
 
 
 def test_submitted_blueprints_become_characterised_kernels_that_tolaria_can_grow(esper_settings, tmp_path, monkeypatch):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,11 +19,11 @@ from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import all_topics, topic_spec
 from services.tolaria.emitter import RunEmitter
+from tests.esper_cli import ESPER, esper_env
 from tests.integration.run_log import run_events
 from tests.kafka_helpers import publish_command, publish_kernel
 from tests.samples import health_signal
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EPOCHS = 14
 CONFIG = {
     "name": "resume", "epochs": EPOCHS, "batch_size": 16, "data": {"dataset": "digits"},
@@ -33,13 +31,6 @@ CONFIG = {
     "seeds": {"target_layers": ["features.0"], "per_layer": 2},
     "optimizer": {"lr": 0.005}, "adaptation": {"training_epochs": 2, "grafting_steps": 30},
 }
-
-
-def _env(kafka_bootstrap: str, prefix: str, state: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
-    env.update(PYTHONPATH=REPO, KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_KAFKA__TOPIC_PREFIX=prefix,
-               ESPER_STATE_DIR=state)
-    return env
 
 
 def _wait_for_epoch(kafka: KafkaSettings, prefix: str, run_id: str, epoch: int, proc: subprocess.Popen,
@@ -70,8 +61,9 @@ def test_kill_9_then_resume_completes_without_duplicates(kafka_bootstrap, tmp_pa
                     prefix=prefix, command_id="germinate-once")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(CONFIG))
-    env = _env(kafka_bootstrap, prefix, str(tmp_path / "state"))
-    cli = [sys.executable, "-m", "services.cli", "run"]
+    env = esper_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_KAFKA__TOPIC_PREFIX=prefix,
+                    ESPER_STATE_DIR=str(tmp_path / "state"))
+    cli = [*ESPER, "run"]
     try:
         with subprocess.Popen([*cli, str(config), "--run-id", run_id, "-q"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as proc:

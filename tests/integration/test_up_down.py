@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-from services.oona.local_broker import REPO_ROOT
+from tests.esper_cli import esper_env, run_esper
 
 
 def test_up_status_down(kafka_bootstrap, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}
-    env.update(PYTHONPATH=str(REPO_ROOT), KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_STATE_DIR=str(tmp_path),
-               ESPER_KAFKA__TOPIC_PREFIX=f"updown.{os.getpid()}.")
+    env = esper_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_STATE_DIR=str(tmp_path),
+                    ESPER_KAFKA__TOPIC_PREFIX=f"updown.{os.getpid()}.")
 
     def esper(*args):
-        return subprocess.run([sys.executable, "-m", "services.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=120)
+        return run_esper(*args, env=env)
 
     try:
         up = esper("up")

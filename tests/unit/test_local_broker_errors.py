@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
-from services.oona.local_broker import REPO_ROOT
+from tests.esper_cli import esper_env, run_esper
 
 
 def test_missing_java_is_one_clear_line(tmp_path):
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(PATH=str(empty_bin), PYTHONPATH=str(REPO_ROOT), ESPER_STATE_DIR=str(tmp_path / "state"),
-               ESPER_BROKER__PORT="39392", ESPER_BROKER__CONTROLLER_PORT="39393")
-    result = subprocess.run([sys.executable, "-m", "services.cli", "broker", "start"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = esper_env(PATH=str(empty_bin), ESPER_STATE_DIR=str(tmp_path / "state"),
+                    ESPER_BROKER__PORT="39392", ESPER_BROKER__CONTROLLER_PORT="39393")
+    result = run_esper("broker", "start", env=env, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "esper: error: java not found on PATH: install Java 17 or newer (e.g. apt-get install openjdk-17-jre-headless)"
@@ -28,11 +25,9 @@ def test_missing_maven_is_one_clear_line(tmp_path):
     only_java = tmp_path / "bin"
     only_java.mkdir()
     os.symlink(java, only_java / "java")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_") and k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env.update(PATH=str(only_java), PYTHONPATH=str(REPO_ROOT), ESPER_STATE_DIR=str(tmp_path / "state"),
-               ESPER_CACHE_DIR=str(tmp_path / "empty-cache"),
-               ESPER_BROKER__PORT="39392", ESPER_BROKER__CONTROLLER_PORT="39393")
-    result = subprocess.run([sys.executable, "-m", "services.cli", "broker", "start"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = esper_env(PATH=str(only_java), ESPER_STATE_DIR=str(tmp_path / "state"),
+                    ESPER_CACHE_DIR=str(tmp_path / "empty-cache"),
+                    ESPER_BROKER__PORT="39392", ESPER_BROKER__CONTROLLER_PORT="39393")
+    result = run_esper("broker", "start", env=env, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().startswith("esper: error: mvn not found on PATH: install Maven 3")

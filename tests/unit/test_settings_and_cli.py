@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from services.oona.errors import ConfigurationError
 from services.settings import load_settings
+from tests.esper_cli import esper_env, run_esper
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,9 +68,7 @@ def test_invalid_settings_name_the_variable(monkeypatch, name, value, fragment):
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ESPER_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")}
-    full_env.update(env, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], env=full_env, capture_output=True, text=True, timeout=60)
+    return run_esper(*args, env=esper_env(**env), timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,24 @@
+"""Running the `esper` command as a user would: a subprocess with a clean Esper environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ESPER = [sys.executable, "-m", "services.cli"]
+
+
+def esper_env(**overrides: str) -> dict[str, str]:
+    """This process's environment without any Esper or Kafka setting, plus ``overrides``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ESPER_") and k not in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(overrides)
+    return env
+
+
+def run_esper(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*ESPER, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
