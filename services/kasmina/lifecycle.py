@@ -20,6 +20,8 @@ TRANSITIONS: dict[SeedState, frozenset[SeedState]] = {
 
 # States whose seed holds a kernel.
 HAS_KERNEL = frozenset({SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED})
+# States that count as "active" (Seed.is_active): the seed is learning.
+ACTIVE = frozenset({SeedState.TRAINING, SeedState.GRAFTING})
 # States a command may cull.
 CULLABLE = frozenset({SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING})
 

@@ -26,7 +26,7 @@ from contracts import (
     SeedTransition,
 )
 from services.blueprints.artifacts import probe
-from services.kasmina.lifecycle import CULLABLE, HAS_KERNEL, check_transition
+from services.kasmina.lifecycle import ACTIVE, CULLABLE, HAS_KERNEL, check_transition
 from services.kasmina.seed_slot import KasminaError, SeedSlot
 
 
@@ -77,7 +77,7 @@ class SeedManager:
         return counts
 
     def active_count(self) -> int:
-        return sum(1 for s in self.seed_ids() if self.state(s) in (SeedState.TRAINING, SeedState.GRAFTING))
+        return sum(1 for s in self.seed_ids() if self.state(s) in ACTIVE)
 
     # -- transitions ------------------------------------------------------------------------
     def _move(self, seed: SeedId, to: SeedState, epoch: int, reason: str, *, command_id: str | None = None,
@@ -196,13 +196,13 @@ class SeedManager:
             for idx in range(slot.num_seeds):
                 seed = SeedId(layer_id=slot.layer_id, seed_idx=idx)
                 state = slot.state(idx)
-                if idx in failures and state in CULLABLE | {SeedState.FOSSILIZED}:
-                    if state is SeedState.FOSSILIZED:
-                        continue  # a fossil cannot be culled; its failure is counted in error_count
+                if idx in failures and state in CULLABLE:
                     t, r = self.cull(seed, epoch, failures[idx], metric=current)
                     transitions += t
                     reports += r
                     continue
+                if idx in failures and state is SeedState.FOSSILIZED:
+                    continue  # a fossil cannot be culled; its failure is counted in error_count
                 if state is SeedState.CULLED:
                     left = int(slot.seed_embargo_left[idx]) - 1
                     slot.seed_embargo_left[idx] = max(0, left)
@@ -256,7 +256,7 @@ class SeedManager:
             slot.health.reset()
             if chunks is None:
                 continue
-            active = sum(1 for i in range(slot.num_seeds) if slot.state(i) in (SeedState.TRAINING, SeedState.GRAFTING))
+            active = sum(1 for i in range(slot.num_seeds) if slot.state(i) in ACTIVE)
             for idx, chunk in enumerate(chunks):
                 state = slot.state(idx)
                 ready = (state is SeedState.TRAINING and int(slot.seed_epochs_in_state[idx]) + 1 >= self.settings.training_epochs) or (

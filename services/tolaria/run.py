@@ -36,6 +36,7 @@ from contracts import (
 )
 from services.blueprints.modules import build_module
 from services.kasmina.seed_manager import LifecycleSettings, SeedManager
+from services.kasmina.seed_slot import KasminaError
 from services.kasmina.wrap import wrap_layers
 from services.oona.admin import ensure_topics, wait_for_broker
 from services.oona.codec import make_codec
@@ -125,8 +126,6 @@ class TolariaRun:
         except ValueError as exc:
             raise ConfigError(f"model: {exc}") from None
         self.host_parameters = parameter_count(self.model)
-        from services.kasmina.seed_slot import KasminaError
-
         try:
             self.slots = wrap_layers(self.model, cfg.seeds.target_layers, cfg.seeds.per_layer,
                                      cfg.telemetry.sample_every_steps)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -12,7 +11,6 @@ from services.oona.errors import ConfigurationError
 from services.settings import load_settings
 from tests.esper_cli import esper_env, run_esper
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _clean_env(monkeypatch):
