@@ -12,7 +12,6 @@ from services.settings import load_settings
 from tests.esper_cli import esper_env, run_esper
 
 
-
 def _clean_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("ESPER_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
