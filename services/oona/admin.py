@@ -52,9 +52,15 @@ def ensure_topics(
     specs = list(specs)
     client = admin_client(settings)
     try:
-        existing = set(client.list_topics(timeout=timeout_s).topics)
+        existing = client.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         raise BrokerUnavailableError(settings.bootstrap_servers, exc.args[0].str()) from None
+    for spec in specs:
+        if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
+            raise ConfigurationError(
+                f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, Esper needs {spec.partitions} "
+                "(run-scoped topics must be co-partitioned); delete the topic or the local state (make clean-state)"
+            )
     wanted = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor, config=spec.topic_configs())
         for spec in specs

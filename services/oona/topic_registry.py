@@ -28,13 +28,18 @@ from services.oona.errors import UnknownTopicError
 
 KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source"]
 
+# Run-scoped topics are co-partitioned (same partition count, keyed by run_id with the same
+# partitioner), so a run's events land on the same partition number of every topic and a
+# consumer group using the range assignor gives all of one run to one member (Tamiyo relies on it).
+RUN_PARTITIONS = 3
+
 
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     payload: type[BaseModel]
     key: KeyKind
-    partitions: int = 3
+    partitions: int = RUN_PARTITIONS
     compacted: bool = False
     # The DLQ carries original bytes + headers, not an Avro record.
     raw: bool = False
@@ -64,7 +69,7 @@ _DATA = {"max.message.bytes": str(2 * 1024 * 1024)}
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TopicName.TRAINING_SESSIONS.value, TrainingSessionEvent, "run_id", configs=_DATA),
-    TopicSpec(TopicName.TELEMETRY_SEED_HEALTH.value, HealthSignal, "run_id", partitions=6, configs=_DATA),
+    TopicSpec(TopicName.TELEMETRY_SEED_HEALTH.value, HealthSignal, "run_id", configs=_DATA),
     TopicSpec(TopicName.SYSTEM_EVENTS_EPOCH.value, EpochCompleted, "run_id", configs=_DATA),
     TopicSpec(TopicName.CONTROL_TAMIYO_DECISIONS.value, AdaptationDecision, "run_id", configs=_DATA),
     TopicSpec(TopicName.CONTROL_KASMINA_COMMANDS.value, KasminaCommand, "run_id", configs=_DATA),
