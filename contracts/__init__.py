@@ -6,6 +6,8 @@ This package imports nothing else of Esper's.
 from contracts.assets import (
     Blueprint,
     BlueprintArchitecture,
+    LayerEdge,
+    LayerSpec,
     ModelSpec,
     OpSpec,
     Seed,
@@ -17,7 +19,6 @@ from contracts.control import (
     AdaptationDecision,
     GateResult,
     KasminaCommand,
-    LayerEdge,
     ModelGraphState,
     SeedTransition,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "KernelReady",
     "KernelStatus",
     "LayerEdge",
+    "LayerSpec",
     "ModelGraphState",
     "ModelSpec",
     "OonaMessage",

@@ -104,6 +104,24 @@ class Blueprint(Contract):
         return f"Performance: {parts}"
 
 
+class LayerEdge(Contract):
+    """Data flows from the layer at module path ``source`` to the one at ``target``."""
+
+    source: str = Field(min_length=1, max_length=255)
+    target: str = Field(min_length=1, max_length=255)
+
+
+class LayerSpec(Contract):
+    """One host layer that holds seed slots, as Tamiyo needs to see it."""
+
+    name: str = Field(min_length=1, max_length=255, description="Module path")
+    layer_id: int = Field(ge=0)
+    kind: str = Field(min_length=1, max_length=50, description="'linear' or 'conv2d'")
+    input_shape: list[int] = Field(default_factory=list, description="One sample, no batch dim")
+    output_shape: list[int] = Field(default_factory=list)
+    parameters: int = Field(default=0, ge=0)
+
+
 class ModelSpec(Contract):
     """The host model of a session (was ``Dict[str, Any]``)."""
 
@@ -114,6 +132,8 @@ class ModelSpec(Contract):
     target_layers: list[str] = Field(default_factory=list, description="Module paths that hold seed slots")
     seeds_per_layer: int = Field(default=1, ge=0)
     parameter_count: int = Field(default=0, ge=0)
+    layers: list[LayerSpec] = Field(default_factory=list, description="Seeded layers, in data-flow order")
+    topology: list[LayerEdge] = Field(default_factory=list, description="Data flow between the seeded layers")
 
 
 class TrainingSpec(Contract):
@@ -129,6 +149,7 @@ class TrainingSpec(Contract):
     adaptation_enabled: bool = True
     adaptation_budget: int = Field(default=0, ge=0, description="Max germinations in the run")
     cooldown_epochs: int = Field(default=0, ge=0)
+    auto_advance: bool = Field(default=True, description="Kasmina advances and fossilizes seeds on its own")
 
 
 class TrainingSession(Contract):

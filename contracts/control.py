@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from contracts._base import Contract, UtcDatetime, utc_now
-from contracts.assets import SeedSlotRef
+from contracts.assets import LayerEdge, SeedSlotRef
 from contracts.enums import AdaptationType, CommandAction, SeedState, SystemHealth
 from contracts.telemetry import HealthSignal
 
@@ -69,11 +69,6 @@ class SeedTransition(SeedSlotRef):
     command_id: str | None = None
     kernel_id: str | None = None
     gates: list[GateResult] = Field(default_factory=list)
-
-
-class LayerEdge(Contract):
-    source: str = Field(min_length=1, max_length=255)
-    target: str = Field(min_length=1, max_length=255)
 
 
 class ModelGraphState(Contract):

@@ -94,3 +94,8 @@ class EpochCompleted(Contract):
     parameter_count: int = Field(ge=0)
     seed_parameter_count: int = Field(default=0, ge=0)
     learning_rate: float = Field(default=0.0, ge=0)
+    # What Tolaria published for this epoch before this event: a consumer that has seen this
+    # many of each knows the epoch is complete (Tamiyo decides only on complete epochs).
+    health_signals: int = Field(default=0, ge=0)
+    seed_transitions: int = Field(default=0, ge=0)
+    field_reports: int = Field(default=0, ge=0)

@@ -33,6 +33,8 @@ from services.kasmina.seed_slot import KasminaError, SeedSlot
 @dataclass(frozen=True)
 class LifecycleSettings:
     training_epochs: int = 2  # TRAINING -> GRAFTING after this many epochs (when auto_advance)
+    # True: Kasmina advances and fossilizes seeds itself. False: a controller (Tamiyo) commands
+    # ADVANCE and FOSSILIZE when the health signals say a seed is ready; the gates still decide.
     grafting_steps: int = 50  # optimizer steps for alpha to ramp 0 -> 1
     embargo_epochs: int = 2  # CULLED -> DORMANT after this many epochs
     min_contribution: float = 0.0  # the counterfactual gate: contribution must exceed this
@@ -188,7 +190,7 @@ class SeedManager:
 
     def end_of_epoch(self, epoch: int, evaluate: Callable[[], float], current: float
                      ) -> tuple[list[SeedTransition], list[FieldReport]]:
-        """Failures -> CULLED; embargo -> DORMANT; auto-advance; finished grafts face the gate."""
+        """Failures -> CULLED; embargo -> DORMANT; with auto_advance: advance, and finished grafts face the gate."""
         transitions: list[SeedTransition] = []
         reports: list[FieldReport] = []
         for slot in self.slots.values():
@@ -214,7 +216,7 @@ class SeedManager:
                 if (state is SeedState.TRAINING and self.settings.auto_advance
                         and int(slot.seed_epochs_in_state[idx]) >= self.settings.training_epochs):
                     transitions += self.advance(seed, epoch, f"trained {self.settings.training_epochs} epochs")
-                elif state is SeedState.GRAFTING and slot.alpha(idx) >= 1.0:
+                elif state is SeedState.GRAFTING and self.settings.auto_advance and slot.alpha(idx) >= 1.0:
                     t, r = self.fossilize_gate(seed, epoch, evaluate, current)
                     transitions += t
                     reports += r

@@ -13,7 +13,7 @@ def seedable_layers(model: nn.Module) -> list[str]:
 
 
 def wrap_layers(model: nn.Module, paths: list[str], seeds_per_layer: int, sample_every: int = 4) -> dict[str, SeedSlot]:
-    """Replace each module at ``paths`` by a SeedSlot around it; returns the slots by path."""
+    """Replace each module at ``paths`` by a SeedSlot around it; returns the slots by path, in module order."""
     available = seedable_layers(model)
     unknown = [p for p in paths if p not in available]
     if unknown:
@@ -21,7 +21,7 @@ def wrap_layers(model: nn.Module, paths: list[str], seeds_per_layer: int, sample
     if len(set(paths)) != len(paths):
         raise KasminaError("each target layer may be listed once")
     slots: dict[str, SeedSlot] = {}
-    for path in paths:
+    for path in sorted(paths, key=available.index):  # data-flow order of the host's modules
         host = model.get_submodule(path)
         slot = SeedSlot(host, path, seeds_per_layer, sample_every)
         model.set_submodule(path, slot)

@@ -64,6 +64,11 @@ class AdaptationConfig(_Strict):
     min_contribution: float = Field(default=0.0, description="counterfactual gate threshold (accuracy)")
     auto_advance: bool = True
     kernel_wait_s: float = Field(default=15.0, ge=0, description="how long to wait for a kernel in the library")
+    controller_wait_s: float = Field(
+        default=0.0, ge=0,
+        description="at each boundary, wait up to this long for the controller's decision on the previous epoch "
+                    "(0: never wait; after one timeout the run stops waiting)",
+    )
 
 
 class TelemetryConfig(_Strict):

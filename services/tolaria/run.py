@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +26,8 @@ import torch
 from contracts import (
     EpochCompleted,
     KasminaCommand,
+    LayerEdge,
+    LayerSpec,
     ModelSpec,
     Seed,
     SessionStatus,
@@ -151,11 +154,14 @@ class TolariaRun:
         self.commands_spec = topic_spec(TopicName.CONTROL_KASMINA_COMMANDS.value, prefix)
         self.library_spec = topic_spec(TopicName.LIBRARY_KERNELS.value, prefix)
         self.dlq_spec = topic_spec(TopicName.DLQ.value, prefix)
-        ensure_topics(kafka, [*self.topics.values(), self.commands_spec, self.library_spec, self.dlq_spec])
+        ensure_topics(kafka, [*self.topics.values(), self.commands_spec,
+                              topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, prefix), self.library_spec, self.dlq_spec])
         self.codec = make_codec(kafka.schema_registry_url)
         self.producer = OonaProducer(kafka, self.codec)
         self.emitter = RunEmitter(kafka, self.producer, self.codec, self.topics, self.run_id)
-        self.commands = OonaConsumer(kafka, self.codec, group_id=f"tolaria.{self.run_id}", topics=[self.commands_spec],
+        self.decisions_spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, prefix)
+        self.commands = OonaConsumer(kafka, self.codec, group_id=f"tolaria.{self.run_id}",
+                                     topics=[self.commands_spec, self.decisions_spec],
                                      dead_letters=self.producer, dlq_topic=self.dlq_spec.name)
         self.commands.wait_for_assignment()
         self.library = None if self.no_adapt else KernelLibrary(kafka, self.codec, self.library_spec,
@@ -183,6 +189,7 @@ class TolariaRun:
             model_state, optimizer_state, meta = self.resume["model"], self.resume["optimizer"], self.resume["meta"]
             self._restore(meta, model_state, optimizer_state)
             start_epoch = meta["next_epoch"]
+            self._decided_epoch = start_epoch - 1
         self._connect()
         try:
             if self.resume is not None:
@@ -224,7 +231,7 @@ class TolariaRun:
         stats = self.trainer.train_epoch(epoch, self._batch_progress(epoch))
         val_loss, val_acc = self.trainer.evaluate("val")
 
-        pending = pending + self._poll_commands()
+        pending = pending + self._poll_commands(epoch)
         transitions, reports, later = [], [], []
         causes: dict[str, str] = {}
         for delivered in pending:
@@ -251,9 +258,11 @@ class TolariaRun:
 
         emit = self.emitter.emit
         every = self.cfg.telemetry.every_epochs
+        signals = []
         if (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs:  # statistics accumulate in between
-            for signal in self.manager.health_signals(epoch):
-                emit("telemetry.seed.health", signal, "health", epoch, signal.layer_id, signal.seed_idx)
+            signals = self.manager.health_signals(epoch)
+        for signal in signals:
+            emit("telemetry.seed.health", signal, "health", epoch, signal.layer_id, signal.seed_idx)
         for i, tr in enumerate(transitions):
             emit("lifecycle.seed.transitions", tr, "transition", epoch, tr.layer_id, tr.seed_idx, i,
                  tr.to_state.value, trace_id=causes.get(tr.command_id or ""))
@@ -269,6 +278,7 @@ class TolariaRun:
             train_accuracy=stats.train_accuracy, validation_accuracy=val_acc, epoch_seconds=stats.seconds,
             samples_per_second=stats.samples_per_second, parameter_count=parameter_count(self.model),
             seed_parameter_count=self.manager.seed_parameter_count(), learning_rate=lr,
+            health_signals=len(signals), seed_transitions=len(transitions), field_reports=len(reports),
         ), "epoch", epoch)
         self.emitter.flush()
         if (epoch + 1) % self.cfg.checkpoint_every_epochs == 0:
@@ -277,9 +287,37 @@ class TolariaRun:
         self._report_epoch(epoch, stats, val_acc, transitions)
         return val_acc, later
 
-    def _poll_commands(self) -> list[Delivered]:
-        """Every command published for this run before this boundary."""
-        return [d for d in self.commands.catch_up() if d.message.run_id == self.run_id]
+    # The controller's last decided epoch seen; -1 before any. A resumed run assumes its past was decided.
+    _decided_epoch = -1
+    _controller_timed_out = False
+
+    def _poll_commands(self, epoch: int) -> list[Delivered]:
+        """Every command published for this run before this boundary.
+
+        With ``controller_wait_s``, first wait (bounded) until the controller has decided on the
+        previous epoch, so that its commands meet the boundary they were meant for.
+        """
+        wait_s = 0.0 if self.no_adapt or self._controller_timed_out else self.cfg.adaptation.controller_wait_s
+        deadline = time.monotonic() + wait_s
+        commands = []
+        batch = self.commands.catch_up()
+        while True:
+            for d in batch:
+                if d.message.run_id != self.run_id:
+                    continue
+                if d.topic == self.decisions_spec.name:
+                    self._decided_epoch = max(self._decided_epoch, d.message.payload.epoch)
+                else:
+                    commands.append(d)
+            remaining = deadline - time.monotonic()
+            if epoch == 0 or self._decided_epoch >= epoch - 1 or remaining <= 0:
+                break
+            batch = self.commands.consume(100, min(0.1, remaining))  # blocks until something arrives
+        if wait_s and epoch > 0 and self._decided_epoch < epoch - 1:
+            self._controller_timed_out = True
+            log.warning("no controller decision for epoch %d of run %s within %.1fs; no longer waiting",
+                        epoch - 1, self.run_id, wait_s)
+        return commands
 
     def _pending_from(self, record: dict) -> Delivered:
         value = bytes.fromhex(record["value"])
@@ -311,19 +349,28 @@ class TolariaRun:
                  blueprint_id=(self.manager.kernel_info[s].blueprint_id if s in self.manager.kernel_info else None))
             for s in self.manager.seed_ids()
         ]
+        # The host models are sequential, so data flows through the seeded layers in module order.
+        layers = [
+            LayerSpec(name=slot.layer_name, layer_id=slot.layer_id,
+                      kind="conv2d" if isinstance(slot.host, torch.nn.Conv2d) else "linear",
+                      input_shape=slot.input_shape or [], output_shape=slot.output_shape or [],
+                      parameters=sum(p.numel() for p in slot.host.parameters()))
+            for slot in self.slots.values()
+        ]
         session = TrainingSession(
             session_id=self.run_id, name=cfg.name, description=cfg.description,
             training_model_config=ModelSpec(
                 architecture=cfg.model.kind, input_shape=self.data.sample_shape, num_classes=self.data.num_classes,
                 hidden_sizes=cfg.model.hidden if cfg.model.kind == "mlp" else cfg.model.channels,
                 target_layers=cfg.seeds.target_layers, seeds_per_layer=cfg.seeds.per_layer,
-                parameter_count=self.host_parameters,
+                parameter_count=self.host_parameters, layers=layers,
+                topology=[LayerEdge(source=a.name, target=b.name) for a, b in zip(layers, layers[1:])],
             ),
             training_config=TrainingSpec(
                 dataset=cfg.data.dataset, epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.optimizer.lr,
                 optimizer=cfg.optimizer.name, random_seed=cfg.seed, device=str(self.device),
                 adaptation_enabled=not self.no_adapt, adaptation_budget=cfg.adaptation.budget,
-                cooldown_epochs=cfg.adaptation.cooldown_epochs,
+                cooldown_epochs=cfg.adaptation.cooldown_epochs, auto_advance=cfg.adaptation.auto_advance,
             ),
             seeds=seeds, status=status,
         )
