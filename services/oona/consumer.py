@@ -71,6 +71,7 @@ class OonaConsumer:
         dlq_topic: str = TopicName.DLQ.value,
         config: dict | None = None,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         conf = settings.client_config() | CONSUMER_DEFAULTS | {"group.id": group_id} | (config or {})
         conf["error_cb"] = self._on_client_error
@@ -89,7 +90,15 @@ class OonaConsumer:
         self._settings = settings
         self._admin = None
         self._specs = {spec.name: spec for spec in topics}
-        self._consumer.subscribe(list(self._specs))
+        if on_assign is None:
+            self._consumer.subscribe(list(self._specs))
+        else:
+            # The callback may set each partition's starting offset (e.g. OFFSET_BEGINNING to rebuild).
+            def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+                on_assign(partitions)
+                consumer.assign(partitions)
+
+            self._consumer.subscribe(list(self._specs), on_assign=assigned)
 
     def _on_client_error(self, error: KafkaError) -> None:
         level = logging.ERROR if error.fatal() else logging.WARNING
@@ -207,6 +216,11 @@ class OonaConsumer:
         for tp in self._consumer.committed(assignment, timeout=timeout):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def rewind_to_beginning(self) -> None:
+        """Go back to the start of every assigned partition (a projection rebuilding itself)."""
+        for tp in self._consumer.assignment():
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     def close(self) -> None:
         self._consumer.close()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 
+from confluent_kafka import TopicPartition
+
 from contracts import OonaMessage
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered, OonaConsumer
@@ -36,15 +38,21 @@ class ExactlyOnceProcessor:
         handler: Handler,
         dlq_topic: str | None = None,
         consumer_config: dict | None = None,
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        after_batch: Callable[[list[Delivered]], Iterable[Output]] | None = None,
     ) -> None:
-        self.producer = OonaProducer(settings, codec, transactional_id=transactional_id)
+        # A producer killed mid-transaction blocks read_committed readers of its partitions until the
+        # coordinator aborts it: at restart (same transactional id) or after this timeout.
+        self.producer = OonaProducer(settings, codec, transactional_id=transactional_id,
+                                     config={"transaction.timeout.ms": 15000})
         self.producer.init_transactions()
         extra = {"dlq_topic": dlq_topic} if dlq_topic else {}
         self.consumer = OonaConsumer(
             settings, codec, group_id=group_id, topics=inputs, dead_letters=self.producer,
-            config=consumer_config, **extra,
+            config=consumer_config, on_assign=on_assign, **extra,
         )
         self.handler = handler
+        self.after_batch = after_batch
 
     def process_batch(self, max_messages: int = 500, timeout: float = 1.0) -> int:
         """Consume, handle and commit one batch atomically; returns the events handled."""
@@ -54,6 +62,8 @@ class ExactlyOnceProcessor:
             for delivered in batch:
                 for spec, message in self.handler(delivered):
                     self.producer.publish(spec, message)
+            for spec, message in self.after_batch(batch) if self.after_batch else ():
+                self.producer.publish(spec, message)
             positions = [tp for tp in self.consumer.positions() if tp.offset >= 0]
             if positions:
                 self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())

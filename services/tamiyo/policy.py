@@ -48,6 +48,7 @@ class TamiyoPolicy(nn.Module):
     def __init__(self, in_features: int, hidden: int = 64, layers: int = 3, blueprints: int = 8,
                  scatter: ScatterBackend | None = None) -> None:
         super().__init__()
+        self.hidden = hidden
         self.scatter = scatter or NativeScatter()
         self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
         self.layers = nn.ModuleList(_MessagePassing(hidden) for _ in range(layers))

@@ -111,12 +111,31 @@ CATALOG_TOPICS = (
 
 def load_catalog(settings: KafkaSettings, codec: Codec) -> Catalog:
     """Rebuild the catalogue from the log (each topic in order; ready before characterised)."""
-    catalog = Catalog()
-    for name in CATALOG_TOPICS:
-        view = TopicView(settings, codec, topic_spec(name.value, settings.topic_prefix))
-        try:
+    follower = CatalogFollower(settings, codec)
+    follower.close()
+    return follower.catalog
+
+
+class CatalogFollower:
+    """A catalogue kept current in-process: rebuilt at start, then refreshed without blocking."""
+
+    def __init__(self, settings: KafkaSettings, codec: Codec) -> None:
+        self.catalog = Catalog()
+        self._views = [(name.value, TopicView(settings, codec, topic_spec(name.value, settings.topic_prefix)))
+                       for name in CATALOG_TOPICS]
+        for name, view in self._views:
             for message in view.catch_up():
-                catalog.apply(name.value, message.payload)
-        finally:
+                self.catalog.apply(name, message.payload)
+
+    def refresh(self) -> int:
+        """Apply what arrived since the last call; returns how many events."""
+        applied = 0
+        for name, view in self._views:
+            for message in view.poll(0.0):
+                self.catalog.apply(name, message.payload)
+                applied += 1
+        return applied
+
+    def close(self) -> None:
+        for _, view in self._views:
             view.close()
-    return catalog

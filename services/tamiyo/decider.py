@@ -1,0 +1,180 @@
+"""Tamiyo's decision at a completed epoch: lifecycle rules plus the GNN's germination choice.
+
+- Lifecycle (rules on Kasmina's evidence, only for runs without ``auto_advance``): a
+  TRAINING seed whose health signal says it is ready is advanced to GRAFTING; a GRAFTING
+  seed whose alpha ramp finished is sent to the fossilization gate (Kasmina measures its
+  counterfactual contribution and fossilizes or culls it); an active seed reporting errors
+  is culled.
+- Germination (the policy): when budget and cooldown allow and a slot is dormant, the GNN's
+  adapt probability decides whether to grow, its node scores pick the seed slot, its
+  blueprint head picks a blueprint family, and Urza's catalogue gives the fastest
+  characterised kernel of that family that fits the slot.
+
+Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
+decision history is complete and a replay can compare it decision by decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from contracts import (
+    AdaptationDecision,
+    AdaptationType,
+    BlueprintArchitecture,
+    BlueprintOp,
+    CommandAction,
+    KasminaCommand,
+    SeedState,
+    deterministic_event_id,
+)
+from services.tamiyo.features import GraphView, build_graph
+from services.tamiyo.policy import TamiyoPolicy
+from services.tamiyo.run_state import Issued, RunState
+
+FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed")
+ADAPT_THRESHOLD = 0.5
+
+
+def family_of(architecture: BlueprintArchitecture) -> str:
+    ops = {spec.op for spec in architecture.layers}
+    if BlueprintOp.ATTENTION_LITE in ops:
+        return "attention"
+    if BlueprintOp.CONV2D in ops:
+        return "conv"
+    if ops & {BlueprintOp.RESIDUAL, BlueprintOp.BOTTLENECK}:
+        return "bottleneck"
+    if ops & {BlueprintOp.LAYER_NORM, BlueprintOp.BATCH_NORM}:
+        return "normed"
+    widest = max((spec.width or 0) for spec in architecture.layers[:-1]) if len(architecture.layers) > 1 else 0
+    return "mlp_wide" if widest > 32 else "mlp"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kernel_id: str
+    blueprint_id: str
+    family: str
+
+
+class KernelChooser(Protocol):
+    def candidates(self, input_shape: list[int], output_shape: list[int]) -> list[Candidate]:
+        """Usable kernels for a slot, best first (deterministic order)."""
+
+
+@dataclass(frozen=True)
+class Action:
+    decision: AdaptationDecision
+    command: KasminaCommand | None
+
+
+class Decider:
+    def __init__(self, policy: TamiyoPolicy, policy_version: str, chooser: KernelChooser,
+                 threshold: float = ADAPT_THRESHOLD) -> None:
+        self.policy = policy
+        self.policy_version = policy_version
+        self.chooser = chooser
+        self.threshold = threshold
+
+    def decide(self, run: RunState, epoch: int) -> list[Action]:
+        graph = build_graph(run, epoch)
+        actions = self._lifecycle(run, graph)
+        acted = {(a.command.layer_id, a.command.seed_idx) for a in actions if a.command}
+        germination, p, urgency = self._germination(run, graph, acted)
+        if germination is not None:
+            actions.append(germination)
+        if not actions:
+            reason = (f"policy chose not to grow (p={p:.2f})" if p is not None
+                      else "no germination possible (adaptation off, budget, cooldown, or no dormant slot)")
+            actions.append(self._action(run, graph, 0, AdaptationType.NO_OP, None, 0, reason, 1.0 - (p or 0.0),
+                                        urgency, {"adapt_probability": p or 0.0}))
+        return actions
+
+    # -- lifecycle rules ----------------------------------------------------------------------------
+    def _lifecycle(self, run: RunState, graph: GraphView) -> list[Action]:
+        auto = run.session.training_config.auto_advance
+        busy = {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
+        actions = []
+        for seed in graph.seeds:
+            if (seed.layer_id, seed.seed_idx) in busy:
+                continue
+            active = seed.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
+            if active and seed.errors:
+                what = (CommandAction.CULL, AdaptationType.REMOVE_SEED, f"seed reports {seed.errors} kernel errors")
+            elif not auto and seed.ready and seed.state is SeedState.TRAINING:
+                what = (CommandAction.ADVANCE, AdaptationType.MODIFY_ARCHITECTURE, "seed trained: start grafting")
+            elif not auto and seed.ready and seed.state is SeedState.GRAFTING:
+                what = (CommandAction.FOSSILIZE, AdaptationType.MODIFY_ARCHITECTURE,
+                        "graft complete: fossilize if the counterfactual gate passes")
+            else:
+                continue
+            action, kind, reason = what
+            actions.append(self._action(run, graph, len(actions), kind, action, seed.node, reason, 1.0, 1.0))
+        return actions
+
+    # -- the policy's choice ----------------------------------------------------------------------
+    def _germination(self, run: RunState, graph: GraphView, acted: set) -> tuple[Action | None, float | None, float]:
+        """(the germination or a no-op explaining why not, adapt probability, urgency); (None, None, 0)
+        when the policy was not asked because nothing could be grown."""
+        busy = acted | {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
+        dormant = [s for s in graph.seeds if s.state is SeedState.DORMANT and (s.layer_id, s.seed_idx) not in busy]
+        if not graph.can_germinate or not dormant:
+            return None, None, 0.0
+        out = self.policy.decide(graph.x, graph.edge_index)
+        p, urgency = float(out.adapt_probability), float(out.urgency)
+        if p < self.threshold:
+            return None, p, urgency
+        scores = out.node_scores.tolist()
+        seed = max(dormant, key=lambda s: (scores[s.node], -s.node))
+        layer = next(layer for layer in run.layers() if layer.layer_id == seed.layer_id)
+        candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
+        extra = {"adapt_probability": p, "node_score": scores[seed.node]}
+        if not candidates:
+            return self._action(run, graph, 99, AdaptationType.NO_OP, None, seed.node,
+                                f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
+                                f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), p, urgency
+        probabilities = out.blueprint_probabilities.tolist()
+        families = {c.family for c in candidates}
+        family = max((f for f in FAMILIES if f in families), key=lambda f: probabilities[FAMILIES.index(f)])
+        chosen = next(c for c in candidates if c.family == family)
+        extra["family_probability"] = probabilities[FAMILIES.index(family)]
+        action = self._action(run, graph, 50, AdaptationType.ADD_SEED, CommandAction.GERMINATE, seed.node,
+                              f"grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
+                              p, urgency, extra, chosen)
+        return action, p, urgency
+
+    # -- building the records ------------------------------------------------------------------------
+    def _action(self, run: RunState, graph: GraphView, index: int, kind: AdaptationType,
+                action: CommandAction | None, node: int, reason: str, confidence: float, urgency: float,
+                extra: dict[str, float] | None = None, kernel: Candidate | None = None) -> Action:
+        seed = next((s for s in graph.seeds if s.node == node), None)
+        decision_id = deterministic_event_id(run.run_id, "decision", graph.epoch, index)
+        command_id = deterministic_event_id(run.run_id, "command", graph.epoch, index) if action else None
+        features = graph.features_of(node) | (extra or {})
+        decision = AdaptationDecision(
+            decision_id=decision_id, layer_name=graph.layer_of_node[node] if graph.layer_of_node else "-",
+            adaptation_type=kind, confidence=min(1.0, max(0.0, confidence)), urgency=min(1.0, max(0.0, urgency)),
+            epoch=graph.epoch, layer_id=seed.layer_id if seed else None, seed_idx=seed.seed_idx if seed else None,
+            blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
+            policy_version=self.policy_version, reason=reason, features=features,
+            metadata={"command_id": command_id or "", "action": action.value if action else "",
+                      "family": kernel.family if kernel else ""},
+        )
+        command = None
+        if action is not None and seed is not None:
+            command = KasminaCommand(
+                command_id=command_id, action=action, layer_id=seed.layer_id, seed_idx=seed.seed_idx,
+                layer_name=seed.layer_name, blueprint_id=decision.blueprint_id, kernel_id=decision.kernel_id,
+                decision_id=decision_id, issued_at_epoch=graph.epoch + 1,
+            )
+        return Action(decision, command)
+
+
+def record(run: RunState, decision: AdaptationDecision) -> None:
+    """Fold one of our decisions (just made, or read back from the log) into the run's state."""
+    run.decided.add(decision.epoch)
+    command_id, action = decision.metadata.get("command_id"), decision.metadata.get("action")
+    if command_id and action and decision.layer_id is not None and decision.seed_idx is not None:
+        if all(i.command_id != command_id for i in run.issued):
+            run.issued.append(Issued(command_id, action, decision.layer_id, decision.seed_idx, decision.epoch))

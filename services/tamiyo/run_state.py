@@ -1,0 +1,179 @@
+"""What Tamiyo knows about each run, rebuilt from the log: pure, no Kafka, no torch.
+
+Events are folded in arrival order. A run's events of one kind arrive in the order Tolaria
+produced them (one key, one partition), but the kinds arrive interleaved in any order. So
+Tamiyo decides on epoch ``e`` only when the epoch is *complete*: its EpochCompleted is here
+and, for every kind, at least as many events as the run declared up to ``e`` (cumulative
+counts in EpochCompleted) have arrived. Decisions then only look at events of epochs <= ``e``
+(or, for field reports, which carry no epoch, the first reports up to the declared count),
+which makes them a function of the log alone: a replay decides exactly the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from contracts import (
+    EpochCompleted,
+    FieldReport,
+    HealthSignal,
+    LayerEdge,
+    LayerSpec,
+    SeedState,
+    SeedTransition,
+    TrainingSession,
+    TrainingSessionEvent,
+)
+
+
+class RejectedEvent(ValueError):
+    """A well-formed event Tamiyo cannot use (unknown seed slot, conflicting duplicate); goes to the DLQ."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A command Tamiyo issued (rebuilt from its decisions on restart)."""
+
+    command_id: str
+    action: str
+    layer_id: int
+    seed_idx: int
+    epoch: int  # the epoch whose completion it answered
+
+
+@dataclass
+class RunState:
+    run_id: str
+    session: TrainingSession | None = None
+    epochs: dict[int, EpochCompleted] = field(default_factory=dict)
+    health: dict[tuple[int, int], dict[int, HealthSignal]] = field(default_factory=dict)
+    transitions: list[SeedTransition] = field(default_factory=list)
+    reports: list[FieldReport] = field(default_factory=list)
+    health_count: int = 0
+    # Tamiyo's own side: epochs decided and the commands it issued.
+    decided: set[int] = field(default_factory=set)
+    issued: list[Issued] = field(default_factory=list)
+    finished: bool = False
+
+    # -- folding events ------------------------------------------------------------------------
+    def apply_session(self, event: TrainingSessionEvent) -> None:
+        if self.session is None or event.session.status.value in ("completed", "failed"):
+            self.session = event.session
+        self.finished = event.session.status.value in ("completed", "failed")
+
+    def apply_health(self, signal: HealthSignal) -> None:
+        self._check_slot(signal.layer_id, signal.seed_idx)
+        history = self.health.setdefault((signal.layer_id, signal.seed_idx), {})
+        if signal.epoch in history:
+            raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
+        history[signal.epoch] = signal
+        self.health_count += 1
+
+    def apply_epoch(self, event: EpochCompleted) -> None:
+        epoch = event.state.epoch
+        if epoch in self.epochs:
+            raise RejectedEvent(f"second EpochCompleted for epoch {epoch}")
+        self.epochs[epoch] = event
+
+    def apply_transition(self, transition: SeedTransition) -> None:
+        self._check_slot(transition.layer_id, transition.seed_idx)
+        self.transitions.append(transition)
+
+    def apply_report(self, report: FieldReport) -> None:
+        self.reports.append(report)
+
+    def _check_slot(self, layer_id: int, seed_idx: int) -> None:
+        if self.session is None:
+            return  # checked when the session arrives (see unknown_slots)
+        if (layer_id, seed_idx) not in {(s.layer_id, s.seed_idx) for s in self.session.seeds}:
+            raise RejectedEvent(f"run {self.run_id} has no seed slot {layer_id}:{seed_idx}")
+
+    # -- completeness ---------------------------------------------------------------------------
+    def _declared(self, epoch: int, attribute: str) -> int:
+        return sum(getattr(e, attribute) for k, e in self.epochs.items() if k <= epoch)
+
+    def complete(self, epoch: int) -> bool:
+        if self.session is None or epoch not in self.epochs:
+            return False
+        if any(k not in self.epochs for k in range(epoch)):
+            return False  # an earlier epoch is still missing
+        health_seen = sum(1 for h in self.health.values() for k in h if k <= epoch)
+        return (health_seen >= self._declared(epoch, "health_signals")
+                and sum(1 for t in self.transitions if t.epoch <= epoch) >= self._declared(epoch, "seed_transitions")
+                and len(self.reports) >= self._declared(epoch, "field_reports"))
+
+    def ready_epochs(self) -> list[int]:
+        """Complete epochs not decided yet, oldest first."""
+        return sorted(e for e in self.epochs if e not in self.decided and self.complete(e))
+
+    # -- the view at one epoch --------------------------------------------------------------------
+    def layers(self) -> list[LayerSpec]:
+        model = self.session.training_model_config
+        if model.layers:
+            return list(model.layers)
+        # A session logged before layers were declared: derive them from the seeds.
+        seen: dict[int, LayerSpec] = {}
+        for seed in self.session.seeds:
+            seen.setdefault(seed.layer_id, LayerSpec(name=seed.layer_name or str(seed.layer_id),
+                                                     layer_id=seed.layer_id, kind="linear"))
+        return list(seen.values())
+
+    def topology(self) -> list[LayerEdge]:
+        model = self.session.training_model_config
+        if model.topology:
+            return list(model.topology)
+        layers = self.layers()
+        return [LayerEdge(source=a.name, target=b.name) for a, b in zip(layers, layers[1:])]
+
+    def seeds(self) -> list[tuple[int, int, str]]:
+        """(layer_id, seed_idx, layer_name) of every slot, in session order."""
+        return [(s.layer_id, s.seed_idx, s.layer_name) for s in self.session.seeds]
+
+    def seed_state(self, layer_id: int, seed_idx: int, epoch: int) -> tuple[SeedState, int]:
+        """State of a seed after the boundary of ``epoch``, and the epoch it entered it."""
+        state, since = SeedState.DORMANT, 0
+        for t in self.transitions:
+            if t.epoch <= epoch and (t.layer_id, t.seed_idx) == (layer_id, seed_idx):
+                state, since = t.to_state, t.epoch
+        return state, since
+
+    def health_until(self, layer_id: int, seed_idx: int, epoch: int) -> list[HealthSignal]:
+        history = self.health.get((layer_id, seed_idx), {})
+        return [history[k] for k in sorted(history) if k <= epoch]
+
+    def epochs_until(self, epoch: int) -> list[EpochCompleted]:
+        return [self.epochs[k] for k in sorted(self.epochs) if k <= epoch]
+
+    def reports_until(self, epoch: int) -> list[FieldReport]:
+        return self.reports[: self._declared(epoch, "field_reports")]
+
+    def germinations(self, epoch: int) -> list[int]:
+        """Epochs of germinations that happened (<= epoch) or are still pending from our commands."""
+        happened = [t.epoch for t in self.transitions if t.epoch <= epoch and t.to_state is SeedState.GERMINATED]
+        return sorted(happened + [i.epoch + 1 for i in self.pending(epoch) if i.action == "germinate"])
+
+    def pending(self, epoch: int, expire_after: int = 2) -> list[Issued]:
+        """Our commands not yet seen taking effect; after ``expire_after`` epochs they count as lost
+        (Tolaria rejected them to the DLQ, or the run moved on)."""
+        applied = {t.command_id for t in self.transitions if t.epoch <= epoch and t.command_id}
+        return [i for i in self.issued if i.command_id not in applied and epoch - i.epoch < expire_after]
+
+
+class Runs:
+    """Every run seen on the assigned partitions."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, RunState] = {}
+
+    def get(self, run_id: str) -> RunState:
+        state = self.runs.get(run_id)
+        if state is None:
+            state = self.runs[run_id] = RunState(run_id)
+        return state
+
+    def drop_finished(self) -> int:
+        """Forget runs that completed and have nothing left to decide; returns how many."""
+        done = [r for r, s in self.runs.items() if s.finished and not s.ready_epochs()]
+        for run_id in done:
+            del self.runs[run_id]
+        return len(done)

@@ -1,0 +1,195 @@
+"""The initial policy: a GNN trained on synthetic runs to imitate a heuristic teacher.
+
+A fresh install has no recorded runs to learn from, so the shipped policy
+(``policies/initial.*``) imitates a rule a practitioner would write:
+
+- grow when budget and cooldown allow, a slot is dormant, there is time left (progress
+  <= 0.75), and the run needs capacity: validation accuracy has plateaued (slope over the
+  last epochs < 0.01/epoch) or some layer is unhealthy (health < 0.7 or > 25% dead units);
+- grow in the dormant slot whose layer looks worst (dead units + ill health + correlation);
+- blueprint family: conv for a conv layer, bottleneck when units are dying, a wide MLP while
+  accuracy is low, a small MLP otherwise.
+
+The synthetic runs are real contract events (sessions, epochs, health signals,
+transitions) folded into a RunState, so training sees exactly the features the service
+builds. ``esper policy bootstrap`` rebuilds the shipped policy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from contracts import (
+    EpochCompleted,
+    HealthSignal,
+    LayerSpec,
+    ModelSpec,
+    Seed,
+    SeedState,
+    SeedTransition,
+    SystemStatePacket,
+    TrainingSession,
+    TrainingSessionEvent,
+    TrainingSpec,
+)
+from services.tamiyo.decider import FAMILIES
+from services.tamiyo.features import INDEX, GraphView, build_graph
+from services.tamiyo.policy import TamiyoPolicy
+from services.tamiyo.run_state import RunState
+
+
+@dataclass(frozen=True)
+class Label:
+    adapt: bool
+    node: int | None  # the seed node to grow in
+    family: int
+
+
+def teacher(graph: GraphView) -> Label:
+    x = graph.x
+    dormant = [s for s in graph.seeds if s.state is SeedState.DORMANT]
+
+    def col(name: str) -> torch.Tensor:
+        return x[:, INDEX[name]]
+
+    layers = col("is_layer") > 0
+    unhealthy = bool((col("health_score")[layers] < 0.7).any() or (col("dead_neuron_ratio")[layers] > 0.25).any())
+    plateau = float(col("accuracy_trend")[0]) < 0.01
+    adapt = bool(graph.can_germinate and dormant and float(col("progress")[0]) <= 0.75 and (plateau or unhealthy))
+    if not dormant:
+        return Label(False, None, 0)
+    badness = col("dead_neuron_ratio") + (1 - col("health_score")) + col("avg_correlation").clamp_min(0)
+    node = max(dormant, key=lambda s: (float(badness[s.node]), -s.node)).node
+    if float(x[node, INDEX["is_conv"]]) > 0:
+        family = "conv"
+    elif float(x[node, INDEX["dead_neuron_ratio"]]) > 0.3:
+        family = "bottleneck"
+    elif float(col("validation_accuracy")[0]) < 0.6:
+        family = "mlp_wide"
+    else:
+        family = "mlp"
+    return Label(adapt, node, FAMILIES.index(family))
+
+
+def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
+    """A random but plausible run, up to a random epoch: (state, the epoch to decide at)."""
+    n_layers = rng.randint(1, 5)
+    per_layer = rng.randint(1, 3)
+    conv_net = rng.random() < 0.3
+    layers = []
+    for i in range(n_layers):
+        conv = conv_net and i < n_layers - 1
+        width = rng.choice([8, 16, 32, 64])
+        layers.append(LayerSpec(name=f"body.{2 * i}", layer_id=1000 + i, kind="conv2d" if conv else "linear",
+                                input_shape=[4, 8, 8] if conv else [width], output_shape=[8, 8, 8] if conv else [width]))
+    epochs = rng.randint(6, 30)
+    budget = rng.randint(0, 4)
+    session = TrainingSession(
+        session_id="synthetic", name="synthetic", description="synthetic run",
+        training_model_config=ModelSpec(architecture="mlp", input_shape=[2], num_classes=3, layers=layers),
+        training_config=TrainingSpec(dataset="synthetic", epochs=epochs, batch_size=32, learning_rate=1e-3,
+                                     adaptation_budget=budget, cooldown_epochs=rng.randint(0, 3),
+                                     adaptation_enabled=rng.random() > 0.05, auto_advance=False),
+        seeds=[Seed(layer_id=layer.layer_id, seed_idx=k, layer_name=layer.name) for layer in layers
+               for k in range(per_layer)],
+    )
+    run = RunState("synthetic")
+    run.apply_session(TrainingSessionEvent(session=session))
+    at = rng.randint(0, epochs - 1)
+    ceiling, speed = rng.uniform(0.4, 0.99), rng.uniform(0.05, 0.6)
+    health = {(layer.layer_id, k): (rng.uniform(0.3, 1.0), rng.uniform(0.0, 0.6)) for layer in layers
+              for k in range(per_layer)}
+    for epoch in range(at + 1):
+        acc = ceiling * (1 - (1 - speed) ** (epoch + 1)) + rng.gauss(0, 0.01)
+        acc = min(1.0, max(0.0, acc))
+        run.apply_epoch(EpochCompleted(
+            state=SystemStatePacket(epoch=epoch, total_seeds=len(session.seeds), active_seeds=0,
+                                    training_loss=1 - acc + 0.05, validation_loss=1 - acc + 0.1,
+                                    system_load=0.5, memory_usage=0.5),
+            train_accuracy=min(1.0, acc + rng.uniform(0, 0.05)), validation_accuracy=acc, epoch_seconds=1.0,
+            parameter_count=1000))
+        for (layer_id, k), (score, dead) in health.items():
+            run.apply_health(HealthSignal(
+                layer_id=layer_id, seed_idx=k, epoch=epoch, activation_variance=rng.uniform(0, 2),
+                dead_neuron_ratio=min(1.0, max(0.0, dead + rng.gauss(0, 0.02))),
+                avg_correlation=rng.uniform(-0.2, 0.8), gradient_norm=rng.uniform(0, 3),
+                health_score=min(1.0, max(0.0, score + rng.gauss(0, 0.02))), total_seeds=per_layer))
+    # Some seeds already grown: makes budget, cooldown and slot occupancy vary.
+    for seed in session.seeds:
+        if rng.random() < 0.25:
+            when = rng.randint(0, at)
+            run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
+                                                from_state=SeedState.DORMANT, to_state=SeedState.GERMINATED, epoch=when))
+            final = rng.choice([SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED, SeedState.CULLED])
+            run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
+                                                from_state=SeedState.GERMINATED, to_state=final, epoch=when))
+    return run, at
+
+
+def synthetic_dataset(samples: int, seed: int = 0) -> list[tuple[GraphView, Label]]:
+    rng = random.Random(seed)
+    data = []
+    while len(data) < samples:
+        run, epoch = synthetic_run(rng)
+        graph = build_graph(run, epoch)
+        data.append((graph, teacher(graph)))
+    return data
+
+
+def imitation_loss(policy: TamiyoPolicy, graph: GraphView, label: Label) -> torch.Tensor:
+    out = policy(graph.x, graph.edge_index)
+    loss = nn.functional.binary_cross_entropy(out.adapt_probability.clamp(1e-6, 1 - 1e-6),
+                                              torch.tensor(1.0 if label.adapt else 0.0))
+    if label.node is not None:
+        dormant = [s.node for s in graph.seeds if s.state is SeedState.DORMANT]
+        logits = out.node_scores[dormant]
+        loss = loss + nn.functional.cross_entropy(logits.unsqueeze(0), torch.tensor([dormant.index(label.node)]))
+        loss = loss + nn.functional.nll_loss(torch.log(out.blueprint_probabilities + 1e-9).unsqueeze(0),
+                                             torch.tensor([label.family]))
+    return loss
+
+
+def agreement(policy: TamiyoPolicy, data: list[tuple[GraphView, Label]]) -> dict[str, float]:
+    """How often the policy makes the teacher's choices (adapt, slot, family)."""
+    adapt = node = family = with_node = 0
+    for graph, label in data:
+        out = policy.decide(graph.x, graph.edge_index)
+        adapt += (float(out.adapt_probability) >= 0.5) == label.adapt
+        if label.node is not None:
+            with_node += 1
+            dormant = [s.node for s in graph.seeds if s.state is SeedState.DORMANT]
+            node += max(dormant, key=lambda n: float(out.node_scores[n])) == label.node
+            family += int(out.blueprint_probabilities.argmax()) == label.family
+    return {"adapt_agreement": adapt / len(data), "slot_agreement": node / max(1, with_node),
+            "family_agreement": family / max(1, with_node)}
+
+
+def bootstrap_policy(samples: int = 3000, epochs: int = 6, seed: int = 0, hidden: int = 64,
+                     progress=None) -> tuple[TamiyoPolicy, dict[str, float]]:
+    """Train a fresh policy to imitate the teacher; returns it and its agreement on held-out runs."""
+    torch.manual_seed(seed)
+    from services.tamiyo.features import FEATURES
+
+    data = synthetic_dataset(samples, seed)
+    held_out = synthetic_dataset(max(200, samples // 10), seed + 1)
+    policy = TamiyoPolicy(len(FEATURES), hidden=hidden, blueprints=len(FAMILIES))
+    optimizer = torch.optim.Adam(policy.parameters(), lr=2e-3)
+    order = list(range(len(data)))
+    rng = random.Random(seed)
+    batch = 16
+    for epoch in range(epochs):
+        rng.shuffle(order)
+        policy.train()
+        for start in range(0, len(order), batch):
+            optimizer.zero_grad()
+            loss = sum(imitation_loss(policy, *data[i]) for i in order[start:start + batch]) / batch
+            loss.backward()
+            optimizer.step()
+        if progress is not None:
+            progress(epoch + 1, epochs)
+    policy.eval()
+    return policy, agreement(policy, held_out)
