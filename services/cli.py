@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from services.oona.errors import EsperError
+from services.oona.errors import EsperError, UsageError
 
 log = logging.getLogger("esper")
 
@@ -133,11 +133,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.resume:
         if args.config or args.no_adapt or args.run_id:
-            raise EsperUsageError("--resume RUN_ID takes no CONFIG, --run-id or --no-adapt (they come from the checkpoint)")
+            raise UsageError("--resume RUN_ID takes no CONFIG, --run-id or --no-adapt (they come from the checkpoint)")
         result = resume_run(args.resume, settings, progress=not args.quiet)
     else:
         if not args.config:
-            raise EsperUsageError("a CONFIG file is required (or --resume RUN_ID)")
+            raise UsageError("a CONFIG file is required (or --resume RUN_ID)")
         cfg = load_config(args.config)
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
     print(f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
@@ -171,7 +171,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings, codec = _connected()
     blobs = settings.state_dir / "blobs"
-    if args.service == "tezzeret":
+    if args.service == "tamiyo":
+        from services.tamiyo.cli import tamiyo_service
+
+        service = tamiyo_service(args, settings, codec)
+    elif args.service == "tezzeret":
         from services.tezzeret.service import Tezzeret
 
         service = Tezzeret(settings.kafka, codec, blobs)
@@ -186,7 +190,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             slots = [parse_slot(s) for s in args.slot] or list(DEFAULT_SLOTS)
         except ValueError as exc:
-            raise EsperUsageError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         service = Karn(settings.kafka, codec, starter_library(slots))
     stop = StopFlag()
     stop.install_signal_handlers()
@@ -230,7 +234,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
         from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
 
         if not args.kernel_id or not args.out:
-            raise EsperUsageError("kernels fetch needs KERNEL_ID and --out PATH")
+            raise UsageError("kernels fetch needs KERNEL_ID and --out PATH")
         library = KernelLibrary(settings.kafka, codec, topic_spec("library.kernels", settings.kafka.topic_prefix),
                                 settings.state_dir / "blobs")
         try:
@@ -265,6 +269,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services.tamiyo.cli import add_policy_command, add_tamiyo_serve_options
+
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training on an event-sourced Kafka log.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logging, -vv: debug")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -306,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
-    p.add_argument("service", choices=["karn", "tezzeret", "urabrask"])
+    p.add_argument("service", choices=["karn", "tamiyo", "tezzeret", "urabrask"])
     p.add_argument("--slot", action="append", default=[], help="karn: slot shapes to seed, e.g. 64:16 or 1x8x8:4x8x8")
+    add_tamiyo_serve_options(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("blueprint", help="submit blueprints (YAML/JSON: one blueprint or a list)")
@@ -328,16 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="fetch: where to write the artifact")
     p.set_defaults(func=_cmd_kernels)
 
+    add_policy_command(sub)
+
     p = sub.add_parser("bench", help="run the benchmarks; prints ratios and writes JSON")
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")
     p.add_argument("--output", default="bench-results/bench.json", help="JSON results file")
     p.add_argument("--only", action="append", default=[], help="run only benchmarks whose name contains this")
     p.set_defaults(func=_cmd_bench)
     return parser
-
-
-class EsperUsageError(EsperError):
-    """Arguments that argparse accepts but that do not go together."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -356,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except EsperUsageError as exc:
+    except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"esper: error: {exc}", file=sys.stderr)
         return 2

@@ -101,3 +101,7 @@ class DeliveryError(EsperError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"delivery to {topic} failed: {reason}")
+
+
+class UsageError(EsperError):
+    """Command-line arguments that parse but do not go together (exit code 2)."""

@@ -1,0 +1,105 @@
+"""Tamiyo's part of the ``esper`` command: ``serve tamiyo`` options and ``esper policy``.
+
+Imports of torch and the policy code happen inside the handlers so that ``esper --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_tamiyo_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", type=Path, help="tamiyo: policy file (.json or .safetensors; default: the shipped "
+                                                   "initial policy)")
+    parser.add_argument("--instance", default="1", help="tamiyo: this instance's name, unique in the group and stable "
+                                                       "across restarts (it names the transactional id)")
+    parser.add_argument("--scatter", choices=["auto", "native", "torch_scatter"], default="auto",
+                        help="tamiyo: scatter backend (auto: the faster one, measured at start)")
+    parser.add_argument("--device", default="cpu", help="tamiyo: torch device for the policy")
+
+
+def tamiyo_service(args: argparse.Namespace, settings, codec):
+    from services.tamiyo.service import Tamiyo
+
+    return Tamiyo(settings.kafka, codec, policy_path=args.policy, instance=args.instance, scatter=args.scatter,
+                  device=args.device)
+
+
+def add_policy_command(sub) -> None:
+    p = sub.add_parser("policy", help="Tamiyo's policies: show one, bootstrap the initial one, train from recorded runs")
+    p.add_argument("action", choices=["show", "bootstrap", "train"])
+    p.add_argument("path", nargs="?", type=Path, help="show: the policy (default: the shipped initial policy)")
+    p.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="train: recorded runs to learn from")
+    p.add_argument("--from", dest="start", type=Path, help="train: policy to start from (default: the initial one)")
+    p.add_argument("--out", type=Path, help="where to write the new policy (default: STATE_DIR/policies)")
+    p.add_argument("--name", help="file name stem (default: the version)")
+    p.add_argument("--samples", type=int, default=4000, help="bootstrap: synthetic runs")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_policy)
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from services.oona.errors import UsageError
+    from services.settings import load_settings
+    from services.tamiyo.policy_store import INITIAL_POLICY, load_policy, save_policy
+
+    if args.action == "show":
+        _, record = load_policy(args.path or INITIAL_POLICY)
+        print(record.model_dump_json(indent=2))
+        return 0
+    out = args.out or load_settings().state_dir / "policies"
+    if args.action == "bootstrap":
+        from services.tamiyo.teacher import bootstrap_policy
+
+        with _progress("bootstrap (synthetic runs vs the heuristic teacher)", args.epochs) as advance:
+            policy, metrics = bootstrap_policy(samples=args.samples, epochs=args.epochs, seed=args.seed,
+                                               progress=lambda done, total: advance())
+        trained_on = f"synthetic teacher ({args.samples} runs, {args.epochs} epochs, seed {args.seed})"
+    else:
+        if not args.runs:
+            raise UsageError("policy train needs --runs RUN_ID [RUN_ID ...]")
+        from services.oona.admin import wait_for_broker
+        from services.oona.codec import make_codec
+        from services.tamiyo.training import train_from_runs
+
+        settings = load_settings()
+        wait_for_broker(settings.kafka)
+        start, _ = load_policy(args.start or INITIAL_POLICY)
+        with _progress("policy training on recorded runs", args.epochs) as advance:
+            policy, metrics = train_from_runs(settings.kafka, make_codec(settings.kafka.schema_registry_url), start,
+                                              args.runs, epochs=args.epochs, seed=args.seed,
+                                              progress=lambda done, total: advance())
+        trained_on = "runs " + ",".join(args.runs)
+    path = save_policy(policy, out, trained_on, metrics, name=args.name)
+    print(f"policy {policy.version()} written to {path} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    return 0
+
+
+class _progress:
+    """A rich progress bar over training epochs (plain lines when not on a terminal)."""
+
+    def __init__(self, title: str, total: int) -> None:
+        self.title, self.total, self.done = title, total, 0
+
+    def __enter__(self):
+        import sys
+
+        from rich.progress import Progress
+
+        self._bar = Progress(disable=not sys.stderr.isatty())
+        self._bar.start()
+        self._task = self._bar.add_task(self.title, total=self.total)
+
+        def advance() -> None:
+            self.done += 1
+            self._bar.update(self._task, completed=self.done)
+            if not sys.stderr.isatty():
+                print(f"{self.title}: epoch {self.done}/{self.total}", file=sys.stderr, flush=True)
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()

@@ -1,0 +1,98 @@
+"""Recorded runs read back from the log, and Tamiyo's decisions replayed over them.
+
+A replay folds every event of the run, then decides epoch by epoch in order, recording
+each decision before the next, exactly as the live service does when events arrive one by
+one (its decisions only look at events of epochs <= the one decided). So replaying a run
+with the policy that recorded it reproduces its decisions; with another policy it shows
+what that policy would have done (counterfactual replay: nothing is sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING
+
+from contracts import AdaptationDecision, TopicName
+from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.codec import Codec
+from services.oona.errors import DecodeError, EsperError
+from services.oona.log_reader import read_range
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import topic_spec
+from services.tamiyo.decider import Decider, record
+from services.tamiyo.run_state import RejectedEvent, RunState
+
+RUN_TOPICS = (
+    TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
+    TopicName.LIFECYCLE_SEED_TRANSITIONS, TopicName.INNOVATION_FIELD_REPORTS, TopicName.CONTROL_TAMIYO_DECISIONS,
+)
+
+
+@dataclass
+class RecordedRun:
+    run_id: str
+    events: dict[str, list] = field(default_factory=dict)  # topic (no prefix) -> payloads in log order
+
+    def of(self, topic: TopicName) -> list:
+        return self.events.get(topic.value, [])
+
+    @property
+    def decisions(self) -> list[AdaptationDecision]:
+        return self.of(TopicName.CONTROL_TAMIYO_DECISIONS)
+
+
+class UnknownRunError(EsperError):
+    pass
+
+
+def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[str] | None = None
+                       ) -> dict[str, RecordedRun]:
+    """Every event of the given runs (all runs when None) on the run-scoped topics, in log order."""
+    wanted = set(run_ids) if run_ids is not None else None
+    specs = {topic_spec(t.value, settings.topic_prefix).name: (t.value, topic_spec(t.value, settings.topic_prefix))
+             for t in RUN_TOPICS}
+    client = admin_client(settings)
+    ends = end_offsets(client, partitions_of(client, list(specs)))
+    messages = read_range(settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
+    runs: dict[str, RecordedRun] = {}
+    for msg in sorted(messages, key=lambda m: (m.topic(), m.partition(), m.offset())):
+        name, spec = specs[msg.topic()]
+        try:
+            message = codec.decode(spec, msg.value())
+        except DecodeError:
+            continue  # dead-lettered by the services that consumed it
+        if wanted is not None and message.run_id not in wanted:
+            continue
+        runs.setdefault(message.run_id, RecordedRun(message.run_id)).events.setdefault(name, []).append(
+            message.payload)
+    missing = sorted((wanted or set()) - set(runs))
+    if missing:
+        raise UnknownRunError(f"no events on the log for run(s) {', '.join(missing)}")
+    return runs
+
+
+def fold_run(recorded: RecordedRun) -> RunState:
+    """The run's state with every input event folded in (unusable events skipped, as the service rejects them)."""
+    from services.tamiyo.service import fold
+
+    run = RunState(recorded.run_id)
+    for topic in RUN_TOPICS[:-1]:
+        for payload in recorded.of(topic):
+            try:
+                fold(run, topic.value, payload)
+            except RejectedEvent:
+                pass
+    return run
+
+
+def replay_decisions(recorded: RecordedRun, decider: Decider) -> list[AdaptationDecision]:
+    """What ``decider`` decides over the recorded run, epoch by epoch."""
+    run = fold_run(recorded)
+    decisions = []
+    for epoch in run.ready_epochs():
+        for action in decider.decide(run, epoch):
+            record(run, action.decision)
+            decisions.append(action.decision)
+    return decisions
