@@ -12,7 +12,7 @@ from services.settings import load_settings
 
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     settings = load_settings()
-    if not only or any(word in o for o in only for word in ("encode", "produce", "consume")):
+    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control")):
         ensure_cluster(settings)
 
     def wanted(name: str) -> bool:
@@ -27,6 +27,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         results.append(bus_throughput.bench_consume(settings.kafka, spec, events))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
+    if wanted("control"):
+        results.append(tamiyo_latency.bench_control_loop(settings.kafka))
     if wanted("training"):
         results.append(training_overhead.bench_training_overhead())
     print_table(results)

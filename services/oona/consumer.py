@@ -107,7 +107,14 @@ class OonaConsumer:
     def consume(self, max_messages: int = 500, timeout: float = 1.0) -> list[Delivered]:
         """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead."""
         delivered: list[Delivered] = []
-        for msg in self._consumer.consume(max_messages, timeout):
+        # librdkafka's batch consume waits for a full batch or the timeout: take what is there, and
+        # when nothing is, block for the first message only, then drain the rest without waiting.
+        raw = self._consumer.consume(max_messages, 0)
+        if not raw and timeout > 0:
+            raw = self._consumer.consume(1, timeout)
+            if raw and max_messages > 1:
+                raw += self._consumer.consume(max_messages - 1, 0)
+        for msg in raw:
             error = msg.error()
             if error is not None:
                 if error.fatal():

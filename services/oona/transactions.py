@@ -58,14 +58,16 @@ class ExactlyOnceProcessor:
         """Consume, handle and commit one batch atomically; returns the events handled."""
         self.producer.begin_transaction()
         try:
+            dead_before = self.consumer.dead_lettered
             batch = self.consumer.consume(max_messages, timeout)
+            consumed = bool(batch) or self.consumer.dead_lettered != dead_before
             for delivered in batch:
                 for spec, message in self.handler(delivered):
                     self.producer.publish(spec, message)
             for spec, message in self.after_batch(batch) if self.after_batch else ():
                 self.producer.publish(spec, message)
-            positions = [tp for tp in self.consumer.positions() if tp.offset >= 0]
-            if positions:
+            positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if consumed else []
+            if positions:  # nothing consumed: the committed offsets stand, no round trip
                 self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
             self.producer.commit_transaction()
         except BaseException:

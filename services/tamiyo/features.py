@@ -25,7 +25,7 @@ FEATURES: tuple[str, ...] = (
     "log_latency_ms", "has_errors", "health_trend", "dead_trend",
     *(f"state_{s.value}" for s in STATES),
     "epochs_in_state", "ready",
-    "validation_accuracy", "accuracy_trend", "train_val_gap", "log_validation_loss",
+    "validation_accuracy", "accuracy_trend", "epochs_seen", "train_val_gap", "log_validation_loss",
     "budget_left", "can_germinate", "progress", "active_fraction", "depth",
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
@@ -73,7 +73,7 @@ def _health_features(history: list[HealthSignal]) -> list[float]:
     if not history:
         return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     h = history[-1]
-    recent = history[-3:]
+    recent = history[-3:]  # the trends look at the last three signals
     return [
         h.health_score, math.log1p(h.activation_variance), h.dead_neuron_ratio, h.avg_correlation,
         math.log1p(h.gradient_norm), math.log1p(h.execution_latency), 1.0 if h.error_count else 0.0,
@@ -103,7 +103,8 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     accuracies = [e.validation_accuracy for e in history[-4:]]
     active = 0
     context = [
-        current.validation_accuracy, slope(accuracies), current.train_accuracy - current.validation_accuracy,
+        current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
+        current.train_accuracy - current.validation_accuracy,
         math.log1p(current.state.validation_loss), budget_left, 1.0 if allowed else 0.0,
         (epoch + 1) / max(1, spec.epochs),
     ]
@@ -112,8 +113,9 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     seed_nodes: list[SeedNode] = []
     seed_rows: list[list[float]] = []
     by_layer: dict[int, list[list[float]]] = {}
+    states = run.seed_states(epoch)
     for i, (layer_id, seed_idx, layer_name) in enumerate(seeds):
-        state, since = run.seed_state(layer_id, seed_idx, epoch)
+        state, since = states.get((layer_id, seed_idx), (SeedState.DORMANT, 0))
         health = run.health_until(layer_id, seed_idx, epoch)
         ready = bool(health and health[-1].epoch == epoch and health[-1].is_ready_for_transition)
         errors = health[-1].error_count if health else 0

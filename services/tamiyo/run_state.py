@@ -11,6 +11,8 @@ which makes them a function of the log alone: a replay decides exactly the same.
 
 from __future__ import annotations
 
+import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 
 from contracts import (
@@ -46,10 +48,13 @@ class RunState:
     run_id: str
     session: TrainingSession | None = None
     epochs: dict[int, EpochCompleted] = field(default_factory=dict)
-    health: dict[tuple[int, int], dict[int, HealthSignal]] = field(default_factory=dict)
+    # Per seed: its signals' epochs (sorted) and the signals in the same order.
+    health: dict[tuple[int, int], tuple[list[int], list[HealthSignal]]] = field(default_factory=dict)
     transitions: list[SeedTransition] = field(default_factory=list)
     reports: list[FieldReport] = field(default_factory=list)
-    health_count: int = 0
+    health_per_epoch: Counter = field(default_factory=Counter)
+    transitions_per_epoch: Counter = field(default_factory=Counter)
+    slots: frozenset[tuple[int, int]] = frozenset()
     # Tamiyo's own side: epochs decided and the commands it issued.
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
@@ -59,15 +64,18 @@ class RunState:
     def apply_session(self, event: TrainingSessionEvent) -> None:
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
+            self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)
         self.finished = event.session.status.value in ("completed", "failed")
 
     def apply_health(self, signal: HealthSignal) -> None:
         self._check_slot(signal.layer_id, signal.seed_idx)
-        history = self.health.setdefault((signal.layer_id, signal.seed_idx), {})
-        if signal.epoch in history:
+        epochs, signals = self.health.setdefault((signal.layer_id, signal.seed_idx), ([], []))
+        at = bisect.bisect_left(epochs, signal.epoch)
+        if at < len(epochs) and epochs[at] == signal.epoch:
             raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
-        history[signal.epoch] = signal
-        self.health_count += 1
+        epochs.insert(at, signal.epoch)
+        signals.insert(at, signal)
+        self.health_per_epoch[signal.epoch] += 1
 
     def apply_epoch(self, event: EpochCompleted) -> None:
         epoch = event.state.epoch
@@ -78,6 +86,7 @@ class RunState:
     def apply_transition(self, transition: SeedTransition) -> None:
         self._check_slot(transition.layer_id, transition.seed_idx)
         self.transitions.append(transition)
+        self.transitions_per_epoch[transition.epoch] += 1
 
     def apply_report(self, report: FieldReport) -> None:
         self.reports.append(report)
@@ -85,7 +94,7 @@ class RunState:
     def _check_slot(self, layer_id: int, seed_idx: int) -> None:
         if self.session is None:
             return  # checked when the session arrives (see unknown_slots)
-        if (layer_id, seed_idx) not in {(s.layer_id, s.seed_idx) for s in self.session.seeds}:
+        if (layer_id, seed_idx) not in self.slots:
             raise RejectedEvent(f"run {self.run_id} has no seed slot {layer_id}:{seed_idx}")
 
     # -- completeness ---------------------------------------------------------------------------
@@ -97,9 +106,9 @@ class RunState:
             return False
         if any(k not in self.epochs for k in range(epoch)):
             return False  # an earlier epoch is still missing
-        health_seen = sum(1 for h in self.health.values() for k in h if k <= epoch)
-        return (health_seen >= self._declared(epoch, "health_signals")
-                and sum(1 for t in self.transitions if t.epoch <= epoch) >= self._declared(epoch, "seed_transitions")
+        seen = lambda counter: sum(n for k, n in counter.items() if k <= epoch)  # noqa: E731
+        return (seen(self.health_per_epoch) >= self._declared(epoch, "health_signals")
+                and seen(self.transitions_per_epoch) >= self._declared(epoch, "seed_transitions")
                 and len(self.reports) >= self._declared(epoch, "field_reports"))
 
     def ready_epochs(self) -> list[int]:
@@ -129,17 +138,20 @@ class RunState:
         """(layer_id, seed_idx, layer_name) of every slot, in session order."""
         return [(s.layer_id, s.seed_idx, s.layer_name) for s in self.session.seeds]
 
-    def seed_state(self, layer_id: int, seed_idx: int, epoch: int) -> tuple[SeedState, int]:
-        """State of a seed after the boundary of ``epoch``, and the epoch it entered it."""
-        state, since = SeedState.DORMANT, 0
+    def seed_states(self, epoch: int) -> dict[tuple[int, int], tuple[SeedState, int]]:
+        """State of every seed that ever moved, after the boundary of ``epoch``, and the epoch it entered it
+        (seeds not in the result are DORMANT)."""
+        states: dict[tuple[int, int], tuple[SeedState, int]] = {}
         for t in self.transitions:
-            if t.epoch <= epoch and (t.layer_id, t.seed_idx) == (layer_id, seed_idx):
-                state, since = t.to_state, t.epoch
-        return state, since
+            if t.epoch <= epoch:
+                states[(t.layer_id, t.seed_idx)] = (t.to_state, t.epoch)
+        return states
 
-    def health_until(self, layer_id: int, seed_idx: int, epoch: int) -> list[HealthSignal]:
-        history = self.health.get((layer_id, seed_idx), {})
-        return [history[k] for k in sorted(history) if k <= epoch]
+    def health_until(self, layer_id: int, seed_idx: int, epoch: int, last: int = 3) -> list[HealthSignal]:
+        """The seed's last ``last`` health signals of epochs <= ``epoch``, oldest first."""
+        epochs, signals = self.health.get((layer_id, seed_idx), ((), ()))
+        end = bisect.bisect_right(epochs, epoch)
+        return list(signals[max(0, end - last):end])
 
     def epochs_until(self, epoch: int) -> list[EpochCompleted]:
         return [self.epochs[k] for k in sorted(self.epochs) if k <= epoch]

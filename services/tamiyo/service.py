@@ -77,7 +77,8 @@ def fold(run: RunState, topic: str, payload) -> None:
 
 class Tamiyo:
     def __init__(self, settings: KafkaSettings, codec: Codec, *, policy_path: Path | None = None,
-                 instance: str = "1", scatter: str = "auto", device: str = "cpu") -> None:
+                 instance: str = "1", scatter: str = "auto", device: str = "cpu",
+                 orphan_timeout_s: float = ORPHAN_TIMEOUT_S) -> None:
         self.policy, self.record = load_policy(policy_path or INITIAL_POLICY)  # PolicyError before connecting
         backend, timings = select_backend(torch.device(device), scatter)
         self.policy.scatter = backend
@@ -97,6 +98,7 @@ class Tamiyo:
         self.orphans: dict[str, tuple[float, list[Delivered]]] = {}
         self._reload: list[int] | None = None
         self.instance = instance
+        self.orphan_timeout_s = orphan_timeout_s
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}tamiyo", transactional_id=f"{prefix}tamiyo-{instance}",
             inputs=self.inputs, handler=self.handle, after_batch=self.after_batch,
@@ -183,12 +185,12 @@ class Tamiyo:
 
     def after_batch(self, batch: list[Delivered]) -> Iterator[Output]:
         """When caught up (an empty batch): events of runs that announced no session within
-        ``ORPHAN_TIMEOUT_S`` are dead-lettered."""
+        ``orphan_timeout_s`` are dead-lettered."""
         self.catalog.refresh()
         if batch:
             return
         for run_id, (since, events) in list(self.orphans.items()):
-            if time.monotonic() - since < ORPHAN_TIMEOUT_S:
+            if time.monotonic() - since < self.orphan_timeout_s:
                 continue
             for delivered in events:
                 self.processor.consumer.reject(delivered, f"tamiyo: unknown run {run_id} (no training.sessions "

@@ -4,8 +4,9 @@ A fresh install has no recorded runs to learn from, so the shipped policy
 (``policies/initial.*``) imitates a rule a practitioner would write:
 
 - grow when budget and cooldown allow, a slot is dormant, there is time left (progress
-  <= 0.75), and the run needs capacity: validation accuracy has plateaued (slope over the
-  last epochs < 0.01/epoch) or some layer is unhealthy (health < 0.7 or > 25% dead units);
+  <= 0.75), and the run needs capacity: validation accuracy has plateaued (at least 3
+  epochs seen, slope over the last 4 < 0.01/epoch) or some layer is unhealthy (health < 0.7
+  or > 25% dead units);
 - grow in the dormant slot whose layer looks worst (dead units + ill health + correlation);
 - blueprint family: conv for a conv layer, bottleneck when units are dying, a wide MLP while
   accuracy is low, a small MLP otherwise.
@@ -58,7 +59,7 @@ def teacher(graph: GraphView) -> Label:
 
     layers = col("is_layer") > 0
     unhealthy = bool((col("health_score")[layers] < 0.7).any() or (col("dead_neuron_ratio")[layers] > 0.25).any())
-    plateau = float(col("accuracy_trend")[0]) < 0.01
+    plateau = float(col("epochs_seen")[0]) >= 0.3 and float(col("accuracy_trend")[0]) < 0.01
     adapt = bool(graph.can_germinate and dormant and float(col("progress")[0]) <= 0.75 and (plateau or unhealthy))
     if not dormant:
         return Label(False, None, 0)

@@ -1,0 +1,110 @@
+"""Tamiyo on the real broker: it drives a run's whole seed lifecycle, exactly once, reproducibly."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING
+
+from contracts import AdaptationType, CommandAction, SeedState, TopicName
+from services.blueprints.starter import for_slot
+from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.codec import SingleObjectCodec
+from services.oona.log_reader import read_range
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import topic_spec
+from services.tamiyo.decider import Decider
+from services.tamiyo.policy_store import load_policy
+from services.tamiyo.recorded import load_recorded_runs, replay_decisions
+from services.tamiyo.service import CatalogChooser, Tamiyo
+from services.tolaria.config import load_config
+from services.tolaria.run import start_run
+from services.urza.catalog import load_catalog
+from tests.kafka_helpers import publish_characterised_kernel
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"
+
+
+@contextlib.contextmanager
+def tamiyo_running(kafka: KafkaSettings, instance: str = "t1", **options):
+    """Tamiyo stepping in a background thread until the block ends."""
+    service = Tamiyo(kafka, SingleObjectCodec(), instance=instance, **options)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            while not stop.is_set():
+                service.step()
+        except BaseException as exc:  # surfaced by the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield service
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        service.close()
+    assert not errors, errors
+
+
+def publish_slot_kernels(kafka: KafkaSettings, input_shape: list[int], output_shape: list[int]) -> list[str]:
+    return [publish_characterised_kernel(kafka, bp, prefix=kafka.topic_prefix) for bp in for_slot(input_shape, output_shape)]
+
+
+def run_messages(kafka: KafkaSettings, topic: TopicName, run_id: str) -> list:
+    spec = topic_spec(topic.value, kafka.topic_prefix)
+    admin = admin_client(kafka)
+    ends = end_offsets(admin, partitions_of(admin, [spec.name]), committed_only=False)
+    codec = SingleObjectCodec()
+    messages = read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
+    return [codec.decode(spec, m.value()).payload for m in sorted(messages, key=lambda m: m.offset())
+            if m.key() == run_id.encode()]
+
+
+def comparable(decisions) -> list[dict]:
+    return [d.model_dump(exclude={"timestamp"}) for d in decisions]
+
+
+def test_tamiyo_drives_the_whole_lifecycle_and_a_replay_decides_the_same(esper_settings):
+    kafka = esper_settings.kafka
+    publish_slot_kernels(kafka, [2], [8])
+    cfg = load_config(EXAMPLE).model_copy(update={"epochs": 24})
+    run_id = f"tamiyo-{uuid.uuid4().hex[:6]}"
+    with tamiyo_running(kafka) as tamiyo:
+        result = start_run(cfg, esper_settings, run_id=run_id, progress=False)
+        stats = tamiyo.stats()
+    decisions = run_messages(kafka, TopicName.CONTROL_TAMIYO_DECISIONS, run_id)
+    commands = run_messages(kafka, TopicName.CONTROL_KASMINA_COMMANDS, run_id)
+    transitions = run_messages(kafka, TopicName.LIFECYCLE_SEED_TRANSITIONS, run_id)
+    print(f"tamiyo stats {stats}; run {result.seed_states} val={result.validation_accuracy:.3f}")
+
+    # One decision record per epoch at least, none twice; every command answers one of them.
+    assert {d.epoch for d in decisions} == set(range(cfg.epochs))
+    assert len({d.decision_id for d in decisions}) == len(decisions)
+    assert len({c.command_id for c in commands}) == len(commands)
+    assert {c.decision_id for c in commands} <= {d.decision_id for d in decisions}
+    actions = {c.action for c in commands}
+    assert {CommandAction.GERMINATE, CommandAction.ADVANCE, CommandAction.FOSSILIZE} <= actions, actions
+    # ...and Tolaria carried them out: germinated, grafted and fossilized by Tamiyo's own commands.
+    by_command = {c.command_id: c for c in commands}
+    done = {(t.to_state, by_command[t.command_id].action) for t in transitions if t.command_id in by_command}
+    assert (SeedState.GERMINATED, CommandAction.GERMINATE) in done
+    assert (SeedState.GRAFTING, CommandAction.ADVANCE) in done
+    assert (SeedState.FOSSILIZED, CommandAction.FOSSILIZE) in done, done
+    assert result.seed_states.get("fossilized", 0) >= 1
+    assert all(d.policy_version.startswith("gnn-") for d in decisions)
+    grow = next(d for d in decisions if d.adaptation_type is AdaptationType.ADD_SEED)
+    assert grow.kernel_id and grow.features and 0 <= grow.confidence <= 1
+
+    # Replay: the same policy over the recorded run decides exactly what was decided live.
+    policy, record = load_policy()
+    recorded = load_recorded_runs(kafka, SingleObjectCodec(), [run_id])[run_id]
+    replayed = replay_decisions(recorded, Decider(policy, record.version,
+                                                  CatalogChooser(load_catalog(kafka, SingleObjectCodec()))))
+    assert comparable(replayed) == comparable(recorded.decisions)

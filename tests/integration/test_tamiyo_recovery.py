@@ -1,0 +1,155 @@
+"""Tamiyo under faults: kill -9 mid-stream, bad input, a corrupt policy file."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING
+
+from contracts import EpochCompleted, TopicName
+from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.codec import SingleObjectCodec
+from services.oona.log_reader import read_range
+from services.oona.producer import OonaProducer
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import topic_spec
+from services.tamiyo.decider import Decider
+from services.tamiyo.policy_store import load_policy
+from services.tamiyo.recorded import load_recorded_runs, replay_decisions
+from services.tamiyo.service import CatalogChooser
+from services.urza.catalog import load_catalog
+from tests.esper_cli import ESPER, REPO, esper_env, run_esper
+from tests.integration.conftest import read_raw
+from tests.integration.test_tamiyo import comparable, publish_slot_kernels, tamiyo_running
+from tests.tamiyo_events import health, plateau_run
+
+
+def publish_runs(kafka: KafkaSettings, runs: dict[str, list]) -> int:
+    producer = OonaProducer(kafka, SingleObjectCodec())
+    count = 0
+    for run_id, events in runs.items():
+        for i, (topic, payload) in enumerate(events):
+            spec = topic_spec(topic, kafka.topic_prefix)
+            producer.publish(spec, spec.message_type(event_id=f"{run_id}-{i}", sender_id="tests", topic=spec.name,
+                                                     run_id=run_id, payload=payload))
+            count += 1
+    producer.flush()
+    return count
+
+
+def decisions_on_log(kafka: KafkaSettings) -> list:
+    spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
+    admin = admin_client(kafka)
+    ends = end_offsets(admin, partitions_of(admin, [spec.name]))  # committed transactions only
+    codec = SingleObjectCodec()
+    return [codec.decode(spec, m.value()) for m in
+            read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})]
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+
+def serve(env: dict, log_path) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    return subprocess.Popen([*ESPER, "-v", "serve", "tamiyo", "--instance", "k1", "--scatter", "native"],
+                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_path):
+    kafka = esper_settings.kafka
+    publish_slot_kernels(kafka, [2], [8])
+    publish_slot_kernels(kafka, [8], [8])
+    runs = {f"kill-{i:02d}-{uuid.uuid4().hex[:4]}": plateau_run(epochs=25, budget=3) for i in range(40)}
+    produced = publish_runs(kafka, runs)
+    total = len(runs) * 25
+    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
+                    ESPER_STATE_DIR=str(tmp_path / "state"))
+    first = serve(env, tmp_path / "tamiyo.log")
+    try:
+        at_kill = len(wait_for(lambda: (d := decisions_on_log(kafka)) and len({(m.run_id, m.payload.epoch) for m in d})
+                               >= total // 5 and d, 120, "the first fifth of the decisions"))
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = len({(m.run_id, m.payload.epoch) for m in decisions_on_log(kafka)})
+        restarted = time.monotonic()
+        second = serve(env, tmp_path / "tamiyo.log")
+        try:
+            final = wait_for(lambda: (d := decisions_on_log(kafka)) and
+                             len({(m.run_id, m.payload.epoch) for m in d}) >= total and d, 180, "every epoch decided")
+            recovery_s = time.monotonic() - restarted
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    ids = [m.payload.decision_id for m in final]
+    epochs = {(m.run_id, m.payload.epoch) for m in final}
+    print(f"events produced={produced} epochs={total} decided before kill -9={killed_at} (seen {at_kill} records) "
+          f"decision records={len(final)} duplicates={len(ids) - len(set(ids))} missing={total - len(epochs)} "
+          f"recovery={recovery_s:.1f}s")
+    assert killed_at < total, "the kill came after everything was decided: not a mid-stream kill"
+    assert len(ids) == len(set(ids)) and len(epochs) == total
+    # ...and what was decided across the kill is what an undisturbed replay decides.
+    policy, record = load_policy()
+    decider = Decider(policy, record.version, CatalogChooser(load_catalog(kafka, SingleObjectCodec())))
+    recorded = load_recorded_runs(kafka, SingleObjectCodec(), list(runs)[:5])
+    for run_id, run in recorded.items():
+        assert comparable(replay_decisions(run, decider)) == comparable(run.decisions), run_id
+
+
+def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(esper_settings):
+    kafka = esper_settings.kafka
+    prefix = kafka.topic_prefix
+    run_id = f"bad-{uuid.uuid4().hex[:6]}"
+    events = plateau_run(epochs=3)
+    telemetry = topic_spec(TopicName.TELEMETRY_SEED_HEALTH.value, prefix)
+    epochs_topic = topic_spec(TopicName.SYSTEM_EVENTS_EPOCH.value, prefix)
+    producer = OonaProducer(kafka, SingleObjectCodec())
+    publish_runs(kafka, {run_id: events})
+    bad: list[tuple] = [
+        (telemetry, "ghost-run", health(0, 11, 0), "unknown run ghost-run"),        # no session ever
+        (telemetry, run_id, health(1, 999, 0), "no seed slot 999:0"),              # unknown layer
+        (telemetry, run_id, health(1, 11, 0), "second health signal"),              # conflicting duplicate
+    ]
+    for spec, rid, payload, _ in bad:
+        producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, run_id=rid, payload=payload))
+    # An exact duplicate (same event id) is skipped silently; bytes that are not an event are dead-lettered.
+    epoch0 = next(p for t, p in events if isinstance(p, EpochCompleted))
+    producer.publish(epochs_topic, epochs_topic.message_type(event_id=f"{run_id}-{events.index(('system.events.epoch', epoch0))}",
+                                                             sender_id="tests", topic=epochs_topic.name, run_id=run_id,
+                                                             payload=epoch0))
+    producer.produce_raw(telemetry.name, b"\x00not avro", key=run_id.encode())
+    producer.flush()
+    with tamiyo_running(kafka, instance="bad", orphan_timeout_s=1.0) as tamiyo:
+        dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 4, timeout_s=60)
+        decisions = wait_for(lambda: [m for m in decisions_on_log(kafka) if m.run_id == run_id and
+                                      m.payload.epoch == 2] and decisions_on_log(kafka), 60, "epoch 2 decided")
+        stats = tamiyo.stats()
+    reasons = [dict(m.headers() or {}).get("esper.dlq.reason", b"").decode() for m in dlq]
+    print("dead letters:", reasons, "stats:", stats)
+    for _, _, _, reason in bad:
+        assert any(reason in r for r in reasons), (reason, reasons)
+    assert len(dlq) == 4 and stats["duplicates_skipped"] >= 1
+    mine = [m.payload for m in decisions if m.run_id == run_id]
+    assert sorted({d.epoch for d in mine}) == [0, 1, 2] and len({d.decision_id for d in mine}) == len(mine)
+    assert not [m for m in decisions if m.run_id == "ghost-run"]
+
+
+def test_a_corrupt_policy_file_is_a_one_line_error(esper_settings, tmp_path):
+    bad = tmp_path / "policy.json"
+    bad.write_text("{not json")
+    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=esper_settings.kafka.bootstrap_servers,
+                    ESPER_KAFKA__TOPIC_PREFIX=esper_settings.kafka.topic_prefix, ESPER_STATE_DIR=str(tmp_path))
+    result = run_esper("serve", "tamiyo", "--policy", str(bad), env=env, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "corrupt metadata" in result.stderr, result.stderr
