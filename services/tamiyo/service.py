@@ -26,7 +26,7 @@ from contracts import AdaptationDecision, OonaMessage, TopicName
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
-from services.oona.errors import EsperError
+from services.oona.errors import EsperError, FatalError
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
@@ -68,6 +68,13 @@ class CatalogChooser:
                 found.append(Candidate(entry.metadata.kernel_id, entry.metadata.blueprint_id,
                                        family_of(blueprint.blueprint.architecture)))
         return found
+
+
+def _fatal(exc: Exception) -> bool:
+    if isinstance(exc, FatalError):
+        return True
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return bool(error is not None and hasattr(error, "fatal") and error.fatal())
 
 
 def fold(run: RunState, topic: str, payload) -> None:
@@ -204,6 +211,8 @@ class Tamiyo:
         try:
             handled = self.processor.process_batch(max_messages=500, timeout=0.2)
         except (KafkaException, EsperError) as exc:
+            if _fatal(exc):  # e.g. fenced by a newer instance with our transactional id: stop, be restarted
+                raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
             # aborted batch, so rebuild everything from the log.
             log.warning("tamiyo instance=%s batch failed (%s); rebuilding", self.instance, exc)

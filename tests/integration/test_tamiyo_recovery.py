@@ -40,6 +40,42 @@ def publish_runs(kafka: KafkaSettings, runs: dict[str, list]) -> int:
     return count
 
 
+class DecisionWatcher:
+    """One read_committed reader of the decisions topic, accumulating what Tamiyo committed."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
+        self.codec = SingleObjectCodec()
+        self.consumer = Consumer(kafka.client_config() | {"group.id": f"watch-{uuid.uuid4().hex[:8]}",
+                                                          "isolation.level": "read_committed",
+                                                          "enable.auto.commit": False})
+        partitions = self.consumer.list_topics(self.spec.name, timeout=10).topics[self.spec.name].partitions
+        self.consumer.assign([TopicPartition(self.spec.name, p, OFFSET_BEGINNING) for p in partitions])
+        self.seen: list = []
+
+    def poll(self) -> list:
+        for msg in self.consumer.consume(500, 0.2):
+            if msg.error() is None:
+                self.seen.append(self.codec.decode(self.spec, msg.value()))
+        return self.seen
+
+    def epochs(self) -> set:
+        return {(m.run_id, m.payload.epoch) for m in self.seen}
+
+    def wait(self, condition, timeout_s: float, what: str) -> list:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if condition(self):
+                return self.seen
+        raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 def decisions_on_log(kafka: KafkaSettings) -> list:
     spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
     admin = admin_client(kafka)
@@ -49,19 +85,10 @@ def decisions_on_log(kafka: KafkaSettings) -> list:
             read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})]
 
 
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
 def serve(env: dict, log_path) -> subprocess.Popen:
-    log = open(log_path, "ab")
-    return subprocess.Popen([*ESPER, "-v", "serve", "tamiyo", "--instance", "k1", "--scatter", "native"],
-                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([*ESPER, "-v", "serve", "tamiyo", "--instance", "k1", "--scatter", "native"],
+                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_path):
@@ -73,28 +100,31 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_
     total = len(runs) * 25
     env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
                     ESPER_STATE_DIR=str(tmp_path / "state"))
+    watcher = DecisionWatcher(kafka)
     first = serve(env, tmp_path / "tamiyo.log")
     try:
-        at_kill = len(wait_for(lambda: (d := decisions_on_log(kafka)) and len({(m.run_id, m.payload.epoch) for m in d})
-                               >= total // 5 and d, 120, "the first fifth of the decisions"))
+        watcher.wait(lambda w: len(w.epochs()) >= total // 5, 120, "the first fifth of the decisions")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         killed_at = len({(m.run_id, m.payload.epoch) for m in decisions_on_log(kafka)})
         restarted = time.monotonic()
         second = serve(env, tmp_path / "tamiyo.log")
         try:
-            final = wait_for(lambda: (d := decisions_on_log(kafka)) and
-                             len({(m.run_id, m.payload.epoch) for m in d}) >= total and d, 180, "every epoch decided")
+            watcher.wait(lambda w: len(w.epochs()) >= total, 180, "every epoch decided")
             recovery_s = time.monotonic() - restarted
-        finally:
             second.send_signal(signal.SIGTERM)
-            second.wait(timeout=30)
+            assert second.wait(timeout=30) == 0
+        finally:
+            if second.poll() is None:
+                second.kill()
     finally:
         if first.poll() is None:
             first.kill()
+        watcher.close()
+    final = decisions_on_log(kafka)
     ids = [m.payload.decision_id for m in final]
     epochs = {(m.run_id, m.payload.epoch) for m in final}
-    print(f"events produced={produced} epochs={total} decided before kill -9={killed_at} (seen {at_kill} records) "
+    print(f"events produced={produced} epochs={total} decided before kill -9={killed_at} "
           f"decision records={len(final)} duplicates={len(ids) - len(set(ids))} missing={total - len(epochs)} "
           f"recovery={recovery_s:.1f}s")
     assert killed_at < total, "the kill came after everything was decided: not a mid-stream kill"
@@ -132,8 +162,12 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
     producer.flush()
     with tamiyo_running(kafka, instance="bad", orphan_timeout_s=1.0) as tamiyo:
         dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 4, timeout_s=60)
-        decisions = wait_for(lambda: [m for m in decisions_on_log(kafka) if m.run_id == run_id and
-                                      m.payload.epoch == 2] and decisions_on_log(kafka), 60, "epoch 2 decided")
+        watcher = DecisionWatcher(kafka)
+        try:
+            watcher.wait(lambda w: (run_id, 2) in w.epochs(), 60, "epoch 2 decided")
+        finally:
+            watcher.close()
+        decisions = decisions_on_log(kafka)
         stats = tamiyo.stats()
     reasons = [dict(m.headers() or {}).get("esper.dlq.reason", b"").decode() for m in dlq]
     print("dead letters:", reasons, "stats:", stats)
