@@ -169,6 +169,10 @@ def _connected():
 def _cmd_serve(args: argparse.Namespace) -> int:
     from services.oona.service_loop import StopFlag, run_until_stopped
 
+    if args.service == "nissa":  # the sink manages its own connection and DuckDB file
+        from services.nissa.cli import cmd_serve_nissa
+
+        return cmd_serve_nissa(args)
     settings, codec = _connected()
     blobs = settings.state_dir / "blobs"
     if args.service == "tamiyo":
@@ -269,6 +273,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services.nissa import cli as nissa_cli
     from services.tamiyo.cli import add_policy_command, add_tamiyo_serve_options
 
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training on an event-sourced Kafka log.")
@@ -312,9 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
-    p.add_argument("service", choices=["karn", "tamiyo", "tezzeret", "urabrask"])
+    p.add_argument("service", choices=["karn", "nissa", "tamiyo", "tezzeret", "urabrask"])
     p.add_argument("--slot", action="append", default=[], help="karn: slot shapes to seed, e.g. 64:16 or 1x8x8:4x8x8")
     add_tamiyo_serve_options(p)
+    nissa_cli.add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("blueprint", help="submit blueprints (YAML/JSON: one blueprint or a list)")
@@ -336,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_kernels)
 
     add_policy_command(sub)
+    nissa_cli.add_commands(sub)
 
     p = sub.add_parser("bench", help="run the benchmarks; prints ratios and writes JSON")
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")

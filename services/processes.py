@@ -16,7 +16,7 @@ from pathlib import Path
 
 from services.oona.local_broker import REPO_ROOT
 
-SERVICES = ("tezzeret", "urabrask", "karn")
+SERVICES = ("nissa", "tamiyo", "tezzeret", "urabrask", "karn")
 
 
 def _pid_file(state_dir: Path, name: str) -> Path:

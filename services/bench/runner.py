@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.bench import bus_throughput, tamiyo_latency, training_overhead
+from services.bench import bus_throughput, nissa_ingest, tamiyo_latency, training_overhead
 from services.bench.results import BenchResult, print_table, write_json
 from services.oona.cluster import ensure_cluster
 from services.settings import load_settings
@@ -12,7 +12,7 @@ from services.settings import load_settings
 
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     settings = load_settings()
-    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control")):
+    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control", "ingest")):
         ensure_cluster(settings)
 
     def wanted(name: str) -> bool:
@@ -25,6 +25,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         produced, spec, _ = bus_throughput.bench_produce(settings.kafka, events)
         results.append(produced)
         results.append(bus_throughput.bench_consume(settings.kafka, spec, events))
+    if wanted("ingest"):
+        results.append(nissa_ingest.bench_ingest(settings.kafka, events))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
     if wanted("control"):

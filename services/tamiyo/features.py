@@ -63,6 +63,10 @@ def slope(values: list[float]) -> float:
     n = len(values)
     if n < 2:
         return 0.0
+    if n == 2:
+        return values[1] - values[0]
+    if n == 3:
+        return (values[2] - values[0]) / 2
     mean_x, mean_y = (n - 1) / 2, sum(values) / n
     num = sum((i - mean_x) * (v - mean_y) for i, v in enumerate(values))
     den = sum((i - mean_x) ** 2 for i in range(n))
@@ -101,55 +105,60 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     spec = run.session.training_config
     allowed, budget_left = germination_allowed(run, epoch)
     accuracies = [e.validation_accuracy for e in history[-4:]]
-    active = 0
-    context = [
-        current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
-        current.train_accuracy - current.validation_accuracy,
-        math.log1p(current.state.validation_loss), budget_left, 1.0 if allowed else 0.0,
-        (epoch + 1) / max(1, spec.epochs),
-    ]
+    position = {layer.layer_id: i for i, layer in enumerate(layers)}
+    conv = [1.0 if layer.kind == "conv2d" else 0.0 for layer in layers]
+    depth = [i / max(1, len(layers) - 1) for i in range(len(layers))]
 
-    conv = {layer.layer_id: 1.0 if layer.kind == "conv2d" else 0.0 for layer in layers}
+    # Seed rows: everything up to "ready"; the run-wide context is appended to every node below.
+    states = run.seed_states(epoch)
     seed_nodes: list[SeedNode] = []
     seed_rows: list[list[float]] = []
-    by_layer: dict[int, list[list[float]]] = {}
-    states = run.seed_states(epoch)
+    seed_layer: list[int] = []
     for i, (layer_id, seed_idx, layer_name) in enumerate(seeds):
         state, since = states.get((layer_id, seed_idx), (SeedState.DORMANT, 0))
         health = run.health_until(layer_id, seed_idx, epoch)
         ready = bool(health and health[-1].epoch == epoch and health[-1].is_ready_for_transition)
         errors = health[-1].error_count if health else 0
-        active += state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
-        row = [0.0, 1.0, conv.get(layer_id, 0.0), *_health_features(health), *(1.0 if state is s else 0.0 for s in STATES),
-               min(epoch - since, 20) / 10, 1.0 if ready else 0.0]
-        seed_rows.append(row)
-        by_layer.setdefault(layer_id, []).append(row)
+        at = position.get(layer_id, 0)
+        seed_rows.append([0.0, 1.0, conv[at] if layers else 0.0, *_health_features(health),
+                          *(1.0 if state is s else 0.0 for s in STATES), min(epoch - since, 20) / 10,
+                          1.0 if ready else 0.0])
+        seed_layer.append(at)
         seed_nodes.append(SeedNode(len(layers) + i, layer_id, seed_idx, layer_name, state, since, ready, errors))
+    width = 3 + 9 + len(STATES) + 2
+    seed_x = torch.tensor(seed_rows, dtype=torch.float32).view(-1, width)
 
-    active_fraction = active / max(1, len(seeds))
-    rows: list[list[float]] = []
-    for depth, layer in enumerate(layers):
-        mine = by_layer.get(layer.layer_id) or [[0.0, 1.0, 0.0, *_health_features([]), 1.0] + [0.0] * (len(STATES) + 1)]
-        mean = [sum(col) / len(mine) for col in zip(*mine)]
-        mean[0], mean[1], mean[2] = 1.0, 0.0, conv[layer.layer_id]
-        rows.append(mean + context + [active_fraction, depth / max(1, len(layers) - 1)])
-    layer_depth = {layer.layer_id: d for d, layer in enumerate(layers)}
-    for node, row in zip(seed_nodes, seed_rows):
-        rows.append(row + context + [active_fraction, layer_depth.get(node.layer_id, 0) / max(1, len(layers) - 1)])
+    # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
+    index = torch.tensor(seed_layer, dtype=torch.long)
+    counts = torch.zeros(len(layers)).index_add_(0, index, torch.ones(len(seed_layer)))
+    layer_x = torch.zeros(len(layers), width).index_add_(0, index, seed_x) / counts.clamp_min(1).unsqueeze(1)
+    empty = counts == 0
+    if bool(empty.any()):
+        layer_x[empty] = torch.tensor(
+            [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
+    layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, torch.tensor(conv)
 
-    index = {layer.name: i for i, layer in enumerate(layers)}
+    active = sum(1 for n in seed_nodes if n.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING))
+    context = torch.tensor([
+        current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
+        current.train_accuracy - current.validation_accuracy, math.log1p(current.state.validation_loss),
+        budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(seeds)),
+    ])
+    node_depth = torch.tensor(depth + [depth[at] for at in seed_layer] if layers else [0.0] * len(seeds))
+    nodes = torch.cat([layer_x, seed_x])
+    x = torch.cat([nodes, context.expand(nodes.shape[0], -1), node_depth.unsqueeze(1)], dim=1)
+
+    by_name = {layer.name: i for i, layer in enumerate(layers)}
     sources, targets = [], []
     for edge in run.topology():
-        if edge.source in index and edge.target in index:
-            sources.append(index[edge.source])
-            targets.append(index[edge.target])
-    by_id = {layer.layer_id: i for i, layer in enumerate(layers)}
+        if edge.source in by_name and edge.target in by_name:
+            sources.append(by_name[edge.source])
+            targets.append(by_name[edge.target])
     for node in seed_nodes:
-        layer_node = by_id.get(node.layer_id)
+        layer_node = position.get(node.layer_id)
         if layer_node is not None:
             sources += [layer_node, node.node]
             targets += [node.node, layer_node]
-    x = torch.tensor(rows, dtype=torch.float32)
     edge_index = torch.tensor([sources, targets], dtype=torch.long).view(2, -1)
     return GraphView(epoch, x, edge_index, [layer.name for layer in layers], seed_nodes,
                      [layer.name for layer in layers] + [n.layer_name for n in seed_nodes], allowed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from contracts import (
     EpochCompleted,
@@ -132,7 +133,7 @@ class RunState:
         if model.topology:
             return list(model.topology)
         layers = self.layers()
-        return [LayerEdge(source=a.name, target=b.name) for a, b in zip(layers, layers[1:])]
+        return [LayerEdge(source=a.name, target=b.name) for a, b in pairwise(layers)]
 
     def seeds(self) -> list[tuple[int, int, str]]:
         """(layer_id, seed_idx, layer_name) of every slot, in session order."""

@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -364,7 +365,7 @@ class TolariaRun:
                 hidden_sizes=cfg.model.hidden if cfg.model.kind == "mlp" else cfg.model.channels,
                 target_layers=cfg.seeds.target_layers, seeds_per_layer=cfg.seeds.per_layer,
                 parameter_count=self.host_parameters, layers=layers,
-                topology=[LayerEdge(source=a.name, target=b.name) for a, b in zip(layers, layers[1:])],
+                topology=[LayerEdge(source=a.name, target=b.name) for a, b in pairwise(layers)],
             ),
             training_config=TrainingSpec(
                 dataset=cfg.data.dataset, epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.optimizer.lr,

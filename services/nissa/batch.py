@@ -1,0 +1,212 @@
+"""Pure batching: Kafka messages consumed since the last commit -> Arrow tables, one per DuckDB table.
+
+No Kafka client and no database here: ``add`` takes anything that looks like a
+confluent-kafka ``Message`` (``topic() partition() offset() key() value() headers()``),
+``take`` hands the pending messages over and ``decode`` turns them into
+``{table name: [Arrow tables]}`` ready for ``NissaStore.write`` (``drain`` does both).
+
+Decoding picks, per writer schema (the single-object fingerprint of each value):
+the vectorised ``ColumnarDecoder`` when the record flattens to scalar columns, else the
+generated per-event ``RowDecoder``. Decoding against the exact writer schema is what
+guarantees the column types, so the contracts' pydantic validation is not run on this
+path (producers validate before they encode; the sink records facts as they were written).
+A value that cannot be decoded (not single-object framed, unknown fingerprint, a schema of
+another topic, a corrupt body) becomes a row of ``dead_letters`` with origin ``nissa`` and
+the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from services.nissa.columnar import ColumnarDecoder, columnar_decoder
+from services.nissa.decoder import DECODE_ERRORS, RowDecoder, compile_decoder
+from services.nissa.tables import Table, arrow_batch, dead_letters_table, row_from_record
+from services.oona.codec import SINGLE_OBJECT_MAGIC, message_to_record
+from services.oona.consumer import dead_letter_from_message
+from services.oona.errors import DecodeError
+from services.oona.schema_store import SchemaStore, history_versions, schema_fingerprint
+from services.oona.topic_registry import TopicSpec
+
+HEADER_LEN = 10
+SINK_GROUP = "nissa"
+
+
+@dataclass(frozen=True)
+class WriterDecoders:
+    version: int
+    row: RowDecoder
+    columnar: ColumnarDecoder | None
+
+
+class Decoders:
+    """Every known writer schema (current and ``schemas/history``), compiled lazily per fingerprint."""
+
+    def __init__(self, store: SchemaStore, tables: Iterable[Table]) -> None:
+        self._tables = {t.record_name: t for t in tables}
+        self._writers: dict[bytes, tuple[str, int, dict]] = {}
+        for record_name in self._tables:
+            for version, raw in history_versions(store.schemas_dir, record_name):
+                self._writers[schema_fingerprint(raw)] = (record_name, version, raw)
+        self._compiled: dict[bytes, WriterDecoders] = {}
+
+    def for_value(self, header: bytes, table: Table) -> WriterDecoders:
+        """The decoders of the writer schema named by a value's 10-byte header; DecodeError if none fits."""
+        if len(header) < HEADER_LEN or header[:2] != SINGLE_OBJECT_MAGIC:
+            raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(header[:2]).hex() or 'none'})")
+        fingerprint = bytes(header[2:HEADER_LEN])
+        known = self._writers.get(fingerprint)
+        if known is None:
+            raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+        record_name, version, raw = known
+        if record_name != table.record_name:
+            raise DecodeError(f"schema {record_name} v{version} does not belong in {table.name} "
+                              f"(expects {table.record_name})")
+        compiled = self._compiled.get(fingerprint)
+        if compiled is None:
+            compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),
+                                      columnar_decoder(raw, table, HEADER_LEN))
+            self._compiled[fingerprint] = compiled
+        return compiled
+
+
+class Batch:
+    """Messages by topic until ``take``; ``size`` is how many are pending.
+
+    ``routes`` maps each consumed topic name to its spec and table (the DLQ's table is
+    ``dead_letters``). ``fallback`` decodes values that are not single-object framed (the
+    Confluent codec when a schema registry is configured): contract-validated, slow.
+    """
+
+    def __init__(self, routes: dict[str, tuple[TopicSpec, Table]], decoders: Decoders, fallback: Any = None) -> None:
+        self.routes = routes
+        self.decoders = decoders
+        self.fallback = fallback
+        self._pending: dict[str, list] = {}
+        self.size = 0
+
+    def add(self, messages: list) -> None:
+        if not messages:
+            return
+        self.size += len(messages)
+        first = messages[0].topic()
+        topics = [m.topic() for m in messages]
+        if topics.count(first) == len(topics):
+            self._pending.setdefault(first, []).extend(messages)
+            return
+        for topic, message in zip(topics, messages, strict=True):
+            self._pending.setdefault(topic, []).append(message)
+
+    def take(self) -> dict[str, list]:
+        """The pending messages by topic; the batch starts empty again."""
+        pending, self._pending, self.size = self._pending, {}, 0
+        return pending
+
+    def decode(self, pending: dict[str, list]) -> dict[str, list[pa.Table]]:
+        """Taken messages as Arrow tables by table name (dead letters under ``dead_letters``).
+
+        Uses no state but the decoders' cache, so it can run in another thread than ``add``
+        (one thread at a time).
+        """
+        out: dict[str, list[pa.Table]] = {}
+        dead: list[tuple] = []
+        for topic, messages in pending.items():
+            spec, table = self.routes[topic]
+            if spec.raw:
+                dead.extend(_dlq_row(m) for m in messages)
+            else:
+                out.setdefault(table.name, []).extend(self._decode(spec, table, messages, dead))
+        if dead:
+            out.setdefault(dead_letters_table().name, []).append(arrow_batch(dead_letters_table(), dead))
+        return {name: [t for t in tables if t.num_rows] for name, tables in out.items()}
+
+    def drain(self) -> dict[str, list[pa.Table]]:
+        """``decode(take())``: everything pending as Arrow tables."""
+        return self.decode(self.take())
+
+    def _decode(self, spec: TopicSpec, table: Table, messages: list, dead: list[tuple]) -> list[pa.Table]:
+        values = [m.value() for m in messages]
+        headers = [v[:HEADER_LEN] if v is not None else b"" for v in values]
+        groups: dict[bytes, list[int]]
+        if headers.count(headers[0]) == len(headers):
+            groups = {headers[0]: list(range(len(values)))}
+        else:
+            groups = {}
+            for i, header in enumerate(headers):
+                groups.setdefault(header, []).append(i)
+        out: list[pa.Table] = []
+        for header, index in groups.items():
+            group = [messages[i] for i in index] if len(index) != len(messages) else messages
+            group_values = [values[i] for i in index] if len(index) != len(messages) else values
+            try:
+                decoders = self.decoders.for_value(header, table)
+            except DecodeError as exc:
+                if self.fallback is not None and header[:1] == b"\x00":
+                    out.append(self._fallback(spec, table, group, dead))
+                else:
+                    dead.extend(_failed_row(m, exc.reason, type(exc).__name__) for m in group)
+                continue
+            if decoders.columnar is not None:
+                out.extend(self._columnar(decoders, table, group, group_values, dead))
+            else:
+                out.append(self._rows(decoders.row, table, group, group_values, dead))
+        return out
+
+    def _columnar(self, decoders: WriterDecoders, table: Table, messages: list, values: list,
+                  dead: list[tuple]) -> list[pa.Table]:
+        arrays, ok = decoders.columnar.decode(values)
+        if not ok.any():
+            return [self._rows(decoders.row, table, messages, values, dead)]
+        partitions = np.array([m.partition() for m in messages], dtype=np.int32)
+        offsets = np.array([m.offset() for m in messages], dtype=np.int64)
+        good = pa.Table.from_arrays([*arrays, pa.array(partitions), pa.array(offsets)], schema=table.arrow_schema)
+        if ok.all():
+            return [good]
+        bad = np.flatnonzero(~ok)
+        retried = self._rows(decoders.row, table, [messages[i] for i in bad], [values[i] for i in bad], dead)
+        return [good.filter(pa.array(ok)), retried]
+
+    def _rows(self, decode: RowDecoder, table: Table, messages: list, values: list, dead: list[tuple]) -> pa.Table:
+        rows = []
+        for message, value in zip(messages, values, strict=True):
+            try:
+                rows.append(decode(value, message.partition(), message.offset()))
+            except DECODE_ERRORS as exc:
+                dead.append(_failed_row(message, f"corrupt Avro body for {table.record_name}: "
+                                                 f"{type(exc).__name__}: {exc}", "DecodeError"))
+        return arrow_batch(table, rows)
+
+    def _fallback(self, spec: TopicSpec, table: Table, messages: list, dead: list[tuple]) -> pa.Table:
+        rows = []
+        for m in messages:
+            try:
+                record = message_to_record(self.fallback.decode(spec, m.value()))
+            except DecodeError as exc:
+                dead.append(_failed_row(m, exc.reason, type(exc).__name__))
+                continue
+            rows.append(row_from_record(table, record, m.partition(), m.offset()))
+        return arrow_batch(table, rows)
+
+
+def _failed_row(message: Any, reason: str, error_type: str) -> tuple:
+    """A ``dead_letters`` row for a value the sink itself could not decode."""
+    return (message.topic(), message.partition(), message.offset(), reason[:4000], error_type, SINK_GROUP,
+            message.key(), message.value(), datetime.now(timezone.utc), "nissa", message.partition(), message.offset())
+
+
+def _dlq_row(message: Any) -> tuple:
+    """A ``dead_letters`` row for a message of the DLQ topic (bytes + ``esper.dlq.*`` headers)."""
+    try:
+        d = dead_letter_from_message(message)
+        fields = (d.source_topic, d.source_partition, d.source_offset, d.reason, d.error_type, d.consumer_group,
+                  d.original_key, d.original_value, d.failed_at)
+    except (ValueError, TypeError) as exc:  # headers that do not make a DeadLetter: keep the bytes anyway
+        fields = ("unknown", 0, 0, f"unreadable DLQ headers: {exc}"[:4000], "BadDeadLetter", "",
+                  message.key(), message.value(), datetime.now(timezone.utc))
+    return (*fields, "dlq", message.partition(), message.offset())

@@ -1,0 +1,247 @@
+"""Nissa's sink: every topic (the DLQ included) -> one DuckDB file, exactly once.
+
+The consumer joins no group and commits nothing to Kafka: it ``assign``s every partition
+of every topic at the offset stored in the database (``nissa_offsets``), or at the
+beginning, and reads with ``isolation.level=read_committed``. A flush writes the batch's
+rows and the consumer's positions in one DuckDB transaction (``NissaStore.write``), so a
+``kill -9`` at any moment loses nothing that was committed and repeats nothing on restart.
+Partitions created after the sink started are picked up on its next start.
+
+Consuming (the calling thread) overlaps with decoding and DuckDB's insert: taken batches go
+to one writer thread (``_Committer``) through a queue of depth 2; it decodes them (numpy
+releases the GIL for its array work, DuckDB for the insert) and is the only user of the
+DuckDB connection. Each queued item carries its own offsets, so what one transaction
+commits is still exactly its rows and the positions right after them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from services.nissa.batch import Batch, Decoders
+from services.nissa.store import NissaStore
+from services.nissa.tables import Table, dead_letters_table, table_for
+from services.oona.admin import admin_client, end_offsets
+from services.oona.codec import ConfluentCodec, make_codec
+from services.oona.errors import ConfigurationError, FatalError
+from services.oona.schema_store import SchemaStore
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TopicSpec, all_topics
+
+log = logging.getLogger(__name__)
+
+SINK_CONSUMER_CONFIG: dict[str, str | int | bool] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    # A stored offset that retention already deleted: start at the oldest event still there.
+    "auto.offset.reset": "earliest",
+    "isolation.level": "read_committed",
+    "enable.partition.eof": False,
+    # Large fetches: the sink is a bulk reader.
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    "queued.max.messages.kbytes": 256 * 1024,
+    "fetch.wait.max.ms": 100,
+}
+
+
+def default_db_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "nissa" / "esper.duckdb"
+
+
+def sink_tables(store: SchemaStore | None = None) -> list[Table]:
+    store = store or SchemaStore()
+    return [table_for(spec, store) for spec in all_topics() if not spec.raw] + [dead_letters_table()]
+
+
+class _Committer:
+    """The one thread that decodes taken batches and talks to DuckDB: (messages, offsets) items in order."""
+
+    def __init__(self, batch: Batch, store: NissaStore, on_commit: Callable[[int], None] | None) -> None:
+        self.batch = batch
+        self.store = store
+        self.on_commit = on_commit
+        self.committed_rows = 0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._run, name="nissa-committer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    if item == "release":
+                        self.store.release()
+                    else:
+                        pending, offsets = item
+                        self.committed_rows += self.store.write(self.batch.decode(pending), offsets)
+                        if self.on_commit is not None:
+                            self.on_commit(self.committed_rows)
+            except BaseException as exc:  # handed to the consuming thread, which raises it
+                self.error = exc
+            finally:
+                self._queue.task_done()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, item) -> None:
+        self.check()
+        self._queue.put(item)
+
+    def wait(self) -> None:
+        """Until everything submitted is committed (or failed: then raise)."""
+        self._queue.join()
+        self.check()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class NissaSink:
+    """Consume -> batch -> one DuckDB transaction per flush (rows + offsets).
+
+    A flush happens when ``batch_rows`` messages are pending, when the oldest pending
+    message waited ``max_delay_s``, or when the log has nothing new; one consume call reads
+    at most ``batch_rows`` (and 20,000) messages.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        db_path: Path,
+        *,
+        topics: list[TopicSpec] | None = None,
+        batch_rows: int = 50_000,
+        max_delay_s: float = 0.5,
+        hold_s: float = 2.0,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics if topics is not None else list(all_topics(settings.topic_prefix))
+        schemas = SchemaStore()
+        tables = sink_tables(schemas)
+        by_record = {t.record_name: t for t in tables}
+        routes = {spec.name: (spec, dead_letters_table() if spec.raw else by_record[spec.record_name])
+                  for spec in self.topics}
+        fallback = make_codec(settings.schema_registry_url, schemas)
+        self.batch = Batch(routes, Decoders(schemas, tables),
+                           fallback=fallback if isinstance(fallback, ConfluentCodec) else None)
+        self.store = NissaStore(db_path, tables, hold_s=hold_s)
+        self.batch_rows = batch_rows
+        self.max_delay_s = max_delay_s
+        self.on_commit = on_commit
+        self._committer: _Committer | None = None
+        self._first_pending = 0.0
+        self._consumer: Consumer | None = None
+        self._assignment: list[TopicPartition] = []
+        self._start: dict[tuple[str, int], int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the schema and views, then assign every partition at its stored offset."""
+        self.store.create_schema()
+        stored = self.store.offsets()
+        self.store.release()
+        conf = self.settings.client_config() | SINK_CONSUMER_CONFIG | {"group.id": f"nissa-{uuid.uuid4().hex[:8]}"}
+        try:
+            self._consumer = Consumer(conf)
+        except KafkaException as exc:
+            raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
+        # Metadata first: assigning partitions whose leaders the client already knows saves ~0.5 s of backoff.
+        metadata = self._consumer.list_topics(timeout=self.settings.connect_timeout_s).topics
+        names = [spec.name for spec in self.topics]
+        missing = [name for name in names if name not in metadata or metadata[name].error is not None]
+        if missing:
+            raise FatalError(f"topics missing on the cluster: {', '.join(sorted(missing))} (run `esper topics create`)")
+        partitions = [(name, p) for name in names for p in sorted(metadata[name].partitions)]
+        self._start = {(t, p): stored.get((t, p), 0) for t, p in partitions}
+        self._assignment = [TopicPartition(t, p, stored.get((t, p), OFFSET_BEGINNING)) for t, p in partitions]
+        self._consumer.assign(self._assignment)
+        self._committer = _Committer(self.batch, self.store, self.on_commit)
+        log.info("nissa sink started db=%s partitions=%d resumed=%d", self.store.path, len(partitions), len(stored))
+
+    def close(self) -> None:
+        """Flush what is pending, then let go of the consumer and the file."""
+        try:
+            if self._consumer is not None:
+                self.flush(wait=True)
+        finally:
+            if self._committer is not None:
+                self._committer.stop()
+                self._committer = None
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            self.store.close()
+
+    @property
+    def committed_rows(self) -> int:
+        return self._committer.committed_rows if self._committer is not None else 0
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def step(self, timeout_s: float = 0.2) -> int:
+        """Consume up to ``batch_rows`` messages (flushing when due); returns the messages read."""
+        assert self._consumer is not None, "start() first"
+        messages = self._consumer.consume(min(self.batch_rows, 20_000), timeout_s)
+        errors = [m.error() for m in messages if m.error() is not None]
+        good = [m for m in messages if m.error() is None] if errors else messages
+        for error in errors:
+            if error.fatal():
+                raise FatalError(f"nissa consumer failed: {error.str()}")
+            log.warning("consume error code=%s reason=%s", error.name(), error.str())
+        if good:
+            if not self.batch.size:
+                self._first_pending = time.monotonic()
+            self.batch.add(good)
+        due = self.batch.size >= self.batch_rows or (
+            self.batch.size and (not good or time.monotonic() - self._first_pending >= self.max_delay_s))
+        if due:
+            self.flush()
+        elif not good and not self.batch.size:
+            self._committer.submit("release")  # idle: let readers in
+        self._committer.check()
+        return len(good)
+
+    def flush(self, wait: bool = False) -> None:
+        """Queue what is pending, with the positions it ends at, as one DuckDB transaction.
+
+        With ``wait``, return once everything queued is committed.
+        """
+        if self.batch.size:
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(self._assignment)
+                         if tp.offset >= 0}
+            self._committer.submit((self.batch.take(), positions))
+        if wait:
+            self._committer.wait()
+
+    def run_until_caught_up(self, timeout_s: float = 60.0) -> int:
+        """Ingest until every partition reached the end offsets it had when called; returns messages read."""
+        ends = end_offsets(admin_client(self.settings), [(tp.topic, tp.partition) for tp in self._assignment])
+        deadline = time.monotonic() + timeout_s
+        read = 0
+        while True:
+            read += self.step()
+            # A partition nothing was read from since assign() has no position yet: it is where it started.
+            positions = {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else self._start[(tp.topic, tp.partition)]
+                         for tp in self._consumer.position(self._assignment)}
+            caught_up = all(positions[key] >= end for key, end in ends.items())
+            if caught_up:
+                self.flush(wait=True)
+                return read
+            if time.monotonic() > deadline:
+                raise FatalError(f"nissa did not catch up within {timeout_s:g}s")

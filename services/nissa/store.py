@@ -1,0 +1,130 @@
+"""The one DuckDB file: the writer side (tables, views, offsets, atomic batch writes) and read-only opens.
+
+Exactly-once: every batch of rows and the Kafka positions it ends at
+(``nissa_offsets``: topic, partition, next_offset) are written in ONE DuckDB transaction,
+so after a crash the file holds either the whole batch and its offsets or neither, and
+the sink resumes at the stored offsets.
+
+DuckDB lets one process open a file read-write *or* any number of processes open it
+read-only, never both at once. So the writer does not hold the file for ever: after a
+commit it closes the file once it has held it ``hold_s`` seconds (and whenever the sink is
+idle), and readers that find it locked retry for a while (``open_read_only(wait_s=...)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from services.nissa.errors import DatabaseMissingError, DatabaseUnreadableError
+from services.nissa.tables import Table
+from services.nissa.views import create_views
+
+OFFSETS_DDL = (
+    "CREATE TABLE IF NOT EXISTS nissa_offsets ("
+    "topic VARCHAR NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL, "
+    "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, partition))"
+)
+_LOCKED = "Could not set lock"
+
+
+class NissaStore:
+    """Writer of the database file (one per file): ``write`` commits rows + offsets atomically."""
+
+    def __init__(self, path: Path, tables: Iterable[Table], hold_s: float = 2.0, lock_wait_s: float = 300.0) -> None:
+        self.path = Path(path)
+        self.tables = {t.name: t for t in tables}
+        self.hold_s = hold_s
+        self.lock_wait_s = lock_wait_s
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = _retry_locked(lambda: duckdb.connect(str(self.path)), self.path, self.lock_wait_s)
+            self._opened_at = time.monotonic()
+        return self._con
+
+    def create_schema(self) -> None:
+        """Tables (from the Avro schemas), the offsets table and the views; idempotent."""
+        con = self._connection()
+        con.execute("BEGIN")
+        for table in self.tables.values():
+            con.execute(table.ddl())
+        con.execute(OFFSETS_DDL)
+        create_views(con)
+        con.execute("COMMIT")
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        rows = self._connection().execute("SELECT topic, partition, next_offset FROM nissa_offsets").fetchall()
+        return {(topic, partition): offset for topic, partition, offset in rows}
+
+    def write(self, batches: Mapping[str, list[pa.Table]], offsets: Mapping[tuple[str, int], int]) -> int:
+        """Insert every batch and upsert the offsets in one transaction; returns the rows written."""
+        con = self._connection()
+        written = 0
+        con.execute("BEGIN")
+        try:
+            for name, parts in batches.items():
+                table = self.tables[name]
+                for i, part in enumerate(parts):
+                    view = f"_nissa_batch_{i}"
+                    con.register(view, part)
+                    try:
+                        con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
+                    finally:
+                        con.unregister(view)
+                    written += part.num_rows
+            if offsets:
+                con.executemany(
+                    "INSERT INTO nissa_offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
+                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()",
+                    [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if time.monotonic() - self._opened_at >= self.hold_s:
+            self.release()
+        return written
+
+    def release(self) -> None:
+        """Close the file so that readers can open it; the next write reopens it."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    close = release
+
+
+def _retry_locked(open_fn, path: Path, wait_s: float):
+    deadline = time.monotonic() + wait_s
+    delay = 0.02
+    while True:
+        try:
+            return open_fn()
+        except duckdb.IOException as exc:
+            if _LOCKED not in str(exc) or time.monotonic() >= deadline:
+                raise DatabaseUnreadableError(f"cannot open {path}: {_first_line(exc)}") from None
+            time.sleep(delay)  # the other side holds the file lock: back off and retry
+            delay = min(delay * 2, 0.25)
+        except duckdb.Error as exc:
+            raise DatabaseUnreadableError(f"cannot open {path}: {_first_line(exc)}") from None
+
+
+def open_read_only(path: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """A read-only connection; waits up to ``wait_s`` while the writer holds the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatabaseMissingError(path)
+    return _retry_locked(lambda: duckdb.connect(str(path), read_only=True), path, wait_s)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,136 @@
+"""Views over the sink's tables, created (CREATE OR REPLACE) every time the sink starts.
+
+* ``adaptation_history``: one row per decision -> command -> seed transition -> field report
+  (``decision_id``, ``command_id``, then the seed ``run_id + layer_id + seed_idx + kernel_id``);
+  decisions without a command, commands without a decision and transitions no command
+  caused are kept by outer joins on the command side.
+* ``seed_timeline``: every seed transition, with the germinate command (and so the decision)
+  that started that seed's life: the latest one for the same seed and kernel at or before it.
+* ``blueprint_history``: per run and blueprint: decisions, commands, germinations,
+  fossilizations, culls, field reports and the mean metric change they reported.
+* ``layer_health``: per run, epoch and layer: signals, seeds, mean/min health and the mean
+  activation, dead-neuron, correlation and gradient statistics.
+* ``runs``: per run: last status, name, dataset, epochs completed, seeds germinated /
+  fossilized / culled, final validation accuracy (the session's, else the last epoch's).
+* ``dlq_summary``: per source topic, error type and origin: count, first / last failure and
+  one example reason.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+VIEWS: dict[str, str] = {
+    "adaptation_history": """
+SELECT
+  coalesce(d.run_id, c.run_id) AS run_id,
+  d.decision_id, d.epoch AS decision_epoch, d.adaptation_type, d.confidence, d.urgency,
+  d.policy_version, d.reason AS decision_reason, d.timestamp AS decided_at,
+  coalesce(c.layer_name, d.layer_name) AS layer_name,
+  coalesce(c.layer_id, d.layer_id) AS layer_id,
+  coalesce(c.seed_idx, d.seed_idx) AS seed_idx,
+  coalesce(c.blueprint_id, d.blueprint_id) AS blueprint_id,
+  coalesce(c.kernel_id, d.kernel_id) AS kernel_id,
+  c.command_id, c.action, c.issued_at_epoch,
+  t.from_state, t.to_state, t.epoch AS transition_epoch, t.reason AS transition_reason,
+  f.outcome AS field_outcome, f.pre_metric, f.post_metric, f.post_metric - f.pre_metric AS metric_delta,
+  f.epochs_active
+FROM adaptation_decision d
+FULL OUTER JOIN kasmina_command c ON c.decision_id = d.decision_id
+LEFT JOIN seed_transition t ON t.command_id = c.command_id
+LEFT JOIN field_report f
+  ON f.run_id = coalesce(d.run_id, c.run_id)
+ AND f.layer_id = coalesce(c.layer_id, d.layer_id)
+ AND f.seed_idx = coalesce(c.seed_idx, d.seed_idx)
+ AND f.kernel_id = coalesce(c.kernel_id, d.kernel_id)
+""",
+    "blueprint_history": """
+WITH per_blueprint AS (
+  SELECT run_id, blueprint_id,
+         count(DISTINCT decision_id) AS decisions,
+         count(DISTINCT command_id) AS commands
+  FROM adaptation_history WHERE blueprint_id IS NOT NULL GROUP BY ALL
+), seeds AS (
+  SELECT c.run_id, c.blueprint_id,
+         count(*) FILTER (WHERE t.to_state = 'germinated') AS germinated,
+         count(*) FILTER (WHERE t.to_state = 'fossilized') AS fossilized,
+         count(*) FILTER (WHERE t.to_state = 'culled') AS culled
+  FROM seed_transition t
+  JOIN kasmina_command c ON c.run_id = t.run_id AND c.layer_id = t.layer_id AND c.seed_idx = t.seed_idx
+   AND c.kernel_id = t.kernel_id AND c.action = 'germinate'
+  WHERE c.blueprint_id IS NOT NULL GROUP BY ALL
+), reports AS (
+  SELECT run_id, blueprint_id, count(*) AS field_reports, avg(post_metric - pre_metric) AS mean_metric_delta
+  FROM field_report GROUP BY ALL
+)
+SELECT run_id, blueprint_id,
+       coalesce(p.decisions, 0) AS decisions, coalesce(p.commands, 0) AS commands,
+       coalesce(s.germinated, 0) AS germinated, coalesce(s.fossilized, 0) AS fossilized,
+       coalesce(s.culled, 0) AS culled,
+       coalesce(r.field_reports, 0) AS field_reports, r.mean_metric_delta
+FROM per_blueprint p
+FULL OUTER JOIN seeds s USING (run_id, blueprint_id)
+FULL OUTER JOIN reports r USING (run_id, blueprint_id)
+""",
+    "seed_timeline": """
+SELECT t.run_id, t.layer_id, t.seed_idx, t.layer_name, t.kernel_id, g.blueprint_id,
+       t.epoch, t.from_state, t.to_state, t.reason, t.command_id, t.timestamp,
+       g.command_id AS germinated_by, g.decision_id
+FROM seed_transition t
+ASOF LEFT JOIN (SELECT * FROM kasmina_command WHERE action = 'germinate') g
+  ON g.run_id = t.run_id AND g.layer_id = t.layer_id AND g.seed_idx = t.seed_idx AND g.kernel_id = t.kernel_id
+ AND t.epoch >= g.issued_at_epoch
+""",
+    "layer_health": """
+SELECT run_id, epoch, layer_id, any_value(layer_name) AS layer_name,
+       count(*) AS signals, count(DISTINCT seed_idx) AS seeds,
+       avg(health_score) AS mean_health, min(health_score) AS min_health,
+       avg(activation_variance) AS mean_activation_variance, avg(dead_neuron_ratio) AS mean_dead_neuron_ratio,
+       avg(avg_correlation) AS mean_correlation, avg(gradient_norm) AS mean_gradient_norm,
+       max(active_seeds) AS active_seeds, sum(error_count) AS errors
+FROM health_signal GROUP BY run_id, epoch, layer_id
+""",
+    "runs": """
+WITH sessions AS (
+  SELECT run_id,
+         arg_max(session_status, timestamp) AS status,
+         arg_max(session_name, timestamp) AS name,
+         arg_max(session_training_config_dataset, timestamp) AS dataset,
+         arg_max(session_training_config_epochs, timestamp) AS planned_epochs,
+         arg_max(final_validation_accuracy, timestamp) AS session_final_accuracy,
+         min(timestamp) AS started_at, max(timestamp) AS updated_at
+  FROM training_session_event GROUP BY run_id
+), epochs AS (
+  SELECT run_id, count(DISTINCT state_epoch) AS epochs, max(state_epoch) AS last_epoch,
+         arg_max(validation_accuracy, state_epoch) AS last_validation_accuracy
+  FROM epoch_completed GROUP BY run_id
+), seeds AS (
+  SELECT run_id,
+         count(*) FILTER (WHERE to_state = 'germinated') AS seeds_germinated,
+         count(*) FILTER (WHERE to_state = 'fossilized') AS seeds_fossilized,
+         count(*) FILTER (WHERE to_state = 'culled') AS seeds_culled
+  FROM seed_transition GROUP BY run_id
+)
+SELECT run_id, s.name, s.dataset, coalesce(s.status, 'unknown') AS status,
+       coalesce(e.epochs, 0) AS epochs, s.planned_epochs,
+       coalesce(t.seeds_germinated, 0) AS seeds_germinated,
+       coalesce(t.seeds_fossilized, 0) AS seeds_fossilized,
+       coalesce(t.seeds_culled, 0) AS seeds_culled,
+       coalesce(s.session_final_accuracy, e.last_validation_accuracy) AS final_validation_accuracy,
+       s.started_at, s.updated_at
+FROM sessions s
+FULL OUTER JOIN epochs e USING (run_id)
+LEFT JOIN seeds t USING (run_id)
+""",
+    "dlq_summary": """
+SELECT source_topic, error_type, origin, count(*) AS dead_letters,
+       min(failed_at) AS first_failed_at, max(failed_at) AS last_failed_at,
+       any_value(reason) AS example_reason
+FROM dead_letters GROUP BY ALL
+""",
+}
+
+
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    for name, sql in VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
