@@ -104,16 +104,20 @@ class OonaConsumer:
         level = logging.ERROR if error.fatal() else logging.WARNING
         log.log(level, "kafka client error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
 
-    def consume(self, max_messages: int = 500, timeout: float = 1.0) -> list[Delivered]:
-        """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead."""
+    def consume(self, max_messages: int = 500, timeout: float = 1.0, gather_s: float = 0.0) -> list[Delivered]:
+        """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead.
+
+        Returns as soon as something arrived (within ``timeout``), after waiting at most
+        ``gather_s`` more for the events that come with it (e.g. the rest of an epoch's).
+        """
         delivered: list[Delivered] = []
         # librdkafka's batch consume waits for a full batch or the timeout: take what is there, and
-        # when nothing is, block for the first message only, then drain the rest without waiting.
+        # when nothing is, block for the first message only, then gather the rest briefly.
         raw = self._consumer.consume(max_messages, 0)
         if not raw and timeout > 0:
             raw = self._consumer.consume(1, timeout)
-            if raw and max_messages > 1:
-                raw += self._consumer.consume(max_messages - 1, 0)
+        if raw and len(raw) < max_messages:
+            raw += self._consumer.consume(max_messages - len(raw), gather_s)
         for msg in raw:
             error = msg.error()
             if error is not None:

@@ -54,12 +54,12 @@ class ExactlyOnceProcessor:
         self.handler = handler
         self.after_batch = after_batch
 
-    def process_batch(self, max_messages: int = 500, timeout: float = 1.0) -> int:
+    def process_batch(self, max_messages: int = 500, timeout: float = 1.0, gather_s: float = 0.0) -> int:
         """Consume, handle and commit one batch atomically; returns the events handled."""
         self.producer.begin_transaction()
         try:
             dead_before = self.consumer.dead_lettered
-            batch = self.consumer.consume(max_messages, timeout)
+            batch = self.consumer.consume(max_messages, timeout, gather_s)
             consumed = bool(batch) or self.consumer.dead_lettered != dead_before
             for delivered in batch:
                 for spec, message in self.handler(delivered):
