@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -85,9 +86,9 @@ def decisions_on_log(kafka: KafkaSettings) -> list:
             read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})]
 
 
-def serve(env: dict, log_path) -> subprocess.Popen:
+def serve(env: dict, log_path, instance: str = "k1") -> subprocess.Popen:
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen([*ESPER, "-v", "serve", "tamiyo", "--instance", "k1", "--scatter", "native"],
+        return subprocess.Popen([*ESPER, "-v", "serve", "tamiyo", "--instance", instance, "--scatter", "native"],
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -135,6 +136,42 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_
     recorded = load_recorded_runs(kafka, SingleObjectCodec(), list(runs)[:5])
     for run_id, run in recorded.items():
         assert comparable(replay_decisions(run, decider)) == comparable(run.decisions), run_id
+
+
+def test_two_instances_share_the_runs_and_one_takes_over_when_the_other_is_killed(esper_settings, tmp_path):
+    kafka = esper_settings.kafka
+    publish_slot_kernels(kafka, [2], [8])
+    publish_slot_kernels(kafka, [8], [8])
+    runs = {f"pair-{i:02d}-{uuid.uuid4().hex[:4]}": plateau_run(epochs=25, budget=3) for i in range(30)}
+    total = len(runs) * 25
+    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
+                    ESPER_STATE_DIR=str(tmp_path / "state"))
+    watcher = DecisionWatcher(kafka)
+    processes = {name: serve(env, tmp_path / f"{name}.log", name) for name in ("a", "b")}
+    try:
+        # Both in the group, the partitions split between them (range: 2 + 1), before any run starts.
+        watcher.wait(lambda w: all(re.search(r"rebuilding partitions=\[\d(, \d)?\]\n", (tmp_path / f"{n}.log").read_text())
+                                   for n in ("a", "b")), 120, "the group to split the partitions")
+        publish_runs(kafka, runs)
+        watcher.wait(lambda w: {m.sender_id for m in w.seen} == {"tamiyo-a", "tamiyo-b"}, 120,
+                     "both instances deciding (the runs spread over the partitions)")
+        processes["a"].send_signal(signal.SIGKILL)
+        processes["a"].wait(timeout=10)
+        killed = time.monotonic()
+        watcher.wait(lambda w: len(w.epochs()) >= total, 180, "every epoch decided by the survivor")
+        takeover_s = time.monotonic() - killed
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+        watcher.close()
+    final = decisions_on_log(kafka)
+    ids = [m.payload.decision_id for m in final]
+    by_sender = {s: sum(1 for m in final if m.sender_id == s) for s in ("tamiyo-a", "tamiyo-b")}
+    print(f"epochs={total} decision records={len(final)} by instance={by_sender} duplicates={len(ids) - len(set(ids))} "
+          f"takeover={takeover_s:.1f}s")
+    assert len(ids) == len(set(ids)) and len({(m.run_id, m.payload.epoch) for m in final}) == total
 
 
 def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(esper_settings):
