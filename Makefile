@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 ESPER := PYTHONPATH=$(CURDIR) $(PY) -m services.cli
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-path up down status broker broker-stop schemas schemas-check test test-unit test-integration bench clean clean-state
+.PHONY: help venv venv-path up down demo status broker broker-stop schemas schemas-check test test-unit test-integration bench clean clean-state
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ up: venv ## install everything, start the broker, create the topics, start the s
 
 down: venv ## stop the services and the local broker (data is kept)
 	$(ESPER) down
+
+demo: venv ## on a running system (make up): adaptive run vs --no-adapt baseline, SQL comparison, HTML report
+	$(ESPER) demo
 
 status: venv ## broker and services: up or down
 	$(ESPER) status

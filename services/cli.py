@@ -68,57 +68,6 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    from services import processes
-    from services.oona.admin import ensure_topics
-    from services.oona.cluster import ensure_cluster
-    from services.oona.topic_registry import all_topics
-    from services.settings import load_settings
-
-    settings = load_settings()
-    print(ensure_cluster(settings))
-    created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
-    print(f"topics: {len(created)} created, the rest already present")
-    if not args.no_services:
-        for name in processes.SERVICES:
-            pid, fresh = processes.start(settings.state_dir, name)
-            print(f"{name}: {'started' if fresh else 'already running'} pid={pid} "
-                  f"log={processes.log_file(settings.state_dir, name)}")
-    return 0
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    from services import processes
-    from services.oona.cluster import stop_cluster
-    from services.settings import load_settings
-
-    settings = load_settings()
-    for name in processes.SERVICES:
-        print(f"{name}: {'stopped' if processes.stop(settings.state_dir, name) else 'was not running'}")
-    print(stop_cluster(settings))
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from services import processes
-    from services.oona.local_broker import LocalKafka
-    from services.settings import load_settings
-
-    settings = load_settings()
-    healthy = True
-    if settings.external_cluster:
-        print(f"cluster: external {settings.kafka.bootstrap_servers}")
-    else:
-        status = LocalKafka(settings.local_broker()).status()
-        healthy &= bool(status["answering"])
-        print(f"broker: {'up' if status['answering'] else 'down'} pid={status['pid']} {status['bootstrap_servers']}")
-    for name in processes.SERVICES:
-        pid = processes.running_pid(settings.state_dir, name)
-        healthy &= pid is not None
-        print(f"{name}: {'up pid=' + str(pid) if pid else 'down'}")
-    return 0 if healthy else 3
-
-
 def _cmd_tail(args: argparse.Namespace) -> int:
     from services.oona.tail import tail
 
@@ -274,6 +223,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from services.nissa import cli as nissa_cli
+    from services.system_cli import add_system_commands
     from services.tamiyo.cli import add_policy_command, add_tamiyo_serve_options
 
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training on an event-sourced Kafka log.")
@@ -293,13 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["create", "list"])
     p.set_defaults(func=_cmd_topics)
 
-    p = sub.add_parser("up", help="start the broker (unless an external one is set), topics and the services")
-    p.add_argument("--no-services", action="store_true", help="only the broker and the topics")
-    p.set_defaults(func=_cmd_up)
-    p = sub.add_parser("down", help="stop what `esper up` started; data is kept")
-    p.set_defaults(func=_cmd_down)
-    p = sub.add_parser("status", help="broker and services: up or down (exit 3 if anything is down)")
-    p.set_defaults(func=_cmd_status)
+    add_system_commands(sub)
 
     p = sub.add_parser("tail", help="print the events of a topic as JSON lines")
     p.add_argument("topic")

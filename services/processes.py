@@ -1,8 +1,9 @@
-"""Background service processes for `esper up` / `esper down` / `esper status`.
+"""The detached supervisor behind `esper up` / `esper down` / `esper status`.
 
-Each service runs as ``python -m services.cli serve NAME`` in its own session, logging to
-``<state>/logs/NAME.log`` with its pid in ``<state>/pids/NAME.pid``. ``stop`` sends SIGTERM
-(the services shut down cleanly: close the consumer, finish or abort the transaction).
+``start`` launches ``esper supervise`` in its own session (it outlives the command), logging
+to ``<state>/logs/supervisor.log``; the supervisor runs and restarts the services (see
+``services.supervisor``). ``stop`` sends it SIGTERM and waits: it stops every service
+cleanly (consumers closed, transactions finished or aborted) before exiting.
 """
 
 from __future__ import annotations
@@ -14,65 +15,50 @@ import sys
 import time
 from pathlib import Path
 
+from services.oona.errors import EsperError
 from services.oona.local_broker import REPO_ROOT
-
-SERVICES = ("nissa", "tamiyo", "tezzeret", "urabrask", "karn")
-
-
-def _pid_file(state_dir: Path, name: str) -> Path:
-    return Path(state_dir) / "pids" / f"{name}.pid"
+from services.supervisor import log_file, read_status
 
 
-def log_file(state_dir: Path, name: str) -> Path:
-    return Path(state_dir) / "logs" / f"{name}.log"
+class SupervisorError(EsperError):
+    pass
 
 
-def running_pid(state_dir: Path, name: str) -> int | None:
-    try:
-        pid = int(_pid_file(state_dir, name).read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    try:
-        if f"serve\x00{name}".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return None  # the pid was recycled by another program
-    except OSError:
-        pass
-    return pid
-
-
-def start(state_dir: Path, name: str) -> tuple[int, bool]:
-    """Start ``name`` unless it runs; returns (pid, started_now)."""
-    pid = running_pid(state_dir, name)
-    if pid is not None:
-        return pid, False
-    log = log_file(state_dir, name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _pid_file(state_dir, name).parent.mkdir(parents=True, exist_ok=True)
+def start(state_dir: Path, timeout_s: float = 60.0) -> tuple[int, bool]:
+    """Start the supervisor unless one runs; returns (pid, started_now)."""
+    status = read_status(state_dir)
+    if status is not None:
+        return int(status["pid"]), False
+    path = log_file(state_dir, "supervisor")
+    path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "-v", "serve", name], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT,
-                                start_new_session=True)
-    _pid_file(state_dir, name).write_text(str(proc.pid))
-    proc.returncode = 0  # detached on purpose: it outlives this command, do not warn about it
-    return proc.pid, True
+    with open(path, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "services.cli", "-v", "supervise"], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT,
+                                   start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while read_status(state_dir) is None:  # wait until it wrote its first status
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = path.read_text(errors="replace").strip().splitlines()[-1:] if path.exists() else []
+            raise SupervisorError(f"the supervisor did not start (see {path}): {' '.join(tail)}")
+        time.sleep(0.1)
+    process.returncode = 0  # detached on purpose: it outlives this command, do not warn about it
+    return process.pid, True
 
 
-def stop(state_dir: Path, name: str, timeout_s: float = 30.0) -> bool:
-    pid = running_pid(state_dir, name)
-    if pid is None:
-        _pid_file(state_dir, name).unlink(missing_ok=True)
+def stop(state_dir: Path, timeout_s: float = 60.0) -> bool:
+    """Stop the supervisor and every service; returns whether one was running."""
+    status = read_status(state_dir)
+    if status is None:
         return False
+    pid = int(status["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return True
         time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    _pid_file(state_dir, name).unlink(missing_ok=True)
+    os.killpg(pid, signal.SIGKILL)  # the supervisor leads its session: this takes the services too
     return True

@@ -147,6 +147,11 @@ class TolariaRun:
             self.model.train()
         self.budget = AdaptationBudget(enabled=not self.no_adapt, budget=a.budget, cooldown_epochs=a.cooldown_epochs)
 
+    def slot_shapes(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Input and output shape of every seed slot (builds the model; connects to nothing)."""
+        self._build()
+        return {name: (slot.input_shape or [], slot.output_shape or []) for name, slot in self.slots.items()}
+
     def _connect(self) -> None:
         kafka = self.settings.kafka
         wait_for_broker(kafka)

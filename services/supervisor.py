@@ -1,0 +1,152 @@
+"""Supervision of Esper's services: start each as a process, restart it when it dies.
+
+``esper up`` starts one detached supervisor (``esper supervise``); the supervisor runs
+``python -m services.cli -v serve NAME`` for every service, appending each one's output to
+``<state>/logs/NAME.log``, and restarts a service that exits without being asked to, after
+a back-off that doubles while it keeps dying young (1 s, 2 s, ... up to 30 s), so a
+misconfigured service cannot spin. Its view of the world is written atomically to
+``<state>/supervisor.json`` after every change; ``esper status`` reads it. SIGTERM stops
+every service (SIGTERM, then SIGKILL after a grace period) and then the supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from services.oona.local_broker import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("nissa", "tamiyo", "tezzeret", "urabrask", "karn")
+YOUNG_S = 10.0  # a service that dies sooner than this after starting is backed off
+MAX_BACKOFF_S = 30.0
+
+
+def status_file(state_dir: Path) -> Path:
+    return Path(state_dir) / "supervisor.json"
+
+
+def log_file(state_dir: Path, name: str) -> Path:
+    return Path(state_dir) / "logs" / f"{name}.log"
+
+
+@dataclass
+class ServiceState:
+    pid: int | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    next_start: float = 0.0  # monotonic time of the next (re)start
+    backoff_s: float = 0.0
+
+
+def service_command(name: str) -> list[str]:
+    return [sys.executable, "-m", "services.cli", "-v", "serve", name]
+
+
+class Supervisor:
+    def __init__(self, state_dir: Path, names: tuple[str, ...] = SERVICES,
+                 command: Callable[[str], list[str]] = service_command, grace_s: float = 20.0) -> None:
+        self.state_dir = Path(state_dir)
+        self.command = command
+        self.grace_s = grace_s
+        self.states = {name: ServiceState() for name in names}
+        self.processes: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (process, started)
+
+    def _start(self, name: str) -> None:
+        path = log_file(self.state_dir, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(path, "ab") as out:
+            process = subprocess.Popen(self.command(name), stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT)
+        state = self.states[name]
+        state.pid, state.started_at = process.pid, datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.processes[name] = (process, time.monotonic())
+        log.info("started service=%s pid=%d", name, process.pid)
+
+    def step(self) -> bool:
+        """Start what is due, notice what died; returns whether anything changed."""
+        changed = False
+        now = time.monotonic()
+        for name, state in self.states.items():
+            running = self.processes.get(name)
+            if running is None:
+                if now >= state.next_start:
+                    self._start(name)
+                    changed = True
+                continue
+            process, started = running
+            code = process.poll()
+            if code is None:
+                continue
+            del self.processes[name]
+            young = now - started < YOUNG_S
+            state.backoff_s = min(MAX_BACKOFF_S, max(1.0, state.backoff_s * 2)) if young else 1.0
+            state.pid, state.last_exit, state.restarts = None, code, state.restarts + 1
+            state.next_start = now + state.backoff_s
+            log.warning("service=%s exited code=%s; restarting in %.0fs (restart %d)", name, code, state.backoff_s,
+                        state.restarts)
+            changed = True
+        return changed
+
+    def write_status(self) -> None:
+        path = status_file(self.state_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "services": {name: {k: v for k, v in asdict(s).items() if k not in ("next_start", "backoff_s")}
+                             for name, s in self.states.items()}}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    def stop_all(self) -> None:
+        for process, _ in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for name, (process, _) in list(self.processes.items()):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("service=%s did not stop within %.0fs; killing it", name, self.grace_s)
+                process.kill()
+                process.wait()
+            self.states[name].pid = None
+        self.processes.clear()
+
+    def run(self, should_stop: Callable[[], bool], tick_s: float = 0.2) -> None:
+        self.write_status()
+        try:
+            while not should_stop():
+                if self.step():
+                    self.write_status()
+                time.sleep(tick_s)  # the poll interval of child processes, not a synchronisation stand-in
+        finally:
+            self.stop_all()
+            status_file(self.state_dir).unlink(missing_ok=True)
+
+
+def read_status(state_dir: Path) -> dict | None:
+    """The running supervisor's status, or None when no supervisor is alive."""
+    try:
+        data = json.loads(status_file(state_dir).read_text())
+        os.kill(int(data["pid"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, json.JSONDecodeError):
+        return None
+    for info in data["services"].values():
+        if info.get("pid"):
+            try:
+                os.kill(int(info["pid"]), 0)
+            except ProcessLookupError:
+                info["pid"] = None
+    return data

@@ -1,0 +1,122 @@
+"""The whole system from the ``esper`` command: up, down, status, supervise, demo."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from services import processes
+    from services.oona.admin import ensure_topics
+    from services.oona.cluster import ensure_cluster
+    from services.oona.topic_registry import all_topics
+    from services.settings import load_settings
+    from services.supervisor import SERVICES, log_file
+
+    settings = load_settings()
+    print(ensure_cluster(settings))
+    created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
+    print(f"topics: {len(created)} created, the rest already present")
+    if not args.no_services:
+        pid, fresh = processes.start(settings.state_dir)
+        print(f"supervisor: {'started' if fresh else 'already running'} pid={pid} "
+              f"log={log_file(settings.state_dir, 'supervisor')}")
+        print(f"services: {', '.join(SERVICES)} (logs in {log_file(settings.state_dir, 'x').parent}); "
+              "`esper status` shows them")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from services import processes
+    from services.oona.cluster import stop_cluster
+    from services.settings import load_settings
+
+    settings = load_settings()
+    print("services: " + ("stopped" if processes.stop(settings.state_dir) else "were not running"))
+    print(stop_cluster(settings))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.nissa.sink import default_db_path
+    from services.oona.admin import wait_for_broker
+    from services.oona.errors import BrokerUnavailableError
+    from services.oona.local_broker import LocalKafka
+    from services.settings import load_settings
+    from services.supervisor import SERVICES, read_status
+    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag
+
+    settings = load_settings()
+    healthy = True
+    try:
+        brokers = wait_for_broker(settings.kafka, timeout_s=3)
+        broker = f"up ({brokers} broker(s) at {settings.kafka.bootstrap_servers})"
+    except BrokerUnavailableError:
+        broker, healthy = f"down ({settings.kafka.bootstrap_servers})", False
+    if not settings.external_cluster:
+        broker += f", local pid={LocalKafka(settings.local_broker()).pid()}"
+    print(f"broker: {broker}")
+    supervisor = read_status(settings.state_dir)
+    print(f"supervisor: {'up pid=' + str(supervisor['pid']) if supervisor else 'down'}")
+    table = Table(show_header=True)
+    for column in ("service", "state", "pid", "restarts", "last exit", "lag (events)"):
+        table.add_column(column)
+    for name in SERVICES:
+        info = (supervisor or {}).get("services", {}).get(name, {})
+        up = bool(info.get("pid"))
+        healthy &= up
+        lag = "-"
+        if broker.startswith("up"):
+            result = (nissa_lag(settings.kafka, default_db_path(settings.state_dir)) if name == "nissa"
+                      else group_lag(settings.kafka, name) if name in GROUP_INPUTS else None)
+            if result is not None:
+                lag = str(result.events) if result.events is not None else "?"
+                lag += f" ({result.detail})" if result.detail else ""
+        table.add_row(name, "up" if up else "down", str(info.get("pid") or "-"), str(info.get("restarts", 0)),
+                      str(info.get("last_exit") if info.get("last_exit") is not None else "-"), lag)
+    Console().print(table)
+    return 0 if healthy else 3
+
+
+def _cmd_supervise(args: argparse.Namespace) -> int:
+    from services.oona.service_loop import StopFlag
+    from services.settings import load_settings
+    from services.supervisor import Supervisor
+
+    settings = load_settings()
+    stop = StopFlag()
+    stop.install_signal_handlers()
+    Supervisor(settings.state_dir).run(stop.is_set)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from services.demo import run_demo
+
+    return run_demo(Path(args.config), epochs=args.epochs, report=Path(args.report) if args.report else None,
+                    kernel_wait_s=args.kernel_wait)
+
+
+def add_system_commands(sub) -> None:
+    p = sub.add_parser("up", help="start the broker (unless an external one is set), topics and the supervised services")
+    p.add_argument("--no-services", action="store_true", help="only the broker and the topics")
+    p.set_defaults(func=_cmd_up)
+    p = sub.add_parser("down", help="stop the services and the local broker; data is kept")
+    p.set_defaults(func=_cmd_down)
+    p = sub.add_parser("status", help="broker, services (restarts) and consumer lag (exit 3 if anything is down)")
+    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("supervise", help="run every service in the foreground, restarting any that dies "
+                                         "(what `esper up` starts in the background)")
+    p.set_defaults(func=_cmd_supervise)
+    p = sub.add_parser("demo", help="on a running system: an adaptive run and its --no-adapt baseline, compared "
+                                    "from SQL, with an HTML report")
+    p.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "examples" / "spirals-tamiyo.yaml"))
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--report", help="HTML report path (default: STATE_DIR/reports/demo-RUN_ID.html)")
+    p.add_argument("--kernel-wait", type=float, default=180.0,
+                   help="seconds to wait for kernels that fit the slots (Karn -> Tezzeret -> Urabrask)")
+    p.set_defaults(func=_cmd_demo)

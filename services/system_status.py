@@ -1,0 +1,68 @@
+"""What `esper status` shows: broker health, each service up or down, consumer lag per group.
+
+Lag is the number of events on a service's input partitions that it has not consumed yet:
+end offset (last stable offset) minus the group's committed offset, summed. Nissa joins no
+group; its consumed offsets live in its DuckDB file (``nissa_offsets``) and are read from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+
+from contracts import TopicName
+from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TOPICS, topic_spec
+
+# The consumer group of each service and the topics it reads (names without the prefix).
+GROUP_INPUTS: dict[str, tuple[TopicName, ...]] = {
+    "tamiyo": (TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
+               TopicName.LIFECYCLE_SEED_TRANSITIONS, TopicName.INNOVATION_FIELD_REPORTS),
+    "tezzeret": (TopicName.COMPILATION_BLUEPRINT_SUBMITTED,),
+    "urabrask": (TopicName.COMPILATION_KERNEL_READY,),
+    "karn": (TopicName.INNOVATION_FIELD_REPORTS,),
+}
+
+
+@dataclass(frozen=True)
+class Lag:
+    service: str
+    events: int | None  # None: unknown (no offsets yet, or unreadable)
+    detail: str = ""
+
+
+def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) -> Lag:
+    prefix = settings.topic_prefix
+    client = admin_client(settings)
+    partitions = partitions_of(client, [topic_spec(t.value, prefix).name for t in GROUP_INPUTS[service]])
+    ends = end_offsets(client, partitions, timeout_s=timeout_s)
+    request = ConsumerGroupTopicPartitions(f"{prefix}{service}", [TopicPartition(t, p) for t, p in partitions])
+    try:
+        result = client.list_consumer_group_offsets([request], request_timeout=timeout_s)
+        committed = {(tp.topic, tp.partition): tp.offset for tp in
+                     next(iter(result.values())).result(timeout=timeout_s).topic_partitions}
+    except KafkaException as exc:
+        return Lag(service, None, exc.args[0].str() if exc.args else str(exc))
+    lag = sum(max(0, end - max(0, committed.get(key, -1))) for key, end in ends.items())
+    never = all(committed.get(key, -1) < 0 for key in ends)
+    return Lag(service, lag, "no committed offsets yet" if never and lag else "")
+
+
+def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
+    from services.nissa.store import open_read_only
+
+    try:
+        con = open_read_only(db_path, wait_s=3.0)
+    except Exception as exc:  # missing or locked file: report, do not fail the status
+        return Lag("nissa", None, str(exc).splitlines()[0][:120])
+    try:
+        stored = {(t, p): o for t, p, o in con.execute("SELECT topic, partition, next_offset FROM nissa_offsets")
+                  .fetchall()}
+    finally:
+        con.close()
+    client = admin_client(settings)
+    names = [topic_spec(spec.name, settings.topic_prefix).name for spec in TOPICS]
+    ends = end_offsets(client, partitions_of(client, names))
+    return Lag("nissa", sum(max(0, end - stored.get(key, 0)) for key, end in ends.items()))
