@@ -1,0 +1,55 @@
+"""The whole system as a user runs it: `esper up` on a fresh state folder and its own broker port."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.esper_cli import esper_env, run_esper
+
+E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "39192"))
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    state_dir: Path
+
+    def esper(self, *args: str, timeout: float = 300):
+        return run_esper(*args, env=self.env, timeout=timeout)
+
+    def sql(self, query: str) -> list[dict]:
+        result = self.esper("sql", query, "--format", "json", timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def status(self) -> dict:
+        return json.loads((self.state_dir / "supervisor.json").read_text())
+
+    def wait_all_up(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (result := self.esper("status", timeout=60)).returncode != 0:
+            assert time.monotonic() < deadline, result.stdout + result.stderr
+        assert "lag" in result.stdout
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory) -> Iterator[System]:
+    state = tmp_path_factory.mktemp("e2e") / "state"
+    env = esper_env(ESPER_BROKER__PORT=str(E2E_BROKER_PORT), ESPER_BROKER__CONTROLLER_PORT=str(E2E_BROKER_PORT + 1),
+                    ESPER_BROKER__HEAP="768m", ESPER_STATE_DIR=str(state))
+    system = System(env, state)
+    up = system.esper("up", timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        system.wait_all_up()
+        yield system
+    finally:
+        down = system.esper("down", timeout=180)
+        assert down.returncode == 0, down.stdout + down.stderr
