@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.bench import bus_throughput, nissa_ingest, tamiyo_latency, training_overhead
+from services.bench import bus_throughput, nissa_ingest, nissa_replay, tamiyo_latency, training_overhead
 from services.bench.results import BenchResult, print_table, write_json
 from services.oona.cluster import ensure_cluster
 from services.settings import load_settings
@@ -12,7 +12,7 @@ from services.settings import load_settings
 
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     settings = load_settings()
-    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control", "ingest")):
+    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control", "ingest", "replay")):
         ensure_cluster(settings)
 
     def wanted(name: str) -> bool:
@@ -27,6 +27,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         results.append(bus_throughput.bench_consume(settings.kafka, spec, events))
     if wanted("ingest"):
         results.append(nissa_ingest.bench_ingest(settings.kafka, events))
+    if wanted("replay"):
+        results.append(nissa_replay.bench_replay(settings.kafka, events))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
     if wanted("control"):

@@ -20,3 +20,11 @@ class DatabaseUnreadableError(NissaError):
 
 class QueryError(NissaError):
     """Bad SQL, or a statement the read-only connection refuses (a write)."""
+
+
+class UnknownRunError(NissaError):
+    """No event of that run where it was looked for (the log, the archive or the database)."""
+
+
+class ArchiveError(NissaError):
+    """A missing, empty or unreadable archive folder."""

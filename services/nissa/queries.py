@@ -40,7 +40,20 @@ def run_query(db: Path, sql: str, wait_s: float = 10.0) -> QueryResult:
     """Run ``sql`` on a read-only connection; QueryError (one line) for bad SQL or a write."""
     if not sql.strip():
         raise QueryError("empty query")
-    con = open_read_only(db, wait_s=wait_s)
+    return _execute(open_read_only(db, wait_s=wait_s), sql)
+
+
+def run_archive_query(archive: Path, sql: str) -> QueryResult:
+    """Run ``sql`` over an ``esper archive`` folder (views named like the sink's tables); no broker needed."""
+    from services.nissa.archive import archive_connection
+
+    if not sql.strip():
+        raise QueryError("empty query")
+    return _execute(archive_connection(archive), sql)
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
+    """Run one statement and close the connection."""
     try:
         cursor = con.execute(sql)
         if cursor.description is None:

@@ -8,7 +8,7 @@ rows and the consumer's positions in one DuckDB transaction (``NissaStore.write`
 Partitions created after the sink started are picked up on its next start.
 
 Consuming (the calling thread) overlaps with decoding and DuckDB's insert: taken batches go
-to one writer thread (``_Committer``) through a queue of depth 2; it decodes them (numpy
+to one writer thread (``Committer``) through a queue of depth 2; it decodes them (numpy
 releases the GIL for its array work, DuckDB for the insert) and is the only user of the
 DuckDB connection. Each queued item carries its own offsets, so what one transaction
 commits is still exactly its rows and the positions right after them.
@@ -62,7 +62,7 @@ def sink_tables(store: SchemaStore | None = None) -> list[Table]:
     return [table_for(spec, store) for spec in all_topics() if not spec.raw] + [dead_letters_table()]
 
 
-class _Committer:
+class Committer:
     """The one thread that decodes taken batches and talks to DuckDB: (messages, offsets) items in order."""
 
     def __init__(self, batch: Batch, store: NissaStore, on_commit: Callable[[int], None] | None) -> None:
@@ -145,7 +145,7 @@ class NissaSink:
         self.batch_rows = batch_rows
         self.max_delay_s = max_delay_s
         self.on_commit = on_commit
-        self._committer: _Committer | None = None
+        self._committer: Committer | None = None
         self._first_pending = 0.0
         self._consumer: Consumer | None = None
         self._assignment: list[TopicPartition] = []
@@ -172,7 +172,7 @@ class NissaSink:
         self._start = {(t, p): stored.get((t, p), 0) for t, p in partitions}
         self._assignment = [TopicPartition(t, p, stored.get((t, p), OFFSET_BEGINNING)) for t, p in partitions]
         self._consumer.assign(self._assignment)
-        self._committer = _Committer(self.batch, self.store, self.on_commit)
+        self._committer = Committer(self.batch, self.store, self.on_commit)
         log.info("nissa sink started db=%s partitions=%d resumed=%d", self.store.path, len(partitions), len(stored))
 
     def close(self) -> None:

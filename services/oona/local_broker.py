@@ -310,4 +310,7 @@ def _is_zombie(pid: int) -> bool:
 def _kafka_uuid() -> str:
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:  # like Kafka's Uuid.randomUuid: never start with '-', the tools would read it as an option
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value

@@ -167,7 +167,7 @@ def test_views_join_the_adaptation_history(tmp_path):
 
 def test_after_a_failed_commit_nothing_later_commits():
     """A later batch committed after a failed one would move the offsets past lost rows: a gap."""
-    from services.nissa.sink import _Committer
+    from services.nissa.sink import Committer
 
     class Store:
         def __init__(self):
@@ -184,7 +184,7 @@ def test_after_a_failed_commit_nothing_later_commits():
             return pending
 
     store = Store()
-    committer = _Committer(Identity(), store, None)
+    committer = Committer(Identity(), store, None)
     committer.submit(({}, {"first": 1}))
     committer.submit(({}, {"second": 2}))
     with pytest.raises(OSError, match="disk full"):

@@ -1,0 +1,364 @@
+"""``esper archive``: every topic to Parquet, incrementally, so history outlives broker retention.
+
+Layout (``DIR`` defaults to ``STATE_DIR/nissa/archive``)::
+
+    DIR/manifest.json                                   next offset per (topic, partition) archived
+    DIR/topic=<registry topic>/run_id=<run>/part-<partition>-<first offset>.parquet
+
+Topics are named without the deployment's prefix (the manifest records the prefix);
+``run_id`` is the message key of run-scoped topics and ``_shared`` for the others
+(compilation, validation, library, DLQ). Each file holds one archiving pass of one
+partition for one run, rows in offset order, with:
+
+* the raw record: ``kafka_partition``, ``kafka_offset``, ``kafka_timestamp`` (ms, UTC),
+  ``kafka_key``, ``kafka_value`` (the exact Avro bytes), ``kafka_headers`` (list of
+  key/value structs; the DLQ's metadata lives there);
+* ``decoded`` and the typed columns of the sink's table for that topic (``tables.py``,
+  decoded by ``batch.py``): NULL where the value did not decode (``decoded`` false).
+
+Incremental: the manifest is rewritten (atomically) after each partition's files are
+written, so a crash repeats at most that partition's pass, whose files are overwritten
+under the same names. Offsets retention deleted before they were archived are reported
+as ``lost``.
+
+Reading back needs no broker: ``ArchiveReader.select`` gives the raw messages of one run
+(replay decodes the exact bytes, so schema evolution is handled as on the live log), and
+``archive_connection`` is an in-memory DuckDB with a view per sink table over the Parquet
+files (``read_parquet``, ``hive_partitioning=false``: the ``topic=``/``run_id=`` folder
+names would otherwise replace the envelope's own ``topic`` and ``run_id`` columns) and the
+sink's analytic views on top.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import quote
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from services.nissa.errors import ArchiveError
+from services.nissa.tables import Table
+from services.oona.settings import KafkaSettings
+
+MANIFEST = "manifest.json"
+SHARED_RUN = "_shared"
+CHUNK = 20_000
+
+HEADERS_TYPE = pa.list_(pa.struct([("key", pa.string()), ("value", pa.binary())]))
+RAW_FIELDS = [
+    pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64()),
+    pa.field("kafka_timestamp", pa.timestamp("ms", tz="UTC")), pa.field("kafka_key", pa.binary()),
+    pa.field("kafka_value", pa.binary()), pa.field("kafka_headers", HEADERS_TYPE),
+]
+RAW_COLUMNS = [f.name for f in RAW_FIELDS]
+
+
+# -- the manifest (pure) -------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """Next offset to archive per ``(registry topic, partition)``; ``lost`` counts offsets never archived."""
+
+    prefix: str = ""
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    lost: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def plan(self, available: dict[tuple[str, int], tuple[int, int]]) -> dict[tuple[str, int], tuple[int, int]]:
+        """``(start, end)`` to archive now, given ``(earliest, end)`` still on the broker per partition."""
+        return {key: (min(max(self.next_offsets.get(key, 0), earliest), end), end)
+                for key, (earliest, end) in available.items()}
+
+    def archived(self, key: tuple[str, int], start: int, end: int) -> None:
+        """Record that ``start <= offset < end`` of ``key`` is archived (a gap before ``start`` is lost)."""
+        gap = start - self.next_offsets.get(key, 0)
+        if gap > 0:
+            self.lost[key] = self.lost.get(key, 0) + gap
+        self.next_offsets[key] = end
+
+    def to_json(self) -> str:
+        def listed(d: dict) -> list:
+            return [{"topic": t, "partition": p, "offset": o} for (t, p), o in sorted(d.items())]
+        return json.dumps({"version": 1, "prefix": self.prefix, "next_offsets": listed(self.next_offsets),
+                           "lost": listed(self.lost)}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("not an archive manifest (version 1)")
+
+        def keyed(items: list) -> dict:
+            return {(str(i["topic"]), int(i["partition"])): int(i["offset"]) for i in items}
+        return cls(str(data.get("prefix", "")), keyed(data["next_offsets"]), keyed(data.get("lost", [])))
+
+
+def load_manifest(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        return Manifest()
+    try:
+        return Manifest.from_json(path.read_text())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArchiveError(f"archive manifest {path} is unreadable ({exc})") from None
+
+
+def save_manifest(root: Path, manifest: Manifest) -> None:
+    """Write the manifest atomically (temporary file + rename)."""
+    path = Path(root) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, path)
+
+
+# -- archive rows (pure) -------------------------------------------------------------------------
+def raw_columns(messages: list) -> list[pa.Array]:
+    """The RAW_FIELDS arrays of messages (Message accessors)."""
+    headers = [m.headers() for m in messages]
+    return [
+        pa.array([m.partition() for m in messages], pa.int32()),
+        pa.array([m.offset() for m in messages], pa.int64()),
+        pa.array([m.timestamp()[1] for m in messages], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        pa.array([m.key() for m in messages], pa.binary()),
+        pa.array([m.value() for m in messages], pa.binary()),
+        pa.array([[{"key": k, "value": v} for k, v in h] if h else None for h in headers], HEADERS_TYPE),
+    ]
+
+
+def archive_table(table: Table, typed: list[pa.Table], messages: list) -> pa.Table:
+    """One row per message (one partition, offset order): typed columns aligned by offset, then raw.
+
+    ``typed`` are the Batch's Arrow tables for ``table`` (rows for the values that decoded).
+    """
+    raw = raw_columns(messages)
+    offsets = raw[1].to_numpy()
+    decoded = pa.concat_tables(typed) if typed else table.arrow_schema.empty_table()
+    have = decoded.column("kafka_offset").to_numpy() if decoded.num_rows else np.empty(0, np.int64)
+    order = np.argsort(have, kind="stable")
+    ordered = have[order]
+    at = np.searchsorted(ordered, offsets)
+    found = at < len(have)
+    found[found] = ordered[at[found]] == offsets[found]
+    # NULL indices take NULL rows: the values that did not decode.
+    index = pa.array(order[np.where(found, at, 0)] if len(have) else np.zeros(len(offsets), np.int64), mask=~found)
+    aligned = decoded.drop_columns(["kafka_partition", "kafka_offset"]).take(index)
+    columns = [*aligned.columns, pa.array(found), *raw]
+    schema = pa.schema([*aligned.schema, pa.field("decoded", pa.bool_()), *RAW_FIELDS])
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def run_folder(key: bytes | None, run_scoped: bool) -> str:
+    if not run_scoped or not key:
+        return f"run_id={SHARED_RUN}"
+    return "run_id=" + quote(key.decode("utf-8", "replace"), safe="-_.")
+
+
+def write_archive_files(root: Path, topic: str, run_scoped: bool, rows: pa.Table) -> list[Path]:
+    """Write ``rows`` (one partition) as one Parquet file per run; returns the paths."""
+    if not rows.num_rows:
+        return []
+    keys = rows.column("kafka_key").to_pylist()
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(run_folder(key, run_scoped), []).append(i)
+    partition = rows.column("kafka_partition")[0].as_py()
+    written = []
+    for folder, index in groups.items():
+        part = rows.take(pa.array(index)) if len(index) != rows.num_rows else rows
+        first = part.column("kafka_offset")[0].as_py()
+        path = Path(root) / f"topic={topic}" / folder / f"part-{partition}-{first}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, path)
+        written.append(path)
+    return written
+
+
+# -- writing from Kafka ---------------------------------------------------------------------------
+@dataclass
+class ArchiveResult:
+    root: Path
+    events: int
+    files: list[Path]
+    lost: int  # offsets that retention deleted before they could be archived (this pass)
+
+
+def default_archive_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "nissa" / "archive"
+
+
+def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> ArchiveResult:
+    """Archive everything new on every topic into ``root``; returns what this pass wrote."""
+    from services.nissa.batch import Batch, Decoders
+    from services.nissa.log_scan import log_ranges, scan
+    from services.nissa.progress import progress_bar
+    from services.nissa.sink import sink_tables
+    from services.nissa.tables import dead_letters_table
+    from services.oona.schema_store import SchemaStore
+    from services.oona.topic_registry import all_topics
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(root)
+    if manifest.next_offsets and manifest.prefix != settings.topic_prefix:
+        raise ArchiveError(f"archive {root} holds topics of prefix {manifest.prefix!r}, not "
+                           f"{settings.topic_prefix!r}; archive into another folder")
+    manifest.prefix = settings.topic_prefix
+    prefix = settings.topic_prefix
+    specs = {s.name: s for s in all_topics(prefix)}
+    schemas = SchemaStore()
+    tables = sink_tables(schemas)
+    by_record = {t.record_name: t for t in tables}
+    routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs.values()}
+    batch = Batch(routes, Decoders(schemas, tables))
+    available = {(t[len(prefix):], p): r for (t, p), r in log_ranges(settings, list(specs)).items()}
+    plan = manifest.plan(available)
+    lost_before = sum(manifest.lost.values())
+    events, files = 0, []
+    with progress_bar("archive", sum(end - start for start, end in plan.values()), progress) as advance:
+        for (name, partition), (start, end) in sorted(plan.items()):
+            if end > start:
+                spec = specs[prefix + name]
+                messages = [m for chunk in scan(settings, {(spec.name, partition): (start, end)}, on_position=advance)
+                            for m in chunk]
+                table = routes[spec.name][1]
+                typed = batch.decode({spec.name: messages}).get(table.name, []) if messages else []
+                files += write_archive_files(root, name, spec.run_scoped, archive_table(table, typed, messages)
+                                             if messages else table.arrow_schema.empty_table())
+                events += len(messages)
+            manifest.archived((name, partition), start, end)
+            save_manifest(root, manifest)
+    return ArchiveResult(root, events, files, sum(manifest.lost.values()) - lost_before)
+
+
+# -- reading back (no broker) ---------------------------------------------------------------------
+class ArchivedMessage:
+    """A message read back from the archive, with the confluent-kafka Message accessors batch.py uses."""
+
+    __slots__ = ("_topic", "_partition", "_offset", "_timestamp", "_key", "_value", "_headers")
+
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int, key: bytes | None,
+                 value: bytes | None, headers: list[tuple[str, bytes]] | None) -> None:
+        self._topic, self._partition, self._offset = topic, partition, offset
+        self._timestamp, self._key, self._value = timestamp, key, value
+        self._headers = headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self._timestamp)  # TIMESTAMP_CREATE_TIME
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> list | None:
+        return self._headers
+
+    def error(self) -> None:
+        return None
+
+
+@dataclass
+class Selection:
+    """What a replay reads from the archive: ``rows`` messages (``run_rows`` of the run itself)."""
+
+    tables: dict[str, pa.Table]  # registry topic -> raw rows, (partition, offset) order
+    rows: int
+    run_rows: int
+    ends: dict[tuple[str, int], int]
+
+    def chunks(self, advance: Callable[[int], None]) -> Iterator[list[ArchivedMessage]]:
+        for topic, table in self.tables.items():
+            for batch in table.to_batches(max_chunksize=CHUNK):
+                columns = [batch.column(name).to_pylist() for name in RAW_COLUMNS]
+                yield [ArchivedMessage(topic, p, o, int(ts.timestamp() * 1000) if ts else 0, k, v,
+                                       [(x["key"], x["value"]) for x in h] if h else None)
+                       for p, o, ts, k, v, h in zip(*columns, strict=True)]
+                advance(batch.num_rows)
+
+
+class ArchiveReader:
+    """An archive folder opened for reading; ArchiveError when it is missing or holds no Parquet files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ArchiveError(f"no archive at {self.root} (run `esper archive --out {self.root}` first)")
+        self.manifest = load_manifest(self.root)
+        if not any(self.root.glob("topic=*/run_id=*/*.parquet")):
+            raise ArchiveError(f"archive {self.root} holds no Parquet files (run `esper archive --out {self.root}`)")
+
+    def files(self, topic: str, run_folder_name: str = "*") -> list[Path]:
+        return sorted(self.root.glob(f"topic={topic}/{run_folder_name}/*.parquet"))
+
+    def _read(self, paths: list[Path]) -> pa.Table:
+        try:
+            parts = [pq.read_table(p, columns=RAW_COLUMNS) for p in paths]
+        except (OSError, pa.ArrowException) as exc:
+            raise ArchiveError(f"unreadable archive file under {self.root}: {str(exc).splitlines()[0]}") from None
+        table = pa.concat_tables(parts) if parts else pa.schema(RAW_FIELDS).empty_table()
+        return table.sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+
+    def select(self, run_id: str, *, from_offset: int | None = None, from_time: datetime | None = None) -> Selection:
+        """The run's rows of run-scoped topics (from an offset / a time) and every row of the shared topics."""
+        from services.oona.topic_registry import all_topics
+
+        tables, ends, rows, run_rows = {}, {}, 0, 0
+        folder = run_folder(run_id.encode(), True)
+        for spec in all_topics():
+            table = self._read(self.files(spec.name, folder if spec.run_scoped else "*"))
+            if spec.run_scoped and from_offset is not None:
+                table = table.filter(pc.greater_equal(table.column("kafka_offset"), from_offset))
+            if spec.run_scoped and from_time is not None:
+                since = pa.scalar(from_time.astimezone(timezone.utc), pa.timestamp("ms", tz="UTC"))
+                table = table.filter(pc.greater_equal(table.column("kafka_timestamp"), since))
+            if not table.num_rows:
+                continue
+            tables[spec.name] = table
+            rows += table.num_rows
+            run_rows += table.num_rows if spec.run_scoped else 0
+            last = table.group_by("kafka_partition").aggregate([("kafka_offset", "max")])
+            for p, o in zip(last.column(0).to_pylist(), last.column(1).to_pylist(), strict=True):
+                ends[(spec.name, p)] = o + 1
+        return Selection(tables, rows, run_rows, ends)
+
+
+def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the sink's tables as views over the archive (empty tables where none)."""
+    from services.nissa.sink import sink_tables
+    from services.nissa.views import create_views
+    from services.oona.topic_registry import all_topics
+
+    reader = ArchiveReader(root)
+    con = duckdb.connect()
+    topics = {s.record_name: s.name for s in all_topics() if not s.raw}
+    dlq = next(s.name for s in all_topics() if s.raw)
+    for table in sink_tables():
+        topic = topics.get(table.record_name, dlq)
+        if reader.files(topic):
+            pattern = str(reader.root / f"topic={topic}" / "*" / "*.parquet").replace("'", "''")
+            columns = ", ".join(f'"{c}"' for c in table.column_names)
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM read_parquet(\'{pattern}\', '
+                        f"hive_partitioning = false, union_by_name = true) WHERE decoded")
+        else:
+            con.execute(table.ddl())
+    create_views(con)
+    return con
+
+

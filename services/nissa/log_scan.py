@@ -1,0 +1,104 @@
+"""Bounded stretches of the log, read in chunks: what replay and the archive read from Kafka.
+
+``log_ranges`` says where to start and stop in every partition of some topics:
+``{(topic, partition): (start, end)}`` with ``end`` the last stable offset now (committed
+data only) and ``start`` the first offset still on the broker, or the first offset at or
+after ``from_offset`` / ``from_time`` (Kafka's ListOffsets by timestamp, i.e. offsets_for_times).
+``scan`` yields the committed messages of those ranges in chunks (offset order within a
+partition). No consumer group is joined and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import OffsetSpec
+
+from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.errors import FatalError
+from services.oona.settings import KafkaSettings
+
+Ranges = dict[tuple[str, int], tuple[int, int]]
+
+SCAN_CONFIG: dict[str, str | int | bool] = {
+    "enable.auto.commit": False,
+    "isolation.level": "read_committed",
+    "enable.partition.eof": False,
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    "queued.max.messages.kbytes": 256 * 1024,
+    "fetch.wait.max.ms": 100,
+}
+
+
+def _list_offsets(settings: KafkaSettings, partitions: list[tuple[str, int]], spec: OffsetSpec) -> dict:
+    client = admin_client(settings)
+    futures = client.list_offsets({TopicPartition(t, p): spec for t, p in partitions},
+                                  isolation_level=IsolationLevel.READ_COMMITTED,
+                                  request_timeout=settings.connect_timeout_s)
+    try:
+        return {(tp.topic, tp.partition): f.result(timeout=settings.connect_timeout_s).offset
+                for tp, f in futures.items()}
+    except KafkaException as exc:
+        raise FatalError(f"could not list offsets: {exc.args[0].str()}") from None
+
+
+def log_ranges(settings: KafkaSettings, topics: list[str], *, from_offset: int | None = None,
+               from_time: datetime | None = None) -> Ranges:
+    """``(start, end)`` per partition of ``topics`` (those that exist); empty ranges are kept."""
+    partitions = partitions_of(admin_client(settings), topics, timeout_s=settings.connect_timeout_s)
+    if not partitions:
+        return {}
+    ends = end_offsets(admin_client(settings), partitions, timeout_s=settings.connect_timeout_s)
+    earliest = _list_offsets(settings, partitions, OffsetSpec.earliest())
+    starts = {key: max(earliest[key], from_offset or 0) for key in partitions}
+    if from_time is not None:
+        at = _list_offsets(settings, partitions, OffsetSpec.for_timestamp(int(from_time.timestamp() * 1000)))
+        # -1: no message at or after that time in this partition.
+        starts = {key: max(starts[key], ends[key] if at[key] < 0 else at[key]) for key in partitions}
+    return {key: (min(starts[key], ends[key]), ends[key]) for key in partitions}
+
+
+def scan(settings: KafkaSettings, ranges: Ranges, chunk: int = 20_000, timeout_s: float = 600.0,
+         on_position: Callable[[int], None] | None = None) -> Iterator[list[Message]]:
+    """Committed messages with ``start <= offset < end`` in chunks of at most ``chunk``.
+
+    ``on_position(n)`` is told how many offsets the scan moved on since the last call
+    (messages and transaction markers), so a progress bar can total ``end - start``.
+    """
+    todo = {key: (start, end) for key, (start, end) in ranges.items() if end > start}
+    if not todo:
+        return
+    consumer = Consumer(settings.client_config() | SCAN_CONFIG | {"group.id": f"nissa-scan-{uuid.uuid4().hex[:8]}"})
+    partitions = [TopicPartition(t, p) for t, p in todo]
+    done: set[tuple[str, int]] = set()
+    reached = {key: start for key, (start, _) in todo.items()}
+    deadline = time.monotonic() + timeout_s
+    try:
+        consumer.assign([TopicPartition(t, p, todo[(t, p)][0]) for t, p in todo])
+        while len(done) < len(todo):
+            if time.monotonic() > deadline:
+                raise FatalError(f"could not read {len(todo) - len(done)} partition range(s) within {timeout_s:g}s")
+            messages = consumer.consume(chunk, 0.5)
+            good = [m for m in messages if m.error() is None and m.offset() < todo[(m.topic(), m.partition())][1]]
+            if good:
+                yield good
+            moved = 0
+            for tp in consumer.position(partitions):
+                key = (tp.topic, tp.partition)
+                if tp.offset < 0 or key in done:
+                    continue
+                position = min(tp.offset, todo[key][1])
+                moved += position - reached[key]
+                reached[key] = position
+                # Transaction markers occupy offsets too: done once the position passed the end.
+                if position >= todo[key][1]:
+                    done.add(key)
+            if on_position is not None and moved:
+                on_position(moved)
+    finally:
+        consumer.close()

@@ -1,0 +1,188 @@
+"""``esper replay``: one run's analytics rebuilt into a fresh DuckDB file, from the log or the archive.
+
+What is read:
+
+* run-scoped topics (keyed by ``run_id``: sessions, health, epochs, decisions, commands,
+  transitions, field reports): only the run's messages (key == run id), from the start of
+  each partition, or from ``from_offset`` / the first offset at or after ``from_time`` in
+  every partition;
+* shared topics (blueprints submitted, kernels ready / characterised, the kernel library,
+  the DLQ): always whole, from the beginning. They are small, they are the context of the
+  run (the catalogue its seeds were chosen from; a counterfactual replay needs it), and
+  they are not keyed by run, so they cannot be cut to one. A replay database therefore
+  also holds every blueprint and kernel, and every dead letter.
+
+The same fast path as the sink: ``Batch`` (decoding per writer schema, dead letters for
+what does not decode) then ``NissaStore.write`` in the ``Committer`` thread, so the replay
+database has exactly the sink's tables and views; ``nissa_offsets`` holds where the replay
+stopped reading. The file at ``out`` is replaced.
+
+With a policy, the values of Tamiyo's input topics and of the catalogue topics are kept
+while replaying and re-driven through that policy (``counterfactual.py``): the would-be
+decisions land in ``counterfactual_decisions`` next to the real ``adaptation_decision``
+rows, and ``decision_comparison`` compares them per epoch. Nothing is sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from services.nissa.batch import Batch, Decoders
+from services.nissa.counterfactual import NEEDED_TOPICS, counterfactual_decisions, write_counterfactual
+from services.nissa.errors import UnknownRunError
+from services.nissa.progress import progress_bar
+from services.nissa.sink import Committer, sink_tables
+from services.nissa.store import NissaStore
+from services.nissa.tables import dead_letters_table
+from services.oona.codec import make_codec
+from services.oona.schema_store import SchemaStore
+from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import all_topics
+
+BATCH_ROWS = 50_000
+
+
+def default_replay_path(state_dir: Path, run_id: str) -> Path:
+    return Path(state_dir) / "nissa" / f"replay-{run_id}.duckdb"
+
+
+@dataclass
+class ReplayResult:
+    db: Path
+    run_id: str
+    events: int  # messages written: the run's and the shared topics'
+    run_events: int  # of which the run's own
+    seconds: float
+    rows: dict[str, int] = field(default_factory=dict)  # table -> rows in the fresh file
+    policy_version: str | None = None
+    counterfactual: int = 0  # would-be decisions written
+    agreeing_epochs: int = 0  # epochs where they equal the real ones
+    compared_epochs: int = 0
+
+
+class ReplayWriter:
+    """Messages (anything with the Message accessors) -> a fresh DuckDB file, through Batch + NissaStore.
+
+    ``prefix`` is the topic prefix of the message topics; ``keep`` names registry topics whose
+    values (bytes) are kept in ``kept`` in the order added (for a counterfactual replay).
+    """
+
+    def __init__(self, db: Path, run_id: str, prefix: str = "", keep: Iterable[str] = (),
+                 batch_rows: int = BATCH_ROWS) -> None:
+        db = Path(db)
+        for stale in (db, db.with_name(db.name + ".wal")):
+            stale.unlink(missing_ok=True)
+        schemas = SchemaStore()
+        tables = sink_tables(schemas)
+        by_record = {t.record_name: t for t in tables}
+        specs = all_topics(prefix)
+        routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs}
+        self.batch = Batch(routes, Decoders(schemas, tables))
+        self.store = NissaStore(db, tables, hold_s=float("inf"))
+        self.store.create_schema()
+        self.committer = Committer(self.batch, self.store, None)
+        self.db = db
+        self.batch_rows = batch_rows
+        self.prefix = prefix
+        self._run_key = run_id.encode()
+        self._run_topics = {s.name for s in specs if s.run_scoped}
+        self._keep = {prefix + name: name for name in keep}
+        self.kept: dict[str, list[bytes]] = {name: [] for name in keep}
+        self.events = 0
+        self.run_events = 0
+
+    def add(self, messages: list) -> None:
+        """Keep the run's messages of run-scoped topics and every message of the shared ones."""
+        run_topics, key = self._run_topics, self._run_key
+        chosen = [m for m in messages if m.topic() not in run_topics or m.key() == key]
+        if not chosen:
+            return
+        self.events += len(chosen)
+        self.run_events += sum(1 for m in chosen if m.topic() in run_topics)
+        if self._keep:
+            for m in chosen:
+                name = self._keep.get(m.topic())
+                if name is not None:
+                    self.kept[name].append(m.value())
+        self.batch.add(chosen)
+        if self.batch.size >= self.batch_rows:
+            self.committer.submit((self.batch.take(), {}))
+
+    def finish(self, offsets: dict[tuple[str, int], int]) -> dict[str, int]:
+        """Write what is pending with the end ``offsets``; close the file; rows per table."""
+        try:
+            self.committer.submit((self.batch.take(), offsets))
+            self.committer.wait()
+        finally:
+            self.committer.stop()
+            self.store.close()
+        with duckdb.connect(str(self.db), read_only=True) as con:
+            return {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in self.store.tables}
+
+
+def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], Iterator[list]], total: int,
+            offsets: dict[tuple[str, int], int], *, prefix: str, policy: Path | None, progress: bool,
+            registry_url: str | None = None) -> ReplayResult:
+    loaded = None
+    if policy is not None:  # fail on a bad policy file before the long part
+        from services.tamiyo.policy_store import load_policy
+
+        loaded = load_policy(policy)
+    start = time.perf_counter()
+    writer = ReplayWriter(out, run_id, prefix=prefix, keep=NEEDED_TOPICS if policy is not None else ())
+    try:
+        with progress_bar(f"replay {run_id}", total, progress) as advance:
+            for messages in chunks(advance):
+                writer.add(messages)
+    finally:
+        rows = writer.finish(offsets)
+    if writer.run_events == 0:
+        out.unlink(missing_ok=True)
+        raise UnknownRunError(f"no events of run {run_id!r} to replay")
+    result = ReplayResult(out, run_id, writer.events, writer.run_events, time.perf_counter() - start, rows)
+    if loaded is not None:
+        version, decisions = counterfactual_decisions(run_id, writer.kept, make_codec(registry_url), *loaded)
+        with duckdb.connect(str(out)) as con:
+            write_counterfactual(con, run_id, decisions)
+            agree, compared = con.execute("SELECT count(*) FILTER (WHERE same), count(*) FROM decision_comparison"
+                                          ).fetchone()
+        result.policy_version, result.counterfactual = version, len(decisions)
+        result.agreeing_epochs, result.compared_epochs = agree, compared
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_offset: int | None = None,
+                      from_time: datetime | None = None, policy: Path | None = None,
+                      progress: bool = False) -> ReplayResult:
+    """Replay ``run_id`` from the broker into a fresh DuckDB file at ``out``."""
+    from services.nissa.log_scan import log_ranges, scan
+
+    specs = all_topics(settings.topic_prefix)
+    ranges = log_ranges(settings, [s.name for s in specs if s.run_scoped], from_offset=from_offset,
+                        from_time=from_time)
+    ranges |= log_ranges(settings, [s.name for s in specs if not s.run_scoped])
+    total = sum(end - start for start, end in ranges.values())
+    return _replay(run_id, Path(out), lambda advance: scan(settings, ranges, on_position=advance), total,
+                   {key: end for key, (_, end) in ranges.items()}, prefix=settings.topic_prefix, policy=policy,
+                   progress=progress, registry_url=settings.schema_registry_url)
+
+
+def replay_from_archive(archive: Path, run_id: str, out: Path, *, from_offset: int | None = None,
+                        from_time: datetime | None = None, policy: Path | None = None,
+                        progress: bool = False) -> ReplayResult:
+    """Replay ``run_id`` from an ``esper archive`` folder (no broker needed) into a fresh DuckDB file."""
+    from services.nissa.archive import ArchiveReader
+
+    reader = ArchiveReader(archive)
+    selection = reader.select(run_id, from_offset=from_offset, from_time=from_time)
+    if not selection.run_rows:
+        raise UnknownRunError(f"no events of run {run_id!r} in the archive {archive}")
+    return _replay(run_id, Path(out), selection.chunks, selection.rows, selection.ends, prefix="", policy=policy,
+                   progress=progress)
