@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -304,6 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack to stderr (the log)
     if not args.verbose:
         # Connection retries are reported once, as the command's own error.
         logging.getLogger("librdkafka").setLevel(logging.CRITICAL)

@@ -95,10 +95,20 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
             time.sleep(0.1)
 
 
-_LEADERSHIP_ERRORS = {
+# Errors that pass: a partition's leader moving or not known yet, or the broker briefly unreachable.
+TRANSIENT_ERRORS = {
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.REQUEST_TIMED_OUT, KafkaError._NOENT, KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR, KafkaError.FENCED_LEADER_EPOCH,
+    KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.NETWORK_EXCEPTION,
 }
+
+
+def is_transient(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and (error.retriable() or error.code() in TRANSIENT_ERRORS)
 
 
 def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], committed_only: bool = True,
@@ -116,13 +126,14 @@ def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], comm
         futures = client.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
         try:
             return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "list_offsets timed out")) from None
         except KafkaException as exc:
-            # A just-created partition may not have a leader the broker knows about yet.
-            error = exc.args[0]
-            transient = error.retriable() or error.code() in _LEADERSHIP_ERRORS
-            if not transient or time.monotonic() > deadline:
+            # A just-created partition may not have a leader yet; a restarting broker answers nothing.
+            if not is_transient(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+        time.sleep(0.2)
 
 
 def partitions_of(client: AdminClient, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
@@ -140,3 +151,38 @@ def delete_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
+
+
+class OffsetReader:
+    """End offsets for a long-lived component, riding out a broker restart.
+
+    After a broker restart an admin client can keep answering FENCED_LEADER_EPOCH from stale
+    metadata; on any transient failure this drops its client and asks again with a new one,
+    until ``timeout_s`` has passed.
+    """
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._client: AdminClient | None = None
+
+    def _call(self, fn, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._client is None:
+                self._client = admin_client(self.settings)
+            try:
+                return fn(self._client)
+            except KafkaException as exc:
+                self._client = None
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("transient Kafka error, retrying with a new admin client: %s", exc.args[0].str())
+                time.sleep(0.5)  # back-off between attempts against an unreachable broker
+
+    def end_offsets(self, partitions: list[tuple[str, int]], committed_only: bool = True,
+                    timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
+        return self._call(lambda c: end_offsets(c, partitions, committed_only, timeout_s=min(10.0, timeout_s)),
+                          timeout_s)
+
+    def partitions_of(self, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
+        return self._call(lambda c: partitions_of(c, topics), timeout_s)

@@ -14,8 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from contracts import OonaMessage, TopicName
 from contracts.dead_letter import (
@@ -28,14 +36,20 @@ from contracts.dead_letter import (
     DLQ_HEADER_TOPIC,
     DeadLetter,
 )
-from services.oona.admin import admin_client, end_offsets
+from services.oona.admin import OffsetReader, is_transient
 from services.oona.codec import Codec
-from services.oona.errors import ConfigurationError, DecodeError, FatalError, OversizedMessageError
+from services.oona.errors import (
+    ConfigurationError,
+    DecodeError,
+    FatalError,
+    OversizedMessageError,
+)
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CONSUMER_DEFAULTS: dict[str, str | int | bool] = {
     "enable.auto.commit": False,
@@ -45,6 +59,10 @@ CONSUMER_DEFAULTS: dict[str, str | int | bool] = {
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 1000,
 }
+
+
+_REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+              KafkaError.UNKNOWN_MEMBER_ID}
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,7 @@ class OonaConsumer:
         self.dead_lettered = 0
         self._early: list[Delivered] = []
         self._settings = settings
-        self._admin = None
+        self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
         if on_assign is None:
             self._consumer.subscribe(list(self._specs))
@@ -171,13 +189,19 @@ class OonaConsumer:
                 failed_at=failed_at,
             ))
 
-    def commit(self) -> None:
-        """Commit the positions of everything consumed so far (synchronously)."""
+    def commit(self, timeout_s: float = 120.0) -> None:
+        """Commit the positions of everything consumed so far (synchronously; retried while the
+        broker is briefly unreachable)."""
         self.dead_letters.flush()
         try:
-            self._consumer.commit(asynchronous=False)
+            retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
+            code = exc.args[0].code()
+            if code in _REJOINING:
+                # The group lost this member (e.g. across a broker restart): it rejoins on the next poll and
+                # resumes from the last commit; the events after it come again and are handled idempotently.
+                log.warning("commit skipped group=%s reason=%s", self.group_id, exc.args[0].str())
+            elif code != KafkaError._NO_OFFSET:
                 raise
 
     def wait_for_assignment(self, timeout_s: float = 30.0) -> list[TopicPartition]:
@@ -193,12 +217,11 @@ class OonaConsumer:
         """Everything on the assigned partitions up to their current end (what was published before now)."""
         got, self._early = self._early, []
         assignment = self._consumer.assignment()
-        if self._admin is None:
-            self._admin = admin_client(self._settings)
-        ends = end_offsets(self._admin, [(tp.topic, tp.partition) for tp in assignment])
+        ends = self._offsets.end_offsets([(tp.topic, tp.partition) for tp in assignment], timeout_s=timeout_s)
         # Until the first fetch a partition has no position; then it starts at the committed offset.
         committed = {(tp.topic, tp.partition): max(tp.offset, 0)
-                     for tp in self._consumer.committed(assignment, timeout=10)} if assignment else {}
+                     for tp in retry_transient(lambda: self._consumer.committed(assignment, timeout=10), timeout_s)
+                     } if assignment else {}
         deadline = time.monotonic() + timeout_s
         while True:
             positions = self._consumer.position(assignment)
@@ -235,6 +258,19 @@ class OonaConsumer:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def retry_transient(call: Callable[[], T], timeout_s: float) -> T:
+    """``call()``, retried with a short back-off while it fails with a transient Kafka error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not is_transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("transient Kafka error, retrying: %s", exc.args[0].str())
+            time.sleep(0.5)  # back-off between attempts against an unreachable broker
 
 
 def dead_letter_from_message(msg: Message) -> DeadLetter:

@@ -12,7 +12,7 @@ import logging
 from pydantic import BaseModel
 
 from contracts import OonaMessage, deterministic_event_id
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.admin import OffsetReader
 from services.oona.codec import Codec
 from services.oona.errors import DecodeError
 from services.oona.log_reader import read_range
@@ -23,6 +23,8 @@ from services.oona.topic_registry import TopicSpec
 log = logging.getLogger(__name__)
 
 LogPositions = dict[str, dict[int, int]]  # topic -> partition -> offset
+# How long a run rides out an unreachable broker before failing (it can then be resumed).
+BROKER_OUTAGE_S = 180.0
 
 
 class RunEmitter:
@@ -37,7 +39,7 @@ class RunEmitter:
         self.already_on_log: set[str] = set()
         self.emitted = 0
         self.skipped = 0
-        self._admin = admin_client(settings)
+        self._offsets = OffsetReader(settings)
         self._partitions: list[tuple[str, int]] | None = None
 
     def emit(self, topic: str, payload: BaseModel, *about: object, trace_id: str | None = None) -> OonaMessage | None:
@@ -58,16 +60,17 @@ class RunEmitter:
     def log_positions(self) -> LogPositions:
         """End offsets of every partition of the run's topics (call after ``flush``)."""
         if self._partitions is None:
-            self._partitions = partitions_of(self._admin, [spec.name for spec in self.topics.values()])
+            self._partitions = self._offsets.partitions_of([spec.name for spec in self.topics.values()])
         positions: LogPositions = {}
-        for (topic, partition), offset in end_offsets(self._admin, self._partitions, committed_only=False).items():
+        ends = self._offsets.end_offsets(self._partitions, committed_only=False, timeout_s=BROKER_OUTAGE_S)
+        for (topic, partition), offset in ends.items():
             positions.setdefault(topic, {})[partition] = offset
         return positions
 
     def read_back(self, since: LogPositions) -> int:
         """Collect the ids of this run's events written after ``since``; returns how many were found."""
         starts = {(t, int(p)): o for t, parts in since.items() for p, o in parts.items()}
-        ends = end_offsets(self._admin, list(starts), committed_only=False)
+        ends = self._offsets.end_offsets(list(starts), committed_only=False)
         specs = {spec.name: spec for spec in self.topics.values()}
         key = self.run_id.encode()
         for msg in read_range(self.settings, {k: (starts[k], ends[k]) for k in starts}):

@@ -52,7 +52,7 @@ from services.tolaria.checkpoint import checkpoint_path, load_checkpoint, save_c
 from services.tolaria.commands import AdaptationBudget, CommandApplier, CommandRejected
 from services.tolaria.config import ConfigError, RunConfig
 from services.tolaria.data import DataError, load_dataset
-from services.tolaria.emitter import RunEmitter
+from services.tolaria.emitter import BROKER_OUTAGE_S, RunEmitter
 from services.tolaria.models import build_host, parameter_count
 from services.tolaria.trainer import Trainer, pick_device
 from services.urza.kernel_library import KernelLibrary
@@ -289,7 +289,7 @@ class TolariaRun:
         self.emitter.flush()
         if (epoch + 1) % self.cfg.checkpoint_every_epochs == 0:
             self._checkpoint(epoch + 1, later)
-            self.commands.commit()
+            self.commands.commit(timeout_s=BROKER_OUTAGE_S)
         self._report_epoch(epoch, stats, val_acc, transitions)
         return val_acc, later
 
@@ -306,7 +306,7 @@ class TolariaRun:
         wait_s = 0.0 if self.no_adapt or self._controller_timed_out else self.cfg.adaptation.controller_wait_s
         deadline = time.monotonic() + wait_s
         commands = []
-        batch = self.commands.catch_up()
+        batch = self.commands.catch_up(timeout_s=BROKER_OUTAGE_S)
         while True:
             for d in batch:
                 if d.message.run_id != self.run_id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,17 @@ class System:
         assert "lag" in result.stdout
 
 
+    def wait_for_kernels(self, input_shape: list[int], output_shape: list[int], timeout_s: float = 300) -> int:
+        deadline = time.monotonic() + timeout_s
+        shape = ["--input-shape", "x".join(map(str, input_shape)), "--output-shape", "x".join(map(str, output_shape))]
+        while True:
+            listed = self.esper("kernels", "list", *shape, timeout=120)
+            found = int(re.search(r"(\d+) kernel\(s\)", listed.stdout).group(1)) if listed.returncode == 0 else 0
+            if found:
+                return found
+            assert time.monotonic() < deadline, f"no kernel for {input_shape} -> {output_shape}: {listed.stderr}"
+
+
 @pytest.fixture(scope="session")
 def system(tmp_path_factory) -> Iterator[System]:
     state = tmp_path_factory.mktemp("e2e") / "state"
@@ -49,6 +61,7 @@ def system(tmp_path_factory) -> Iterator[System]:
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         system.wait_all_up()
+        system.wait_for_kernels([2], [8])  # the examples' slot: Karn -> Tezzeret -> Urabrask
         yield system
     finally:
         down = system.esper("down", timeout=180)

@@ -171,3 +171,36 @@ def test_logs_written_by_older_schema_versions_are_ingested(system):
     system.wait_all_up(60)  # and no service fell over them
     for record in ("EpochCompletedMessage", "TrainingSessionEventMessage", "CompiledKernelMessage"):
         assert len(list((LOGS_DIR / record).glob("v*.log"))) >= 2  # an older version really is in the mix
+
+
+def test_broker_killed_mid_run_and_restarted(system, tmp_path):
+    from services.oona.local_broker import LocalKafka
+    from services.settings import EsperSettings
+
+    settings = EsperSettings(state_dir=system.state_dir)
+    settings.broker.port = int(system.env["ESPER_BROKER__PORT"])
+    settings.broker.controller_port = int(system.env["ESPER_BROKER__CONTROLLER_PORT"])
+    broker = LocalKafka(settings.local_broker())
+    epochs = 20
+    run_id, run = start_run(system, tmp_path, epochs)
+    kafka = kafka_of(system)
+    # Mid-run: once the run has published a few epochs.
+    deadline = time.monotonic() + 300
+    while len(log_events(kafka, run_id)["system.events.epoch"]) < 4:
+        assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
+    pid = broker.pid()
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while broker.pid() is not None:
+        assert time.monotonic() - killed < 30
+    time.sleep(3)  # the outage itself: the broker stays down for a few seconds, as in the issue
+    restarted = system.esper("broker", "start", timeout=180)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    back = time.monotonic() - killed
+    output = finish(run, tmp_path, run_id, timeout=900)
+    events = assert_exactly_once(kafka, run_id, epochs)
+    rows = wait_for_nissa(system, run_id, events, timeout_s=240)
+    system.wait_all_up(180)
+    print(f"broker down {back:.1f}s; events on the log: { {t: len(i) for t, i in events.items()} }; "
+          f"nissa rows (rows, distinct): {rows}; restarts: "
+          f"{ {n: s['restarts'] for n, s in system.status()['services'].items()} }; {output.strip()[-160:]}")
