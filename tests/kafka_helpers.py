@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-import torch
-
-from contracts import (
-    BlueprintSubmitted,
-    CommandAction,
-    CompilationOutcome,
-    KasminaCommand,
-    KernelReady,
-    layer_id_for_path,
-)
-from services.blueprints.artifacts import load_artifact
+from contracts import CommandAction, KasminaCommand, layer_id_for_path
 from services.blueprints.compiler import compile_blueprint
 from services.oona.codec import SingleObjectCodec
 from services.oona.producer import OonaProducer
@@ -28,29 +18,6 @@ def publish_kernel(settings: KafkaSettings, blueprint, init_seed: int = 0, prefi
     spec = topic_spec("library.kernels", prefix)
     producer = OonaProducer(settings, SingleObjectCodec())
     producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, payload=kernel))
-    producer.flush()
-    return kernel.kernel_id
-
-
-def publish_characterised_kernel(settings: KafkaSettings, blueprint, init_seed: int = 0, prefix: str = "") -> str:
-    """What Karn, Tezzeret and Urabrask publish for one blueprint (real compilation and measurement):
-    the submission, the kernel on the library, KernelReady and KernelCharacterized. Returns the kernel id."""
-    from services.urabrask.characterize import characterize
-
-    kernel, seconds = compile_blueprint(blueprint, init_seed=init_seed)
-    measured = characterize(load_artifact(kernel.artifact, blueprint.architecture), kernel.metadata,
-                            torch.device("cpu"))
-    producer = OonaProducer(settings, SingleObjectCodec())
-    for topic, payload in (
-        ("compilation.blueprint.submitted", BlueprintSubmitted(blueprint_id=blueprint.blueprint_id,
-                                                                submitted_by="tests", blueprint=blueprint)),
-        ("library.kernels", kernel),
-        ("compilation.kernel.ready", KernelReady(blueprint_id=blueprint.blueprint_id, outcome=CompilationOutcome.READY,
-                                                 kernel=kernel.metadata, compile_seconds=seconds)),
-        ("validation.kernel.characterized", measured),
-    ):
-        spec = topic_spec(topic, prefix)
-        producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, payload=payload))
     producer.flush()
     return kernel.kernel_id
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.bench import bus_throughput, nissa_ingest, nissa_replay, tamiyo_latency, training_overhead
+from services.bench import bus_throughput, nissa_ingest, system_load, nissa_replay, tamiyo_latency, training_overhead
 from services.bench.results import BenchResult, print_table, write_json
 from services.oona.cluster import ensure_cluster
 from services.settings import load_settings
 
 
+NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
+
+
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     settings = load_settings()
-    if not only or any(word in o for o in only for word in ("encode", "produce", "consume", "control", "ingest", "replay")):
+    if not only or any(word in o for o in only for word in NEEDS_BROKER):
         ensure_cluster(settings)
 
     def wanted(name: str) -> bool:
@@ -31,6 +34,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         results.append(nissa_replay.bench_replay(settings.kafka, events))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
+    if wanted("load"):
+        results.append(system_load.bench_system_load(settings.kafka))
     if wanted("control"):
         results.append(tamiyo_latency.bench_control_loop(settings.kafka))
     if wanted("training"):

@@ -29,7 +29,7 @@ class StopFlag:
             signal.signal(sig, lambda *_: self.set())
 
 
-STALL_TIMEOUT_S = 120.0
+STALL_TIMEOUT_S = 60.0
 
 
 def _watchdog(name: str, busy_since: list[float | None], done: threading.Event, stall_timeout_s: float) -> None:

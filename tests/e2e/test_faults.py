@@ -161,12 +161,12 @@ def test_logs_written_by_older_schema_versions_are_ingested(system):
     deadline = time.monotonic() + 120
     while True:
         found = system.sql("SELECT count(*) AS n FROM health_signal WHERE run_id LIKE 'fixture-run-%'")[0]["n"]
-        old = system.sql("SELECT count(*) AS n FROM dead_letters "
-                         "WHERE CAST(original_key AS VARCHAR) LIKE 'fixture-v%'")[0]["n"]
+        old = system.sql("SELECT count(*) AS n FROM dead_letters "  # Nissa could not read one of them
+                         "WHERE origin = 'nissa' AND CAST(original_key AS VARCHAR) LIKE 'fixture-v%'")[0]["n"]
         if found >= 3:
             break
         assert time.monotonic() < deadline, "fixture events never reached DuckDB"
-    print(f"fixture events produced={sent}; health rows from fixtures={found}; fixture events dead-lettered={old}")
+    print(f"fixture events produced={sent}; health rows from fixtures={found}; undecodable for Nissa={old}")
     assert old == 0
     system.wait_all_up(60)  # and no service fell over them
     for record in ("EpochCompletedMessage", "TrainingSessionEventMessage", "CompiledKernelMessage"):

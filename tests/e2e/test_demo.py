@@ -1,4 +1,4 @@
-"""`esper up` + `esper demo` on a fresh state folder, asserted from Nissa's DuckDB."""
+"""`esper up` + `esper demo` on a fresh state folder, asserted from Nissa's DuckDB (runs before the fault cases)."""
 
 from __future__ import annotations
 
