@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.bench import bus_throughput, nissa_ingest, system_load, nissa_replay, tamiyo_latency, training_overhead
+from services.bench import (
+    bus_throughput,
+    nissa_ingest,
+    nissa_replay,
+    system_load,
+    tamiyo_latency,
+    training_overhead,
+)
 from services.bench.results import BenchResult, print_table, write_json
 from services.oona.cluster import ensure_cluster
 from services.settings import load_settings
-
 
 NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
 
