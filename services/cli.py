@@ -306,7 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack to stderr (the log)
+    try:
+        faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack to stderr (the log)
+    except (OSError, ValueError):  # stderr is not a real file (e.g. captured in tests)
+        pass
     if not args.verbose:
         # Connection retries are reported once, as the command's own error.
         logging.getLogger("librdkafka").setLevel(logging.CRITICAL)

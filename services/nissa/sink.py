@@ -27,6 +27,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from services.nissa.batch import Batch, Decoders
+from services.nissa.log_scan import SCAN_CONFIG
 from services.nissa.store import NissaStore
 from services.nissa.tables import Table, dead_letters_table, table_for
 from services.oona.admin import admin_client, end_offsets
@@ -38,18 +39,11 @@ from services.oona.topic_registry import TopicSpec, all_topics
 
 log = logging.getLogger(__name__)
 
-SINK_CONSUMER_CONFIG: dict[str, str | int | bool] = {
-    "enable.auto.commit": False,
+# A bulk reader (large fetches, read_committed, as every log scan) that keeps its own offsets.
+SINK_CONSUMER_CONFIG: dict[str, str | int | bool] = SCAN_CONFIG | {
     "enable.auto.offset.store": False,
     # A stored offset that retention already deleted: start at the oldest event still there.
     "auto.offset.reset": "earliest",
-    "isolation.level": "read_committed",
-    "enable.partition.eof": False,
-    # Large fetches: the sink is a bulk reader.
-    "fetch.max.bytes": 64 * 1024 * 1024,
-    "max.partition.fetch.bytes": 16 * 1024 * 1024,
-    "queued.max.messages.kbytes": 256 * 1024,
-    "fetch.wait.max.ms": 100,
 }
 
 

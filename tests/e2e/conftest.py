@@ -14,7 +14,7 @@ import pytest
 
 from tests.esper_cli import esper_env, run_esper
 
-E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "39192"))
+E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "39292"))
 
 
 @dataclass
