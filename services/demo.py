@@ -90,6 +90,10 @@ def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = N
     _wait(lambda: db.exists() and run_query(db, done).rows[0][0] == 2, 120, "Nissa to record both runs")
     result = run_query(db, COMPARISON.format(ids=ids, adaptive=adaptive_id))
     write_result(result, "table")
+    acted = result.rows[0][result.columns.index("tamiyo_actions")] if result.rows else 0
+    if not acted:
+        print("warning: Tamiyo took no action in the adaptive run (no kernel for the slots, or Tamiyo was down or "
+              "restarting); see `esper status` and the tamiyo log", flush=True)
     gain = adaptive.validation_accuracy - baseline.validation_accuracy
     print(f"adaptive vs baseline: validation accuracy {adaptive.validation_accuracy:.4f} vs "
           f"{baseline.validation_accuracy:.4f} ({gain:+.4f}), test {adaptive.test_accuracy:.4f} vs "

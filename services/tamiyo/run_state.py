@@ -184,9 +184,13 @@ class Runs:
             state = self.runs[run_id] = RunState(run_id)
         return state
 
-    def drop_finished(self) -> int:
-        """Forget runs that completed and have nothing left to decide; returns how many."""
-        done = [r for r, s in self.runs.items() if s.finished and not s.ready_epochs()]
-        for run_id in done:
-            del self.runs[run_id]
-        return len(done)
+    def forget(self, run_id: str) -> None:
+        self.runs.pop(run_id, None)
+
+    def forget_if_done(self, run: RunState) -> bool:
+        """Forget a run that completed and whose every epoch is decided; returns whether it did."""
+        if (run.session is None or run.session.status.value != "completed"
+                or not run.decided >= set(range(run.session.training_config.epochs))):
+            return False
+        self.forget(run.run_id)
+        return True

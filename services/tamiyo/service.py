@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class Tamiyo:
         )
         self.decided = 0
         self.duplicates = 0
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: deque[float] = deque(maxlen=10_000)  # the latest decisions' latencies
         self._last_report = time.monotonic()
 
     # -- (re)building -----------------------------------------------------------------------------
@@ -173,8 +174,7 @@ class Tamiyo:
                 record(run, action.decision)
                 yield from self._outputs(run.run_id, action, trace_id)
             self.decided += 1
-        if run.session.status.value == "completed" and run.decided >= set(range(run.session.training_config.epochs)):
-            self.runs.runs.pop(run.run_id, None)  # nothing left to decide for it
+        self.runs.forget_if_done(run)  # nothing left to decide for it
 
     def _outputs(self, run_id: str, action: Action, trace_id: str) -> Iterator[Output]:
         decision: AdaptationDecision = action.decision
@@ -202,7 +202,7 @@ class Tamiyo:
             for delivered in events:
                 self.processor.consumer.reject(delivered, f"tamiyo: unknown run {run_id} (no training.sessions "
                                                           "event)", "UnknownRun")
-            self.runs.runs.pop(run_id, None)
+            self.runs.forget(run_id)
             del self.orphans[run_id]
         yield from ()
 

@@ -175,3 +175,16 @@ def test_blueprint_families_follow_the_ops():
     assert family_of(linear_residual(8, 8).architecture) == "bottleneck"
     assert family_of(conv_adapter([1, 8, 8], [4, 8, 8]).architecture) == "conv"
     assert session().session.training_config.auto_advance is False
+
+
+def test_a_completed_run_is_forgotten_once_every_epoch_is_decided():
+    from contracts import SessionStatus
+    from services.tamiyo.run_state import Runs
+
+    runs = Runs()
+    run = runs.get("run-1")
+    fold_all(plateau_run(epochs=2), run)
+    fold(run, TopicName.TRAINING_SESSIONS.value, session(status=SessionStatus.COMPLETED, epochs=2))
+    assert not runs.forget_if_done(run) and "run-1" in runs.runs  # nothing decided yet
+    decide_all(run, Decider(ScriptedPolicy(p=0.0), "v", FixedChooser()))
+    assert runs.forget_if_done(run) and "run-1" not in runs.runs
