@@ -9,7 +9,7 @@ from services.supervisor import Supervisor, read_status
 
 COMMANDS = {
     "crashy": [sys.executable, "-c", "import sys; sys.exit(3)"],
-    "steady": [sys.executable, "-c", "import time; time.sleep(120)"],
+    "steady": [sys.executable, "-c", "import signal; signal.pause()"],  # runs until signalled
 }
 
 
