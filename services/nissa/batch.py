@@ -17,7 +17,6 @@ the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -28,10 +27,10 @@ import pyarrow as pa
 from services.nissa.columnar import ColumnarDecoder, columnar_decoder
 from services.nissa.decoder import DECODE_ERRORS, RowDecoder, compile_decoder
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, row_from_record
-from services.oona.codec import SINGLE_OBJECT_MAGIC, message_to_record
+from services.oona.codec import message_to_record, single_object_fingerprint
 from services.oona.consumer import dead_letter_from_message
 from services.oona.errors import DecodeError
-from services.oona.schema_store import SchemaStore, history_versions, schema_fingerprint
+from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
 HEADER_LEN = 10
@@ -46,28 +45,22 @@ class WriterDecoders:
 
 
 class Decoders:
-    """Every known writer schema (current and ``schemas/history``), compiled lazily per fingerprint."""
+    """Decoders for every writer schema the store knows (current and ``schemas/history``), compiled lazily."""
 
-    def __init__(self, store: SchemaStore, tables: Iterable[Table]) -> None:
-        self._tables = {t.record_name: t for t in tables}
-        self._writers: dict[bytes, tuple[str, int, dict]] = {}
-        for record_name in self._tables:
-            for version, raw in history_versions(store.schemas_dir, record_name):
-                self._writers[schema_fingerprint(raw)] = (record_name, version, raw)
+    def __init__(self, store: SchemaStore) -> None:
+        self._store = store
         self._compiled: dict[bytes, WriterDecoders] = {}
 
     def for_value(self, header: bytes, table: Table) -> WriterDecoders:
         """The decoders of the writer schema named by a value's 10-byte header; DecodeError if none fits."""
-        if len(header) < HEADER_LEN or header[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(header[:2]).hex() or 'none'})")
-        fingerprint = bytes(header[2:HEADER_LEN])
-        known = self._writers.get(fingerprint)
-        if known is None:
+        fingerprint = single_object_fingerprint(header)
+        writer = self._store.writer(fingerprint)
+        if writer is None:
             raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()}")
-        record_name, version, raw = known
-        if record_name != table.record_name:
-            raise DecodeError(f"schema {record_name} v{version} does not belong in {table.name} "
+        if writer.record_name != table.record_name:
+            raise DecodeError(f"schema {writer.record_name} v{writer.version} does not belong in {table.name} "
                               f"(expects {table.record_name})")
+        version, raw = writer.version, writer.raw
         compiled = self._compiled.get(fingerprint)
         if compiled is None:
             compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),

@@ -83,7 +83,7 @@ class ReplayWriter:
         by_record = {t.record_name: t for t in tables}
         specs = all_topics(prefix)
         routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs}
-        self.batch = Batch(routes, Decoders(schemas, tables))
+        self.batch = Batch(routes, Decoders(schemas))
         self.store = NissaStore(db, tables, hold_s=float("inf"))
         self.store.create_schema()
         self.committer = Committer(self.batch, self.store, None)

@@ -133,7 +133,7 @@ class NissaSink:
         routes = {spec.name: (spec, dead_letters_table() if spec.raw else by_record[spec.record_name])
                   for spec in self.topics}
         fallback = make_codec(settings.schema_registry_url, schemas)
-        self.batch = Batch(routes, Decoders(schemas, tables),
+        self.batch = Batch(routes, Decoders(schemas),
                            fallback=fallback if isinstance(fallback, ConfluentCodec) else None)
         self.store = NissaStore(db_path, tables, hold_s=hold_s)
         self.batch_rows = batch_rows

@@ -31,6 +31,13 @@ SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _HEADER_LEN = 10
 
 
+def single_object_fingerprint(data: bytes) -> bytes:
+    """The writer schema's 8-byte fingerprint from a single-object header; DecodeError if there is none."""
+    if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MAGIC:
+        raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(data[:2]).hex() or 'none'})")
+    return bytes(data[2:_HEADER_LEN])
+
+
 class Codec(Protocol):
     def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes: ...
 
@@ -79,9 +86,7 @@ class SingleObjectCodec:
     def decode_record(self, spec: TopicSpec, data: bytes) -> dict[str, Any]:
         if data is None:
             raise DecodeError("message has no value (tombstone or null)")
-        if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(data[:2]).hex() or 'none'})")
-        fingerprint = bytes(data[2:_HEADER_LEN])
+        fingerprint = single_object_fingerprint(data)
         writer = self.store.writer(fingerprint)
         if writer is None:
             raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")

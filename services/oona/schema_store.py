@@ -44,6 +44,7 @@ class WriterSchema:
     record_name: str
     version: int
     parsed: dict
+    raw: dict  # as committed in schemas/history (what code generators read)
 
 
 class SchemaStore:
@@ -70,7 +71,7 @@ class SchemaStore:
         self._current_fingerprint[record_name] = current_fp
         for version, hist in history_versions(self.schemas_dir, record_name):
             fp = schema_fingerprint(hist)
-            self._writers[fp] = WriterSchema(record_name, version, fastavro.parse_schema(hist))
+            self._writers[fp] = WriterSchema(record_name, version, fastavro.parse_schema(hist), hist)
             if fp == current_fp:
                 self._current_version[record_name] = version
         if record_name not in self._current_version:

@@ -33,7 +33,7 @@ DLQ = topic_spec("esper.dlq")
 
 def new_batch() -> Batch:
     routes = {s.name: (s, BY_RECORD["DeadLetter"] if s.raw else BY_RECORD[s.record_name]) for s in all_topics()}
-    return Batch(routes, Decoders(CODEC.store, TABLES))
+    return Batch(routes, Decoders(CODEC.store))
 
 
 def health_messages(run_ids: list[str], partition: int = 0, start: int = 0) -> list[ArchivedMessage]:

@@ -43,7 +43,7 @@ class FakeMessage:
 def new_batch() -> Batch:
     routes = {spec.name: (spec, BY_RECORD["DeadLetter"] if spec.raw else BY_RECORD[spec.record_name])
               for spec in all_topics()}
-    return Batch(routes, Decoders(CODEC.store, TABLES))
+    return Batch(routes, Decoders(CODEC.store))
 
 
 def encoded(spec, message=None) -> bytes:

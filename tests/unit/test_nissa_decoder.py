@@ -74,7 +74,7 @@ def single_object(raw_schema: dict, record: dict) -> bytes:
 @pytest.mark.parametrize("spec", avro_topics(), ids=lambda s: s.name)
 def test_every_historical_writer_schema_decodes_into_todays_columns(spec):
     table = TABLES[spec.record_name]
-    decoders = Decoders(STORE, TABLES.values())
+    decoders = Decoders(STORE)
     record = message_to_record(message_for(spec))
     for version, raw in history_versions(STORE.schemas_dir, spec.record_name):
         data = single_object(raw, record)
@@ -96,7 +96,7 @@ def test_an_older_writer_gets_the_readers_defaults():
     assert len(versions) >= 2, "CompiledKernel has a v1 without the architecture field"
     v1 = versions[0][1]
     data = single_object(v1, message_to_record(message_for(spec)))
-    row = Decoders(STORE, TABLES.values()).for_value(data[:HEADER_LEN], table).row(data, 0, 0)
+    row = Decoders(STORE).for_value(data[:HEADER_LEN], table).row(data, 0, 0)
     values = dict(zip(table.column_names, row, strict=True))
     assert values["architecture_layers"] is None and values["kernel_id"] == "k-1"
 
