@@ -60,7 +60,7 @@ def bench_ingest(settings: KafkaSettings, events: int = 200_000) -> BenchResult:
                 stored = con.execute("SELECT count(*) FROM health_signal").fetchone()[0]
             if stored != events:
                 raise RuntimeError(f"nissa bench: {stored} rows in DuckDB for {events} events produced")
-            naive = _naive_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
+            naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
     finally:
         delete_topics(kafka, [s.name for s in specs])
     return BenchResult("Kafka -> DuckDB ingest (Nissa sink)", "events/s", events / seconds,
@@ -70,7 +70,7 @@ def bench_ingest(settings: KafkaSettings, events: int = 200_000) -> BenchResult:
                                 "events_per_cpu_second": round(events / cpu_seconds) if cpu_seconds > 0 else 0})
 
 
-def _naive_rate(kafka: KafkaSettings, spec, codec: SingleObjectCodec, db: Path) -> float:
+def naive_insert_rate(kafka: KafkaSettings, spec, codec: SingleObjectCodec, db: Path) -> float:
     """Events/s of read + ``codec.decode`` + one INSERT per row, on the first BASELINE_EVENTS of partition 0."""
     table = table_for(spec, codec.store)
     con = duckdb.connect(str(db))

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from services.bench.bus_throughput import telemetry_batch
-from services.bench.nissa_ingest import _naive_rate  # the one naive baseline, shared with the ingest bench
+from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
 from services.bench.results import BenchResult, print_table
 from services.nissa.replay import replay_from_kafka
 from services.oona.admin import delete_topics, ensure_topics
@@ -62,7 +62,7 @@ def bench_replay(settings: KafkaSettings, events: int = 1_000_000) -> BenchResul
                 others = con.execute("SELECT count(*) FROM health_signal WHERE run_id <> ?", [RUN_ID]).fetchone()[0]
             if stored != events or others:
                 raise RuntimeError(f"replay bench: {stored} rows of the run ({events} produced), {others} of others")
-            naive = _naive_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
+            naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
     finally:
         delete_topics(kafka, [s.name for s in specs])
     return BenchResult("Kafka -> fresh DuckDB replay of one run", "events/s", events / seconds,

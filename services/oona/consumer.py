@@ -134,7 +134,9 @@ class OonaConsumer:
         raw = self._consumer.consume(max_messages, 0)
         if not raw and timeout > 0:
             raw = self._consumer.consume(1, timeout)
-        if raw and len(raw) < max_messages:
+            if raw and max_messages > 1:
+                raw += self._consumer.consume(max_messages - 1, gather_s)
+        elif raw and gather_s > 0 and len(raw) < max_messages:
             raw += self._consumer.consume(max_messages - len(raw), gather_s)
         for msg in raw:
             error = msg.error()
