@@ -10,19 +10,16 @@ partition). No consumer group is joined and nothing is committed.
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaException, Message, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.errors import FatalError
+from services.oona.log_reader import Ranges, scan_range
 from services.oona.settings import KafkaSettings
-
-Ranges = dict[tuple[str, int], tuple[int, int]]
 
 SCAN_CONFIG: dict[str, str | int | bool] = {
     "enable.auto.commit": False,
@@ -65,40 +62,5 @@ def log_ranges(settings: KafkaSettings, topics: list[str], *, from_offset: int |
 
 def scan(settings: KafkaSettings, ranges: Ranges, chunk: int = 20_000, timeout_s: float = 600.0,
          on_position: Callable[[int], None] | None = None) -> Iterator[list[Message]]:
-    """Committed messages with ``start <= offset < end`` in chunks of at most ``chunk``.
-
-    ``on_position(n)`` is told how many offsets the scan moved on since the last call
-    (messages and transaction markers), so a progress bar can total ``end - start``.
-    """
-    todo = {key: (start, end) for key, (start, end) in ranges.items() if end > start}
-    if not todo:
-        return
-    consumer = Consumer(settings.client_config() | SCAN_CONFIG | {"group.id": f"nissa-scan-{uuid.uuid4().hex[:8]}"})
-    partitions = [TopicPartition(t, p) for t, p in todo]
-    done: set[tuple[str, int]] = set()
-    reached = {key: start for key, (start, _) in todo.items()}
-    deadline = time.monotonic() + timeout_s
-    try:
-        consumer.assign([TopicPartition(t, p, todo[(t, p)][0]) for t, p in todo])
-        while len(done) < len(todo):
-            if time.monotonic() > deadline:
-                raise FatalError(f"could not read {len(todo) - len(done)} partition range(s) within {timeout_s:g}s")
-            messages = consumer.consume(chunk, 0.5)
-            good = [m for m in messages if m.error() is None and m.offset() < todo[(m.topic(), m.partition())][1]]
-            if good:
-                yield good
-            moved = 0
-            for tp in consumer.position(partitions):
-                key = (tp.topic, tp.partition)
-                if tp.offset < 0 or key in done:
-                    continue
-                position = min(tp.offset, todo[key][1])
-                moved += position - reached[key]
-                reached[key] = position
-                # Transaction markers occupy offsets too: done once the position passed the end.
-                if position >= todo[key][1]:
-                    done.add(key)
-            if on_position is not None and moved:
-                on_position(moved)
-    finally:
-        consumer.close()
+    """Committed messages of ``ranges`` in chunks of at most ``chunk``, read with bulk fetches."""
+    return scan_range(settings, ranges, chunk=chunk, timeout_s=timeout_s, config=SCAN_CONFIG, on_position=on_position)
