@@ -197,11 +197,11 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
     """Archive everything new on every topic into ``root``; returns what this pass wrote."""
     from services.nissa.batch import Batch, Decoders
     from services.nissa.log_scan import log_ranges, scan
-    from services.nissa.progress import progress_bar
     from services.nissa.sink import sink_tables
     from services.nissa.tables import dead_letters_table
     from services.oona.schema_store import SchemaStore
     from services.oona.topic_registry import all_topics
+    from services.progress import progress_bar
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,6 @@ import duckdb
 from services.nissa.batch import Batch, Decoders
 from services.nissa.counterfactual import NEEDED_TOPICS, counterfactual_decisions, write_counterfactual
 from services.nissa.errors import UnknownRunError
-from services.nissa.progress import progress_bar
 from services.nissa.sink import Committer, sink_tables
 from services.nissa.store import NissaStore
 from services.nissa.tables import dead_letters_table
@@ -44,6 +43,7 @@ from services.oona.codec import make_codec
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import all_topics
+from services.progress import progress_bar
 
 BATCH_ROWS = 50_000
 

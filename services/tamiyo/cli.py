@@ -7,6 +7,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -43,6 +44,7 @@ def add_policy_command(sub) -> None:
 
 def _cmd_policy(args: argparse.Namespace) -> int:
     from services.oona.errors import UsageError
+    from services.progress import progress_bar
     from services.settings import load_settings
     from services.tamiyo.policy_store import INITIAL_POLICY, load_policy, save_policy
 
@@ -51,12 +53,13 @@ def _cmd_policy(args: argparse.Namespace) -> int:
         print(record.model_dump_json(indent=2))
         return 0
     out = args.out or load_settings().state_dir / "policies"
+    bar = sys.stderr.isatty()
     if args.action == "bootstrap":
         from services.tamiyo.teacher import bootstrap_policy
 
-        with _progress("bootstrap (synthetic runs vs the heuristic teacher)", args.epochs) as advance:
+        with progress_bar("bootstrap (synthetic runs vs the heuristic teacher)", args.epochs, bar) as advance:
             policy, metrics = bootstrap_policy(samples=args.samples, epochs=args.epochs, seed=args.seed,
-                                               progress=lambda done, total: advance())
+                                               progress=lambda done, total: advance(1))
         trained_on = f"synthetic teacher ({args.samples} runs, {args.epochs} epochs, seed {args.seed})"
     else:
         if not args.runs:
@@ -68,38 +71,11 @@ def _cmd_policy(args: argparse.Namespace) -> int:
         settings = load_settings()
         wait_for_broker(settings.kafka)
         start, _ = load_policy(args.start or INITIAL_POLICY)
-        with _progress("policy training on recorded runs", args.epochs) as advance:
+        with progress_bar("policy training on recorded runs", args.epochs, bar) as advance:
             policy, metrics = train_from_runs(settings.kafka, make_codec(settings.kafka.schema_registry_url), start,
                                               args.runs, epochs=args.epochs, seed=args.seed,
-                                              progress=lambda done, total: advance())
+                                              progress=lambda done, total: advance(1))
         trained_on = "runs " + ",".join(args.runs)
     path = save_policy(policy, out, trained_on, metrics, name=args.name)
     print(f"policy {policy.version()} written to {path} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     return 0
-
-
-class _progress:
-    """A rich progress bar over training epochs (plain lines when not on a terminal)."""
-
-    def __init__(self, title: str, total: int) -> None:
-        self.title, self.total, self.done = title, total, 0
-
-    def __enter__(self):
-        import sys
-
-        from rich.progress import Progress
-
-        self._bar = Progress(disable=not sys.stderr.isatty())
-        self._bar.start()
-        self._task = self._bar.add_task(self.title, total=self.total)
-
-        def advance() -> None:
-            self.done += 1
-            self._bar.update(self._task, completed=self.done)
-            if not sys.stderr.isatty():
-                print(f"{self.title}: epoch {self.done}/{self.total}", file=sys.stderr, flush=True)
-
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        self._bar.stop()

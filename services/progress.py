@@ -1,4 +1,4 @@
-"""A rich progress bar for long replays and archive runs (stderr), or nothing."""
+"""A rich progress bar for long work (replays, archives, policy training) on stderr, or nothing."""
 
 from __future__ import annotations
 
