@@ -48,7 +48,6 @@ class GraphView:
     epoch: int
     x: torch.Tensor
     edge_index: torch.Tensor
-    layer_names: list[str]
     seeds: list[SeedNode]
     layer_of_node: list[str]
     can_germinate: bool
@@ -160,5 +159,5 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
             sources += [layer_node, node.node]
             targets += [node.node, layer_node]
     edge_index = torch.tensor([sources, targets], dtype=torch.long).view(2, -1)
-    return GraphView(epoch, x, edge_index, [layer.name for layer in layers], seed_nodes,
-                     [layer.name for layer in layers] + [n.layer_name for n in seed_nodes], allowed)
+    node_layers = [layer.name for layer in layers] + [n.layer_name for n in seed_nodes]
+    return GraphView(epoch, x, edge_index, seed_nodes, node_layers, allowed)

@@ -4,9 +4,9 @@ Events are folded in arrival order. A run's events of one kind arrive in the ord
 produced them (one key, one partition), but the kinds arrive interleaved in any order. So
 Tamiyo decides on epoch ``e`` only when the epoch is *complete*: its EpochCompleted is here
 and, for every kind, at least as many events as the run declared up to ``e`` (cumulative
-counts in EpochCompleted) have arrived. Decisions then only look at events of epochs <= ``e``
-(or, for field reports, which carry no epoch, the first reports up to the declared count),
-which makes them a function of the log alone: a replay decides exactly the same.
+counts in EpochCompleted) have arrived. Decisions then only look at events of epochs <= ``e``,
+which makes them a function of the log alone: a replay decides exactly the same. (Field reports
+are waited for but not read by the decisions; ``esper policy train`` reads them as rewards.)
 """
 
 from __future__ import annotations
@@ -156,9 +156,6 @@ class RunState:
 
     def epochs_until(self, epoch: int) -> list[EpochCompleted]:
         return [self.epochs[k] for k in sorted(self.epochs) if k <= epoch]
-
-    def reports_until(self, epoch: int) -> list[FieldReport]:
-        return self.reports[: self._declared(epoch, "field_reports")]
 
     def germinations(self, epoch: int) -> list[int]:
         """Epochs of germinations that happened (<= epoch) or are still pending from our commands."""
