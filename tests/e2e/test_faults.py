@@ -54,7 +54,12 @@ def start_run(system, tmp_path: Path, epochs: int) -> tuple[str, subprocess.Pope
 
 
 def finish(process: subprocess.Popen, tmp_path: Path, run_id: str, timeout: float = 600) -> str:
-    code = process.wait(timeout=timeout)
+    try:
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:  # never leave a run behind to load the machine for later tests
+            process.kill()
+            process.wait()
     output = (tmp_path / f"{run_id}.log").read_text()
     assert code == 0, output[-3000:]
     return output
@@ -184,6 +189,24 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
     broker = LocalKafka(settings.local_broker())
     epochs = 20
     run_id, run = start_run(system, tmp_path, epochs)
+    try:
+        outage(system, broker, run, run_id, tmp_path)
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    output = finish(run, tmp_path, run_id, timeout=900)
+    kafka = kafka_of(system)
+    events = assert_exactly_once(kafka, run_id, epochs)
+    rows = wait_for_nissa(system, run_id, events, timeout_s=240)
+    system.wait_all_up(180)
+    print(f"events on the log: { {t: len(i) for t, i in events.items()} }; nissa rows (rows, distinct): {rows}; "
+          f"restarts: { {n: s['restarts'] for n, s in system.status()['services'].items()} }; "
+          f"{output.strip()[-160:]}")
+
+
+def outage(system, broker, run: subprocess.Popen, run_id: str, tmp_path: Path) -> None:
+    """Kill the broker mid-run, keep it down until the run noticed, start it again."""
     kafka = kafka_of(system)
     # Mid-run: once the run has published a few epochs.
     deadline = time.monotonic() + 300
@@ -201,11 +224,4 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
         assert time.monotonic() - killed < 120 and run.poll() is None, "the run never noticed the broker was gone"
     restarted = system.esper("broker", "start", timeout=180)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    back = time.monotonic() - killed
-    output = finish(run, tmp_path, run_id, timeout=900)
-    events = assert_exactly_once(kafka, run_id, epochs)
-    rows = wait_for_nissa(system, run_id, events, timeout_s=240)
-    system.wait_all_up(180)
-    print(f"broker down {back:.1f}s; events on the log: { {t: len(i) for t, i in events.items()} }; "
-          f"nissa rows (rows, distinct): {rows}; restarts: "
-          f"{ {n: s['restarts'] for n, s in system.status()['services'].items()} }; {output.strip()[-160:]}")
+    print(f"broker down {time.monotonic() - killed:.1f}s")
