@@ -2,7 +2,8 @@
 
 State (which blueprints exist, how they fared) is rebuilt at start from
 ``compilation.blueprint.submitted`` and ``innovation.field_reports``; new candidates
-and the consumed report offsets are committed in one transaction.
+and the consumed report offsets are committed in one transaction. A report whose
+handling raises is dead-lettered by the processor (and skipped when replayed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contracts import Blueprint, BlueprintSubmitted, TopicName, deterministic_ev
 from services.karn.generator import Generator
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
+from services.oona.isolation import replay_skipping_failures
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
@@ -48,8 +50,7 @@ class Karn:
         reports = topic_spec(TopicName.INNOVATION_FIELD_REPORTS.value, prefix)
         self.generator = Generator()
         view = TopicView(settings, codec, self.submitted)
-        for message in view.catch_up():
-            self.generator.know(message.payload.blueprint)
+        replay_skipping_failures(view.catch_up(), lambda m: self.generator.know(m.payload.blueprint), "submitted")
         view.close()
         new = [bp for bp in starter if bp.blueprint_id not in self.generator.blueprints]
         if new:
@@ -60,8 +61,9 @@ class Karn:
         self.proposed = 0
         # How blueprints fared so far: the reports this group already consumed (no outputs for them).
         group = f"{prefix}karn"
-        for message in replay_until_committed(settings, codec, reports, group):
-            self.generator.record(message.payload)
+        # A report that failed when consumed was dead-lettered then; replaying it must not stop the start.
+        replay_skipping_failures(replay_until_committed(settings, codec, reports, group),
+                                 lambda m: self.generator.record(m.payload), "field reports")
         worker = worker or uuid.uuid4().hex[:8]
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=group, transactional_id=f"{prefix}karn-{worker}", inputs=[reports],

@@ -82,8 +82,12 @@ class OonaProducer:
 
     # -- producing -------------------------------------------------------------------------
     def publish(self, spec: TopicSpec | str, message: OonaMessage, headers: dict[str, bytes] | None = None) -> None:
+        self.produce_raw(*self.encode(spec, message), headers)
+
+    def encode(self, spec: TopicSpec | str, message: OonaMessage) -> tuple[str, bytes, bytes]:
+        """(topic, value, key) of ``message``, produced by nothing yet: ``produce_raw(*encoded)`` sends it."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
-        self.produce_raw(spec.name, self.codec.encode(spec, message), message_key(spec, message), headers)
+        return spec.name, self.codec.encode(spec, message), message_key(spec, message)
 
     def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage]) -> int:
         """Encode and enqueue a batch in one call into librdkafka (no headers)."""

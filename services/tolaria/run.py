@@ -26,11 +26,13 @@ import torch
 
 from contracts import (
     EpochCompleted,
+    FieldReport,
     KasminaCommand,
     LayerEdge,
     LayerSpec,
     ModelSpec,
     Seed,
+    SeedTransition,
     SessionStatus,
     SystemStatePacket,
     TopicName,
@@ -247,15 +249,12 @@ class TolariaRun:
                 continue
             if command.command_id in self.budget.applied:
                 continue  # applied before the checkpoint we resumed from
-            try:
-                t, r = self.applier.apply(command, epoch, self.trainer.val_accuracy, val_acc)
+            # A command that fails unexpectedly (a kernel that will not build) is dead-lettered; the run goes on.
+            applied = self.commands.handle_isolated(delivered, lambda d: self._apply(d, epoch, val_acc))
+            if applied is not None:
                 causes[command.command_id] = delivered.message.event_id
-                transitions += t
-                reports += r
-                log.info("command applied run_id=%s command_id=%s action=%s seed=%s:%s", self.run_id,
-                         command.command_id, command.action.value, command.layer_id, command.seed_idx)
-            except CommandRejected as exc:
-                self.commands.reject(delivered, f"command {command.command_id} rejected: {exc}", "CommandRejected")
+                transitions += applied[0]
+                reports += applied[1]
         t, r = self.manager.end_of_epoch(epoch, self.trainer.val_accuracy, val_acc)
         if t:
             self.trainer.rebuild_optimizer()
@@ -292,6 +291,19 @@ class TolariaRun:
             self.commands.commit(timeout_s=BROKER_OUTAGE_S)
         self._report_epoch(epoch, stats, val_acc, transitions)
         return val_acc, later
+
+    def _apply(self, delivered: Delivered, epoch: int, val_acc: float
+               ) -> tuple[list[SeedTransition], list[FieldReport]] | None:
+        """Apply one due command; None when it is rejected (and dead-lettered as such)."""
+        command: KasminaCommand = delivered.message.payload
+        try:
+            result = self.applier.apply(command, epoch, self.trainer.val_accuracy, val_acc)
+        except CommandRejected as exc:
+            self.commands.reject(delivered, f"command {command.command_id} rejected: {exc}", "CommandRejected")
+            return None
+        log.info("command applied run_id=%s command_id=%s action=%s seed=%s:%s", self.run_id,
+                 command.command_id, command.action.value, command.layer_id, command.seed_idx)
+        return result
 
     # The controller's last decided epoch seen; -1 before any. A resumed run assumes its past was decided.
     _decided_epoch = -1

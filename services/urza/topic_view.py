@@ -1,4 +1,9 @@
-"""Follow a whole topic from its beginning without a consumer group (projections rebuilt from the log)."""
+"""Follow a whole topic from its beginning without a consumer group (projections rebuilt from the log).
+
+A view reads every record again each time it is opened, so it never dead-letters: a record it
+cannot decode (whatever the decoder raised) is skipped with a log line. The services' consumer
+groups dead-letter the same record once, when they consume it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,12 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from contracts import OonaMessage
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
-from services.oona.errors import DecodeError
+from services.oona.isolation import failure_reason, is_record_failure
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
@@ -38,11 +43,9 @@ class TopicView:
         for msg in self._consumer.consume(1000, timeout):
             if msg.error() is not None or msg.value() is None:
                 continue
-            try:
-                new.append(self.codec.decode(self.spec, msg.value()))
-            except DecodeError as exc:  # a projection skips it; the services' consumers dead-letter it
-                log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
-                            msg.topic(), msg.partition(), msg.offset(), exc.reason)
+            message = decode_or_skip(self.codec, self.spec, msg)
+            if message is not None:
+                new.append(message)
         return new
 
     def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
@@ -77,9 +80,19 @@ def replay_until_committed(settings: KafkaSettings, codec: Codec, spec: TopicSpe
     for msg in sorted(read_range(settings, ranges), key=lambda m: (m.partition(), m.offset())):
         if msg.value() is None:
             continue
-        try:
-            out.append(codec.decode(spec, msg.value()))
-        except DecodeError as exc:
-            log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
-                        msg.topic(), msg.partition(), msg.offset(), exc.reason)
+        message = decode_or_skip(codec, spec, msg)
+        if message is not None:
+            out.append(message)
     return out
+
+
+def decode_or_skip(codec: Codec, spec: TopicSpec, msg: Message) -> OonaMessage | None:
+    """The decoded event, or None (logged) for a record that fails to decode."""
+    try:
+        return codec.decode(spec, msg.value())
+    except Exception as exc:
+        if not is_record_failure(exc):
+            raise
+        log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
+                    msg.topic(), msg.partition(), msg.offset(), failure_reason(exc))
+        return None
