@@ -1,15 +1,27 @@
-"""Consume-transform-produce in Kafka transactions: all of a batch or none of it."""
+"""Consume-transform-produce in Kafka transactions: all of a batch or none of it; a record whose
+handling fails is dead-lettered in the batch's transaction and the processor goes on."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from contracts import AdaptationDecision, AdaptationType
+from contracts.dead_letter import (
+    DLQ_HEADER_ERROR_TYPE,
+    DLQ_HEADER_GROUP,
+    DLQ_HEADER_OFFSET,
+    DLQ_HEADER_PARTITION,
+    DLQ_HEADER_REASON,
+    DLQ_HEADER_TOPIC,
+)
+from services.oona.admin import admin_client, end_offsets
 from services.oona.consumer import OonaConsumer
 from services.oona.transactions import ExactlyOnceProcessor
-from tests.integration.conftest import consume_until
+from tests.integration.conftest import consume_until, read_raw
 from tests.samples import message_for
 
 
@@ -43,15 +55,15 @@ def test_outputs_and_offsets_commit_together(kafka_settings, codec, topic_factor
 
     def flaky(delivered):
         calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("crash in the middle of a batch")
+        if calls["n"] == 5:  # the bus fails mid-batch: abort, never a dead letter
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "crash in the middle of a batch"))
         return handler(delivered)
 
     processor = ExactlyOnceProcessor(
         kafka_settings, codec, group_id=group, transactional_id=f"{group}-0", inputs=[source], handler=flaky,
         dlq_topic=dlq.name,
     )
-    with pytest.raises(RuntimeError, match="crash in the middle"):
+    with pytest.raises(KafkaException, match="crash in the middle"):
         while True:
             processor.process_batch(max_messages=50, timeout=1.0)
     processor.close()
@@ -74,6 +86,91 @@ def test_outputs_and_offsets_commit_together(kafka_settings, codec, topic_factor
     traces = [d.message.trace_id for d in got]
     assert sorted(traces) == sorted(m.event_id for m in inputs), "each input decided exactly once"
     assert len(traces) == len(set(traces))
+    assert _end_offsets(kafka_settings, dlq.name) == {(dlq.name, 0): 0}, "a transient error is never dead-lettered"
+
+
+def _end_offsets(kafka_settings, topic, partitions=1):
+    return end_offsets(admin_client(kafka_settings), [(topic, p) for p in range(partitions)], committed_only=False)
+
+
+def _committed(kafka_settings, group, topic, partitions):
+    consumer = Consumer(kafka_settings.client_config() | {"group.id": group, "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def test_a_record_whose_handler_raises_is_dead_lettered_and_the_processor_goes_on(
+    kafka_settings, codec, topic_factory, producer_factory, consumer_factory
+):
+    source = topic_factory("telemetry.seed.health", partitions=2)
+    sink = topic_factory("control.tamiyo.decisions")
+    dlq = topic_factory("esper.dlq")
+    producer = producer_factory()
+    inputs = [message_for(source, run_id=f"r{i}") for i in range(20)]
+    producer.publish_many(source, inputs)
+    producer.flush()
+    poison = inputs[7]
+    decide = _decide(sink)
+
+    def handler(delivered):
+        if delivered.message.event_id == poison.event_id:
+            raise IndexError(f"no layer for {poison.event_id}")
+        return decide(delivered)
+
+    group = f"eos-{uuid.uuid4().hex[:8]}"
+    processor = ExactlyOnceProcessor(
+        kafka_settings, codec, group_id=group, transactional_id=f"{group}-0", inputs=[source], handler=handler,
+        dlq_topic=dlq.name,
+    )
+    handled, deadline = 0, time.monotonic() + 60
+    while handled < len(inputs):  # the record's failure does not escape process_batch
+        assert time.monotonic() < deadline, f"only {handled} of {len(inputs)} handled"
+        handled += processor.process_batch(max_messages=50, timeout=0.5)
+    assert processor.failed == 1
+    assert processor.process_batch(max_messages=50, timeout=0.5) == 0, "still running, nothing read twice"
+    processor.close()
+
+    ends = {tp: end for tp, end in _end_offsets(kafka_settings, source.name, partitions=2).items() if end > 0}
+    committed = _committed(kafka_settings, group, source.name, 2)
+    assert {tp: committed[tp] for tp in ends} == ends, "offsets committed past the failing record"
+
+    reader = consumer_factory([sink], dlq)
+    got = consume_until(reader, len(inputs) - 1, timeout_s=20)
+    got += reader.consume(500, 2.0)  # anything extra would be a duplicate
+    traces = [d.message.trace_id for d in got]
+    assert sorted(traces) == sorted(m.event_id for m in inputs if m is not poison), "every other record once"
+
+    letters = read_raw(kafka_settings, dlq.name, 1)
+    assert len(letters) == 1
+    headers = dict(letters[0].headers())
+    assert headers[DLQ_HEADER_ERROR_TYPE] == b"IndexError"
+    assert headers[DLQ_HEADER_REASON].decode() == f"IndexError: no layer for {poison.event_id}"
+    assert headers[DLQ_HEADER_TOPIC].decode() == source.name
+    assert headers[DLQ_HEADER_GROUP].decode() == group
+    assert letters[0].value() == codec.encode(source, poison), "the original bytes, whole"
+    partition, offset = int(headers[DLQ_HEADER_PARTITION]), int(headers[DLQ_HEADER_OFFSET])
+    original = read_raw(kafka_settings, source.name, len(inputs))
+    assert [m.value() for m in original if (m.partition(), m.offset()) == (partition, offset)] == [letters[0].value()]
+
+    # A restarted instance starts past it: the next thing it reads is an event produced after the run.
+    sentinel = message_for(source, run_id="r-after")
+    producer.publish(source, sentinel)
+    producer.flush()
+    seen = []
+    processor = ExactlyOnceProcessor(
+        kafka_settings, codec, group_id=group, transactional_id=f"{group}-0", inputs=[source],
+        handler=lambda d: seen.append(d.message.event_id) or (), dlq_topic=dlq.name,
+    )
+    deadline = time.monotonic() + 60
+    while not seen:
+        assert time.monotonic() < deadline, "the restarted processor read nothing"
+        processor.process_batch(max_messages=50, timeout=0.5)
+    processor.close()
+    assert seen == [sentinel.event_id], "the failing record is neither handled nor dead-lettered again"
+    assert _end_offsets(kafka_settings, dlq.name) == {(dlq.name, 0): 2}, "one dead letter and its commit marker"
 
 
 def test_read_uncommitted_shows_aborted_writes_read_committed_hides_them(
