@@ -71,6 +71,42 @@ def test_a_replay_skips_the_records_that_fail_and_stops_for_bus_errors():
         replay_skipping_failures([1], broken, "numbers")
 
 
+class _Record:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self):
+        return self._value
+
+    def topic(self):
+        return "t"
+
+    def partition(self):
+        return 0
+
+    def offset(self):
+        return 7
+
+
+class _Decoder:
+    def decode(self, spec, value):
+        if value == b"bug":
+            raise OverflowError("int too big to convert")
+        if value == b"bus":
+            raise TRANSIENT
+        return value.decode()
+
+
+def test_a_view_skips_a_record_whatever_its_decoder_raised_but_not_a_bus_error():
+    from services.urza.topic_view import decode_or_skip
+
+    spec = topic_spec("library.kernels")
+    assert decode_or_skip(_Decoder(), spec, _Record(b"ok")) == "ok"
+    assert decode_or_skip(_Decoder(), spec, _Record(b"bug")) is None
+    with pytest.raises(KafkaException):
+        decode_or_skip(_Decoder(), spec, _Record(b"bus"))
+
+
 # -- against librdkafka's mock cluster ----------------------------------------------------------
 @pytest.fixture
 def mock_settings():
