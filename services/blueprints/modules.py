@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from contracts import BlueprintArchitecture, BlueprintOp
-from contracts.blueprint_ir import IRPlan, OpPlan, plan, resource_problems
+from contracts.blueprint_ir import OpPlan
+from services.blueprints.ir_checks import BlueprintError, check_buildable
 
-
-class BlueprintError(ValueError):
-    """A blueprint that cannot be built for the slot it targets."""
+__all__ = ["BlueprintError", "build_module", "check_buildable", "parameter_count"]
 
 
 class _Residual(nn.Module):
@@ -68,22 +67,6 @@ class _AttentionLite(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)
         out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
-
-
-def check_buildable(arch: BlueprintArchitecture) -> IRPlan:
-    """The analytic plan of ``arch``, or BlueprintError with the reason, before anything is allocated.
-
-    The contract already refuses out-of-bounds IR at decode; this checks again for IR that
-    reached us another way (a checkpoint, a file, a ``model_construct``) and for shapes that
-    do not fit, so nothing but a BlueprintError leaves the builder for a bad blueprint.
-    """
-    problems = resource_problems(arch)
-    if problems:
-        raise BlueprintError("blueprint IR out of bounds: " + "; ".join(problems))
-    planned = plan(arch)
-    if planned.problem is not None:
-        raise BlueprintError(planned.problem)
-    return planned
 
 
 def _build_op(step: OpPlan) -> nn.Module:

@@ -23,18 +23,35 @@ from services.urza.topic_view import TopicView
 
 log = logging.getLogger(__name__)
 
+MAX_REFUSALS_KEPT = 1024
+
 
 class KernelNotFoundError(LookupError):
     pass
 
 
 class KernelLoader:
-    """Turns library entries into modules: artifact bytes (inline or blob), checksum, LRU of loaded kernels."""
+    """Library entries (verified when taken) turned into modules: artifact bytes (inline or blob), LRU of loaded kernels."""
 
     def __init__(self, blob_dir: Path | None = None, cache_size: int = 32) -> None:
         self.blobs = BlobStore(Path(blob_dir)) if blob_dir is not None else None
         self.cache_size = cache_size
         self._modules: OrderedDict[str, object] = OrderedDict()
+        self.kernels: dict[str, CompiledKernel] = {}
+        self.refused: dict[str, str] = {}  # kernel id -> why the last entry claiming it was refused
+
+    def add(self, kernel: CompiledKernel) -> bool:
+        """Take an entry whose content addresses hold; refuse (and remember why) one whose do not."""
+        problem = kernel_problem(kernel)
+        if problem is not None:
+            self.refused.pop(kernel.kernel_id, None)
+            self.refused[kernel.kernel_id] = problem
+            if len(self.refused) > MAX_REFUSALS_KEPT:  # ids come from the bus: keep the newest few only
+                self.refused.pop(next(iter(self.refused)))
+            log.warning("refused library entry kernel_id=%s reason=%s", kernel.kernel_id, problem)
+            return False
+        self.kernels[kernel.kernel_id] = kernel
+        return True
 
     def artifact(self, kernel: CompiledKernel) -> bytes:
         """The artifact bytes, inline or from the content-addressed blob folder, verified against the kernel."""
@@ -77,8 +94,6 @@ class KernelLibrary(KernelLoader):
 
     def __init__(self, settings: KafkaSettings, codec: Codec, kernels: TopicSpec, blob_dir: Path | None = None) -> None:
         super().__init__(blob_dir)
-        self.kernels: dict[str, CompiledKernel] = {}
-        self.refused: dict[str, str] = {}  # kernel id -> why the last entry claiming it was refused
         self._view = TopicView(settings, codec, kernels)
 
     def poll(self, timeout: float = 0.2) -> int:
@@ -87,16 +102,6 @@ class KernelLibrary(KernelLoader):
         for message in new:
             self.add(message.payload)
         return len(new)
-
-    def add(self, kernel: CompiledKernel) -> bool:
-        """Take an entry whose content addresses hold; refuse (and remember why) one whose do not."""
-        problem = kernel_problem(kernel)
-        if problem is not None:
-            self.refused[kernel.kernel_id] = problem
-            log.warning("refused library entry kernel_id=%s reason=%s", kernel.kernel_id, problem)
-            return False
-        self.kernels[kernel.kernel_id] = kernel
-        return True
 
     def find(self, kernel_id: str | None, blueprint_id: str | None, wait_s: float = 0.0) -> CompiledKernel:
         deadline = time.monotonic() + wait_s
