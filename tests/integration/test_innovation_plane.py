@@ -185,9 +185,9 @@ def test_tezzeret_dead_letters_out_of_bounds_and_forged_submissions_and_goes_on(
     dlq = topic_spec(TopicName.DLQ.value, kafka.topic_prefix).name
     letters = read_raw(kafka, dlq, len(poison))
     assert [dict(m.headers())[DLQ_HEADER_TOPIC].decode() for m in letters] == [spec.name] * len(poison)
-    reasons = [dict(m.headers())[DLQ_HEADER_REASON].decode() for m in letters]
-    assert all("blueprint IR out of bounds" in r for r in reasons[:4]), reasons
-    assert "must be the content hash of its architecture" in reasons[4], reasons[4]
+    reasons = [dict(m.headers())[DLQ_HEADER_REASON].decode() for m in letters]  # partitions interleave: no order
+    assert sum("blueprint IR out of bounds" in r for r in reasons) == len(poison) - 1, reasons
+    assert sum("must be the content hash of its architecture" in r for r in reasons) == 1, reasons
 
     restarted = Tezzeret(kafka, codec, blobs, worker="b")  # nothing is read again, nothing answered twice
     try:
