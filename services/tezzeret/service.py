@@ -23,6 +23,7 @@ from services.blueprints.compiler import compile_blueprint
 from services.blueprints.content_address import BlobStore
 from services.blueprints.modules import BlueprintError
 from services.oona.codec import Codec
+from services.tezzeret.answers import AnsweredBlueprints
 from services.oona.consumer import Delivered
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
@@ -48,10 +49,7 @@ class Tezzeret:
         self.blobs = BlobStore(Path(blob_dir))
         self.max_parameters = max_parameters
         self.answered = TopicView(settings, codec, self.ready)  # blueprint ids already compiled or failed
-        self._answered: set[str] = {m.payload.blueprint_id for m in self.answered.catch_up()}
-        # Blueprint ids answered in the open transaction -> the offset of the submission that answers them.
-        # They join ``_answered`` only once it commits: an aborted answer must be given again.
-        self._claimed: dict[str, int] = {}
+        self._answers = AnsweredBlueprints(m.payload.blueprint_id for m in self.answered.catch_up())
         worker = worker or uuid.uuid4().hex[:8]
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}tezzeret", transactional_id=f"{prefix}tezzeret-{worker}",
@@ -61,15 +59,10 @@ class Tezzeret:
 
     def handle(self, delivered: Delivered):
         submission: BlueprintSubmitted = delivered.message.payload
-        for message in self.answered.poll(0.0):
-            self._answered.add(message.payload.blueprint_id)
-        offset = delivered.offset
-        claimed = self._claimed.get(submission.blueprint_id)
-        if submission.blueprint_id in self._answered or (claimed is not None and claimed < offset):
+        self._answers.note_committed(m.payload.blueprint_id for m in self.answered.poll(0.0))
+        if not self._answers.claim(submission.blueprint_id, delivered.offset):
             log.info("already compiled blueprint_id=%s", submission.blueprint_id)
             return
-        # Same or earlier offset: the records are being handled again after an abort, so this one answers.
-        self._claimed[submission.blueprint_id] = offset
         bp = submission.blueprint
         trace = delivered.message.event_id
         event_id = deterministic_event_id("tezzeret", submission.blueprint_id)
@@ -101,10 +94,9 @@ class Tezzeret:
         try:
             handled = self.processor.process_batch(max_messages=50, timeout=0.5)
         except BaseException:
-            self._claimed.clear()  # aborted: nothing in it was answered
+            self._answers.aborted()  # nothing in the aborted transaction was answered
             raise
-        self._answered.update(self._claimed)
-        self._claimed.clear()
+        self._answers.committed_now()
         return handled
 
     def close(self) -> None:

@@ -151,3 +151,16 @@ def test_a_depth_of_residuals_within_the_limit_builds_and_runs():
     ops = [dict(op="linear", width=8), dict(op="relu")] + [dict(op="residual")] * MAX_DEPTH
     arch = BlueprintArchitecture(input_shape=[8], output_shape=[8], layers=[OpSpec(**o) for o in ops])
     assert probe(build_module(arch), [8]).shape == (4, 8)
+
+
+def test_tezzeret_answers_each_blueprint_once_and_again_after_an_abort():
+    from services.tezzeret.answers import AnsweredBlueprints
+
+    answers = AnsweredBlueprints(committed=["bp-old"])
+    assert not answers.claim("bp-old", 0)
+    assert answers.claim("bp-a", 5) and not answers.claim("bp-a", 9), "a duplicate in the same batch: once"
+    answers.aborted()
+    assert answers.claim("bp-a", 5), "the aborted answer is given again"
+    assert answers.claim("bp-a", 5), "handled again record by record after an abort: still the one to answer"
+    answers.committed_now()
+    assert not answers.claim("bp-a", 5) and not answers.claim("bp-a", 9)
