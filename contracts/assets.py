@@ -9,6 +9,7 @@ import uuid
 from pydantic import AliasChoices, Field, model_validator
 
 from contracts._base import Contract, UtcDatetime, utc_now
+from contracts.blueprint_ir import resource_problems
 from contracts.enums import BlueprintOp, BlueprintState, SeedState, SessionStatus
 from contracts.seed_identity import SeedId
 
@@ -70,9 +71,27 @@ class BlueprintArchitecture(Contract):
     output_shape: list[int] = Field(min_length=1)
     layers: list[OpSpec] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _within_ir_limits(self) -> BlueprintArchitecture:
+        # Judged from the IR alone (contracts/blueprint_ir.py): nothing is allocated to find out.
+        problems = resource_problems(self)
+        if problems:
+            raise ValueError("blueprint IR out of bounds: " + "; ".join(problems))
+        return self
+
     def content_hash(self) -> str:
+        """sha256 of the canonical JSON of the IR: the content address behind ``blueprint_id``.
+
+        A field added to the IR later must be left out of this JSON at its default, or every
+        blueprint id already on the log would stop matching its content.
+        """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def blueprint_id_for(architecture: BlueprintArchitecture) -> str:
+    """A blueprint's id is derived from its content, so no record can claim another's id."""
+    return "bp-" + architecture.content_hash()[:32]
 
 
 class Blueprint(Contract):
@@ -89,9 +108,13 @@ class Blueprint(Contract):
 
     @model_validator(mode="after")
     def _derive_id(self) -> Blueprint:
+        derived = blueprint_id_for(self.architecture)
         if not self.blueprint_id:
             # Bypass validate_assignment: re-entering validation here would recurse.
-            object.__setattr__(self, "blueprint_id", "bp-" + self.architecture.content_hash()[:32])
+            object.__setattr__(self, "blueprint_id", derived)
+        elif self.blueprint_id != derived:
+            raise ValueError(f"blueprint_id {self.blueprint_id[:80]!r} must be the content hash of its "
+                             f"architecture ({derived}) or left out")
         return self
 
     def is_ready_for_deployment(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts._base import Contract
 from contracts.assets import Blueprint, SeedSlotRef
@@ -13,6 +13,15 @@ class BlueprintSubmitted(Contract):
     blueprint_id: str = Field(min_length=1, max_length=80)
     submitted_by: str = Field(min_length=1, max_length=100)
     blueprint: Blueprint
+
+    @model_validator(mode="after")
+    def _id_is_the_blueprints(self) -> BlueprintSubmitted:
+        # The blueprint's own id is its content hash (checked by Blueprint); a submission that names
+        # another id must not be able to answer for, or block, the blueprint that really has it.
+        if self.blueprint_id != self.blueprint.blueprint_id:
+            raise ValueError(f"blueprint_id {self.blueprint_id!r} is not the id of the submitted blueprint "
+                             f"({self.blueprint.blueprint_id})")
+        return self
 
 
 class FieldReport(SeedSlotRef):

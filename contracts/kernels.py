@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from contracts._base import Contract, UtcDatetime, utc_now
 from contracts.assets import BlueprintArchitecture
+from contracts.blueprint_ir import MAX_DIM, MAX_RANK
 from contracts.enums import CompilationOutcome, KernelStatus
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# 'inline' (the bytes travel in ``artifact``) or the sha256 naming a file of the blob folder; nothing
+# else, so a reference can never name a path of its own (``blob:/dev/zero``, ``blob:../..``).
+BINARY_REF_PATTERN = r"^(inline|blob:[0-9a-f]{64})$"
 
 
 class KernelMetadata(Contract):
@@ -27,13 +31,21 @@ class KernelMetadata(Contract):
     created_at: UtcDatetime = Field(default_factory=utc_now)
     checksum: str = Field(pattern=SHA256_PATTERN, description="sha256 of the weights-only artifact")
 
+    @field_validator("input_shape", "output_shape")
+    @classmethod
+    def _bounded_shape(cls, shape: list[int]) -> list[int]:
+        if not 1 <= len(shape) <= MAX_RANK or not all(1 <= d <= MAX_DIM for d in shape):
+            raise ValueError(f"a kernel shape has 1 to {MAX_RANK} dimensions of 1 to {MAX_DIM:,}")
+        return shape
+
 
 class CompiledKernel(Contract):
     """Library entry of a kernel: the record of the compacted ``library.kernels`` topic."""
 
     kernel_id: str = Field(min_length=1, max_length=80)
     blueprint_id: str = Field(min_length=1, max_length=80)
-    binary_ref: str = Field(description="Where the artifact lives: 'inline' or a blob path")
+    # The description is the Avro doc (schemas must not change); the pattern says what a blob path is.
+    binary_ref: str = Field(pattern=BINARY_REF_PATTERN, description="Where the artifact lives: 'inline' or a blob path")
     metadata: KernelMetadata
     status: KernelStatus = KernelStatus.VALIDATED
     artifact: bytes | None = Field(default=None, description="Weights-only artifact when stored inline")
@@ -43,6 +55,12 @@ class CompiledKernel(Contract):
     last_used_at: UtcDatetime | None = None
     # Added in schema v2: the IR travels with the artifact, so loading needs no other lookup.
     architecture: BlueprintArchitecture | None = None
+
+    @model_validator(mode="after")
+    def _artifact_where_the_ref_says(self) -> CompiledKernel:
+        if (self.binary_ref == "inline") != (self.artifact is not None):
+            raise ValueError("an 'inline' kernel carries its artifact, a 'blob:' kernel carries none")
+        return self
 
 
 class KernelReady(Contract):

@@ -5,8 +5,6 @@ Loading never unpickles: safetensors holds raw tensors and a JSON header only.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -14,31 +12,31 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from contracts import BlueprintArchitecture
+from contracts.assets import blueprint_id_for
+from services.blueprints.content_address import ArtifactError, artifact_blueprint_id, format_tag, kernel_id_for, sha256_hex
 from services.blueprints.modules import BlueprintError, build_module
 
-
-class ArtifactError(ValueError):
-    """An artifact that is corrupt, tampered with, or does not fit its blueprint."""
+__all__ = ["ArtifactError", "kernel_id_for", "load_artifact", "probe", "save_artifact", "sha256_hex"]
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def save_artifact(module: nn.Module, blueprint_id: str | None = None) -> bytes:
+    """The module's state (parameters and buffers) as safetensors bytes.
 
-
-def kernel_id_for(artifact: bytes) -> str:
-    return "k-" + sha256_hex(artifact)[:32]
-
-
-def save_artifact(module: nn.Module) -> bytes:
-    """The module's state (parameters and buffers) as safetensors bytes."""
+    With ``blueprint_id`` the header names the blueprint, so the kernel id (the sha256 of these
+    bytes) addresses the weights together with the architecture they belong to.
+    """
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    return save_tensors(state, metadata={"format": "esper-kernel-v1"})
+    # One metadata key: safetensors writes several in no fixed order, and the bytes must be deterministic.
+    return save_tensors(state, metadata={"format": format_tag(blueprint_id)})
 
 
 def load_artifact(data: bytes, arch: BlueprintArchitecture, checksum: str | None = None) -> nn.Module:
     """Rebuild the module of ``arch`` and load the artifact's weights into it, strictly."""
     if checksum is not None and sha256_hex(data) != checksum:
-        raise ArtifactError(f"artifact checksum mismatch: expected {checksum}, got {sha256_hex(data)}")
+        raise ArtifactError(f"artifact checksum mismatch: its bytes do not hash to {checksum}")
+    named = artifact_blueprint_id(data)
+    if named is not None and named != blueprint_id_for(arch):
+        raise ArtifactError(f"artifact was compiled for {named[:80]}, not for {blueprint_id_for(arch)}")
     try:
         tensors = load_tensors(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -50,7 +48,7 @@ def load_artifact(data: bytes, arch: BlueprintArchitecture, checksum: str | None
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise ArtifactError(f"artifact does not fit its blueprint: {str(exc).splitlines()[0]}") from None
+        raise ArtifactError(f"artifact does not fit its blueprint: {(str(exc).splitlines() or [''])[0][:300]}") from None
     return module
 
 

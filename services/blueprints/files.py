@@ -11,7 +11,10 @@ from services.config_files import read_document
 
 
 def load_blueprints(path: str | Path) -> list[Blueprint]:
-    """One blueprint or a list of them; ``blueprint_id`` is derived from the architecture when absent."""
+    """One blueprint or a list of them; ``blueprint_id`` is derived from the architecture when absent.
+
+    The contract checks a given id against the content and the IR against its limits.
+    """
     path = Path(path)
     raw = read_document(path)
     items = raw if isinstance(raw, list) else [raw]
@@ -22,9 +25,6 @@ def load_blueprints(path: str | Path) -> list[Blueprint]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: blueprint {i}: {where}: {first['msg']}") from None
-        if item.get("blueprint_id") and item["blueprint_id"] != "bp-" + bp.architecture.content_hash()[:32]:
-            raise ValueError(f"{path}: blueprint {i}: blueprint_id must be the content hash of the architecture "
-                             f"(bp-{bp.architecture.content_hash()[:32]}) or left out")
+            raise ValueError(f"{path}: blueprint {i}: {where + ': ' if where else ''}{first['msg']}") from None
         blueprints.append(bp)
     return blueprints

@@ -6,16 +6,14 @@ Shapes exclude the batch dimension: ``[features]`` for vector slots (Linear),
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from contracts import BlueprintArchitecture, BlueprintOp, OpSpec
+from contracts import BlueprintArchitecture, BlueprintOp
+from contracts.blueprint_ir import OpPlan
+from services.blueprints.ir_checks import BlueprintError, check_buildable
 
-
-class BlueprintError(ValueError):
-    """A blueprint that cannot be built for the slot it targets."""
+__all__ = ["BlueprintError", "build_module", "check_buildable", "parameter_count"]
 
 
 class _Residual(nn.Module):
@@ -71,63 +69,37 @@ class _AttentionLite(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 
-def _spatial_stride(in_shape: list[int], out_shape: list[int]) -> int:
-    if len(in_shape) != 3 or len(out_shape) != 3 or out_shape[1] >= in_shape[1]:
-        return 1
-    return max(1, math.ceil(in_shape[1] / out_shape[1]))
-
-
-def _build_op(op: OpSpec, shape: list[int], target: list[int], first_conv: bool) -> tuple[nn.Module, list[int]]:
-    kind = op.op
+def _build_op(step: OpPlan) -> nn.Module:
+    kind, shape = step.op, list(step.in_shape)
     if kind == BlueprintOp.LINEAR:
-        if len(shape) != 1:
-            raise BlueprintError(f"linear needs a vector input, got shape {shape}")
-        width = op.width or target[0]
-        return nn.Linear(shape[0], width), [width]
+        return nn.Linear(shape[0], step.width)
     if kind == BlueprintOp.CONV2D:
-        if len(shape) != 3:
-            raise BlueprintError(f"conv2d needs a [C, H, W] input, got shape {shape}")
-        width, k = op.width or target[0], op.kernel_size or 3
-        stride = _spatial_stride(shape, target) if first_conv else 1
-        conv = nn.Conv2d(shape[0], width, k, stride=stride, padding=k // 2)
-        h = (shape[1] + 2 * (k // 2) - k) // stride + 1
-        w = (shape[2] + 2 * (k // 2) - k) // stride + 1
-        return conv, [width, h, w]
+        return nn.Conv2d(shape[0], step.width, step.kernel_size, stride=step.stride, padding=step.kernel_size // 2)
     if kind == BlueprintOp.LAYER_NORM:
-        return (nn.LayerNorm(shape[0]) if len(shape) == 1 else nn.GroupNorm(1, shape[0])), shape
+        return nn.LayerNorm(shape[0]) if len(shape) == 1 else nn.GroupNorm(1, shape[0])
     if kind == BlueprintOp.BATCH_NORM:
-        return (nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0])), shape
+        return nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0])
     if kind == BlueprintOp.RELU:
-        return nn.ReLU(), shape
+        return nn.ReLU()
     if kind == BlueprintOp.GELU:
-        return nn.GELU(), shape
+        return nn.GELU()
     if kind == BlueprintOp.TANH:
-        return nn.Tanh(), shape
+        return nn.Tanh()
     if kind == BlueprintOp.BOTTLENECK:
-        return _Bottleneck(shape, op.width or max(1, shape[0] // 4)), shape
+        return _Bottleneck(shape, step.width)
     if kind == BlueprintOp.ATTENTION_LITE:
-        return _AttentionLite(shape, op.heads or 1), shape
+        return _AttentionLite(shape, step.heads)
     raise BlueprintError(f"op {kind!r} is not in the whitelist")  # pragma: no cover - enum is closed
 
 
 def build_module(arch: BlueprintArchitecture) -> nn.Module:
-    """Build the kernel module of ``arch``; raises BlueprintError when shapes do not work out."""
-    shape = list(arch.input_shape)
-    target = list(arch.output_shape)
+    """Build the kernel module of ``arch``; raises BlueprintError (before allocating) when it cannot."""
     layers: list[nn.Module] = []
-    first_conv = True
-    for i, op in enumerate(arch.layers):
-        if op.op == BlueprintOp.RESIDUAL:
-            if shape != list(arch.input_shape):
-                raise BlueprintError(f"residual at op {i}: shape {shape} differs from the input {arch.input_shape}")
+    for step in check_buildable(arch).steps:
+        if step.op == BlueprintOp.RESIDUAL:
             layers = [_Residual(nn.Sequential(*layers))]
-            continue
-        module, shape = _build_op(op, shape, target, first_conv)
-        if op.op == BlueprintOp.CONV2D:
-            first_conv = False
-        layers.append(module)
-    if shape != target:
-        raise BlueprintError(f"blueprint produces shape {shape}, the slot needs {target}")
+        else:
+            layers.append(_build_op(step))
     return nn.Sequential(*layers)
 
 

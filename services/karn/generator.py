@@ -3,7 +3,8 @@
 Field reports score blueprints: a fossilized seed is a vote for its blueprint, a culled
 one against. Karn mutates blueprints that fossilized more often than they were culled,
 recombines two such blueprints that fit the same slot, and never touches the others.
-Every candidate must still build for its slot (``services.blueprints.modules``).
+Every candidate must still fit its slot and the IR limits: judged by the analytic plan
+(``services.blueprints.ir_checks.check_buildable``), so no candidate is built to find out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from contracts import Blueprint, BlueprintArchitecture, BlueprintOp, FieldReport, FieldReportOutcome, OpSpec
-from services.blueprints.modules import BlueprintError, build_module
+from services.blueprints.ir_checks import BlueprintError, check_buildable
 
 MAX_WIDTH = 512
 _ACTIVATIONS = (BlueprintOp.RELU, BlueprintOp.GELU, BlueprintOp.TANH)
@@ -67,7 +68,7 @@ class Generator:
 
 def _builds(arch: BlueprintArchitecture) -> bool:
     try:
-        build_module(arch)
+        check_buildable(arch)
         return True
     except BlueprintError:
         return False

@@ -4,6 +4,11 @@ Submissions are keyed by blueprint id, so one worker of the group owns a bluepri
 time; compilation is deterministic (the init seed comes from the blueprint id, the kernel
 id is the artifact's sha256), so even a recompilation yields the same kernel. Blueprints
 already answered on ``compilation.kernel.ready`` are skipped.
+
+A submission never stops the worker: an out-of-bounds IR or a blueprint id that is not its
+content hash is a contract violation dead-lettered at decode, and every blueprint that decodes
+gets an answer (a kernel or a FAILED KernelReady with the reason): ``compile_blueprint`` raises
+nothing but BlueprintError for a bad blueprint and checks its bounds before allocating.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ from pathlib import Path
 
 from contracts import BlueprintSubmitted, CompilationOutcome, KernelReady, TopicName, deterministic_event_id
 from services.blueprints.compiler import compile_blueprint
+from services.blueprints.content_address import BlobStore
 from services.blueprints.modules import BlueprintError
 from services.oona.codec import Codec
+from services.tezzeret.answers import AnsweredBlueprints
 from services.oona.consumer import Delivered
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
@@ -39,10 +46,10 @@ class Tezzeret:
         self.submitted = topic_spec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, prefix)
         self.ready = topic_spec(TopicName.COMPILATION_KERNEL_READY.value, prefix)
         self.library = topic_spec(TopicName.LIBRARY_KERNELS.value, prefix)
-        self.blob_dir = Path(blob_dir)
+        self.blobs = BlobStore(Path(blob_dir))
         self.max_parameters = max_parameters
         self.answered = TopicView(settings, codec, self.ready)  # blueprint ids already compiled or failed
-        self._answered: set[str] = {m.payload.blueprint_id for m in self.answered.catch_up()}
+        self._answers = AnsweredBlueprints(m.payload.blueprint_id for m in self.answered.catch_up())
         worker = worker or uuid.uuid4().hex[:8]
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}tezzeret", transactional_id=f"{prefix}tezzeret-{worker}",
@@ -52,12 +59,10 @@ class Tezzeret:
 
     def handle(self, delivered: Delivered):
         submission: BlueprintSubmitted = delivered.message.payload
-        for message in self.answered.poll(0.0):
-            self._answered.add(message.payload.blueprint_id)
-        if submission.blueprint_id in self._answered:
+        self._answers.note_committed(m.payload.blueprint_id for m in self.answered.poll(0.0))
+        if not self._answers.claim(submission.blueprint_id, delivered.offset):
             log.info("already compiled blueprint_id=%s", submission.blueprint_id)
             return
-        self._answered.add(submission.blueprint_id)
         bp = submission.blueprint
         trace = delivered.message.event_id
         event_id = deterministic_event_id("tezzeret", submission.blueprint_id)
@@ -72,9 +77,8 @@ class Tezzeret:
                                     failure_reason=str(exc)[:2000]))
             return
         if kernel.artifact is not None and len(kernel.artifact) > INLINE_ARTIFACT_LIMIT:
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            (self.blob_dir / kernel.metadata.checksum).write_bytes(kernel.artifact)
-            kernel = kernel.model_copy(update={"artifact": None, "binary_ref": f"blob:{kernel.metadata.checksum}"})
+            ref = self.blobs.put(kernel.artifact)
+            kernel = kernel.model_copy(update={"artifact": None, "binary_ref": ref})
         self.compiled += 1
         log.info("compiled blueprint_id=%s kernel_id=%s params=%d", bp.blueprint_id, kernel.kernel_id,
                  kernel.metadata.parameter_count)
@@ -87,7 +91,13 @@ class Tezzeret:
                                 compile_seconds=seconds))
 
     def step(self) -> int:
-        return self.processor.process_batch(max_messages=50, timeout=0.5)
+        try:
+            handled = self.processor.process_batch(max_messages=50, timeout=0.5)
+        except BaseException:
+            self._answers.aborted()  # nothing in the aborted transaction was answered
+            raise
+        self._answers.committed_now()
+        return handled
 
     def close(self) -> None:
         self.processor.close()

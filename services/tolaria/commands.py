@@ -84,12 +84,17 @@ class CommandApplier:
         try:
             kernel = self.library.find(command.kernel_id, command.blueprint_id, self.kernel_wait_s)
             slot = self.manager.slot(seed)
-            if kernel.metadata.input_shape != slot.input_shape or kernel.metadata.output_shape != slot.output_shape:
+            # The module is built from the architecture, so that is what must fit the slot (the metadata
+            # is checked to agree with it when the library takes the entry).
+            arch = kernel.architecture
+            if arch is None:
+                raise CommandRejected(f"kernel {kernel.kernel_id} carries no blueprint architecture")
+            if arch.input_shape != slot.input_shape or arch.output_shape != slot.output_shape:
                 raise CommandRejected(
-                    f"kernel {kernel.kernel_id} maps {kernel.metadata.input_shape} -> {kernel.metadata.output_shape}, "
+                    f"kernel {kernel.kernel_id} maps {arch.input_shape} -> {arch.output_shape}, "
                     f"slot {slot.layer_name} needs {slot.input_shape} -> {slot.output_shape}"
                 )
-            module = self.library.load_module(kernel)
+            module = self.library.load_module(kernel)  # content addresses verified, IR checked before building
         except (KernelNotFoundError, ArtifactError) as exc:
             raise CommandRejected(str(exc)) from None
         info = KernelInfo(kernel.kernel_id, kernel.blueprint_id, kernel.architecture)

@@ -2,6 +2,9 @@
 
 Memory on CPU is parameters + buffers + every activation the forward pass produced
 (measured with forward hooks); on CUDA it is ``max_memory_allocated`` during the run.
+
+The probe's shape is the kernel's validated architecture's input shape, and its batch is
+cut so that the analytic activation memory of the probe stays within ``MAX_PROBE_BYTES``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import time
 import torch
 from torch import nn
 
-from contracts import KernelCharacterized, KernelMetadata
+from contracts import BlueprintArchitecture, KernelCharacterized, KernelMetadata
+from services.blueprints.modules import BlueprintError, check_buildable
 
 BATCH = 32
 WARMUP = 5
@@ -21,11 +25,28 @@ LOW_LATENCY_MS = 0.2
 LOW_MEMORY_MB = 1.0
 HIGH_CAPACITY_PARAMS = 10_000
 MAX_LATENCY_MS = 50.0
+MAX_PROBE_BYTES = 256 * 2**20
 
 
-def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.device) -> KernelCharacterized:
+class CharacterizationError(ValueError):
+    """A kernel that cannot be measured (its architecture fails the IR checks, or the probe fails)."""
+
+
+def probe_batch(architecture: BlueprintArchitecture) -> int:
+    """The probe batch: BATCH samples, fewer when their activations would exceed MAX_PROBE_BYTES."""
+    try:
+        per_sample = check_buildable(architecture).activation_bytes
+    except BlueprintError as exc:
+        raise CharacterizationError(str(exc)) from None
+    return max(1, min(BATCH, MAX_PROBE_BYTES // max(1, per_sample)))
+
+
+def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.device,
+                 architecture: BlueprintArchitecture) -> KernelCharacterized:
+    """Measure ``module``, built from ``architecture``; the probe's shape comes from the architecture."""
+    batch = probe_batch(architecture)
     module = module.to(device).eval()
-    x = torch.randn(BATCH, *metadata.input_shape, device=device)
+    x = torch.randn(batch, *architecture.input_shape, device=device)
     activation_bytes = 0
 
     def count(_m, _i, out):
@@ -38,12 +59,17 @@ def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.devi
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    with torch.inference_mode():
-        out = module(x)
-    for hook in hooks:
-        hook.remove()
+    try:
+        with torch.inference_mode():
+            out = module(x)
+    except (RuntimeError, ValueError) as exc:  # torch's shape and memory failures
+        raise CharacterizationError(f"probe failed: {type(exc).__name__}: "
+                                    f"{(str(exc).splitlines() or [''])[0][:300]}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     finite = bool(torch.isfinite(out).all())
-    shape_ok = list(out.shape[1:]) == list(metadata.output_shape)
+    shape_ok = list(out.shape[1:]) == list(architecture.output_shape)
     times = []
     with torch.inference_mode():
         for i in range(WARMUP + RUNS):
@@ -67,13 +93,13 @@ def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.devi
         tags.append("low-latency")
     if peak_mb <= LOW_MEMORY_MB:
         tags.append("low-memory")
-    if metadata.parameter_count >= HIGH_CAPACITY_PARAMS:
+    if sum(p.numel() for p in module.parameters()) >= HIGH_CAPACITY_PARAMS:
         tags.append("high-capacity")
     reasons = []
     if not finite:
         reasons.append("non-finite output")
     if not shape_ok:
-        reasons.append(f"output shape {list(out.shape[1:])} != {metadata.output_shape}")
+        reasons.append(f"output shape {list(out.shape[1:])} != {architecture.output_shape}")
     if p95 > MAX_LATENCY_MS:
         reasons.append(f"p95 latency {p95:.2f} ms over the {MAX_LATENCY_MS:g} ms budget")
     return KernelCharacterized(

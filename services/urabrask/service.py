@@ -1,4 +1,9 @@
-"""Urabrask's bus adapter: KernelReady in, KernelCharacterized out (transactional)."""
+"""Urabrask's bus adapter: KernelReady in, KernelCharacterized out (transactional).
+
+What is measured is the library's entry, never the announcement: the kernel is loaded from
+``library.kernels`` with its content addresses verified, and probed with the input shape of
+its validated architecture (bounded by the IR limits), not the shape a message claims.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,13 @@ import torch
 
 from contracts import CompilationOutcome, KernelCharacterized, TopicName, deterministic_event_id
 from services.blueprints.artifacts import ArtifactError
+from services.blueprints.content_address import ready_problem
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.oona.transactions import ExactlyOnceProcessor
-from services.urabrask.characterize import characterize
+from services.urabrask.characterize import CharacterizationError, characterize
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -42,9 +48,17 @@ class Urabrask:
             return
         metadata = ready.kernel
         try:
+            problem = ready_problem(ready)
+            if problem is not None:
+                raise ArtifactError(problem)
             kernel = self.library.find(metadata.kernel_id, None, wait_s=10.0)
-            result = characterize(self.library.load_module(kernel), metadata, self.device)
-        except (KernelNotFoundError, ArtifactError) as exc:
+            if kernel.metadata.checksum != metadata.checksum or kernel.blueprint_id != metadata.blueprint_id:
+                raise ArtifactError(f"kernel {metadata.kernel_id}: the announcement differs from the library entry")
+            if kernel.architecture is None:
+                raise ArtifactError(f"kernel {kernel.kernel_id} carries no blueprint architecture")
+            result = characterize(self.library.load_module(kernel), kernel.metadata, self.device,
+                                  kernel.architecture)
+        except (KernelNotFoundError, ArtifactError, CharacterizationError) as exc:
             result = KernelCharacterized(kernel_id=metadata.kernel_id, blueprint_id=metadata.blueprint_id,
                                          device=str(self.device), latency_ms_p50=0, latency_ms_p95=0, peak_memory_mb=0,
                                          passed=False, failure_reason=str(exc)[:1000])

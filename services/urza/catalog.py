@@ -20,6 +20,7 @@ from contracts import (
     KernelStatus,
     TopicName,
 )
+from services.blueprints.content_address import kernel_problem, ready_problem
 from services.oona.codec import Codec
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
@@ -61,6 +62,8 @@ class Catalog:
                 if entry:
                     entry.state, entry.failure_reason = BlueprintState.FAILED, payload.failure_reason
                 return
+            if ready_problem(payload) is not None:  # its ids do not agree with its checksum: not a kernel of ours
+                return
             self.kernels.setdefault(payload.kernel.kernel_id, KernelEntry(payload.kernel))
             if entry:
                 if entry.state == BlueprintState.PROPOSED:
@@ -76,7 +79,8 @@ class Catalog:
             if entry and entry.state in (BlueprintState.PROPOSED, BlueprintState.VALIDATING):
                 entry.state = BlueprintState.CHARACTERIZED if payload.passed else BlueprintState.FAILED
                 entry.failure_reason = payload.failure_reason
-        elif topic == TopicName.LIBRARY_KERNELS.value and isinstance(payload, CompiledKernel):
+        elif topic == TopicName.LIBRARY_KERNELS.value and isinstance(payload, CompiledKernel) \
+                and kernel_problem(payload) is None:
             self.kernels.setdefault(payload.kernel_id, KernelEntry(payload.metadata))
 
     def query(self, *, input_shape: list[int] | None = None, output_shape: list[int] | None = None,

@@ -21,7 +21,7 @@ def publish_characterised_kernel(settings: KafkaSettings, blueprint: Blueprint, 
     """The submission, the kernel on the library, KernelReady and KernelCharacterized; returns the kernel id."""
     kernel, seconds = compile_blueprint(blueprint, init_seed=init_seed)
     measured = characterize(load_artifact(kernel.artifact, blueprint.architecture), kernel.metadata,
-                            torch.device("cpu"))
+                            torch.device("cpu"), blueprint.architecture)
     producer = OonaProducer(settings, SingleObjectCodec())
     for topic, payload in (
         ("compilation.blueprint.submitted", BlueprintSubmitted(blueprint_id=blueprint.blueprint_id,

@@ -150,3 +150,50 @@ def test_karn_publishes_its_starter_library_and_mutates_what_fossilized(esper_se
         restarted.close()
     again = _all(kafka, codec, TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value)
     assert len(again) == len(submitted) + len(children), "no starter re-published, no duplicate proposals"
+
+
+def test_tezzeret_dead_letters_out_of_bounds_and_forged_submissions_and_goes_on(esper_settings):
+    """The issue's crash-loop inputs, and a failing submission claiming a genuine id: none stops Tezzeret."""
+    from contracts.dead_letter import DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
+    from tests.blueprint_poison import claiming, out_of_bounds
+    from tests.integration.conftest import read_raw
+
+    kafka, codec = esper_settings.kafka, SingleObjectCodec()
+    blobs = esper_settings.state_dir / "blobs"
+    spec = topic_spec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, kafka.topic_prefix)
+    genuine = mlp_adapter(2, 8, 24)
+    broken = type(genuine).model_validate(genuine.model_dump(exclude={"blueprint_id"}) | {"architecture": {
+        "input_shape": [2], "output_shape": [8], "layers": [{"op": "linear", "width": 5}]}})
+    poison = out_of_bounds() | {"claims the genuine id": claiming(genuine.blueprint_id)}
+    producer = OonaProducer(kafka, codec)
+    for submission in poison.values():  # produced as any client could: the encoder does not validate
+        producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, payload=submission))
+    producer.flush()
+    submit(kafka, codec, [genuine, broken], submitted_by="tests")
+
+    def answers():
+        return Counter(m.payload.blueprint_id for m in _all(kafka, codec, TopicName.COMPILATION_KERNEL_READY.value))
+
+    worker = Tezzeret(kafka, codec, blobs, worker="a")
+    try:
+        _step_until([worker], lambda: len(answers()) == 2, timeout_s=60)  # step() raising fails the test
+    finally:
+        worker.close()
+    catalog = load_catalog(kafka, codec)
+    assert catalog.blueprints[genuine.blueprint_id].state == BlueprintState.VALIDATING, "the genuine id compiled"
+    assert catalog.blueprints[broken.blueprint_id].state == BlueprintState.FAILED
+    dlq = topic_spec(TopicName.DLQ.value, kafka.topic_prefix).name
+    letters = read_raw(kafka, dlq, len(poison))
+    assert [dict(m.headers())[DLQ_HEADER_TOPIC].decode() for m in letters] == [spec.name] * len(poison)
+    reasons = [dict(m.headers())[DLQ_HEADER_REASON].decode() for m in letters]  # partitions interleave: no order
+    assert sum("blueprint IR out of bounds" in r for r in reasons) == len(poison) - 1, reasons
+    assert sum("must be the content hash of its architecture" in r for r in reasons) == 1, reasons
+
+    restarted = Tezzeret(kafka, codec, blobs, worker="b")  # nothing is read again, nothing answered twice
+    try:
+        for _ in range(3):
+            restarted.step()
+    finally:
+        restarted.close()
+    assert answers() == {genuine.blueprint_id: 1, broken.blueprint_id: 1}
+    assert len(read_raw(kafka, dlq, len(poison) + 1, timeout_s=3)) == len(poison), "no dead letter twice"

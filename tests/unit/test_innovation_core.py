@@ -101,7 +101,7 @@ def test_catalog_moves_blueprints_through_their_states_and_answers_queries():
 def test_characterize_measures_and_tags():
     bp = mlp_adapter(64, 16, 256)
     kernel, _ = compile_blueprint(bp)
-    result = characterize(build_module(bp.architecture), kernel.metadata, torch.device("cpu"))
+    result = characterize(build_module(bp.architecture), kernel.metadata, torch.device("cpu"), bp.architecture)
     assert result.passed and result.failure_reason is None
     assert 0 < result.latency_ms_p50 <= result.latency_ms_p95
     params_mb = kernel.metadata.parameter_count * 4 / 2**20
