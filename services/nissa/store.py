@@ -78,18 +78,17 @@ class NissaStore:
         """Insert every batch and upsert the offsets in one transaction; returns the rows written."""
         con = self._connection()
         written = 0
+        views: list[str] = []
         con.execute("BEGIN")
         try:
             self._check_fence(con)
             for name, parts in batches.items():
                 table = self.tables[name]
-                for i, part in enumerate(parts):
-                    view = f"_nissa_batch_{i}"
+                for part in parts:
+                    view = f"_nissa_batch_{len(views)}"
                     con.register(view, part)
-                    try:
-                        con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
-                    finally:
-                        con.unregister(view)
+                    views.append(view)
+                    con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
                     written += part.num_rows
             if offsets:
                 con.executemany(
@@ -101,6 +100,10 @@ class NissaStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        finally:
+            # After the rollback: in an aborted transaction DuckDB refuses even this, and the first error would be lost.
+            for view in views:
+                con.unregister(view)
         if self._expected is not None:
             self._expected.update(offsets)
         if time.monotonic() - self._opened_at >= self.hold_s:
