@@ -74,10 +74,17 @@ class SeenKeys:
             self._runs[-1] = np.sort(np.concatenate([self._runs[-1], last]), kind="mergesort")
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        found = np.zeros(len(keys), dtype=bool)
+        if not self._runs or not len(keys):
+            return np.zeros(len(keys), dtype=bool)
+        # Probing in key order walks each run forwards: far fewer cache misses than random probes.
+        order = np.argsort(keys)
+        probe = keys[order]
+        hits = np.zeros(len(keys), dtype=bool)
         for run in self._runs:
-            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
-            found |= run[at] == keys
+            at = np.minimum(np.searchsorted(run, probe), len(run) - 1)
+            hits |= run[at] == probe
+        found = np.empty(len(keys), dtype=bool)
+        found[order] = hits
         return found
 
 

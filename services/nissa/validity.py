@@ -259,7 +259,9 @@ def _plain(array: pa.Array) -> pa.Array:
 
 
 def _mask(result) -> np.ndarray:
-    return np.asarray(pc.fill_null(result, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if result.null_count:
+        result = pc.fill_null(result, False)
+    return np.asarray(result.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _not_finite(array: pa.Array) -> np.ndarray:

@@ -190,7 +190,12 @@ def test_a_second_sink_on_the_same_database_exits_with_one_line_and_nothing_is_s
         try:
             assert wait_for_commit(first) > 0
             with start_sink_process(esper_settings, db) as second:
-                out, err = second.communicate(timeout=120)
+                try:
+                    out, err = second.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    second.kill()
+                    second.communicate()
+                    pytest.fail("a second sink kept running beside the first one")
             assert second.returncode == 1, (out, err)
             assert err.count("\n") == 1 and err.startswith("esper: error: another Nissa sink (pid "), err
             with pytest.raises(WriterLockedError):  # in-process too, before it reads anything
