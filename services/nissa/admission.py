@@ -67,7 +67,7 @@ class Admission:
     """Screens decoded batches against the contracts and the stored event ids, then writes them.
 
     ``routes`` maps topic names to (spec, table) as ``Batch`` holds them. The stored event ids
-    are loaded on the first write (in the thread that writes).
+    are loaded by ``load`` (the sink calls it while starting), else on the first write.
     """
 
     def __init__(self, routes: Mapping[str, tuple[TopicSpec, Any]], store: NissaStore,
@@ -86,19 +86,21 @@ class Admission:
         self.seen: SeenKeys | None = None
         self.duplicates = 0
 
-    def _load_seen(self) -> SeenKeys:
+    def load(self) -> None:
+        """Read every stored event id (one scan of the tables' ``event_id`` columns), unless done already."""
+        if self.seen is not None:
+            return
         seen = SeenKeys()
         for table in self.checks:
             for chunk in self.store.event_ids(table):
                 seen.add(event_keys(chunk))
         log.info("nissa event ids loaded count=%d", len(seen))
-        return seen
+        self.seen = seen
 
     def write(self, pending: Mapping[str, list], decoded: Mapping[str, list[pa.Table]],
               offsets: Mapping[tuple[str, int], int]) -> int:
         """Screen ``decoded`` (rows of ``pending``), write it with ``offsets``; returns the rows written."""
-        if self.seen is None:
-            self.seen = self._load_seen()
+        self.load()
         messages = Messages(pending)
         out: dict[str, list[pa.Table]] = {}
         dead: list[tuple] = []

@@ -217,8 +217,10 @@ class NissaSink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the schema and views, then assign every partition at its stored offset."""
-        self.store.create_schema()
+        self.store.create_schema()  # takes the writer lock first: a second sink stops here
         stored = self.store.offsets()
+        self._committer = Committer(self.batch, self.store, self.on_commit)
+        self._committer.admission.load()  # before the loop (and its stall watchdog): one scan of the stored ids
         self.store.release()
         conf = self.settings.client_config() | SINK_CONSUMER_CONFIG | {"group.id": f"nissa-{uuid.uuid4().hex[:8]}"}
         try:
@@ -235,7 +237,6 @@ class NissaSink:
         self._start = {(t, p): stored.get((t, p), 0) for t, p in partitions}
         self._assignment = [TopicPartition(t, p, stored.get((t, p), OFFSET_BEGINNING)) for t, p in partitions]
         self._consumer.assign(self._assignment)
-        self._committer = Committer(self.batch, self.store, self.on_commit)
         log.info("nissa sink started db=%s partitions=%d resumed=%d", self.store.path, len(partitions), len(stored))
 
     def close(self) -> None:
