@@ -170,3 +170,18 @@ def test_errors_of_the_database_itself_are_not_dead_lettered(tmp_path):
     with pytest.raises(duckdb.IOException, match="disk full"):
         commit_all([([Message(HEALTH.name, 0, 0, health(0))], {(HEALTH.name, 0): 1})], store, batch=batch)
     store.close()
+
+
+def test_fencing_stops_the_committer_instead_of_dead_lettering_the_batch(tmp_path):
+    db = tmp_path / "nissa.duckdb"
+    store = new_store(db)
+    write_one(store, 0)
+    store.release()
+    with duckdb.connect(str(db)) as intruder:
+        intruder.execute("UPDATE nissa_offsets SET next_offset = 7")
+    with pytest.raises(WriterFencedError):
+        commit_all([([Message(HEALTH.name, 0, 1, health(1))], {(HEALTH.name, 0): 2})], store)
+    store.close()
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM health_signal").fetchone() == (1,)
