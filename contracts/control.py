@@ -19,8 +19,8 @@ class AdaptationDecision(Contract):
     epoch: int = Field(default=0, ge=0)
     layer_id: int | None = Field(default=None, ge=0)
     seed_idx: int | None = Field(default=None, ge=0)
-    blueprint_id: str | None = None
-    kernel_id: str | None = None
+    blueprint_id: str | None = Field(default=None, max_length=80)
+    kernel_id: str | None = Field(default=None, max_length=80)
     policy_version: str = Field(default="", max_length=100)
     reason: str = Field(default="", max_length=1000)
     features: dict[str, float] = Field(default_factory=dict, description="Inputs that drove the decision")
@@ -45,9 +45,9 @@ class KasminaCommand(SeedSlotRef):
     command_id: str = Field(min_length=1, max_length=80)
     action: CommandAction
     layer_name: str = Field(default="", max_length=255)
-    blueprint_id: str | None = None
-    kernel_id: str | None = None
-    decision_id: str | None = None
+    blueprint_id: str | None = Field(default=None, max_length=80)
+    kernel_id: str | None = Field(default=None, max_length=80)
+    decision_id: str | None = Field(default=None, max_length=80)
     issued_at_epoch: int = Field(default=0, ge=0)
 
 
@@ -66,8 +66,8 @@ class SeedTransition(SeedSlotRef):
     to_state: SeedState
     epoch: int = Field(ge=0)
     reason: str = Field(default="", max_length=1000)
-    command_id: str | None = None
-    kernel_id: str | None = None
+    command_id: str | None = Field(default=None, max_length=80)
+    kernel_id: str | None = Field(default=None, max_length=80)
     gates: list[GateResult] = Field(default_factory=list)
 
 

@@ -33,7 +33,8 @@ class OonaMessage(Contract, Generic[P]):
     sender_id: str = Field(min_length=1, max_length=100)
     timestamp: UtcDatetime = Field(default_factory=utc_now)
     trace_id: str | None = Field(default=None, max_length=80)
-    topic: str = Field(min_length=1, max_length=249)
+    # Kafka's own rule for topic names: the envelope names where the event belongs.
+    topic: str = Field(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
     run_id: str | None = Field(default=None, max_length=80, description="Set on run-scoped topics")
     schema_version: int = Field(default=1, ge=1)
     payload: P

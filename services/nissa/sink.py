@@ -12,6 +12,15 @@ to one writer thread (``Committer``) through a queue of depth 2; it decodes them
 releases the GIL for its array work, DuckDB for the insert) and is the only user of the
 DuckDB connection. Each queued item carries its own offsets, so what one transaction
 commits is still exactly its rows and the positions right after them.
+
+Between decoding and the insert, ``Admission`` applies the contracts and the event-id rules
+(what a service would dead-letter is dead-lettered here too). No record can crash-loop the
+sink (Kafka Streams' processing-exception handler): an unexpected exception while handling a
+batch (decode, validation, insert) rolls its transaction back and the batch is retried in
+halves, down to the one record that fails, which becomes a ``dead_letters`` row with the
+exception's type and message; the rest is stored and the sink goes on. Errors of the database
+itself (I/O, a lost writer lock, fencing) and fatal ones are not a record's fault: they stop
+the sink. Broker errors never reach this thread (the consuming thread logs and retries them).
 """
 
 from __future__ import annotations
@@ -24,12 +33,15 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
+from services.nissa.admission import Admission, dead_letter_row
 from services.nissa.batch import Batch, Decoders
+from services.nissa.errors import NissaError
 from services.nissa.log_scan import SCAN_CONFIG
 from services.nissa.store import NissaStore
-from services.nissa.tables import Table, dead_letters_table, table_for
+from services.nissa.tables import Table, arrow_batch, dead_letters_table, table_for
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import ConfluentCodec, make_codec
 from services.oona.errors import ConfigurationError, FatalError
@@ -47,6 +59,12 @@ SINK_CONSUMER_CONFIG: dict[str, str | int | bool] = SCAN_CONFIG | {
 }
 
 
+# Not a record's fault: the database, the process or the writer's standing failed. These stop the sink.
+NOT_ISOLATED: tuple[type[BaseException], ...] = (
+    FatalError, NissaError, OSError, MemoryError, KafkaException, duckdb.IOException, duckdb.FatalException,
+    duckdb.OutOfMemoryException)
+
+
 def default_db_path(state_dir: Path) -> Path:
     return Path(state_dir) / "nissa" / "esper.duckdb"
 
@@ -62,6 +80,8 @@ class Committer:
     def __init__(self, batch: Batch, store: NissaStore, on_commit: Callable[[int], None] | None) -> None:
         self.batch = batch
         self.store = store
+        self.admission = Admission(getattr(batch, "routes", {}), store)
+        self.dead_lettered = 0  # records the per-record retry dead-lettered
         self.on_commit = on_commit
         self.committed_rows = 0
         self.error: BaseException | None = None
@@ -80,13 +100,53 @@ class Committer:
                         self.store.release()
                     else:
                         pending, offsets = item
-                        self.committed_rows += self.store.write(self.batch.decode(pending), offsets)
+                        self.committed_rows += self._commit(pending, offsets)
                         if self.on_commit is not None:
                             self.on_commit(self.committed_rows)
             except BaseException as exc:  # handed to the consuming thread, which raises it
                 self.error = exc
             finally:
                 self._queue.task_done()
+
+    def _commit(self, pending: dict[str, list], offsets: dict[tuple[str, int], int]) -> int:
+        try:
+            return self.admission.write(pending, self.batch.decode(pending), offsets)
+        except NOT_ISOLATED:
+            raise
+        except Exception as exc:
+            records = [(topic, m) for topic, messages in pending.items() for m in messages]
+            log.warning("nissa batch failed, retrying record by record records=%d error=%s: %s",
+                        len(records), type(exc).__name__, exc)
+            written = self._bisect(records, exc)
+            return written + self.admission.write({}, {}, offsets)  # then the batch's own end positions
+
+    def _bisect(self, records: list[tuple[str, object]], error: Exception) -> int:
+        """Store ``records`` (which failed together with ``error``) in halves; dead-letter the one that fails."""
+        if len(records) == 1:
+            return self._dead_letter(records[0][1], error)
+        written = 0
+        half = len(records) // 2
+        for part in (records[:half], records[half:]):
+            pending: dict[str, list] = {}
+            for topic, message in part:
+                pending.setdefault(topic, []).append(message)
+            try:
+                written += self.admission.write(pending, self.batch.decode(pending), _ends(part))
+            except NOT_ISOLATED:
+                raise
+            except Exception as exc:
+                written += self._bisect(part, exc)
+        return written
+
+    def _dead_letter(self, message, error: Exception) -> int:
+        log.warning("nissa dead-lettered a record it could not store topic=%s[%d] offset=%d error=%s: %s",
+                    message.topic(), message.partition(), message.offset(), type(error).__name__, error)
+        row = dead_letter_row(message, f"nissa could not store this record: {type(error).__name__}: {error}",
+                              type(error).__name__)
+        written = self.admission.write({}, {dead_letters_table().name: [arrow_batch(dead_letters_table(), [row])]},
+                                       {(message.topic(), message.partition()): message.offset() + 1})
+        self.dead_lettered += 1
+        return written
 
     def check(self) -> None:
         if self.error is not None:
@@ -104,6 +164,15 @@ class Committer:
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join()
+
+
+def _ends(records: list[tuple[str, object]]) -> dict[tuple[str, int], int]:
+    """The position right after the last of ``records`` in each of their partitions."""
+    ends: dict[tuple[str, int], int] = {}
+    for topic, message in records:
+        key = (topic, message.partition())
+        ends[key] = max(ends.get(key, 0), message.offset() + 1)
+    return ends
 
 
 class NissaSink:
@@ -148,8 +217,10 @@ class NissaSink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the schema and views, then assign every partition at its stored offset."""
-        self.store.create_schema()
+        self.store.create_schema()  # takes the writer lock first: a second sink stops here
         stored = self.store.offsets()
+        self._committer = Committer(self.batch, self.store, self.on_commit)
+        self._committer.admission.load()  # before the loop (and its stall watchdog): one scan of the stored ids
         self.store.release()
         conf = self.settings.client_config() | SINK_CONSUMER_CONFIG | {"group.id": f"nissa-{uuid.uuid4().hex[:8]}"}
         try:
@@ -166,7 +237,6 @@ class NissaSink:
         self._start = {(t, p): stored.get((t, p), 0) for t, p in partitions}
         self._assignment = [TopicPartition(t, p, stored.get((t, p), OFFSET_BEGINNING)) for t, p in partitions]
         self._consumer.assign(self._assignment)
-        self._committer = Committer(self.batch, self.store, self.on_commit)
         log.info("nissa sink started db=%s partitions=%d resumed=%d", self.store.path, len(partitions), len(stored))
 
     def close(self) -> None:

@@ -9,12 +9,17 @@ DuckDB lets one process open a file read-write *or* any number of processes open
 read-only, never both at once. So the writer does not hold the file for ever: after a
 commit it closes the file once it has held it ``hold_s`` seconds (and whenever the sink is
 idle), and readers that find it locked retry for a while (``open_read_only(wait_s=...)``).
+
+One writer per file (issue 11): ``create_schema`` takes the writer lock (``writer_lock.py``,
+an flock beside the file, held until ``close``), and every ``write`` compares the stored
+offsets with what this writer last read or wrote before it commits: if they moved, another
+writer got in, and the write stops with WriterFencedError instead of storing anything twice.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import duckdb
@@ -23,6 +28,7 @@ import pyarrow as pa
 from services.nissa.errors import DatabaseMissingError, DatabaseUnreadableError
 from services.nissa.tables import Table
 from services.nissa.views import create_views
+from services.nissa.writer_lock import WriterFencedError, WriterLock
 
 OFFSETS_DDL = (
     "CREATE TABLE IF NOT EXISTS nissa_offsets ("
@@ -42,6 +48,8 @@ class NissaStore:
         self.lock_wait_s = lock_wait_s
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened_at = 0.0
+        self._lock = WriterLock(self.path)
+        self._expected: dict[tuple[str, int], int] | None = None  # the offsets this writer last saw stored
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -51,7 +59,8 @@ class NissaStore:
         return self._con
 
     def create_schema(self) -> None:
-        """Tables (from the Avro schemas), the offsets table and the views; idempotent."""
+        """Take the writer lock, then tables (from the Avro schemas), the offsets table and the views; idempotent."""
+        self._lock.acquire()
         con = self._connection()
         con.execute("BEGIN")
         for table in self.tables.values():
@@ -59,6 +68,7 @@ class NissaStore:
         con.execute(OFFSETS_DDL)
         create_views(con)
         con.execute("COMMIT")
+        self._expected = self.offsets()
 
     def offsets(self) -> dict[tuple[str, int], int]:
         rows = self._connection().execute("SELECT topic, partition, next_offset FROM nissa_offsets").fetchall()
@@ -68,17 +78,17 @@ class NissaStore:
         """Insert every batch and upsert the offsets in one transaction; returns the rows written."""
         con = self._connection()
         written = 0
+        views: list[str] = []
         con.execute("BEGIN")
         try:
+            self._check_fence(con)
             for name, parts in batches.items():
                 table = self.tables[name]
-                for i, part in enumerate(parts):
-                    view = f"_nissa_batch_{i}"
+                for part in parts:
+                    view = f"_nissa_batch_{len(views)}"
                     con.register(view, part)
-                    try:
-                        con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
-                    finally:
-                        con.unregister(view)
+                    views.append(view)
+                    con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
                     written += part.num_rows
             if offsets:
                 con.executemany(
@@ -90,17 +100,57 @@ class NissaStore:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        finally:
+            # After the rollback: in an aborted transaction DuckDB refuses even this, and the first error would be lost.
+            for view in views:
+                con.unregister(view)
+        if self._expected is not None:
+            self._expected.update(offsets)
         if time.monotonic() - self._opened_at >= self.hold_s:
             self.release()
         return written
 
+    def _check_fence(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Stop before committing when the stored offsets are not the ones this writer left."""
+        if self._expected is None:
+            return
+        rows = con.execute("SELECT topic, partition, next_offset FROM nissa_offsets").fetchall()
+        stored = {(topic, partition): offset for topic, partition, offset in rows}
+        if stored != self._expected:
+            moved = sorted(key for key in stored.keys() | self._expected.keys()
+                           if stored.get(key) != self._expected.get(key))
+            topic, partition = moved[0]
+            raise WriterFencedError(
+                f"another writer committed to {self.path}: {topic}[{partition}] is stored at offset "
+                f"{stored.get((topic, partition))}, this sink left it at {self._expected.get((topic, partition))} "
+                f"({len(moved)} partitions moved); stopping so that nothing is stored twice")
+
+    def stored_events(self, table: str, event_ids: list[str]) -> pa.Table:
+        """The stored rows of ``table`` whose event id is one of ``event_ids``."""
+        con = self._connection()
+        con.register("_nissa_event_ids", pa.table({"event_id": pa.array(event_ids, pa.string())}))
+        try:
+            return con.sql(f'SELECT * FROM "{self.tables[table].name}" '
+                           "WHERE event_id IN (SELECT event_id FROM _nissa_event_ids)").to_arrow_table()
+        finally:
+            con.unregister("_nissa_event_ids")
+
+    def event_ids(self, table: str, batch_rows: int = 1_000_000) -> Iterator[pa.Array]:
+        """Every stored event id of ``table``, in Arrow chunks."""
+        reader = self._connection().sql(f'SELECT event_id FROM "{self.tables[table].name}"').to_arrow_reader(batch_rows)
+        for chunk in reader:
+            yield chunk.column(0)
+
     def release(self) -> None:
-        """Close the file so that readers can open it; the next write reopens it."""
+        """Close the file so that readers can open it; the next write reopens it (the writer lock stays)."""
         if self._con is not None:
             self._con.close()
             self._con = None
 
-    close = release
+    def close(self) -> None:
+        """Close the file and give up the writer lock."""
+        self.release()
+        self._lock.release()
 
 
 def _retry_locked(open_fn, path: Path, wait_s: float):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from contracts.dead_letter import DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
 from services.nissa.queries import run_query
@@ -162,3 +163,55 @@ def test_readers_get_in_while_the_sink_runs_and_cli_errors_are_one_line(esper_se
         failed = esper_sql(*args)
         assert failed.returncode == 1 and failed.stderr.startswith("esper: error: ")
         assert failed.stderr.count("\n") == 1, failed.stderr
+
+
+def wait_for_commit(process: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """Block on the sink's output until its first `committed N` line; returns N."""
+    deadline = time.monotonic() + timeout_s
+    for line in process.stdout:
+        if line.startswith("committed "):
+            return int(line.split()[1])
+        assert time.monotonic() < deadline, "the sink never committed"
+    raise AssertionError(f"the sink exited early: {process.wait()} {process.stderr.read()[-2000:]}")
+
+
+def test_a_second_sink_on_the_same_database_exits_with_one_line_and_nothing_is_stored_twice(
+        esper_settings, producer_factory, tmp_path):
+    """Issue 11: `esper serve nissa` beside a running sink (or an orphan of a killed supervisor) stored every row twice."""
+    from services.nissa.writer_lock import WriterLockedError
+
+    prefix = esper_settings.kafka.topic_prefix
+    spec = topic_spec("telemetry.seed.health", prefix)
+    producer = producer_factory()
+    producer.publish_many(spec, telemetry(spec, 3000))
+    producer.flush()
+    db = tmp_path / "nissa.duckdb"
+    with start_sink_process(esper_settings, db) as first:
+        try:
+            assert wait_for_commit(first) > 0
+            with start_sink_process(esper_settings, db) as second:
+                try:
+                    out, err = second.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    second.kill()
+                    second.communicate()
+                    pytest.fail("a second sink kept running beside the first one")
+            assert second.returncode == 1, (out, err)
+            assert err.count("\n") == 1 and err.startswith("esper: error: another Nissa sink (pid "), err
+            with pytest.raises(WriterLockedError):  # in-process too, before it reads anything
+                NissaSink(esper_settings.kafka, db).start()
+            reader = subprocess.run([*ESPER, "sql", "SELECT count(*) AS n FROM health_signal", "--db", str(db),
+                                     "--format", "json"], cwd=REPO_ROOT, text=True, capture_output=True,
+                                    env=esper_env(), timeout=60)
+            assert reader.returncode == 0 and '"n": ' in reader.stdout, reader.stderr  # readers still get in
+            producer.publish_many(spec, telemetry(spec, 500, start=3000))
+            producer.flush()
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.communicate(timeout=60)
+    assert first.returncode == 0
+    ingest(esper_settings, db)  # the first one stopped: the next writer takes over where it left
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*), count(DISTINCT event_id), count(DISTINCT (kafka_partition, kafka_offset)) "
+                       "FROM health_signal").fetchone() == (3500, 3500, 3500)
+    assert con.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
