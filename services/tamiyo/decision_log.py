@@ -54,6 +54,7 @@ class DecisionLogReader:
         self.ends = {p: end for p, end in ends.items() if end > 0}
         self.reached: dict[int, int] = {p: 0 for p in self.ends}
         self.read = 0
+        self.steps = 0
         self._consumer: Consumer | None = None
         if self.ends:
             self._consumer = Consumer(settings.client_config() | {
@@ -67,10 +68,11 @@ class DecisionLogReader:
         return all(self.reached[p] >= end for p, end in self.ends.items())
 
     def step(self, budget_s: float = STEP_BUDGET_S, chunk: int = CHUNK) -> list[Message]:
-        """The next records (offset order within a partition), read for at most about ``budget_s``."""
+        """The next records (at most ``chunk``, offset order within a partition): returns as soon as some
+        arrived, or after about ``budget_s`` without any."""
         got: list[Message] = []
         deadline = time.monotonic() + budget_s
-        while self._consumer is not None and not self.done and time.monotonic() < deadline:
+        while self._consumer is not None and not self.done and not got:
             for msg in self._consumer.consume(chunk, min(0.5, budget_s)):
                 if msg.error() is None and msg.offset() < self.ends.get(msg.partition(), 0):
                     got.append(msg)
@@ -78,7 +80,10 @@ class DecisionLogReader:
             for tp in self._consumer.position([TopicPartition(self.topic, p) for p in self.ends]):
                 if tp.offset >= 0:
                     self.reached[tp.partition] = tp.offset
+            if time.monotonic() > deadline:
+                break
         self.read += len(got)
+        self.steps += 1
         if self.done:
             self.close()
         return got

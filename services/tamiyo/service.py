@@ -40,6 +40,7 @@ from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
+from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
 from services.tamiyo.decision_log import DecisionLogReader, parse_decision
 from services.tamiyo.policy_store import INITIAL_POLICY, load_policy
 from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
@@ -133,6 +134,8 @@ class Tamiyo:
         self.duplicates = 0
         self.late = 0  # events of forgotten runs, skipped
         self.past_decisions = 0
+        self.load_chunk = DECISIONS_CHUNK  # records of our decisions topic read per step at most
+        self.load_steps: list[tuple[int, float]] = []  # the last (re)build's steps: (records, seconds)
         self.latencies_ms: deque[float] = deque(maxlen=10_000)  # the latest decisions' latencies
         self._last_report = time.monotonic()
 
@@ -157,13 +160,16 @@ class Tamiyo:
         wanted = [(self.decisions.name, p) for p in partitions]
         ends = end_offsets(admin_client(self.settings), wanted) if wanted else {}
         self.past_decisions = 0
+        self.load_steps = []
         self._loading = DecisionLogReader(self.settings, self.decisions.name,
                                           {p: end for (_, p), end in ends.items()})
 
     def _load_step(self) -> None:
         """One chunk of our own past decisions on the assigned partitions: what is already decided and commanded."""
         loader = self._loading
-        for msg in loader.step():
+        start = time.perf_counter()
+        messages = loader.step(chunk=self.load_chunk)
+        for msg in messages:
             parsed = parse_decision(self.codec, self.decisions, msg.value())
             if isinstance(parsed, str):
                 where = (msg.partition(), msg.offset())
@@ -177,9 +183,9 @@ class Tamiyo:
                     log.info("tamiyo skipped decisions record %s[%d]@%d again: %s", msg.topic(), msg.partition(),
                              msg.offset(), parsed)
                 continue
-            if self.runs.ended(parsed.run_id) is None:
-                record(self.runs.get(parsed.run_id), parsed.decision)
+            record(self.runs.get(parsed.run_id), parsed.decision)
             self.past_decisions += 1
+        self.load_steps = self.load_steps[-999:] + [(len(messages), time.perf_counter() - start)]
         if loader.done:
             self._loading = None
             log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
