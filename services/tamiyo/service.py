@@ -35,7 +35,6 @@ from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.errors import EsperError, FatalError
-from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
@@ -149,6 +148,7 @@ class Tamiyo:
         self.runs = Runs()
         self.orphans.clear()
         self._held.clear()
+        self._rebuild = False
         if self._loading is not None:
             self._loading.close()
             self._loading = None
