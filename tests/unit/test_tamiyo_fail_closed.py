@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts import (
     AdaptationDecision,
@@ -234,3 +236,35 @@ def test_records_of_the_decisions_topic_are_decisions_or_reasons():
     for value, reason in ((None, "no value"), (b"\x00garbage", "undecodable"), (newer, "unknown writer schema")):
         got = parse_decision(codec, spec, value)
         assert isinstance(got, str) and reason in got, got
+
+
+# -- any values at all -------------------------------------------------------------------------------------
+_any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(values=st.lists(st.tuples(st.sampled_from(["activation_variance", "dead_neuron_ratio", "avg_correlation",
+                                                  "gradient_norm", "health_score", "execution_latency"]), _any_float),
+                       max_size=4),
+       p=_any_float, score=_any_float, urgency=_any_float,
+       layout=st.sampled_from(["default", "no seeds", "undeclared"]))
+def test_whatever_the_numbers_deciding_never_raises_and_grows_only_on_finite_evidence(values, p, score, urgency,
+                                                                                       layout):
+    if layout == "no seeds":
+        events = [(SESSIONS, session(layers=[], seeds=[])), (EPOCHS, epoch_event(0, 0.4, signals=0))]
+    elif layout == "undeclared":
+        seeds = [Seed(layer_id=11, seed_idx=0, layer_name="body.0"), Seed(layer_id=33, seed_idx=0, layer_name="x")]
+        events = [(SESSIONS, session(seeds=seeds)), (HEALTH, health(0, 11, 0)), (HEALTH, health(0, 33, 0)),
+                  (EPOCHS, epoch_event(0, 0.4, signals=2))]
+    else:
+        events = plateau_run(epochs=1)
+    events = with_signal(events, 0, **dict(values))
+    run = fold_all(events)
+    actions = decide_epochs(run, Decider(ScriptedPolicy(p=p, scores=score, urgency=urgency), "v", FixedChooser()))
+    assert actions and {a.decision.epoch for a in actions} == {0}
+    for action in actions:
+        AdaptationDecision.model_validate(action.decision.model_dump())  # a record that can be published
+    if any(a.command and a.command.action is CommandAction.GERMINATE for a in actions):
+        assert not build_graph(run, 0).non_finite() and math.isfinite(p) and p >= 0.5
+        assert math.isfinite(score) and math.isfinite(urgency)
+        assert layout != "no seeds" and all(a.command.layer_id != 33 for a in actions if a.command)
