@@ -155,6 +155,16 @@ class Tamiyo:
         self._reload = partitions
         log.info("tamiyo instance=%s rebuilding partitions=%s", self.instance, partitions)
 
+    def rebuild(self) -> None:
+        """Forget everything; read our past decisions and the inputs of the assigned partitions again."""
+        self.processor.consumer.rewind_to_beginning()
+        self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+
+    @property
+    def settled(self) -> bool:
+        """Not rebuilding: past decisions read, no input event held, no dead letter waiting."""
+        return self._reload is None and self._loading is None and not self._held and not self._bad_decisions
+
     def _start_loading(self) -> None:
         partitions, self._reload = self._reload or [], None
         wanted = [(self.decisions.name, p) for p in partitions]
@@ -180,8 +190,8 @@ class Tamiyo:
                     self._bad_decisions.append((Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(),
                                                           None, msg.value()), f"tamiyo: {parsed}"))
                 else:
-                    log.info("tamiyo skipped decisions record %s[%d]@%d again: %s", msg.topic(), msg.partition(),
-                             msg.offset(), parsed)
+                    log.info("tamiyo skipped a record again topic=%s[%d] offset=%d reason=%s", msg.topic(),
+                             msg.partition(), msg.offset(), parsed)
                 continue
             record(self.runs.get(parsed.run_id), parsed.decision)
             self.past_decisions += 1
@@ -308,13 +318,10 @@ class Tamiyo:
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
             # aborted batch, so rebuild everything from the log.
             log.warning("tamiyo instance=%s batch failed (%s); rebuilding", self.instance, exc)
-            self.processor.consumer.rewind_to_beginning()
-            self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+            self.rebuild()
             return 0
         if self._rebuild:  # a forgotten run came back: rebuild from the log (what the batch committed stands)
-            self._rebuild = False
-            self.processor.consumer.rewind_to_beginning()
-            self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+            self.rebuild()
         if time.monotonic() - self._last_report > 30:
             self._report()
         return handled

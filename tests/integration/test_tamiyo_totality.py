@@ -80,18 +80,6 @@ def past_decision(run_id: str, epoch: int) -> AdaptationDecision:
                               metadata={"command_id": "", "action": "", "family": ""})
 
 
-def settled(service: Tamiyo) -> bool:
-    """Rebuilt, nothing held, nothing left to dead-letter."""
-    return (service._reload is None and service._loading is None and not service._held
-            and not service._bad_decisions)
-
-
-def rebuild(service: Tamiyo) -> None:
-    """What a rebalance does: forget everything, read our decisions and the inputs again."""
-    service.processor.consumer.rewind_to_beginning()
-    service._reset(sorted({tp.partition for tp in service.processor.consumer.assignment()}))
-
-
 def test_undecodable_records_on_its_decisions_topic_are_dead_lettered_once_and_skipped(esper_settings):
     kafka = esper_settings.kafka
     decisions = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
@@ -115,11 +103,11 @@ def test_undecodable_records_on_its_decisions_topic_are_dead_lettered_once_and_s
     service = Tamiyo(kafka, SingleObjectCodec(), instance="dl", scatter="native")
     try:
         mine = lambda: {(m.run_id, m.payload.epoch) for m in decisions_on_log(kafka) if m.run_id == run_id}  # noqa: E731
-        step_until(service, lambda: settled(service) and {(run_id, 1), (run_id, 2)} <= mine(), 120,
+        step_until(service, lambda: service.settled and {(run_id, 1), (run_id, 2)} <= mine(), 120,
                    "the run decided past the bad records")
         assert service.past_decisions == 1
-        rebuild(service)  # the bad records are met again: skipped, not dead-lettered again, no livelock
-        step_until(service, lambda: settled(service) and service.past_decisions == 3, 60, "the rebuild")
+        service.rebuild()  # the bad records are met again: skipped, not dead-lettered again, no livelock
+        step_until(service, lambda: service.settled and service.past_decisions == 3, 60, "the rebuild")
         on_log = [m for m in decisions_on_log(kafka) if m.run_id == run_id]
     finally:
         service.close()
@@ -187,8 +175,8 @@ def test_a_long_decision_history_is_read_a_chunk_per_step(esper_settings):
     service = Tamiyo(kafka, SingleObjectCodec(), instance="hist", scatter="native")
     service.load_chunk = 100
     try:
-        step_until(service, lambda: service._loading is not None, 60, "the rebuild to start")
-        step_until(service, lambda: settled(service), 120, "the history read")
+        step_until(service, lambda: not service.settled, 60, "the rebuild to start")
+        step_until(service, lambda: service.settled, 120, "the history read")
         steps = list(service.load_steps)
         states = {run_id: service.runs.runs[run_id].decided for run_id in runs if run_id in service.runs.runs}
     finally:
