@@ -9,6 +9,12 @@ Every record there is either one of our decisions or dead-lettered: a tombstone,
 are not an event, a newer schema (an unknown fingerprint during a rolling upgrade), or an
 event without a run id (``parse_decision`` says why). A bad record is skipped and the rebuild
 goes on; rebuilding again must not meet it as a reason to rebuild (the livelock this replaces).
+
+Dead-lettered once: how far the topic has been examined is committed as the ``tamiyo`` group's
+offset of each decisions partition, in the same transaction as the dead letters of the records
+below it (``examined_offsets`` reads it back). A rebuild, in this process or after a restart,
+skips the bad records below that offset quietly; after an aborted transaction neither the dead
+letters nor the offset stand, so the records are dead-lettered again, once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,20 @@ def parse_decision(codec: Codec, spec: TopicSpec, value: bytes | None) -> PastDe
     if not message.run_id:
         return f"decision {message.event_id} on {spec.name} has no run_id"
     return PastDecision(message.run_id, message.payload)
+
+
+def examined_offsets(settings: KafkaSettings, group_id: str, topic: str, partitions: list[int],
+                     timeout_s: float = 10.0) -> dict[int, int]:
+    """Per partition, the offset below which the decisions topic was examined (0 when never)."""
+    if not partitions:
+        return {}
+    # Asks the group coordinator without joining the group (no subscribe, nothing committed here).
+    consumer = Consumer(settings.client_config() | {"group.id": group_id, "enable.auto.commit": False})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
+    finally:
+        consumer.close()
+    return {tp.partition: max(0, tp.offset) for tp in found}
 
 
 class DecisionLogReader:

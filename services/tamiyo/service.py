@@ -10,7 +10,7 @@
 - Total over the log: an event is folded, skipped (an exact duplicate of its id, a late event of
   a forgotten run) or dead-lettered with a reason (unusable, an event id conflict, no session
   within ``orphan_timeout_s``); an undecodable record on our own decisions topic is dead-lettered
-  once per process and skipped. Deciding never raises (``decider``).
+  once and skipped (``decision_log``). Deciding never raises (``decider``).
 - Memory: runs are forgotten when done or failed (``run_state``); a failed run resumed after it
   was forgotten makes the instance rebuild, since its history is needed to decide again.
 - Each batch is one Kafka transaction: decisions, commands, dead letters and the consumed
@@ -40,7 +40,7 @@ from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
 from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
-from services.tamiyo.decision_log import DecisionLogReader, parse_decision
+from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
 from services.tamiyo.policy_store import INITIAL_POLICY, load_policy
 from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
 from services.tamiyo.scatter import select_backend
@@ -49,7 +49,6 @@ from services.urza.catalog import Catalog, CatalogFollower
 log = logging.getLogger(__name__)
 
 ORPHAN_TIMEOUT_S = 10.0
-DEAD_DECISIONS_WINDOW = 10_000  # decisions-topic records dead-lettered by this process (not again on a rebuild)
 
 INPUTS = (
     TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
@@ -116,7 +115,8 @@ class Tamiyo:
         self._loading: DecisionLogReader | None = None
         self._held: list[Delivered] = []  # input events that arrived while our decisions were being read
         self._bad_decisions: list[tuple[Delivered, str]] = []  # to dead-letter in the next transaction
-        self._dead_decisions: dict[tuple[int, int], None] = {}  # (partition, offset) dead-lettered already
+        self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
+        self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
         self._rebuild = False
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
@@ -148,6 +148,7 @@ class Tamiyo:
         self.runs = Runs()
         self.orphans.clear()
         self._held.clear()
+        self._examined_now = {}
         self._rebuild = False
         if self._loading is not None:
             self._loading.close()
@@ -163,12 +164,16 @@ class Tamiyo:
     @property
     def settled(self) -> bool:
         """Not rebuilding: past decisions read, no input event held, no dead letter waiting."""
-        return self._reload is None and self._loading is None and not self._held and not self._bad_decisions
+        return (self._reload is None and self._loading is None and not self._held and not self._bad_decisions
+                and not self._examined_now)
 
     def _start_loading(self) -> None:
         partitions, self._reload = self._reload or [], None
         wanted = [(self.decisions.name, p) for p in partitions]
         ends = end_offsets(admin_client(self.settings), wanted) if wanted else {}
+        self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
+                                          partitions)
+        self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
         self.past_decisions = 0
         self.load_steps = []
         self._loading = DecisionLogReader(self.settings, self.decisions.name,
@@ -182,14 +187,10 @@ class Tamiyo:
         for msg in messages:
             parsed = parse_decision(self.codec, self.decisions, msg.value())
             if isinstance(parsed, str):
-                where = (msg.partition(), msg.offset())
-                if where not in self._dead_decisions:  # dead-lettered once per process, skipped on every rebuild
-                    self._dead_decisions[where] = None
-                    if len(self._dead_decisions) > DEAD_DECISIONS_WINDOW:
-                        del self._dead_decisions[next(iter(self._dead_decisions))]
+                if msg.offset() >= self._examined.get(msg.partition(), 0):
                     self._bad_decisions.append((Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(),
                                                           None, msg.value()), f"tamiyo: {parsed}"))
-                else:
+                else:  # dead-lettered when it was first examined
                     log.info("tamiyo skipped a record again topic=%s[%d] offset=%d reason=%s", msg.topic(),
                              msg.partition(), msg.offset(), parsed)
                 continue
@@ -197,6 +198,7 @@ class Tamiyo:
             self.past_decisions += 1
         self.load_steps = self.load_steps[-999:] + [(len(messages), time.perf_counter() - start)]
         if loader.done:
+            self._examined_now = {p: end for p, end in loader.ends.items() if end > self._examined.get(p, 0)}
             self._loading = None
             log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
 
@@ -277,9 +279,15 @@ class Tamiyo:
         batch): events of runs that announced no session within ``orphan_timeout_s`` are dead-lettered,
         failed runs forgotten."""
         self.catalog.refresh()
-        bad, self._bad_decisions = self._bad_decisions, []
-        for delivered, reason in bad:
-            self.processor.consumer.reject(delivered, reason, "UndecodableDecision")
+        if self._loading is None and self._reload is None:
+            bad, self._bad_decisions = self._bad_decisions, []
+            for delivered, reason in bad:
+                self.processor.consumer.reject(delivered, reason, "UndecodableDecision")
+            if self._examined_now:  # committed with those dead letters, or neither is
+                examined, self._examined_now = self._examined_now, {}
+                self.processor.producer.send_offsets_to_transaction(
+                    [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
+                    self.processor.consumer.group_metadata())
         yield from self._handle_held()
         if batch or self._loading is not None or self._reload is not None or self._held:
             return

@@ -108,9 +108,14 @@ def test_undecodable_records_on_its_decisions_topic_are_dead_lettered_once_and_s
         assert service.past_decisions == 1
         service.rebuild()  # the bad records are met again: skipped, not dead-lettered again, no livelock
         step_until(service, lambda: service.settled and service.past_decisions == 3, 60, "the rebuild")
-        on_log = [m for m in decisions_on_log(kafka) if m.run_id == run_id]
     finally:
         service.close()
+    restarted = Tamiyo(kafka, SingleObjectCodec(), instance="dl", scatter="native")  # ...nor after a restart
+    try:
+        step_until(restarted, lambda: restarted.settled and restarted.past_decisions == 3, 60, "the restart")
+        on_log = [m for m in decisions_on_log(kafka) if m.run_id == run_id]
+    finally:
+        restarted.close()
     from_decisions = [m for m in dead_letters(kafka) if header(m, "esper.dlq.topic") == decisions.name]
     reasons = [header(m, "esper.dlq.reason") for m in from_decisions]
     print("dead letters of the decisions topic:", reasons)
