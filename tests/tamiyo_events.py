@@ -27,15 +27,21 @@ LAYERS = [
 
 
 def session(*, budget: int = 2, cooldown: int = 0, auto_advance: bool = False, epochs: int = 8,
-            status: SessionStatus = SessionStatus.RUNNING, enabled: bool = True) -> TrainingSessionEvent:
+            status: SessionStatus = SessionStatus.RUNNING, enabled: bool = True,
+            layers: list[LayerSpec] | None = None, seeds: list[Seed] | None = None) -> TrainingSessionEvent:
+    """The session of a run; ``layers`` / ``seeds`` replace the declared layers / seed slots (defaults:
+    two layers with two slots each)."""
+    layers = LAYERS if layers is None else layers
     return TrainingSessionEvent(session=TrainingSession(
         session_id="run-1", name="t", description="test run",
-        training_model_config=ModelSpec(architecture="mlp", input_shape=[2], num_classes=3, layers=LAYERS,
-                                        topology=[LayerEdge(source="body.0", target="body.2")]),
+        training_model_config=ModelSpec(architecture="mlp", input_shape=[2], num_classes=3, layers=layers,
+                                        topology=[LayerEdge(source=a.name, target=b.name)
+                                                  for a, b in zip(layers, layers[1:])]),
         training_config=TrainingSpec(dataset="spirals", epochs=epochs, batch_size=32, learning_rate=1e-3,
                                      adaptation_budget=budget, cooldown_epochs=cooldown, auto_advance=auto_advance,
                                      adaptation_enabled=enabled),
-        seeds=[Seed(layer_id=layer.layer_id, seed_idx=k, layer_name=layer.name) for layer in LAYERS for k in (0, 1)],
+        seeds=[Seed(layer_id=layer.layer_id, seed_idx=k, layer_name=layer.name) for layer in LAYERS for k in (0, 1)]
+        if seeds is None else seeds,
         status=status,
     ))
 

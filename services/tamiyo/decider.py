@@ -12,10 +12,18 @@
 
 Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
 decision history is complete and a replay can compare it decision by decision.
+
+Fail closed: whatever a valid session and its telemetry hold, deciding gives decisions, never
+an exception, and germinates only on finite evidence. No seed slots, slots on layers the session
+does not declare, non-finite features or policy outputs (NaN compares False with everything, so
+``p < threshold`` would let a NaN through): a ``no_op`` whose reason says why. An unexpected error
+while deciding is logged and becomes a ``no_op`` too: the epoch is answered and nothing is grown.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +40,8 @@ from contracts import (
 from services.tamiyo.features import GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import Issued, RunState
+
+log = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed")
 ADAPT_THRESHOLD = 0.5
@@ -78,16 +88,22 @@ class Decider:
         self.threshold = threshold
 
     def decide(self, run: RunState, epoch: int) -> list[Action]:
+        """The decisions answering ``epoch`` (complete, of a run with a session): never raises."""
+        try:
+            return self._decide(run, epoch)
+        except Exception as exc:  # fail closed: a bug must not crash-loop the service nor grow anything
+            log.exception("deciding failed run_id=%s epoch=%d", run.run_id, epoch)
+            return [self._fallback(run, epoch, f"no action: deciding failed ({type(exc).__name__}: {exc})")]
+
+    def _decide(self, run: RunState, epoch: int) -> list[Action]:
         graph = build_graph(run, epoch)
         actions = self._lifecycle(run, graph)
         acted = {(a.command.layer_id, a.command.seed_idx) for a in actions if a.command}
-        germination, p, urgency = self._germination(run, graph, acted)
+        germination, why_not, p, urgency = self._germination(run, graph, acted)
         if germination is not None:
             actions.append(germination)
         if not actions:
-            reason = (f"policy chose not to grow (p={p:.2f})" if p is not None
-                      else "no germination possible (adaptation off, budget, cooldown, or no dormant slot)")
-            actions.append(self._action(run, graph, 0, AdaptationType.NO_OP, None, 0, reason, 1.0 - (p or 0.0),
+            actions.append(self._action(run, graph, 0, AdaptationType.NO_OP, None, 0, why_not, 1.0 - (p or 0.0),
                                         urgency, {"adapt_probability": p or 0.0}))
         return actions
 
@@ -114,35 +130,58 @@ class Decider:
         return actions
 
     # -- the policy's choice ----------------------------------------------------------------------
-    def _germination(self, run: RunState, graph: GraphView, acted: set) -> tuple[Action | None, float | None, float]:
-        """(the germination or a no-op explaining why not, adapt probability, urgency); (None, None, 0)
-        when the policy was not asked because nothing could be grown."""
+    def _germination(self, run: RunState, graph: GraphView, acted: set
+                     ) -> tuple[Action | None, str, float | None, float]:
+        """(the germination or a no-op explaining why not, the reason when neither, adapt probability,
+        urgency); the probability is None when the policy was not asked (nothing could be grown, or
+        its inputs were not finite)."""
+        if not graph.seeds:
+            return None, "no action: the session declares no seed slots", None, 0.0
         busy = acted | {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
+        declared = {layer.layer_id: layer for layer in run.layers()}
         dormant = [s for s in graph.seeds if s.state is SeedState.DORMANT and (s.layer_id, s.seed_idx) not in busy]
+        undeclared = sorted({s.layer_id for s in dormant if s.layer_id not in declared})
+        dormant = [s for s in dormant if s.layer_id in declared]  # a slot without a declared layer has no shape
         if not graph.can_germinate or not dormant:
-            return None, None, 0.0
+            reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"
+            if undeclared:
+                reason += f"; seed slots on undeclared layers {undeclared} cannot be grown"
+            return None, reason, None, 0.0
+        bad = graph.non_finite()
+        if bad:
+            return None, f"no action: non-finite features ({', '.join(bad)}); the policy was not asked", None, 0.0
         out = self.policy.decide(graph.x, graph.edge_index)
         p, urgency = float(out.adapt_probability), float(out.urgency)
-        if p < self.threshold:
-            return None, p, urgency
         scores = out.node_scores.tolist()
+        probabilities = out.blueprint_probabilities.tolist()
+        wrong = [name for name, values in (("adapt_probability", [p]), ("urgency", [urgency]),
+                                           ("node_scores", [scores[s.node] for s in dormant]),
+                                           ("blueprint_probabilities", probabilities))
+                 if not all(math.isfinite(v) for v in values)]
+        if wrong:
+            return None, f"no action: the policy's output is not finite ({', '.join(wrong)})", None, 0.0
+        if not p >= self.threshold:  # written so that a NaN that got this far would not grow either
+            return None, f"policy chose not to grow (p={p:.2f})", p, urgency
         seed = max(dormant, key=lambda s: (scores[s.node], -s.node))
-        layer = next(layer for layer in run.layers() if layer.layer_id == seed.layer_id)
+        layer = declared[seed.layer_id]
         candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
         extra = {"adapt_probability": p, "node_score": scores[seed.node]}
         if not candidates:
             return self._action(run, graph, 99, AdaptationType.NO_OP, None, seed.node,
                                 f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
-                                f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), p, urgency
-        probabilities = out.blueprint_probabilities.tolist()
+                                f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), "", p, urgency
         families = {c.family for c in candidates}
-        family = max((f for f in FAMILIES if f in families), key=lambda f: probabilities[FAMILIES.index(f)])
+        known = [f for f in FAMILIES if f in families and FAMILIES.index(f) < len(probabilities)]
+        if not known:
+            return None, f"no action: no family the policy scores among the fitting kernels {sorted(families)}", p, \
+                urgency
+        family = max(known, key=lambda f: probabilities[FAMILIES.index(f)])
         chosen = next(c for c in candidates if c.family == family)
         extra["family_probability"] = probabilities[FAMILIES.index(family)]
         action = self._action(run, graph, 50, AdaptationType.ADD_SEED, CommandAction.GERMINATE, seed.node,
                               f"grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
                               p, urgency, extra, chosen)
-        return action, p, urgency
+        return action, "", p, urgency
 
     # -- building the records ------------------------------------------------------------------------
     def _action(self, run: RunState, graph: GraphView, index: int, kind: AdaptationType,
@@ -151,10 +190,11 @@ class Decider:
         seed = next((s for s in graph.seeds if s.node == node), None)
         decision_id = deterministic_event_id(run.run_id, "decision", graph.epoch, index)
         command_id = deterministic_event_id(run.run_id, "command", graph.epoch, index) if action else None
-        features = graph.features_of(node) | (extra or {})
+        features = graph.features_of(node) | {k: v for k, v in (extra or {}).items() if math.isfinite(v)}
         decision = AdaptationDecision(
-            decision_id=decision_id, layer_name=graph.layer_of_node[node] if graph.layer_of_node else "-",
-            adaptation_type=kind, confidence=min(1.0, max(0.0, confidence)), urgency=min(1.0, max(0.0, urgency)),
+            decision_id=decision_id,
+            layer_name=graph.layer_of_node[node] if 0 <= node < len(graph.layer_of_node) else "-",
+            adaptation_type=kind, confidence=_unit(confidence), urgency=_unit(urgency),
             epoch=graph.epoch, layer_id=seed.layer_id if seed else None, seed_idx=seed.seed_idx if seed else None,
             blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
             policy_version=self.policy_version, reason=reason, features=features,
@@ -169,6 +209,21 @@ class Decider:
                 decision_id=decision_id, issued_at_epoch=graph.epoch + 1,
             )
         return Action(decision, command)
+
+    def _fallback(self, run: RunState, epoch: int, reason: str) -> Action:
+        """A ``no_op`` built from nothing but the run and the epoch (when the graph itself failed)."""
+        decision = AdaptationDecision(
+            decision_id=deterministic_event_id(run.run_id, "decision", epoch, 0), layer_name="-",
+            adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
+            policy_version=self.policy_version, reason=reason[:1000],
+            metadata={"command_id": "", "action": "", "family": ""},
+        )
+        return Action(decision, None)
+
+
+def _unit(value: float) -> float:
+    """``value`` clipped to [0, 1]; 0 when it is not a number."""
+    return min(1.0, max(0.0, value)) if math.isfinite(value) else (1.0 if value == math.inf else 0.0)
 
 
 def record(run: RunState, decision: AdaptationDecision) -> None:

@@ -6,6 +6,11 @@ seed -> its layer (a seed's output joins its layer's). Every node has the same
 ``FEATURES`` vector; run-wide context (accuracy trend, budget) is repeated on each node.
 
 Shapes: ``x`` (N, len(FEATURES)) float32, ``edge_index`` (2, E) int64.
+
+Building the graph never raises on what a valid session allows (no seeds, seeds on layers the
+session does not declare); a value that cannot be a feature (infinite, NaN, negative under a
+logarithm, beyond float32) becomes a non-finite entry, which ``GraphView.non_finite`` names so
+that the decider can refuse to ask the policy (fail closed).
 """
 
 from __future__ import annotations
@@ -53,8 +58,17 @@ class GraphView:
     can_germinate: bool
 
     def features_of(self, node: int) -> dict[str, float]:
+        """The node's features, rounded; non-finite ones left out (a decision record carries finite
+        numbers only; the decision's reason names them). Empty for a graph without that node."""
+        if not 0 <= node < self.x.shape[0]:
+            return {}
         row = self.x[node].tolist()
-        return {name: round(row[i], 6) for i, name in enumerate(FEATURES)}
+        return {name: round(row[i], 6) for i, name in enumerate(FEATURES) if math.isfinite(row[i])}
+
+    def non_finite(self) -> list[str]:
+        """Names of the features that are infinite or NaN on some node."""
+        bad = (~torch.isfinite(self.x)).any(dim=0).tolist() if self.x.numel() else []
+        return [name for name, b in zip(FEATURES, bad, strict=True) if b]
 
 
 def slope(values: list[float]) -> float:
@@ -72,14 +86,20 @@ def slope(values: list[float]) -> float:
     return num / den
 
 
+def _log1p(value: float) -> float:
+    """log(1 + value) for the non-negative quantities; NaN (a non-finite feature) for anything else,
+    where ``math.log1p`` would raise or lie."""
+    return math.log1p(value) if value >= 0 else math.nan
+
+
 def _health_features(history: list[HealthSignal]) -> list[float]:
     if not history:
         return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     h = history[-1]
     recent = history[-3:]  # the trends look at the last three signals
     return [
-        h.health_score, math.log1p(h.activation_variance), h.dead_neuron_ratio, h.avg_correlation,
-        math.log1p(h.gradient_norm), math.log1p(h.execution_latency), 1.0 if h.error_count else 0.0,
+        h.health_score, _log1p(h.activation_variance), h.dead_neuron_ratio, h.avg_correlation,
+        _log1p(h.gradient_norm), _log1p(h.execution_latency), 1.0 if h.error_count else 0.0,
         slope([s.health_score for s in recent]), slope([s.dead_neuron_ratio for s in recent]),
     ]
 
@@ -140,7 +160,7 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     active = sum(1 for n in seed_nodes if n.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING))
     context = torch.tensor([
         current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
-        current.train_accuracy - current.validation_accuracy, math.log1p(current.state.validation_loss),
+        current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
         budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(seeds)),
     ])
     node_depth = torch.tensor(depth + [depth[at] for at in seed_layer] if layers else [0.0] * len(seeds))

@@ -57,6 +57,7 @@ def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[
     ends = end_offsets(client, partitions_of(client, list(specs)))
     messages = read_range(settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
     runs: dict[str, RecordedRun] = {}
+    seen: set[tuple[str | None, str]] = set()
     for msg in sorted(messages, key=lambda m: (m.topic(), m.partition(), m.offset())):
         name, spec = specs[msg.topic()]
         try:
@@ -65,6 +66,9 @@ def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[
             continue  # dead-lettered by the services that consumed it
         if wanted is not None and message.run_id not in wanted:
             continue
+        if (message.run_id, message.event_id) in seen:
+            continue  # the live service skips a duplicate and dead-letters a conflict: neither is folded
+        seen.add((message.run_id, message.event_id))
         runs.setdefault(message.run_id, RecordedRun(message.run_id)).events.setdefault(name, []).append(
             message.payload)
     missing = sorted((wanted or set()) - set(runs))

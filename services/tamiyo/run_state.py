@@ -7,14 +7,27 @@ and, for every kind, at least as many events as the run declared up to ``e`` (cu
 counts in EpochCompleted) have arrived. Decisions then only look at events of epochs <= ``e``,
 which makes them a function of the log alone: a replay decides exactly the same. (Field reports
 are waited for but not read by the decisions; ``esper policy train`` reads them as rewards.)
+
+Event ids: an event whose id was seen before in the run is an exact duplicate (same topic and
+payload: skipped) or a conflict (other content: dead-lettered as one). The ids are remembered
+per run in a window of the latest ``EVENT_WINDOW``, so memory stays bounded however long a run
+is; a duplicate older than that is folded again and meets the fold's own checks (a second
+health signal or EpochCompleted for one epoch is rejected).
+
+Memory: a run is forgotten once it is done (completed and every epoch decided) or failed and
+nothing is left to read (``Runs.forget_failed``); its id stays in a bounded set of finished
+runs, so that late events of it are skipped instead of waiting for a session that came long ago.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+import hashlib
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from itertools import pairwise
+
+from pydantic import BaseModel
 
 from contracts import (
     EpochCompleted,
@@ -28,9 +41,18 @@ from contracts import (
     TrainingSessionEvent,
 )
 
+EVENT_WINDOW = 20_000  # event ids remembered per run for duplicate detection (about 2 MB at most)
+FINISHED_WINDOW = 100_000  # ids of forgotten runs remembered (late events of them are skipped)
+
 
 class RejectedEvent(ValueError):
     """A well-formed event Tamiyo cannot use (unknown seed slot, conflicting duplicate); goes to the DLQ."""
+
+
+def content_digest(topic: str, payload: BaseModel) -> bytes:
+    """What makes two events with one id the same event: their topic and payload (the envelope's
+    timestamp, sender and trace are how it was sent, not what it says)."""
+    return hashlib.blake2b(f"{topic}\n{payload.model_dump_json()}".encode(), digest_size=16).digest()
 
 
 @dataclass(frozen=True)
@@ -60,6 +82,27 @@ class RunState:
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
     finished: bool = False
+    # The latest event ids of the run and their content digests, oldest first.
+    event_ids: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+    # -- event identity ----------------------------------------------------------------------------
+    def admit(self, event_id: str, digest: bytes, window: int = EVENT_WINDOW) -> bool:
+        """True for an event to fold, False for an exact duplicate of one seen before; RejectedEvent when
+        the id was seen with other content (the first one stands)."""
+        seen = self.event_ids.get(event_id)
+        if seen is not None:
+            if seen != digest:
+                raise RejectedEvent(f"event id conflict: {event_id} was seen before in run {self.run_id} "
+                                    "with other content")
+            return False
+        self.event_ids[event_id] = digest
+        if len(self.event_ids) > window:
+            self.event_ids.popitem(last=False)
+        return True
+
+    @property
+    def failed(self) -> bool:
+        return self.finished and self.session is not None and self.session.status.value == "failed"
 
     # -- folding events ------------------------------------------------------------------------
     def apply_session(self, event: TrainingSessionEvent) -> None:
@@ -170,10 +213,17 @@ class RunState:
 
 
 class Runs:
-    """Every run seen on the assigned partitions."""
+    """Every run seen on the assigned partitions, and the latest runs forgotten."""
 
-    def __init__(self) -> None:
+    def __init__(self, finished_window: int = FINISHED_WINDOW) -> None:
         self.runs: dict[str, RunState] = {}
+        # Forgotten runs: run id -> how it ended ("completed", "failed"), oldest first.
+        self.finished: OrderedDict[str, str] = OrderedDict()
+        self.finished_window = finished_window
+
+    def ended(self, run_id: str) -> str | None:
+        """How a forgotten run ended ("completed" or "failed"); None for a run not forgotten."""
+        return self.finished.get(run_id)
 
     def get(self, run_id: str) -> RunState:
         state = self.runs.get(run_id)
@@ -181,13 +231,31 @@ class Runs:
             state = self.runs[run_id] = RunState(run_id)
         return state
 
-    def forget(self, run_id: str) -> None:
+    def forget(self, run_id: str, ended: str | None = None) -> None:
+        """Drop the run's state; ``ended`` remembers that it finished, so its late events are skipped."""
         self.runs.pop(run_id, None)
+        if ended is not None:
+            self.finished[run_id] = ended
+            self.finished.move_to_end(run_id)
+            if len(self.finished) > self.finished_window:
+                self.finished.popitem(last=False)
+
+    def revive(self, run_id: str) -> None:
+        """A forgotten run goes on (a failed run resumed): it is no longer finished."""
+        self.finished.pop(run_id, None)
 
     def forget_if_done(self, run: RunState) -> bool:
         """Forget a run that completed and whose every epoch is decided; returns whether it did."""
         if (run.session is None or run.session.status.value != "completed"
                 or not run.decided >= set(range(run.session.training_config.epochs))):
             return False
-        self.forget(run.run_id)
+        self.forget(run.run_id, "completed")
         return True
+
+    def forget_failed(self) -> list[str]:
+        """Forget every run whose latest session says it failed and that has no epoch left to decide
+        (call when caught up with the log: what it published before failing has been read)."""
+        gone = [run.run_id for run in self.runs.values() if run.failed and not run.ready_epochs()]
+        for run_id in gone:
+            self.forget(run_id, "failed")
+        return gone

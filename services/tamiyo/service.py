@@ -3,9 +3,16 @@
 - Group ``tamiyo`` reads the five run-scoped input topics with the range assignor. The
   topics are co-partitioned, so every event of a run reaches the same instance.
 - On every (re)assignment the instance forgets its state, reads its own past decisions
-  for those partitions (up to the last stable offset), and reads the inputs again from the
+  for those partitions (up to the last stable offset, a chunk per step: see ``decision_log``;
+  input events that arrive meanwhile are held), and reads the inputs again from the
   beginning: the state is a projection of the log. Epochs already decided are not decided
   again; the others are decided as soon as they are complete (see ``run_state``).
+- Total over the log: an event is folded, skipped (an exact duplicate of its id, a late event of
+  a forgotten run) or dead-lettered with a reason (unusable, an event id conflict, no session
+  within ``orphan_timeout_s``); an undecodable record on our own decisions topic is dead-lettered
+  once and skipped (``decision_log``). Deciding never raises (``decider``).
+- Memory: runs are forgotten when done or failed (``run_state``); a failed run resumed after it
+  was forgotten makes the instance rebuild, since its history is needed to decide again.
 - Each batch is one Kafka transaction: decisions, commands, dead letters and the consumed
   offsets commit together. After ``kill -9`` the restarted instance (same ``--instance``,
   hence same transactional id) aborts the dangling transaction and rebuilds.
@@ -28,13 +35,14 @@ from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.errors import EsperError, FatalError
-from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
+from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
+from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
 from services.tamiyo.policy_store import INITIAL_POLICY, load_policy
-from services.tamiyo.run_state import RejectedEvent, Runs, RunState
+from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
 from services.tamiyo.scatter import select_backend
 from services.urza.catalog import Catalog, CatalogFollower
 
@@ -101,20 +109,32 @@ class Tamiyo:
         self.catalog = CatalogFollower(settings, codec)
         self.decider = Decider(self.policy, self.record.version, CatalogChooser(self.catalog.catalog))
         self.runs = Runs()
-        self.seen: set[str] = set()
         # Events of runs whose session has not arrived: (first seen, events).
         self.orphans: dict[str, tuple[float, list[Delivered]]] = {}
         self._reload: list[int] | None = None
+        self._loading: DecisionLogReader | None = None
+        self._held: list[Delivered] = []  # input events that arrived while our decisions were being read
+        self._bad_decisions: list[tuple[Delivered, str]] = []  # to dead-letter in the next transaction
+        self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
+        self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
+        self._rebuild = False
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}tamiyo", transactional_id=f"{prefix}tamiyo-{instance}",
             inputs=self.inputs, handler=self.handle, after_batch=self.after_batch,
             dlq_topic=topic_spec(TopicName.DLQ.value, prefix).name,
-            consumer_config={"partition.assignment.strategy": "range"}, on_assign=self._assigned,
+            # Reading our past decisions takes steps without polling the group: allow that for long (a hung
+            # step is ended by the service loop's watchdog long before).
+            consumer_config={"partition.assignment.strategy": "range", "max.poll.interval.ms": 1_800_000},
+            on_assign=self._assigned,
         )
         self.decided = 0
         self.duplicates = 0
+        self.late = 0  # events of forgotten runs, skipped
+        self.past_decisions = 0
+        self.load_chunk = DECISIONS_CHUNK  # records of our decisions topic read per step at most
+        self.load_steps: list[tuple[int, float]] = []  # the last (re)build's steps: (records, seconds)
         self.latencies_ms: deque[float] = deque(maxlen=10_000)  # the latest decisions' latencies
         self._last_report = time.monotonic()
 
@@ -126,35 +146,99 @@ class Tamiyo:
 
     def _reset(self, partitions: list[int]) -> None:
         self.runs = Runs()
-        self.seen.clear()
         self.orphans.clear()
+        self._held.clear()
+        self._examined_now = {}
+        self._rebuild = False
+        if self._loading is not None:
+            self._loading.close()
+            self._loading = None
         self._reload = partitions
         log.info("tamiyo instance=%s rebuilding partitions=%s", self.instance, partitions)
 
-    def _load_decisions(self) -> None:
-        """Our own past decisions on the assigned partitions: what is already decided and commanded."""
+    def rebuild(self) -> None:
+        """Forget everything; read our past decisions and the inputs of the assigned partitions again."""
+        self.processor.consumer.rewind_to_beginning()
+        self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+
+    @property
+    def settled(self) -> bool:
+        """Not rebuilding: past decisions read, no input event held, no dead letter waiting."""
+        return (self._reload is None and self._loading is None and not self._held and not self._bad_decisions
+                and not self._examined_now)
+
+    def _start_loading(self) -> None:
         partitions, self._reload = self._reload or [], None
         wanted = [(self.decisions.name, p) for p in partitions]
         ends = end_offsets(admin_client(self.settings), wanted) if wanted else {}
-        loaded = 0
-        for msg in read_range(self.settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
-            message = self.codec.decode(self.decisions, msg.value())
-            record(self.runs.get(message.run_id), message.payload)
-            loaded += 1
-        log.info("tamiyo instance=%s loaded %d past decisions", self.instance, loaded)
+        self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
+                                          partitions)
+        self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
+        self.past_decisions = 0
+        self.load_steps = []
+        self._loading = DecisionLogReader(self.settings, self.decisions.name,
+                                          {p: end for (_, p), end in ends.items()})
+
+    def _load_step(self) -> None:
+        """One chunk of our own past decisions on the assigned partitions: what is already decided and commanded."""
+        loader = self._loading
+        start = time.perf_counter()
+        messages = loader.step(chunk=self.load_chunk)
+        for msg in messages:
+            parsed = parse_decision(self.codec, self.decisions, msg.value())
+            if isinstance(parsed, str):
+                if msg.offset() >= self._examined.get(msg.partition(), 0):
+                    self._bad_decisions.append((Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(),
+                                                          None, msg.value()), f"tamiyo: {parsed}"))
+                else:  # dead-lettered when it was first examined
+                    log.info("tamiyo skipped a record again topic=%s[%d] offset=%d reason=%s", msg.topic(),
+                             msg.partition(), msg.offset(), parsed)
+                continue
+            record(self.runs.get(parsed.run_id), parsed.decision)
+            self.past_decisions += 1
+        self.load_steps = self.load_steps[-999:] + [(len(messages), time.perf_counter() - start)]
+        if loader.done:
+            self._examined_now = {p: end for p, end in loader.ends.items() if end > self._examined.get(p, 0)}
+            self._loading = None
+            log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
 
     # -- per event ------------------------------------------------------------------------------
     def handle(self, delivered: Delivered) -> Iterator[Output]:
-        if self._reload is not None:
-            self._load_decisions()
-        message = delivered.message
-        if message.event_id in self.seen:
-            self.duplicates += 1
+        if self._loading is not None or self._reload is not None:
+            self._held.append(delivered)  # decided only once we know what was decided before
             return
-        self.seen.add(message.event_id)
-        run = self.runs.get(message.run_id)
+        yield from self._handle_held()
+        yield from self._handle(delivered)
+
+    def _handle_held(self) -> Iterator[Output]:
+        while self._held and self._loading is None and self._reload is None:
+            yield from self._handle(self._held.pop(0))
+
+    def _handle(self, delivered: Delivered) -> Iterator[Output]:
+        if self._rebuild:
+            return  # read again after the rebuild this batch asked for
+        message = delivered.message
         topic = delivered.topic[len(self.prefix):]
+        if not message.run_id:
+            self.processor.consumer.reject(delivered, "tamiyo: event without run_id on a run-scoped topic",
+                                           "RejectedEvent")
+            return
+        ended = self.runs.ended(message.run_id)
+        if ended is not None:
+            if ended == "failed" and topic == TopicName.TRAINING_SESSIONS.value and \
+                    message.payload.session.status.value not in ("completed", "failed"):
+                # A failed run resumed after we forgot it: deciding on needs its whole history again.
+                log.info("tamiyo instance=%s run_id=%s resumed after it failed; rebuilding", self.instance,
+                         message.run_id)
+                self._rebuild = True
+                return
+            self.late += 1
+            return
+        run = self.runs.get(message.run_id)
         try:
+            if not run.admit(message.event_id, content_digest(topic, message.payload)):
+                self.duplicates += 1
+                return
             fold(run, topic, message.payload)
         except RejectedEvent as exc:
             self.processor.consumer.reject(delivered, f"tamiyo: {exc}", "RejectedEvent")
@@ -191,10 +275,21 @@ class Tamiyo:
                                  run_id=run_id, trace_id=trace_id, payload=payload)
 
     def after_batch(self, batch: list[Delivered]) -> Iterator[Output]:
-        """When caught up (an empty batch): events of runs that announced no session within
-        ``orphan_timeout_s`` are dead-lettered."""
+        """Dead letters of our decisions topic; events held while loading. When caught up (an empty
+        batch): events of runs that announced no session within ``orphan_timeout_s`` are dead-lettered,
+        failed runs forgotten."""
         self.catalog.refresh()
-        if batch:
+        if self._loading is None and self._reload is None:
+            bad, self._bad_decisions = self._bad_decisions, []
+            for delivered, reason in bad:
+                self.processor.consumer.reject(delivered, reason, "UndecodableDecision")
+            if self._examined_now:  # committed with those dead letters, or neither is
+                examined, self._examined_now = self._examined_now, {}
+                self.processor.producer.send_offsets_to_transaction(
+                    [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
+                    self.processor.consumer.group_metadata())
+        yield from self._handle_held()
+        if batch or self._loading is not None or self._reload is not None or self._held:
             return
         for run_id, (since, events) in list(self.orphans.items()):
             if time.monotonic() - since < self.orphan_timeout_s:
@@ -204,10 +299,23 @@ class Tamiyo:
                                                           "event)", "UnknownRun")
             self.runs.forget(run_id)
             del self.orphans[run_id]
-        yield from ()
+        for run_id in self.runs.forget_failed():
+            log.info("tamiyo instance=%s forgot failed run_id=%s", self.instance, run_id)
 
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> int:
+        if self._reload is not None or self._loading is not None:
+            try:
+                if self._reload is not None:
+                    self._start_loading()
+                self._load_step()
+            except (KafkaException, EsperError) as exc:
+                if _fatal(exc):
+                    raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
+                log.warning("tamiyo instance=%s reading past decisions failed (%s); starting over", self.instance, exc)
+                self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+            if self._loading is not None:
+                return 0  # one chunk per step: the loop (and its watchdog) sees progress
         try:
             # gather: an epoch's telemetry and its EpochCompleted usually arrive within a few ms of
             # each other; one transaction for both saves a commit round trip on the control loop.
@@ -218,9 +326,10 @@ class Tamiyo:
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
             # aborted batch, so rebuild everything from the log.
             log.warning("tamiyo instance=%s batch failed (%s); rebuilding", self.instance, exc)
-            self.processor.consumer.rewind_to_beginning()
-            self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+            self.rebuild()
             return 0
+        if self._rebuild:  # a forgotten run came back: rebuild from the log (what the batch committed stands)
+            self.rebuild()
         if time.monotonic() - self._last_report > 30:
             self._report()
         return handled
@@ -228,7 +337,8 @@ class Tamiyo:
     def stats(self) -> dict[str, float]:
         lat = sorted(self.latencies_ms)
         return {
-            "runs": len(self.runs.runs), "epochs_decided": self.decided, "duplicates_skipped": self.duplicates,
+            "runs": len(self.runs.runs), "finished_runs": len(self.runs.finished), "epochs_decided": self.decided,
+            "duplicates_skipped": self.duplicates, "late_skipped": self.late,
             "dead_lettered": self.processor.consumer.dead_lettered,
             "decision_ms_p50": statistics.median(lat) if lat else 0.0,
             "decision_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0,

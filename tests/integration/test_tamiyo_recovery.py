@@ -196,9 +196,15 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
                                                              sender_id="tests", topic=epochs_topic.name, run_id=run_id,
                                                              payload=epoch0))
     producer.produce_raw(telemetry.name, b"\x00not avro", key=run_id.encode())
+    # An id seen before with other content is a conflict: dead-lettered as one, the first event stands.
+    first = next(i for i, (t, p) in enumerate(events) if t == telemetry.name[len(prefix):])
+    producer.publish(telemetry, telemetry.message_type(event_id=f"{run_id}-{first}", sender_id="tests",
+                                                       topic=telemetry.name, run_id=run_id,
+                                                       payload=events[first][1].model_copy(update={"health_score": 0.1})))
+    bad.append((telemetry, run_id, None, f"event id conflict: {run_id}-{first}"))
     producer.flush()
     with tamiyo_running(kafka, instance="bad", orphan_timeout_s=1.0) as tamiyo:
-        dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 4, timeout_s=60)
+        dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 5, timeout_s=60)
         watcher = DecisionWatcher(kafka)
         try:
             watcher.wait(lambda w: (run_id, 2) in w.epochs(), 60, "epoch 2 decided")
@@ -210,7 +216,7 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
     print("dead letters:", reasons, "stats:", stats)
     for _, _, _, reason in bad:
         assert any(reason in r for r in reasons), (reason, reasons)
-    assert len(dlq) == 4 and stats["duplicates_skipped"] >= 1
+    assert len(dlq) == 5 and stats["duplicates_skipped"] >= 1
     mine = [m.payload for m in decisions if m.run_id == run_id]
     assert sorted({d.epoch for d in mine}) == [0, 1, 2] and len({d.decision_id for d in mine}) == len(mine)
     assert not [m for m in decisions if m.run_id == "ghost-run"]
