@@ -5,7 +5,9 @@ deterministic event id names one fact. Seen again with the same content (a produ
 resumed run re-emitting), it is a duplicate and stored once; seen again with other content, it
 is a conflict: dead-lettered with a reason that names where the id was first stored, never
 stored beside the first. "Content" is the decoded event in today's columns, everything but
-where it was read (``kafka_partition``, ``kafka_offset``).
+where it was read (``kafka_partition``, ``kafka_offset``) and how it was sent (the envelope's
+sender, timestamp, trace and schema version): the same rule as Tamiyo's ``content_digest``,
+so a re-emission with a new timestamp is a duplicate for every consumer.
 
 Looking ids up must not slow down as the database grows, so the writer keeps in memory a
 64-bit key per stored event id (FNV-1a of its UTF-8 bytes, 8 bytes an event) in a few sorted
@@ -25,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 KAFKA_COLUMNS = ("kafka_partition", "kafka_offset")
+NOT_CONTENT = KAFKA_COLUMNS + ("sender_id", "timestamp", "trace_id", "schema_version")
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
@@ -122,7 +125,7 @@ def resolve_ids(batch: pa.Table, keys: np.ndarray, seen: SeenKeys, topic: str,
     if not candidates.any():
         return verdicts
     rows = np.flatnonzero(candidates)
-    content = [c for c in batch.column_names if c not in KAFKA_COLUMNS]
+    content = [c for c in batch.column_names if c not in NOT_CONTENT]
     sub = batch.take(pa.array(rows)).to_pylist()
     holders: dict[str, list[tuple[int, int, tuple]]] = {}
     if in_store.any():
