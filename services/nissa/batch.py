@@ -30,14 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, row_from_record
-from services.oona.avro import (
-    HEADER_LEN,
-    ColumnarDecoder,
-    RowDecoder,
-    columnar_decoder,
-    compile_decoder,
-    single_object_fingerprint,
-)
+from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_object_fingerprint
+from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
 from services.oona.errors import DecodeError

@@ -14,9 +14,11 @@ timestamps fastavro can represent) and trailing bytes.
     encoder.py       objects -> bytes, generated once per schema
     row_decoder.py   bytes -> one row tuple (or a validator: bytes -> nothing), generated
     columnar.py      a batch of bytes -> Arrow columns, vectorised with numpy
+
+``columnar`` is imported from its module (``services.oona.avro.columnar``), not from here:
+it needs numpy and pyarrow, which the services' codec path does not load.
 """
 
-from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.avro.encoder import compile_encoder, encode_long
 from services.oona.avro.framing import HEADER_LEN, SINGLE_OBJECT_MAGIC, single_object_fingerprint
 from services.oona.avro.layout import ColumnLayout, LayoutColumn
@@ -26,10 +28,8 @@ __all__ = [
     "HEADER_LEN",
     "SINGLE_OBJECT_MAGIC",
     "ColumnLayout",
-    "ColumnarDecoder",
     "LayoutColumn",
     "RowDecoder",
-    "columnar_decoder",
     "compile_decoder",
     "compile_encoder",
     "compile_validator",
