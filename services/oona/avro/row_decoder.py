@@ -123,7 +123,9 @@ class _Generator:
             fpath = path + (safe_name(field["name"]),)
             wtype = field["type"]
             nested = flattened_record(wtype, self.writer_names)
-            if nested is not None and self._columns_under(fpath) and fpath not in self._index:
+            if nested is not None and fpath not in self._index:
+                # Flattened even without columns under it (the validator, a record the reader dropped):
+                # its fixed-width runs are then read with one unpack, and no dict is built.
                 flush()
                 _, nullable = nullable_branch(wtype)
                 if nullable:
@@ -132,7 +134,7 @@ class _Generator:
                     out.append(f"{pad}p += 1")
                     out.append(f"{pad}if z == {null_z}:")
                     under = self._columns_under(fpath)
-                    out.append(f"{pad}    " + " = ".join(f"c{i}" for i in under) + " = None")
+                    out.append(f"{pad}    " + (" = ".join(f"c{i}" for i in under) + " = None" if under else "pass"))
                     out.append(f"{pad}elif z == {value_z}:")
                     inner: set[int] = set()
                     self._flatten(nested, fpath, out, depth + 1, inner)
