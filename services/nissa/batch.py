@@ -20,11 +20,10 @@ a value holds, so no record can stop the sink.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-
-import logging
 
 import numpy as np
 import pyarrow as pa
@@ -162,14 +161,14 @@ class Batch:
                   dead: list[tuple]) -> list[pa.Table]:
         try:
             arrays, ok = decoders.columnar.decode(values)
-            if not ok.any():
-                return [self._rows(decoders.row, table, messages, values, dead)]
-            partitions = np.array([m.partition() for m in messages], dtype=np.int32)
-            offsets = np.array([m.offset() for m in messages], dtype=np.int64)
-            good = pa.Table.from_arrays([*arrays, pa.array(partitions), pa.array(offsets)], schema=table.arrow_schema)
-        except (DecodeError, pa.ArrowException) as exc:  # the row decoder gives every value its own verdict
-            log.warning("columnar decoding failed, decoding row by row table=%s reason=%s", table.name, exc)
+        except DecodeError as exc:  # not expected; the row decoder then gives every value its own verdict
+            log.warning("columnar decoding failed, decoding row by row table=%s reason=%s", table.name, exc.reason)
+            ok = np.zeros(len(values), dtype=bool)
+        if not ok.any():
             return [self._rows(decoders.row, table, messages, values, dead)]
+        partitions = np.array([m.partition() for m in messages], dtype=np.int32)
+        offsets = np.array([m.offset() for m in messages], dtype=np.int64)
+        good = pa.Table.from_arrays([*arrays, pa.array(partitions), pa.array(offsets)], schema=table.arrow_schema)
         if ok.all():
             return [good]
         bad = np.flatnonzero(~ok)

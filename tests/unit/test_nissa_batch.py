@@ -276,3 +276,20 @@ def test_a_decoded_row_that_does_not_fit_its_column_is_dead_lettered_alone():
     stored = new_batch()._rows(decode, table, messages, [good] * 3, dead)
     assert stored.column("kafka_offset").to_pylist() == [0, 2]
     assert len(dead) == 1 and dead[0][2] == 1 and "does not fit" in dead[0][3]
+
+
+def test_when_the_columnar_decoder_gives_up_on_a_batch_every_value_is_decoded_alone(monkeypatch):
+    spec = topic_spec("telemetry.seed.health")
+    good = encoded(spec)
+    bad = good[:HEADER] + WIDE_LENGTH + good[HEADER + 1 :]
+    batch = new_batch()
+    columnar = batch.decoders.for_value(good[:HEADER], BY_RECORD[spec.record_name]).columnar
+
+    def give_up(values):
+        raise DecodeError("columnar decoding failed: a test says so")
+
+    monkeypatch.setattr(columnar, "decode", give_up)
+    batch.add([FakeMessage(spec.name, 0, i, v) for i, v in enumerate([good, bad, good])])
+    out = batch.drain()
+    assert pa.concat_tables(out["health_signal"]).column("kafka_offset").to_pylist() == [0, 2]
+    assert [d["source_offset"] for d in pa.concat_tables(out["dead_letters"]).to_pylist()] == [1]
