@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 ESPER := PYTHONPATH=$(CURDIR) $(PY) -m services.cli
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-path up down demo status broker broker-stop schemas schemas-check test test-unit test-integration bench clean clean-state
+.PHONY: help venv venv-path up down demo status broker broker-stop schemas schemas-check test test-unit test-integration bench fuzz clean clean-state
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +73,11 @@ test-unit: venv ## unit tests only (no broker)
 
 bench: venv ## benchmarks: side-by-side ratios, JSON in bench-results/
 	$(ESPER) bench
+
+FUZZ_CASES ?= 1000000
+FUZZ_SEED ?= 11
+fuzz: venv ## differential fuzzing of the Avro decoders against fastavro (FUZZ_CASES per decoder, FUZZ_SEED)
+	PYTHONPATH=$(CURDIR) $(PY) -m tests.fuzz.avro_differential --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 clean: ## remove caches inside the checkout (not the data)
 	rm -rf .cache .pytest_cache bench-results

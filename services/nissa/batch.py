@@ -12,11 +12,15 @@ guarantees the column types, so the contracts' pydantic validation is not run on
 path (producers validate before they encode; the sink records facts as they were written).
 A value that cannot be decoded (not single-object framed, unknown fingerprint, a schema of
 another topic, a corrupt body) becomes a row of ``dead_letters`` with origin ``nissa`` and
-the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq``.
+the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq``. The decoders
+(``services/oona/avro``) raise nothing but ``DecodeError``; should a decoded row still not
+fit its Arrow column, that row alone is dead-lettered too: ``decode`` never raises for what
+a value holds, so no record can stop the sink.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -24,17 +28,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from services.nissa.columnar import ColumnarDecoder, columnar_decoder
-from services.nissa.decoder import DECODE_ERRORS, RowDecoder, compile_decoder
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, row_from_record
-from services.oona.codec import message_to_record, single_object_fingerprint
+from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_object_fingerprint
+from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
+from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
 from services.oona.errors import DecodeError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
-HEADER_LEN = 10
 SINK_GROUP = "nissa"
+log = logging.getLogger(__name__)
+# What Arrow raises for a Python value that does not fit its column type.
+_ARROW_ERRORS = (pa.ArrowException, OverflowError, ValueError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -153,7 +159,11 @@ class Batch:
 
     def _columnar(self, decoders: WriterDecoders, table: Table, messages: list, values: list,
                   dead: list[tuple]) -> list[pa.Table]:
-        arrays, ok = decoders.columnar.decode(values)
+        try:
+            arrays, ok = decoders.columnar.decode(values)
+        except DecodeError as exc:  # not expected; the row decoder then gives every value its own verdict
+            log.warning("columnar decoding failed, decoding row by row table=%s reason=%s", table.name, exc.reason)
+            ok = np.zeros(len(values), dtype=bool)
         if not ok.any():
             return [self._rows(decoders.row, table, messages, values, dead)]
         partitions = np.array([m.partition() for m in messages], dtype=np.int32)
@@ -166,17 +176,19 @@ class Batch:
         return [good.filter(pa.array(ok)), retried]
 
     def _rows(self, decode: RowDecoder, table: Table, messages: list, values: list, dead: list[tuple]) -> pa.Table:
-        rows = []
+        rows, kept = [], []
         for message, value in zip(messages, values, strict=True):
             try:
                 rows.append(decode(value, message.partition(), message.offset()))
-            except DECODE_ERRORS as exc:
-                dead.append(_failed_row(message, f"corrupt Avro body for {table.record_name}: "
-                                                 f"{type(exc).__name__}: {exc}", "DecodeError"))
-        return arrow_batch(table, rows)
+            except DecodeError as exc:
+                dead.append(_failed_row(message, f"corrupt Avro body for {table.record_name}: {exc.reason}",
+                                        "DecodeError"))
+                continue
+            kept.append(message)
+        return _rows_to_arrow(table, rows, kept, dead)
 
     def _fallback(self, spec: TopicSpec, table: Table, messages: list, dead: list[tuple]) -> pa.Table:
-        rows = []
+        rows, kept = [], []
         for m in messages:
             try:
                 record = message_to_record(self.fallback.decode(spec, m.value()))
@@ -184,7 +196,26 @@ class Batch:
                 dead.append(_failed_row(m, exc.reason, type(exc).__name__))
                 continue
             rows.append(row_from_record(table, record, m.partition(), m.offset()))
+            kept.append(m)
+        return _rows_to_arrow(table, rows, kept, dead)
+
+
+def _rows_to_arrow(table: Table, rows: list[tuple], messages: list, dead: list[tuple]) -> pa.Table:
+    """Decoded rows as one Arrow table; a row whose value does not fit its column is dead-lettered alone."""
+    try:
         return arrow_batch(table, rows)
+    except _ARROW_ERRORS:
+        pass
+    fitting = []
+    for row, message in zip(rows, messages, strict=True):
+        try:
+            arrow_batch(table, [row])
+        except _ARROW_ERRORS as exc:
+            dead.append(_failed_row(message, f"{table.record_name} does not fit table {table.name}: "
+                                             f"{type(exc).__name__}: {exc}", "DecodeError"))
+            continue
+        fitting.append(row)
+    return arrow_batch(table, fitting)
 
 
 def _failed_row(message: Any, reason: str, error_type: str) -> tuple:

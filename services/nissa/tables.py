@@ -17,7 +17,8 @@ e.g. ``HealthSignalMessage`` -> ``health_signal``):
 The ``dead_letters`` table is derived the same way from the ``DeadLetter`` contract (the
 DLQ carries raw bytes with headers, not Avro) plus ``origin``: ``dlq`` for what other
 consumers dead-lettered, ``nissa`` for what the sink itself could not decode.
-Only names that match Avro's identifier rule ever reach SQL text.
+Only names that match Avro's identifier rule ever reach SQL text. Walking the schemas (named
+types, ``[null, X]`` unions, flattened records) is the Avro layer's (``services/oona/avro``).
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from typing import Any
 import pyarrow as pa
 
 from contracts import DeadLetter
+from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name
 from services.oona.avro_mapping import model_to_avro
 from services.oona.errors import SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PRIMITIVES: dict[str, tuple[str, pa.DataType]] = {
     "long": ("BIGINT", pa.int64()),
     "int": ("INTEGER", pa.int32()),
@@ -67,6 +68,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """A DuckDB table; as a ``services.oona.avro.ColumnLayout`` it is what the Avro decoders fill."""
+
     name: str
     record_name: str
     columns: tuple[Column, ...]
@@ -90,59 +93,6 @@ def snake_case(name: str) -> str:
 
 def table_name(spec: TopicSpec) -> str:
     return snake_case(spec.payload.__name__)
-
-
-def safe_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise SchemaError(f"name {name!r} is not a safe SQL identifier")
-    return name
-
-
-class NamedTypes:
-    """Every Avro named type defined in one schema (defined once, then referenced by name)."""
-
-    def __init__(self, schema: Any = None) -> None:
-        self._types: dict[str, dict] = {}
-        self._register(schema)
-
-    def _register(self, schema: Any) -> None:
-        if isinstance(schema, list):
-            for branch in schema:
-                self._register(branch)
-        elif isinstance(schema, dict):
-            kind = schema.get("type")
-            if kind in ("record", "enum", "fixed"):
-                self._types.setdefault(schema["name"], schema)
-            if kind == "record":
-                for field in schema["fields"]:
-                    self._register(field["type"])
-            elif kind == "array":
-                self._register(schema["items"])
-            elif kind == "map":
-                self._register(schema["values"])
-            elif isinstance(kind, (dict, list)):
-                self._register(kind)
-
-    def resolve(self, schema: Any) -> Any:
-        """``schema`` with a reference to a named type replaced by its definition."""
-        if isinstance(schema, str) and schema not in _PRIMITIVES and schema != "null":
-            try:
-                return self._types[schema]
-            except KeyError:
-                raise SchemaError(f"unknown Avro type {schema!r}") from None
-        if isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)):
-            return self.resolve(schema["type"])
-        return schema
-
-
-def nullable_branch(schema: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for ``[null, X]`` / ``[X, null]``, ``(schema, False)`` otherwise."""
-    if isinstance(schema, list):
-        others = [b for b in schema if b != "null"]
-        if len(schema) != 2 or len(others) != 1:
-            raise SchemaError(f"only [null, X] unions are supported, got {schema}")
-        return others[0], True
-    return schema, False
 
 
 def column_type(schema: Any, names: NamedTypes) -> tuple[str, pa.DataType]:
@@ -183,13 +133,6 @@ def avro_default(schema: Any, value: Any, names: NamedTypes) -> Any:
     if kind == "bytes":
         return value.encode("latin-1")
     return value
-
-
-def flattened_record(schema: Any, names: NamedTypes) -> dict | None:
-    """The record definition when ``schema`` is a record or ``[null, record]`` (flattened into columns)."""
-    inner, _ = nullable_branch(schema)
-    inner = names.resolve(inner)
-    return inner if isinstance(inner, dict) and inner.get("type") == "record" else None
 
 
 _NO_DEFAULT = object()

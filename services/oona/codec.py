@@ -2,7 +2,10 @@
 
 Single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of
 the writer schema + the Avro binary body. Writer schemas are resolved against
-``schemas/`` and ``schemas/history/``, so no registry server is needed.
+``schemas/`` and ``schemas/history/``, so no registry server is needed. The framing, the
+encoder and the body checks live in ``services/oona/avro``: a body is first checked by that
+layer's validator (the same rules Nissa's decoders apply), then read by fastavro. Whatever
+the bytes, ``decode_record`` returns fastavro's record or raises ``DecodeError``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import fastavro
 from pydantic import ValidationError
 
 from contracts import OonaMessage
-from services.oona.avro_encoder import compile_encoder
+from services.oona.avro import (
+    HEADER_LEN,
+    SINGLE_OBJECT_MAGIC,
+    compile_encoder,
+    compile_validator,
+    single_object_fingerprint,
+)
 from services.oona.errors import (
     ConfigurationError,
     ContractViolationError,
@@ -26,16 +35,6 @@ from services.oona.errors import (
 )
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
-
-SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-_HEADER_LEN = 10
-
-
-def single_object_fingerprint(data: bytes) -> bytes:
-    """The writer schema's 8-byte fingerprint from a single-object header; DecodeError if there is none."""
-    if len(data) < _HEADER_LEN or data[:2] != SINGLE_OBJECT_MAGIC:
-        raise DecodeError(f"not Avro single-object encoded (first bytes {bytes(data[:2]).hex() or 'none'})")
-    return bytes(data[2:_HEADER_LEN])
 
 
 class Codec(Protocol):
@@ -65,6 +64,7 @@ class SingleObjectCodec:
     def __init__(self, store: SchemaStore | None = None) -> None:
         self.store = store or SchemaStore()
         self._encoders: dict[str, Callable[[Any], bytes]] = {}
+        self._validators: dict[bytes, Callable[[bytes], None]] = {}
 
     def _encoder(self, record_name: str) -> Callable[[Any], bytes]:
         encoder = self._encoders.get(record_name)
@@ -95,8 +95,15 @@ class SingleObjectCodec:
                 f"schema {writer.record_name} v{writer.version} does not belong on {spec.name} "
                 f"(expects {spec.record_name})"
             )
+        validate = self._validators.get(fingerprint)
+        if validate is None:
+            validate = self._validators[fingerprint] = compile_validator(writer.raw, HEADER_LEN)
+        try:
+            validate(data)
+        except DecodeError as exc:
+            raise DecodeError(f"corrupt Avro body for {spec.record_name}: {exc.reason}") from None
         body = io.BytesIO(data)
-        body.seek(_HEADER_LEN)
+        body.seek(HEADER_LEN)
         try:
             record = fastavro.schemaless_reader(body, writer.parsed, self.store.reader(spec.record_name))
         except Exception as exc:  # fastavro raises assorted types on corrupt bodies

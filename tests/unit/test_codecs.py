@@ -9,8 +9,8 @@ import fastavro
 import pytest
 
 from contracts import HealthSignal, OonaMessage
-from services.oona.avro_encoder import compile_encoder, encode_long
-from services.oona.codec import SINGLE_OBJECT_MAGIC, ConfluentCodec, SingleObjectCodec, make_codec
+from services.oona.avro import SINGLE_OBJECT_MAGIC, compile_encoder, encode_long
+from services.oona.codec import ConfluentCodec, SingleObjectCodec, make_codec
 from services.oona.errors import ConfigurationError, ContractViolationError, DecodeError, UnknownSchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import avro_topics, topic_spec

@@ -13,6 +13,7 @@ from services.nissa.batch import Batch, Decoders
 from services.nissa.sink import sink_tables
 from services.nissa.store import NissaStore
 from services.oona.codec import SingleObjectCodec
+from services.oona.errors import DecodeError
 from services.oona.topic_registry import all_topics, topic_spec
 from tests.samples import health_signal, message_for
 
@@ -193,3 +194,102 @@ def test_after_a_failed_commit_nothing_later_commits():
         committer.submit(({}, {"third": 3}))
     committer.stop()
     assert store.written == [{"first": 1}]
+
+
+# -- no value stops the sink (issue 11): regression tests for two crash loops ----------------------
+HEADER = 10
+WIDE_LENGTH = bytes.fromhex("feffffffffffffffff01")  # 2**63 - 1 as a zig-zag varint: a string length
+
+
+def test_a_string_length_of_2_63_minus_1_is_one_bad_row_in_the_columnar_decoder():
+    """It wrapped the columnar decoder's position negative: IndexError, the sink's crash loop."""
+    spec = topic_spec("telemetry.seed.health")
+    good = encoded(spec)
+    assert good[HEADER] < 0x80  # the first string's (event_id's) length is one byte
+    bad = good[:HEADER] + WIDE_LENGTH + good[HEADER + 1 :]
+    columnar = Decoders(CODEC.store).for_value(good[:HEADER], BY_RECORD[spec.record_name]).columnar
+    assert columnar is not None
+    _, ok = columnar.decode([good, bad, good])
+    assert ok.tolist() == [True, False, True]
+
+
+def test_a_string_length_of_2_63_minus_1_is_dead_lettered_and_the_good_events_around_it_land():
+    spec = topic_spec("telemetry.seed.health")
+    good = encoded(spec)
+    bad = good[:HEADER] + WIDE_LENGTH + good[HEADER + 1 :]
+    batch = new_batch()
+    batch.add([FakeMessage(spec.name, 0, i, v) for i, v in enumerate([good, good, bad, good, good])])
+    out = batch.drain()
+    stored = pa.concat_tables(out["health_signal"])
+    assert sorted(stored.column("kafka_offset").to_pylist()) == [0, 1, 3, 4]
+    (dead,) = pa.concat_tables(out["dead_letters"]).to_pylist()
+    assert dead["source_offset"] == 2 and dead["origin"] == "nissa" and dead["error_type"] == "DecodeError"
+    assert "corrupt Avro body" in dead["reason"] and "length" in dead["reason"]
+
+
+def _wide_varint_value(spec, message) -> bytes:
+    """``message`` with its payload's epoch (a long) written as a 10-byte varint above 2**64."""
+    data = encoded(spec, message)
+    epoch = bytes([2 * message.payload.epoch])  # zig-zag of a small epoch: one byte
+    # SeedTransition's payload: ..., layer_name, from_state, to_state (one-byte enum indexes), epoch
+    at = data.index(b"\x0cbody.0") + 7 + 2
+    assert data[at : at + 1] == epoch
+    return data[:at] + b"\xff" * 9 + b"\x7f" + data[at + 1 :]
+
+
+def test_a_varint_above_2_64_is_dead_lettered_on_a_row_decoded_topic():
+    """The row decoder took it; the Arrow conversion then raised OverflowError outside the per-row try."""
+    spec = topic_spec("lifecycle.seed.transitions")
+    sample = message_for(spec)
+    bad = _wide_varint_value(spec, sample)
+    good = encoded(spec)
+    batch = new_batch()
+    batch.add([FakeMessage(spec.name, 0, i, v) for i, v in enumerate([good, bad, good])])
+    out = batch.drain()
+    assert pa.concat_tables(out["seed_transition"]).column("kafka_offset").to_pylist() == [0, 2]
+    (dead,) = pa.concat_tables(out["dead_letters"]).to_pylist()
+    assert dead["source_offset"] == 1 and "64 bits" in dead["reason"]
+    decoders = Decoders(CODEC.store).for_value(good[:HEADER], BY_RECORD[spec.record_name])
+    assert decoders.columnar is None  # arrays in the record: the per-event row decoder
+    with pytest.raises(DecodeError, match="64 bits"):
+        decoders.row(bad, 0, 0)
+    with pytest.raises(DecodeError):  # and every service dead-letters the same bytes
+        CODEC.decode_record(spec, bad)
+
+
+def test_a_decoded_row_that_does_not_fit_its_column_is_dead_lettered_alone():
+    """Belt and braces behind the decoders' range checks: Arrow's verdict is per row too."""
+    spec = topic_spec("telemetry.seed.health")
+    table = BY_RECORD[spec.record_name]
+    good = encoded(spec)
+    real = Decoders(CODEC.store).for_value(good[:HEADER], table).row
+    layer_id = table.column_names.index("layer_id")
+
+    def decode(value, partition, offset):
+        row = list(real(value, partition, offset))
+        if offset == 1:
+            row[layer_id] = 2**70
+        return tuple(row)
+
+    dead: list[tuple] = []
+    messages = [FakeMessage(spec.name, 0, i, good) for i in range(3)]
+    stored = new_batch()._rows(decode, table, messages, [good] * 3, dead)
+    assert stored.column("kafka_offset").to_pylist() == [0, 2]
+    assert len(dead) == 1 and dead[0][2] == 1 and "does not fit" in dead[0][3]
+
+
+def test_when_the_columnar_decoder_gives_up_on_a_batch_every_value_is_decoded_alone(monkeypatch):
+    spec = topic_spec("telemetry.seed.health")
+    good = encoded(spec)
+    bad = good[:HEADER] + WIDE_LENGTH + good[HEADER + 1 :]
+    batch = new_batch()
+    columnar = batch.decoders.for_value(good[:HEADER], BY_RECORD[spec.record_name]).columnar
+
+    def give_up(values):
+        raise DecodeError("columnar decoding failed: a test says so")
+
+    monkeypatch.setattr(columnar, "decode", give_up)
+    batch.add([FakeMessage(spec.name, 0, i, v) for i, v in enumerate([good, bad, good])])
+    out = batch.drain()
+    assert pa.concat_tables(out["health_signal"]).column("kafka_offset").to_pylist() == [0, 2]
+    assert [d["source_offset"] for d in pa.concat_tables(out["dead_letters"]).to_pylist()] == [1]

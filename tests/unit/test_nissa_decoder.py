@@ -1,4 +1,4 @@
-"""Nissa's generated row decoder and vectorised columnar decoder agree with fastavro (no broker)."""
+"""The Avro layer's row decoder and vectorised columnar decoder fill Nissa's tables as fastavro reads (no broker)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import io
 import fastavro
 import pytest
 
-from services.nissa.batch import HEADER_LEN, Decoders
-from services.nissa.columnar import columnar_decoder
-from services.nissa.decoder import DECODE_ERRORS, compile_decoder
+from services.nissa.batch import Decoders
 from services.nissa.tables import arrow_batch, row_from_record, table_for
-from services.oona.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec, message_to_record
+from services.oona.avro import HEADER_LEN, SINGLE_OBJECT_MAGIC, compile_decoder
+from services.oona.avro.columnar import columnar_decoder
+from services.oona.codec import SingleObjectCodec, message_to_record
+from services.oona.errors import DecodeError
 from services.oona.schema_store import history_versions, schema_fingerprint
 from services.oona.topic_registry import avro_topics, topic_spec
 from tests.samples import health_signal, message_for
@@ -113,7 +114,7 @@ def test_corrupt_bodies_raise_or_are_flagged_never_crash(name):
     data = CODEC.encode(spec, message_for(spec))
     decode = compile_decoder(STORE.raw(spec.record_name), table, HEADER_LEN)
     for bad in corruptions(data):
-        with pytest.raises(DECODE_ERRORS):
+        with pytest.raises(DecodeError):
             decode(bad, 0, 0)
     columnar = columnar_decoder(STORE.raw(spec.record_name), table, HEADER_LEN)
     if columnar is not None:

@@ -1,19 +1,24 @@
-"""A fast Avro binary DECODER specialised once per (writer schema, table): bytes -> one row tuple.
+"""A fast Avro binary DECODER specialised once per (writer schema, layout): bytes -> one row tuple.
 
 fastavro's ``schemaless_reader`` returns a dict per event (and the contracts then validate
-it): ~15k events/s end to end. The sink needs columns, not objects, so this module turns
-one of *our own committed* schemas (current or from ``schemas/history``) into straight-line
-Python that walks the Avro body once and returns the row of the table (see ``tables.py``)
-as a tuple in column order. Writer fields are matched to the reader's columns by path, so
-an event written with an older schema lands in today's columns: fields the writer lacks
-get the reader's default, fields the reader dropped are read and discarded.
+it): ~15k events/s end to end. A sink needs columns, not objects, so this module turns one
+of *our own committed* schemas (current or from ``schemas/history``) into straight-line
+Python that walks the Avro body once and returns the row of a column layout (``layout.py``;
+Nissa's tables) as a tuple in column order. Writer fields are matched to the layout's
+columns by path, so an event written with an older schema lands in today's columns: fields
+the writer lacks get the column's default, fields the reader dropped are read and discarded.
+With no columns at all the same code is a validator (``compile_validator``): the services
+run it before fastavro, so every consumer of the log rejects the same bytes.
 
-Safety, as in ``services/oona/avro_encoder.py``: only identifiers validated against Avro's
-name rule are spliced into the generated source (as dict keys, via ``repr``) and every other
-value (enum tables, defaults, struct unpackers) is passed through the function's namespace.
-Nothing read from the bus ever becomes code; bytes from the bus are only indexed and sliced.
-A corrupt body raises ``CorruptBodyError`` (or IndexError/KeyError/struct.error/
-UnicodeDecodeError, which ``DECODE_ERRORS`` lists for the caller to catch).
+Total by construction: the generated code checks varint width, lengths and block counts
+against the bytes that remain, enum indexes, union branches, value ranges (``wire.py``),
+UTF-8 and trailing bytes, and turns a read past the end into a truncated-body error. Every
+failure is a ``DecodeError`` with a reason; nothing else leaves ``decode``.
+
+Safety, as in ``encoder.py``: only identifiers validated against Avro's name rule are spliced
+into the generated source (as dict keys, via ``repr``) and every other value (enum tables,
+defaults, struct unpackers, bounds) is passed through the function's namespace. Nothing
+read from the bus ever becomes code; bytes from the bus are only indexed and sliced.
 """
 
 from __future__ import annotations
@@ -22,77 +27,50 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from services.nissa.tables import NamedTypes, Table, flattened_record, nullable_branch, safe_name
-from services.oona.errors import SchemaError
+from services.oona.avro.layout import ColumnLayout, NoColumns
+from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
+from services.oona.avro.wire import read_varint, value_bounds
+from services.oona.errors import DecodeError, SchemaError
 
 RowDecoder = Callable[[bytes, int, int], tuple]
 
-
-class CorruptBodyError(ValueError):
-    pass
-
-
-DECODE_ERRORS = (IndexError, KeyError, ValueError, TypeError, struct.error)
-
 _FIXED = {"double": ("d", 8), "float": ("f", 4), "boolean": ("?", 1)}
-_VARINT_CACHE: dict[bytes, tuple[int, int]] = {}
-_CACHE_MAX = 4096
 
 
-def read_varint(b: bytes, p: int) -> tuple[int, int]:
-    """The raw (still zig-zag encoded) varint at ``p`` whose first byte is >= 0x80, and the next position.
+def compile_decoder(writer: dict, layout: ColumnLayout, start: int) -> RowDecoder:
+    """``decode(value, partition, offset) -> row`` for values written with ``writer``.
 
-    Varints of up to 8 bytes (timestamps: every event of an epoch shares one) are cached by
-    their 8-byte window, which fully determines them; the cache is bounded.
-    """
-    z1 = b[p + 1]
-    if z1 < 0x80:
-        return (b[p] & 0x7F) | (z1 << 7), p + 2
-    key = b[p : p + 8]
-    hit = _VARINT_CACHE.get(key)
-    if hit is not None:
-        return hit[0], p + hit[1]
-    z = shift = 0
-    q = p
-    while True:
-        byte = b[q]
-        q += 1
-        z |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise CorruptBodyError("varint longer than 10 bytes")
-    if q - p <= 8:
-        if len(_VARINT_CACHE) >= _CACHE_MAX:
-            _VARINT_CACHE.clear()
-        _VARINT_CACHE[key] = (z, q - p)
-    return z, q
-
-
-def compile_decoder(writer: dict, table: Table, start: int) -> RowDecoder:
-    """``decode(body, partition, offset) -> row`` for events written with ``writer``.
-
-    ``body`` is the whole Kafka value; the Avro body begins at ``start`` (after the
+    ``value`` is the whole Kafka value; the Avro body begins at ``start`` (after the
     single-object header) and must end exactly at the end of the value. The row holds the
-    table's columns in order, the Kafka partition and offset last.
+    layout's columns that have a path, in order, then ``partition`` and ``offset``.
     """
-    gen = _Generator(writer, table)
+    gen = _Generator(writer, layout)
     source = gen.top_function(start)
-    namespace: dict[str, Any] = {"_rz": read_varint, "_Bad": CorruptBodyError, **gen.namespace}
+    namespace: dict[str, Any] = {"_rz": read_varint, "_Bad": DecodeError, "_struct_error": struct.error,
+                                 **gen.namespace}
     exec(compile(source, f"<avro decoder {writer.get('name')}>", "exec"), namespace)  # noqa: S102 - see module doc
     return namespace["_decode"]
 
 
+def compile_validator(writer: dict, start: int) -> Callable[[bytes], None]:
+    """``check(value)``: DecodeError unless ``value[start:]`` is exactly one well-formed body of ``writer``."""
+    decode = compile_decoder(writer, NoColumns(), start)
+
+    def check(value: bytes) -> None:
+        decode(value, 0, 0)
+
+    return check
+
+
 class _Generator:
-    def __init__(self, writer: dict, table: Table) -> None:
-        self.table = table
+    def __init__(self, writer: dict, layout: ColumnLayout) -> None:
+        self.layout = layout
         self.writer_names = NamedTypes(writer)
         self.writer = writer
         self.namespace: dict[str, Any] = {}
         self.functions: list[str] = []
         self._counter = 0
-        self._index = {c.path: i for i, c in enumerate(table.columns) if c.path}
+        self._index = {c.path: i for i, c in enumerate(layout.columns) if c.path}
 
     def _fresh(self, prefix: str) -> str:
         self._counter += 1
@@ -107,13 +85,21 @@ class _Generator:
     def top_function(self, start: int) -> str:
         body: list[str] = []
         assigned: set[int] = set()
-        self._flatten(self.writer, (), body, 1, assigned)
-        n_schema = sum(1 for c in self.table.columns if c.path)
-        prologue = [f"    c{i} = {self._constant(c.default)}" for i, c in enumerate(self.table.columns)
+        self._flatten(self.writer, (), body, 2, assigned)
+        columns = self.layout.columns
+        n_schema = sum(1 for c in columns if c.path)
+        prologue = [f"    c{i} = {self._constant(c.default)}" for i, c in enumerate(columns)
                     if c.path and i not in assigned]
         row = ", ".join([f"c{i}" for i in range(n_schema)] + ["part", "off"])
-        source = ["def _decode(b, part, off):", f"    p = {int(start)}", *prologue, *body,
-                  "    if p != len(b):", "        raise _Bad('body length does not match the schema')",
+        # A read past the end of the value raises IndexError (b[p]) or struct.error (unpack_from);
+        # the explicit checks keep every position inside [start, len(b)], so that is all they mean.
+        source = ["def _decode(b, part, off):", *prologue, "    try:", f"        p = {int(start)}", *body,
+                  "    except (IndexError, _struct_error):",
+                  "        raise _Bad('truncated body: the value ends inside a field') from None",
+                  "    except UnicodeDecodeError as exc:",
+                  "        raise _Bad(f'invalid UTF-8 in a string: {exc.reason} at byte {exc.start}') from None",
+                  "    if p != len(b):",
+                  "        raise _Bad(f'{len(b) - p} trailing bytes after the body')",
                   f"    return ({row})"]
         return "\n".join(self.functions + source)
 
@@ -137,27 +123,29 @@ class _Generator:
             fpath = path + (safe_name(field["name"]),)
             wtype = field["type"]
             nested = flattened_record(wtype, self.writer_names)
-            if nested is not None and self._columns_under(fpath) and fpath not in self._index:
+            if nested is not None and fpath not in self._index:
+                # Flattened even without columns under it (the validator, a record the reader dropped):
+                # its fixed-width runs are then read with one unpack, and no dict is built.
                 flush()
                 _, nullable = nullable_branch(wtype)
                 if nullable:
-                    null_z, value_z = self._union_codes(wtype)
+                    null_z, value_z = union_codes(wtype)
                     out.append(f"{pad}z = b[p]")
                     out.append(f"{pad}p += 1")
                     out.append(f"{pad}if z == {null_z}:")
                     under = self._columns_under(fpath)
-                    out.append(f"{pad}    " + " = ".join(f"c{i}" for i in under) + " = None")
+                    out.append(f"{pad}    " + (" = ".join(f"c{i}" for i in under) + " = None" if under else "pass"))
                     out.append(f"{pad}elif z == {value_z}:")
                     inner: set[int] = set()
                     self._flatten(nested, fpath, out, depth + 1, inner)
                     out.append(f"{pad}else:")
-                    out.append(f"{pad}    raise _Bad('bad union branch')")
+                    out.append(f"{pad}    raise _Bad(f'bad union branch {{z:#04x}}')")
                 else:
                     self._flatten(nested, fpath, out, depth, assigned)
                 continue
             column = self._index.get(fpath)
             target = f"c{column}" if column is not None else "_x"
-            if column is not None and depth == 1:
+            if column is not None and depth == 2:
                 assigned.add(column)
             code = _fixed_code(wtype, self.writer_names)
             if code is not None:
@@ -168,16 +156,11 @@ class _Generator:
         flush()
 
     # -- one value into a variable ------------------------------------------------------------
-    def _union_codes(self, union: list) -> tuple[int, int]:
-        """Zig-zag encoded branch indexes (what the body holds) of null and of the other branch."""
-        null_at = union.index("null")
-        return null_at * 2, (1 - null_at) * 2
-
     def _value(self, wtype: Any, target: str, out: list[str], depth: int) -> None:
         pad = "    " * depth
         if isinstance(wtype, list):
             inner, _ = nullable_branch(wtype)
-            null_z, value_z = self._union_codes(wtype)
+            null_z, value_z = union_codes(wtype)
             out.append(f"{pad}z = b[p]")
             out.append(f"{pad}p += 1")
             out.append(f"{pad}if z == {null_z}:")
@@ -185,18 +168,24 @@ class _Generator:
             out.append(f"{pad}elif z == {value_z}:")
             self._value(inner, target, out, depth + 1)
             out.append(f"{pad}else:")
-            out.append(f"{pad}    raise _Bad('bad union branch')")
+            out.append(f"{pad}    raise _Bad(f'bad union branch {{z:#04x}}')")
             return
         schema = self.writer_names.resolve(wtype)
         kind = schema if isinstance(schema, str) else schema["type"]
         if kind in ("long", "int"):
             self._varint(out, pad)
             out.append(f"{pad}{target} = (z >> 1) ^ -(z & 1)")
+            bounds = value_bounds(schema)
+            if bounds is not None:
+                low, high = self._constant(bounds[0]), self._constant(bounds[1])
+                out.append(f"{pad}if not {low} <= {target} <= {high}:")
+                out.append(f"{pad}    raise _Bad(f'{kind} {{{target}}} out of range')")
         elif kind in ("string", "bytes"):
             self._varint(out, pad)
+            out.append(f"{pad}if z & 1 or (z >> 1) > len(b) - p:")
+            out.append(f"{pad}    raise _Bad(f'{kind} length {{(z >> 1) ^ -(z & 1)}} beyond the {{len(b) - p}} "
+                       f"bytes left')")
             out.append(f"{pad}n = p + (z >> 1)")
-            out.append(f"{pad}if z & 1:")
-            out.append(f"{pad}    raise _Bad('negative length')")
             out.append(f"{pad}{target} = b[p:n]" + (".decode()" if kind == "string" else ""))
             out.append(f"{pad}p = n")
         elif kind in _FIXED:
@@ -207,7 +196,9 @@ class _Generator:
         elif kind == "enum":
             table = self._constant({2 * i: symbol for i, symbol in enumerate(schema["symbols"])})
             self._varint(out, pad)
-            out.append(f"{pad}{target} = {table}[z]")
+            out.append(f"{pad}{target} = {table}.get(z)")
+            out.append(f"{pad}if {target} is None:")
+            out.append(f"{pad}    raise _Bad(f'enum index {{(z >> 1) ^ -(z & 1)}} out of range')")
         elif kind == "null":
             out.append(f"{pad}{target} = None")
         elif kind in ("array", "map"):
@@ -218,9 +209,15 @@ class _Generator:
             out.append(f"{pad}    k = (z >> 1) ^ -(z & 1)")
             out.append(f"{pad}    if k == 0:")
             out.append(f"{pad}        break")
-            out.append(f"{pad}    if k < 0:")  # a block with its byte size: skip the size
+            out.append(f"{pad}    if k < 0:")  # a block with its byte size: check the size, then skip it
             out.append(f"{pad}        k = -k")
             self._varint(out, pad + "        ")
+            out.append(f"{pad}        if z & 1 or (z >> 1) > len(b) - p:")
+            out.append(f"{pad}            raise _Bad('{kind} block size beyond the body')")
+            # Every item takes at least one byte: a count beyond the bytes left is corrupt (and
+            # would otherwise loop or allocate for as long as the count says).
+            out.append(f"{pad}    if k > len(b) - p:")
+            out.append(f"{pad}        raise _Bad(f'{kind} block of {{k}} items beyond the {{len(b) - p}} bytes left')")
             out.append(f"{pad}    for _ in range(k):")
             if kind == "array":
                 out.append(f"{pad}        v, p = {item}(b, p)")

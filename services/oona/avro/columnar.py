@@ -9,11 +9,14 @@ Arrow string arrays straight from offsets + gathered bytes. ``[null, X]`` unions
 nullable flattened records work through an ``active`` mask: rows where the branch is null
 keep their position and get a null.
 
-Corrupt bodies never raise here: every step checks the rows (length overruns, bad union
-branches, enum indexes, varints over 10 bytes, invalid UTF-8, a body that does not end where
-the schema does) and the result says which rows are good; the caller sends the rest through the
-per-event decoder (``decoder.py``), which raises for them and so dead-letters them.
-The program is built only from our committed schemas; bytes from the bus are only data.
+Corrupt bodies never raise here: every step checks the rows with the same rules as the row
+decoder (varints of at most 10 bytes within 64 bits, lengths against the bytes left in the row
+computed without overflow, union branches, enum indexes, value ranges, UTF-8, a body that does
+not end where the schema does) and the result says which rows are good; the caller sends the
+rest through the per-event decoder (``row_decoder.py``), which raises ``DecodeError`` for them
+and so dead-letters them. Should a step fail for the whole batch anyway, ``decode`` raises
+``DecodeError`` and the caller decodes the batch row by row. The program is built only from
+our committed schemas; bytes from the bus are only data.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from services.nissa.tables import NamedTypes, Table, flattened_record, nullable_branch, safe_name
+from services.oona.avro.layout import ColumnLayout
+from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
+from services.oona.avro.wire import value_bounds
+from services.oona.errors import DecodeError
 
 _FIXED = {"double": ("<f8", 8), "float": ("<f4", 4), "boolean": ("bool", 1)}
 _WINDOW = np.arange(10, dtype=np.int64)
@@ -48,17 +54,18 @@ class _Op:
     value_z: int = 0
     body: list[_Op] = field(default_factory=list)  # union: the value branch; record: its fields
     nulls: list[int] = field(default_factory=list)  # union of a flattened record: the columns set to null
+    bounds: tuple[int, int] | None = None  # varint: the values a reader accepts (int, timestamps)
 
 
 class ColumnarDecoder:
-    """``decode(values) -> (arrays, ok)``: Arrow arrays of the table's schema columns, and the good rows.
+    """``decode(values) -> (arrays, ok)``: Arrow arrays of the layout's schema columns, and the good rows.
 
     ``values`` are whole Kafka values of one writer schema; the Avro body starts at ``start``.
     ``ok[i]`` is False where value i is corrupt; its entries in the arrays are meaningless.
     No arrays at all (and ``ok`` all False) when the batch is too large for one buffer.
     """
 
-    def __init__(self, writer: dict, table: Table, start: int) -> None:
+    def __init__(self, writer: dict, table: ColumnLayout, start: int) -> None:
         self.table = table
         self.start = start
         self.names = NamedTypes(writer)
@@ -77,7 +84,7 @@ class ColumnarDecoder:
                 inner, nullable = nullable_branch(f["type"])
                 body = self._record(nested, fpath)
                 if nullable:
-                    null_z, value_z = _union_codes(f["type"])
+                    null_z, value_z = union_codes(f["type"])
                     nulls = [i for p, i in self._index.items() if p[: len(fpath)] == fpath]
                     ops.append(_Op("union", null_z=null_z, value_z=value_z, body=[_Op("record", body=body)],
                                    nulls=nulls))
@@ -95,12 +102,12 @@ class ColumnarDecoder:
     def _value(self, schema: Any, column: int | None) -> _Op:
         if isinstance(schema, list):
             inner, _ = nullable_branch(schema)
-            null_z, value_z = _union_codes(schema)
+            null_z, value_z = union_codes(schema)
             return _Op("union", column=column, null_z=null_z, value_z=value_z, body=[self._value(inner, column)])
         schema = self.names.resolve(schema)
         kind = schema if isinstance(schema, str) else schema["type"]
         if kind in ("long", "int"):
-            return _Op("varint", column=column)
+            return _Op("varint", column=column, bounds=value_bounds(schema))
         if kind == "string":
             return _Op("string", column=column)
         if kind in _FIXED and not (isinstance(schema, dict) and schema.get("logicalType")):
@@ -111,6 +118,14 @@ class ColumnarDecoder:
 
     # -- running it ------------------------------------------------------------------------------
     def decode(self, values: list[bytes]) -> tuple[list[pa.Array], np.ndarray]:
+        try:
+            return self._decode(values)
+        except (IndexError, ValueError, OverflowError, TypeError, pa.ArrowException) as exc:
+            # Not expected (each step keeps its gathers inside the buffer); the caller then
+            # decodes these values one by one, and the row decoder gives each its verdict.
+            raise DecodeError(f"columnar decoding failed: {type(exc).__name__}: {exc}") from None
+
+    def _decode(self, values: list[bytes]) -> tuple[list[pa.Array], np.ndarray]:
         n = len(values)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=n)
         ends = np.cumsum(lengths)
@@ -132,10 +147,16 @@ class ColumnarDecoder:
         for op in ops:
             if op.kind == "varint":
                 z = st.varint(active)
+                if op.bounds is not None or op.column is not None:
+                    values = _zigzag(z)
+                    if op.bounds is not None:
+                        bad = (values < op.bounds[0]) | (values > op.bounds[1])
+                        st.fail(bad if active is None else bad & active)
                 if op.column is not None:
-                    # int64 -> BIGINT / INTEGER / timestamp[us, UTC] (micros since the epoch, as on the wire)
+                    # int64 -> BIGINT / INTEGER / timestamp[us, UTC] (micros since the epoch, as on the wire);
+                    # unsafe: corrupt rows may hold anything, the good ones were range-checked above
                     arrow_type = self.table.columns[op.column].arrow_type
-                    out[op.column] = pa.array(_zigzag(z), mask=_mask(active)).cast(arrow_type, safe=False)
+                    out[op.column] = pa.array(values, mask=_mask(active)).cast(arrow_type, safe=False)
             elif op.kind == "string":
                 array = st.string(active, op.column is not None)
                 if op.column is not None:
@@ -231,9 +252,10 @@ class _State:
         window = self.buf[pos[:, None] + _WINDOW]
         cont = window >= 0x80
         length = np.argmin(cont, axis=1) + 1
-        too_long = cont.all(axis=1)
+        # More than 10 bytes, or a 10th byte that carries more than bit 63: wider than 64 bits.
+        too_wide = cont.all(axis=1) | (window[:, 9] > 1) & (length == 10)
         bad = np.zeros(self.n, dtype=bool)
-        bad[rows] = too_long
+        bad[rows] = too_wide
         self.fail(bad if active is None else bad & active)
         keep = _WINDOW[None, :] < length[:, None]
         z = (((window & 0x7F).astype(np.uint64) << _SHIFTS) * keep).sum(axis=1, dtype=np.uint64)
@@ -259,8 +281,9 @@ class _State:
         (strings of up to 12 bytes live inline) or buffer 0 and the offset of the string in it.
         """
         z = self.varint(active)
-        lengths = (z >> np.uint64(1)).astype(np.int64)
-        bad = (z & np.uint64(1)).astype(bool) | (self.pos + lengths > self.ends)
+        lengths = (z >> np.uint64(1)).astype(np.int64)  # < 2**63: fits
+        # Compared with the bytes left, not as pos + length: a length near 2**63 would wrap that negative.
+        bad = (z & np.uint64(1)).astype(bool) | (lengths > self.ends - self.pos)
         if active is not None:
             bad &= active
             lengths = np.where(active, lengths, 0)
@@ -298,11 +321,6 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _union_codes(union: list) -> tuple[int, int]:
-    null_at = union.index("null")
-    return null_at * 2, (1 - null_at) * 2
-
-
 def _zigzag(z: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(1)).astype(np.int64) ^ -(z & np.uint64(1)).astype(np.int64)
 
@@ -311,7 +329,7 @@ def _mask(active: np.ndarray | None) -> np.ndarray | None:
     return None if active is None else ~active
 
 
-def columnar_decoder(writer: dict, table: Table, start: int) -> ColumnarDecoder | None:
+def columnar_decoder(writer: dict, table: ColumnLayout, start: int) -> ColumnarDecoder | None:
     """The vectorised decoder of ``writer`` for ``table``, or None when the schema is not all scalars."""
     try:
         return ColumnarDecoder(writer, table, start)

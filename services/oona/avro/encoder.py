@@ -1,10 +1,10 @@
 """A fast Avro binary encoder specialised once per schema.
 
-fastavro is the reference implementation and does all decoding, but its per-call
-overhead (~20 us for one HealthSignal) is too high for bulk telemetry. This module
-turns one of *our own committed* schemas into straight-line Python (one function
-per record type) that reads attributes off the pydantic objects and packs runs of
-fixed-width fields with one ``struct`` call. Only identifiers validated against
+fastavro is the reference implementation (the services decode with it, after this
+layer's validator), but its per-call overhead (~20 us for one HealthSignal) is too high
+for bulk telemetry. This module turns one of *our own committed* schemas into
+straight-line Python (one function per record type) that reads attributes off the
+pydantic objects and packs runs of fixed-width fields with one ``struct`` call. Only identifiers validated against
 Avro's name rule are spliced into the source; every other value (enum tables,
 constants) is passed through the function's namespace, never as text. Nothing
 read from the bus ever reaches this module. A unit test proves the bytes equal
