@@ -38,13 +38,6 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-# `esper status` exit codes: 0 every service up; 3 the broker or a service is down; 4 (only with
-# --strict) everything is up but a service has restarted since `esper up` or a lag is not 0. A service
-# in a crash loop is "up" between its deaths, so the restart count is what tells a script about it.
-EXIT_DOWN = 3
-EXIT_NOT_CLEAN = 4
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
@@ -57,15 +50,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from services.oona.local_broker import LocalKafka
     from services.settings import load_settings
     from services.supervisor import SERVICES, read_status
-    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag
+    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
 
     settings = load_settings()
-    healthy = True
     try:
         brokers = wait_for_broker(settings.kafka, timeout_s=3)
         broker, broker_up = f"up ({brokers} broker(s) at {settings.kafka.bootstrap_servers})", True
     except BrokerUnavailableError:
-        broker, broker_up, healthy = f"down ({settings.kafka.bootstrap_servers})", False, False
+        broker, broker_up = f"down ({settings.kafka.bootstrap_servers})", False
     if not settings.external_cluster:
         broker += f", local pid={LocalKafka(settings.local_broker()).pid()}"
     supervisor = read_status(settings.state_dir)
@@ -80,13 +72,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
                          "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"),
                          "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
                          "has_lag": name == "nissa" or name in GROUP_INPUTS})
-    healthy &= all(s["up"] for s in services)
-    clean = healthy and all(s["restarts"] == 0 and (s["lag"] == 0 or not s["has_lag"]) for s in services)
-    code = 0 if clean or (healthy and not args.strict) else EXIT_DOWN if not healthy else EXIT_NOT_CLEAN
+    code = status_exit_code(broker_up, services, strict=args.strict)
     if args.json:
         print(json.dumps({"broker": broker, "broker_up": broker_up,
                           "supervisor_pid": supervisor["pid"] if supervisor else None,
-                          "services": services, "healthy": healthy, "clean": clean, "exit": code}))
+                          "services": services, "exit": code}))
         return code
     print(f"broker: {broker}")
     print(f"supervisor: {'up pid=' + str(supervisor['pid']) if supervisor else 'down'}")
