@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,10 +56,19 @@ class System:
     def restarts(self) -> dict[str, int]:
         return {name: info["restarts"] for name, info in self.status()["services"].items()}
 
-    def strict_status(self) -> tuple[int, dict]:
-        """`esper status --json --strict`: (exit code, its JSON)."""
-        result = self.esper("status", "--json", "--strict", timeout=60)
-        return result.returncode, json.loads(result.stdout)
+    def strict_status(self, timeout_s: float = 120) -> tuple[int, dict]:
+        """`esper status --json --strict`: (exit code, its JSON). On a loaded machine the command may
+        print its answer and then be slow to exit; the answer carries the exit code too."""
+        try:
+            result = self.esper("status", "--json", "--strict", timeout=timeout_s)
+            return result.returncode, json.loads(result.stdout)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.output.decode() if isinstance(exc.output, bytes) else exc.output or ""
+            try:
+                report = json.loads(out)
+            except ValueError:
+                return -1, {"services": [], "error": f"esper status gave no answer within {timeout_s:.0f}s"}
+            return report["exit"], report
 
     def wait_all_up(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
