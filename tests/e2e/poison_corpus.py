@@ -84,6 +84,9 @@ class CorpusBuilder:
         }
 
     # -- helpers ------------------------------------------------------------------------------------
+    def random_bytes(self, n: int) -> bytes:
+        return bytes(self.rng.randrange(256) for _ in range(n))
+
     def key_of(self, spec: TopicSpec) -> bytes:
         # One key per topic: every record of a topic lands on one partition, in the order produced.
         return (self.run_id if spec.run_scoped else f"soak-{self.marker}-{spec.key}").encode()
@@ -128,8 +131,8 @@ class CorpusBuilder:
         valid = self.codec.encode(spec, self.good_message(spec))
         bads: list[tuple[str, bytes | None, tuple[str, ...]]] = [
             ("truncated body", valid[: 10 + (len(valid) - 10) // 2], _groups(spec.name)),
-            ("random bytes", bytes(self.rng.randrange(256) for _ in range(48)), _groups(spec.name)),
-            ("random bytes behind a valid header", valid[:10] + bytes(self.rng.randrange(256) for _ in range(40)), _groups(spec.name)),
+            ("random bytes", self.random_bytes(48), _groups(spec.name)),
+            ("random bytes behind a valid header", valid[:10] + self.random_bytes(40), _groups(spec.name)),
             ("tombstone", None, _groups(spec.name)),
             ("unknown fingerprint", valid[:2] + bytes.fromhex("0123456789abcdef") + valid[10:], _groups(spec.name)),
             ("first string length 2^63-1", valid[:10] + HUGE_LENGTH + valid[11:], _groups(spec.name)),
@@ -150,29 +153,25 @@ class CorpusBuilder:
     def semantic_bads(self, spec: TopicSpec) -> list[tuple[str, bytes | None, tuple[str, ...]]]:
         """Records that decode but break the contract: every reader must reject them alike."""
         name = spec.name
+        payloads: list[tuple[str, object]] = []
         if name == TopicName.TELEMETRY_SEED_HEALTH.value:
             h = health_signal()
-            return [("NaN dead_neuron_ratio", self.encoded_bad(spec, h.model_copy(update={"dead_neuron_ratio": float("nan")})),
-                     _groups(name)),
-                    ("dead_neuron_ratio 7.0", self.encoded_bad(spec, h.model_copy(update={"dead_neuron_ratio": 7.0})),
-                     _groups(name)),
-                    ("negative epoch", self.encoded_bad(spec, h.model_copy(update={"epoch": -3})), _groups(name))]
-        if name == TopicName.SYSTEM_EVENTS_EPOCH.value:
+            payloads = [("NaN dead_neuron_ratio", h.model_copy(update={"dead_neuron_ratio": float("nan")})),
+                        ("dead_neuron_ratio 7.0", h.model_copy(update={"dead_neuron_ratio": 7.0})),
+                        ("negative epoch", h.model_copy(update={"epoch": -3}))]
+        elif name == TopicName.SYSTEM_EVENTS_EPOCH.value:
             epoch = payload_for(spec)
             state = epoch.state.model_copy(update={"epoch": -1})
-            return [("negative epoch", self.encoded_bad(spec, epoch.model_copy(update={"state": state})), _groups(name))]
-        if name == TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value:
-            return [(label, self.encoded_bad(spec, _submission(arch_update)), _groups(name))
-                    for label, arch_update in OUT_OF_BOUNDS_BLUEPRINTS]
-        if name == TopicName.LIBRARY_KERNELS.value:
+            payloads = [("negative epoch", epoch.model_copy(update={"state": state}))]
+        elif name == TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value:
+            payloads = [(label, _submission(arch_update)) for label, arch_update in OUT_OF_BOUNDS_BLUEPRINTS]
+        elif name == TopicName.LIBRARY_KERNELS.value:
+            # Never loaded here: on code that trusts the reference, a load of blob:/dev/zero reads until the
+            # machine runs out of memory. The record itself must be refused at the door (the contract).
             kernel = self.good_payloads[name]
-            return [("binary_ref blob:/dev/zero",
-                     self.encoded_bad(spec, kernel.model_copy(update={"binary_ref": "blob:/dev/zero", "artifact": None})),
-                     _groups(name)),
-                    ("binary_ref blob:/etc/passwd",
-                     self.encoded_bad(spec, kernel.model_copy(update={"binary_ref": "blob:/etc/passwd", "artifact": None})),
-                     _groups(name))]
-        return []
+            payloads = [(f"binary_ref {ref}", kernel.model_copy(update={"binary_ref": ref, "artifact": None}))
+                        for ref in ("blob:/dev/zero", "blob:/etc/passwd")]
+        return [(label, self.encoded_bad(spec, payload), _groups(name)) for label, payload in payloads]
 
     def empty_target_layers_run(self) -> list[Record]:
         """A run whose session declares no target layers and no seeds (the run config accepts it),

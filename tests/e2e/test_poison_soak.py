@@ -36,6 +36,7 @@ from tests.e2e.poison_corpus import NISSA, CorpusBuilder, Record
 from tests.samples import blueprint
 
 DLQ = "esper.dlq"
+Source = tuple[str, int, int]  # topic, partition, offset
 # A service's RSS may grow by at most this much over the soak. The corpus is ~200 records of under
 # 1 KiB each, so no legitimate per-record state comes near it, while each failure the corpus provokes
 # costs far more (a blob read from /dev/zero, a [1, 1e6, 1e6] tensor, a module 600 residuals deep,
@@ -46,11 +47,11 @@ RSS_BOUND_MIB = 96
 SOAK_TIMEOUT_S = 180  # the corpus through every service and Nissa; then the no-target-layers run
 
 
-def produce(system, records: list[Record]) -> dict[int, tuple[str, int, int]]:
+def produce(system, records: list[Record]) -> dict[int, Source]:
     """Produce ``records`` in order with a plain producer; (topic, partition, offset) of each, by index."""
     producer = Producer({"bootstrap.servers": system.kafka.bootstrap_servers, "acks": "all",
                          "enable.idempotence": True, "linger.ms": 5})
-    where: dict[int, tuple[str, int, int]] = {}
+    where: dict[int, Source] = {}
     failures: list[str] = []
 
     def delivered(index: int):
@@ -70,10 +71,10 @@ def produce(system, records: list[Record]) -> dict[int, tuple[str, int, int]]:
     return where
 
 
-def dlq_letters(system, start: int) -> dict[tuple[str, int, int], dict[str, str]]:
+def dlq_letters(system, start: int) -> dict[Source, dict[str, str]]:
     """Dead letters on `esper.dlq` from ``start``: (source topic, partition, offset) -> group -> reason."""
     end = end_offsets(admin_client(system.kafka), [(DLQ, 0)])[(DLQ, 0)]
-    out: dict[tuple[str, int, int], dict[str, str]] = defaultdict(dict)
+    out: dict[Source, dict[str, str]] = defaultdict(dict)
     for msg in read_range(system.kafka, {(DLQ, 0): (start, end)}):
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
         try:
@@ -93,12 +94,13 @@ def query(system, sql: str, errors: list[str]) -> list[dict]:
     return json.loads(result.stdout)
 
 
-def nissa_dead_letters(system, keys: set[bytes], errors: list[str]) -> tuple[dict[tuple[str, int, int], dict[tuple[str, str], str]], list]:
+def nissa_dead_letters(system, keys: set[bytes], errors: list[str]
+                       ) -> tuple[dict[Source, dict[tuple[str, str], str]], list]:
     """`dead_letters` rows of the corpus' keys: source -> (origin, group) -> reason; and the raw rows."""
     wanted = ", ".join(f"CAST('{k.decode()}' AS BLOB)" for k in sorted(keys))
     rows = query(system, "SELECT source_topic AS t, source_partition AS p, source_offset AS o, consumer_group AS g, "
                       f"origin, reason FROM dead_letters WHERE original_key IN ({wanted})", errors)
-    out: dict[tuple[str, int, int], dict[tuple[str, str], str]] = defaultdict(dict)
+    out: dict[Source, dict[tuple[str, str], str]] = defaultdict(dict)
     for row in rows:
         out[(row["t"], row["p"], row["o"])][(row["origin"], row["g"])] = row["reason"]
     return out, rows
