@@ -7,6 +7,7 @@ services must dead-letter it. Bad records are made from valid encodings by the p
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -79,7 +80,8 @@ class CorpusBuilder:
         # a kernel whose id and checksum are its artifact's.
         self.good_payloads = {
             TopicName.COMPILATION_KERNEL_READY.value: KernelReady(
-                blueprint_id=f"bp-soak-{marker}", outcome=CompilationOutcome.FAILED, failure_reason="soak"),
+                blueprint_id="bp-" + hashlib.sha256(marker.encode()).hexdigest()[:32], outcome=CompilationOutcome.FAILED,
+                failure_reason="soak"),
             TopicName.LIBRARY_KERNELS.value: genuine_kernel,
         }
 
