@@ -157,6 +157,18 @@ def published_epochs(kafka: KafkaSettings, run_id: str) -> int:
                if msg.key() == run_id.encode())
 
 
+def wait_for_decisions(system, run_id: str, epochs: int, timeout_s: float = 120) -> set[int]:
+    """Until Tamiyo has decided every epoch of the run but the last (in Nissa); the epochs decided."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        decided = {r["e"] for r in system.sql(f"SELECT DISTINCT epoch AS e FROM adaptation_decision "
+                                               f"WHERE run_id = '{run_id}'")}
+        if decided >= set(range(epochs - 1)):
+            return decided
+        assert time.monotonic() < deadline, (f"Tamiyo left epochs of {run_id} undecided: "
+                                             f"{sorted(set(range(epochs - 1)) - decided)}")
+
+
 def restarts(system) -> dict[str, int]:
     return {name: info["restarts"] for name, info in system.status()["services"].items()}
 
@@ -222,6 +234,7 @@ def test_poison_on_every_topic_is_dead_lettered_and_the_run_is_unaffected(system
     output = finish(run, tmp_path, run_id)
     events = assert_exactly_once(kafka, run_id, epochs, output)
     wait_for_nissa(system, run_id, events)
+    wait_for_decisions(system, run_id, epochs)  # the controller was not thrown off either
     # Who must dead-letter each topic's poison: Nissa (every Avro topic) and each service reading it.
     expected = {(spec.name, group) for spec in TOPICS if not spec.raw
                 for group in ("nissa", *SERVICE_GROUPS.get(spec.name, ()))}
@@ -298,8 +311,11 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
     kafka = kafka_of(system)
     events = assert_exactly_once(kafka, run_id, epochs, output)
     rows = wait_for_nissa(system, run_id, events, timeout_s=240)
+    # Tamiyo came back too (it rebuilds from its decisions after the outage): every epoch gets decided.
+    decided = wait_for_decisions(system, run_id, epochs)
     system.wait_all_up(180)
     print(f"events on the log: { {t: len(i) for t, i in events.items()} }; nissa rows (rows, distinct): {rows}; "
+          f"epochs decided: {len(decided)}/{epochs}; "
           f"restarts: { {n: s['restarts'] for n, s in system.status()['services'].items()} }; "
           f"{output.strip()[-160:]}")
 
