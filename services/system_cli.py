@@ -39,6 +39,8 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -48,38 +50,48 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from services.oona.local_broker import LocalKafka
     from services.settings import load_settings
     from services.supervisor import SERVICES, read_status
-    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag
+    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
 
     settings = load_settings()
-    healthy = True
     try:
         brokers = wait_for_broker(settings.kafka, timeout_s=3)
-        broker = f"up ({brokers} broker(s) at {settings.kafka.bootstrap_servers})"
+        broker, broker_up = f"up ({brokers} broker(s) at {settings.kafka.bootstrap_servers})", True
     except BrokerUnavailableError:
-        broker, healthy = f"down ({settings.kafka.bootstrap_servers})", False
+        broker, broker_up = f"down ({settings.kafka.bootstrap_servers})", False
     if not settings.external_cluster:
         broker += f", local pid={LocalKafka(settings.local_broker()).pid()}"
-    print(f"broker: {broker}")
     supervisor = read_status(settings.state_dir)
+    services = []
+    for name in SERVICES:
+        info = (supervisor or {}).get("services", {}).get(name, {})
+        lag = None
+        if broker_up:
+            lag = (nissa_lag(settings.kafka, default_db_path(settings.state_dir)) if name == "nissa"
+                   else group_lag(settings.kafka, name) if name in GROUP_INPUTS else None)
+        services.append({"service": name, "up": bool(info.get("pid")), "pid": info.get("pid"),
+                         "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"),
+                         "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
+                         "has_lag": name == "nissa" or name in GROUP_INPUTS})
+    code = status_exit_code(broker_up, services, strict=args.strict)
+    if args.json:
+        print(json.dumps({"broker": broker, "broker_up": broker_up,
+                          "supervisor_pid": supervisor["pid"] if supervisor else None,
+                          "services": services, "exit": code}))
+        return code
+    print(f"broker: {broker}")
     print(f"supervisor: {'up pid=' + str(supervisor['pid']) if supervisor else 'down'}")
     table = Table(show_header=True)
     for column in ("service", "state", "pid", "restarts", "last exit", "lag (events)"):
         table.add_column(column)
-    for name in SERVICES:
-        info = (supervisor or {}).get("services", {}).get(name, {})
-        up = bool(info.get("pid"))
-        healthy &= up
+    for s in services:
         lag = "-"
-        if broker.startswith("up"):
-            result = (nissa_lag(settings.kafka, default_db_path(settings.state_dir)) if name == "nissa"
-                      else group_lag(settings.kafka, name) if name in GROUP_INPUTS else None)
-            if result is not None:
-                lag = str(result.events) if result.events is not None else "?"
-                lag += f" ({result.detail})" if result.detail else ""
-        table.add_row(name, "up" if up else "down", str(info.get("pid") or "-"), str(info.get("restarts", 0)),
-                      str(info.get("last_exit") if info.get("last_exit") is not None else "-"), lag)
+        if broker_up and s["has_lag"]:
+            lag = str(s["lag"]) if s["lag"] is not None else "?"
+            lag += f" ({s['lag_detail']})" if s["lag_detail"] else ""
+        table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
+                      str(s["last_exit"] if s["last_exit"] is not None else "-"), lag)
     Console().print(table)
-    return 0 if healthy else 3
+    return code
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
@@ -107,7 +119,12 @@ def add_system_commands(sub) -> None:
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the services and the local broker; data is kept")
     p.set_defaults(func=_cmd_down)
-    p = sub.add_parser("status", help="broker, services (restarts) and consumer lag (exit 3 if anything is down)")
+    p = sub.add_parser("status", help="broker, services (restarts) and consumer lag (exit 3 if anything is down; "
+                                      "with --strict, exit 4 if a service restarted or lags)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 4 when everything is up but a service has restarted since `esper up` or its lag is "
+                        "not 0 (a crash loop looks 'up' between deaths)")
     p.set_defaults(func=_cmd_status)
     p = sub.add_parser("supervise", help="run every service in the foreground, restarting any that dies "
                                          "(what `esper up` starts in the background)")

@@ -1,5 +1,10 @@
 """What `esper status` shows: broker health, each service up or down, consumer lag per group.
 
+Exit codes of ``esper status``: 0 when the broker and every service are up; 3 when anything is
+down; with ``--strict``, 4 when everything is up but a service has restarted since ``esper up``
+or a lag is not 0 (or unknown). A service in a crash loop is "up" between its deaths, so its
+restart count is what tells a script or a test about it.
+
 Lag is the number of events on a service's input partitions that it has not consumed yet:
 end offset (last stable offset) minus the group's committed offset, summed. Nissa joins no
 group; its consumed offsets live in its DuckDB file (``nissa_offsets``) and are read from there.
@@ -24,6 +29,18 @@ GROUP_INPUTS: dict[str, tuple[TopicName, ...]] = {
     "urabrask": (TopicName.COMPILATION_KERNEL_READY,),
     "karn": (TopicName.INNOVATION_FIELD_REPORTS,),
 }
+
+
+EXIT_DOWN = 3
+EXIT_NOT_CLEAN = 4
+
+
+def status_exit_code(broker_up: bool, services: list[dict], strict: bool = False) -> int:
+    """The exit code for ``services`` (each a dict with ``up``, ``restarts``, ``lag``, ``has_lag``)."""
+    if not broker_up or not all(s["up"] for s in services):
+        return EXIT_DOWN
+    clean = all(s["restarts"] == 0 and (s["lag"] == 0 or not s["has_lag"]) for s in services)
+    return EXIT_NOT_CLEAN if strict and not clean else 0
 
 
 @dataclass(frozen=True)

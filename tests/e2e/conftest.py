@@ -1,10 +1,15 @@
-"""The whole system as a user runs it: `esper up` on a fresh state folder and its own broker port."""
+"""The whole system as a user runs it: `esper up` on a fresh state folder and its own broker port.
+
+The cases share one system and run in this order: the demo, the poison soak (it asserts that no
+service ever restarted, so it comes before the cases that kill services), then the fault cases.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,9 +17,19 @@ from pathlib import Path
 
 import pytest
 
+from services.oona.settings import KafkaSettings
 from tests.esper_cli import esper_env, run_esper
 
 E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "39292"))
+MODULE_ORDER = ("test_demo", "test_poison_soak", "test_faults")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+
+    items.sort(key=rank)  # stable: the order within a module stands
 
 
 @dataclass
@@ -30,15 +45,36 @@ class System:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    @property
+    def kafka(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=f"127.0.0.1:{self.env['ESPER_BROKER__PORT']}")
+
     def status(self) -> dict:
+        """The supervisor's view: each service's pid and restart count."""
         return json.loads((self.state_dir / "supervisor.json").read_text())
+
+    def restarts(self) -> dict[str, int]:
+        return {name: info["restarts"] for name, info in self.status()["services"].items()}
+
+    def strict_status(self, timeout_s: float = 120) -> tuple[int, dict]:
+        """`esper status --json --strict`: (exit code, its JSON). On a loaded machine the command may
+        print its answer and then be slow to exit; the answer carries the exit code too."""
+        try:
+            result = self.esper("status", "--json", "--strict", timeout=timeout_s)
+            return result.returncode, json.loads(result.stdout)
+        except subprocess.TimeoutExpired as exc:
+            out = exc.output.decode() if isinstance(exc.output, bytes) else exc.output or ""
+            try:
+                report = json.loads(out)
+            except ValueError:
+                return -1, {"services": [], "error": f"esper status gave no answer within {timeout_s:.0f}s"}
+            return report["exit"], report
 
     def wait_all_up(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while (result := self.esper("status", timeout=60)).returncode != 0:
             assert time.monotonic() < deadline, result.stdout + result.stderr
         assert "lag" in result.stdout
-
 
     def wait_for_kernels(self, input_shape: list[int], output_shape: list[int], timeout_s: float = 300) -> int:
         deadline = time.monotonic() + timeout_s
@@ -66,3 +102,14 @@ def system(tmp_path_factory) -> Iterator[System]:
     finally:
         down = system.esper("down", timeout=180)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB (``VmRSS`` of /proc/PID/status), None once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
