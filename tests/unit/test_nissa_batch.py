@@ -2,49 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import duckdb
 import pyarrow as pa
 import pytest
 
 from contracts.dead_letter import DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
-from services.nissa.batch import Batch, Decoders
-from services.nissa.sink import sink_tables
+from services.nissa.batch import Decoders
 from services.nissa.store import NissaStore
-from services.oona.codec import SingleObjectCodec
 from services.oona.errors import DecodeError
 from services.oona.topic_registry import all_topics, topic_spec
 from tests.samples import health_signal, message_for
-
-CODEC = SingleObjectCodec()
-TABLES = sink_tables(CODEC.store)
-BY_RECORD = {t.record_name: t for t in TABLES}
-
-
-@dataclass
-class FakeMessage:
-    """What the batch reads of a confluent-kafka Message."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _value: bytes | None
-    _key: bytes | None = b"k"
-    _headers: list | None = None
-
-    def topic(self): return self._topic
-    def partition(self): return self._partition
-    def offset(self): return self._offset
-    def value(self): return self._value
-    def key(self): return self._key
-    def headers(self): return self._headers
-
-
-def new_batch() -> Batch:
-    routes = {spec.name: (spec, BY_RECORD["DeadLetter"] if spec.raw else BY_RECORD[spec.record_name])
-              for spec in all_topics()}
-    return Batch(routes, Decoders(CODEC.store))
+from tests.unit.nissa_fakes import BY_RECORD, CODEC, TABLES, new_batch
+from tests.unit.nissa_fakes import Message as FakeMessage
 
 
 def encoded(spec, message=None) -> bytes:
