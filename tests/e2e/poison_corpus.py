@@ -23,7 +23,7 @@ from contracts import (
     TopicName,
     TrainingSessionEvent,
 )
-from services.oona.avro_encoder import encode_long
+from services.oona.avro.encoder import encode_long
 from services.oona.codec import SingleObjectCodec
 from services.oona.topic_registry import TopicSpec, avro_topics, topic_spec
 from tests.samples import T0, blueprint, health_signal, message_for, payload_for, training_session
