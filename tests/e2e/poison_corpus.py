@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from contracts import (
     BlueprintOp,
@@ -147,7 +150,11 @@ class CorpusBuilder:
             self.good(spec, f"good (after {label})")
         # An event id seen before with other content: a conflict (dead-lettered by Nissa and by Tamiyo,
         # the one service that dedupes by event id; the other services key their idempotence otherwise).
-        conflict = self.good_message(spec).model_copy(update={"event_id": first.event_id, "sender_id": "impostor"})
+        # Other content means another payload: the envelope (sender, timestamp, trace) says how an event
+        # was sent, and a re-emission with a new one is a duplicate for every consumer.
+        message = self.good_message(spec)
+        conflict = message.model_copy(update={"event_id": first.event_id, "sender_id": "impostor",
+                                              "payload": other_content(message.payload)})
         conflict_groups = (NISSA, "tamiyo") if "tamiyo" in SERVICE_GROUPS.get(spec.name, ()) else (NISSA,)
         self.bad(spec, "event id reused with other content", self.codec.encode(spec, conflict), conflict_groups)
         self.good(spec, "good (after the conflict)")
@@ -228,3 +235,37 @@ def _submission(arch_update: dict) -> BlueprintSubmitted:
     arch = base.architecture.model_copy(update=arch_update)
     bp = base.model_copy(update={"architecture": arch, "blueprint_id": "bp-" + arch.content_hash()[:32]})
     return BlueprintSubmitted.model_construct(blueprint_id=bp.blueprint_id, submitted_by="soak", blueprint=bp)
+
+
+def other_content(payload: BaseModel) -> BaseModel:
+    """A valid payload of the same type that differs from ``payload`` in one leaf (a float halved or
+    moved, else a string extended): the first change the contract accepts."""
+    data = payload.model_dump(mode="python")
+
+    def leaves(node: Any, path: tuple = ()):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from leaves(value, path + (key,))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from leaves(value, path + (i,))
+        else:
+            yield path, node
+
+    def replaced(node: Any, path: tuple, value: Any) -> Any:
+        if not path:
+            return value
+        copy = dict(node) if isinstance(node, dict) else list(node)
+        copy[path[0]] = replaced(node[path[0]], path[1:], value)
+        return copy
+
+    floats = [(p, v) for p, v in leaves(data) if isinstance(v, float)]
+    strings = [(p, v) for p, v in leaves(data) if isinstance(v, str)]
+    candidates = [(p, new) for p, v in floats for new in (v / 2, v + 0.25, v - 0.25) if new != v]
+    candidates += [(p, v + "-other") for p, v in strings]
+    for path, value in candidates:
+        try:
+            return type(payload).model_validate(replaced(data, path, value))
+        except ValidationError:
+            continue
+    raise AssertionError(f"no valid other content for {type(payload).__name__}")
