@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
@@ -51,6 +51,9 @@ def kafka_of(system) -> KafkaSettings:
 def config(tmp_path: Path, epochs: int) -> Path:
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["epochs"] = epochs
+    # Five times the example's data: an epoch lasts long enough for the test to see each one go by
+    # (a few polls of the log per epoch), so kills land between epochs of a run that is still going.
+    raw["data"]["spiral_points"] = 5 * raw["data"]["spiral_points"]
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -170,6 +173,31 @@ def wait_for_decisions(system, run_id: str, epochs: int, timeout_s: float = 120)
                                              f"{sorted(set(range(epochs - 1)) - decided)}")
 
 
+class EpochWatch:
+    """Counts a run's epochs as they are committed, incrementally (one open consumer), so a test sees
+    each epoch go by; ``published_epochs`` stays the exact count, read while the run is held still."""
+
+    def __init__(self, kafka: KafkaSettings, run_id: str) -> None:
+        self.key = run_id.encode()
+        self.count = 0
+        self._consumer = Consumer(kafka.client_config() | {
+            "group.id": f"epoch-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
+            "isolation.level": "read_committed"})
+        client = admin_client(kafka)
+        self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
+                               for t, p in partitions_of(client, ["system.events.epoch"])])
+
+    def wait_for(self, k: int, run: subprocess.Popen, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.count < k:
+            assert run.poll() is None, f"the run ended before epoch {k}"
+            assert time.monotonic() < deadline, f"the run did not publish epoch {k} within {timeout_s:g} s"
+            self.count += sum(1 for m in self._consumer.consume(100, 0.05) if m.error() is None and m.key() == self.key)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 @contextlib.contextmanager
 def paused(run: subprocess.Popen):
     """The run process stopped (SIGSTOP) for the duration of the block, then continued."""
@@ -177,7 +205,8 @@ def paused(run: subprocess.Popen):
     try:
         yield
     finally:
-        os.kill(run.pid, signal.SIGCONT)
+        if run.poll() is None:  # reaped meanwhile: it had already ended (the block's assertion says so)
+            os.kill(run.pid, signal.SIGCONT)
 
 
 def restarts(system) -> dict[str, int]:
@@ -194,14 +223,11 @@ def test_every_service_killed_in_turn_mid_run(system, tmp_path):
     run_id, run = start_run(system, tmp_path, epochs)
     kafka = kafka_of(system)
     recoveries, killed_at, killed_pid, killed_time = {}, {}, {}, {}
+    watch = EpochWatch(kafka, run_id)
     try:
-        for i, name in enumerate(SERVICES):
+        for name in SERVICES:
             # Precondition: the run is under way (epoch k published, k rising with each kill) and not over.
-            k = max(killed_at.values(), default=1) + 1
-            deadline = time.monotonic() + 300
-            while published_epochs(kafka, run_id) < k:
-                assert run.poll() is None, f"the run ended before {name} could be killed mid-run"
-                assert time.monotonic() < deadline, f"the run did not publish epoch {k} within 300 s"
+            watch.wait_for(max(killed_at.values(), default=1) + 1, run)
             # The run is held still (SIGSTOP, well under any client timeout) while the kill lands, so the
             # kill is after epoch k and before the end however loaded the machine is; then it goes on
             # while the service is down and restarting.
@@ -220,6 +246,8 @@ def test_every_service_killed_in_turn_mid_run(system, tmp_path):
         run.kill()
         run.wait()
         raise
+    finally:
+        watch.close()
     output = finish(run, tmp_path, run_id)
     events = assert_exactly_once(kafka, run_id, epochs, output)
     decisions = system.sql(f"SELECT decision_epoch AS e, count(DISTINCT decision_id) AS n FROM adaptation_history "
