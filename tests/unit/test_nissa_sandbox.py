@@ -73,6 +73,8 @@ def test_every_escape_attempt_is_one_line_and_exit_1(db, outside, tmp_path, monk
     "ATTACH '{outside}' AS other (READ_WRITE)",
     "SET enable_external_access = true",
     "SET allowed_directories = ['/']",
+    "RESET lock_configuration",
+    "SELECT * FROM 'https://example.com/data.csv'",
     "INSTALL httpfs",
     "LOAD httpfs",
 ])
