@@ -63,7 +63,8 @@ def check_statements(sql: str) -> None:
         kind = statement.type.name
         if kind not in QUERY_STATEMENTS:
             verb = statement.query.strip().split(None, 1)[0].upper() if statement.query.strip() else kind
-            raise QueryError(f"refused: `esper sql` only runs queries (SELECT, SHOW, DESCRIBE, EXPLAIN, ...), not {verb}")
+            raise QueryError(f"refused: `esper sql` only runs queries (SELECT, SHOW, DESCRIBE, EXPLAIN, ...), "
+                             f"not {verb}")
 
 
 @contextmanager

@@ -158,7 +158,8 @@ def _open_files(pid: int) -> set[str]:
 def test_a_long_query_does_not_keep_the_writer_out(tmp_path):
     """While `esper sql` runs a query that would take minutes, the sink's writer keeps committing."""
     db = tmp_path / "esper.duckdb"
-    store = NissaStore(db, sink_tables(), hold_s=0.0, lock_wait_s=30.0)  # lets go of the file after every commit, as the sink
+    # hold_s=0: lets go of the file after every commit, as the sink does when idle.
+    store = NissaStore(db, sink_tables(), hold_s=0.0, lock_wait_s=30.0)
     store.create_schema()
     store.write({}, {("t", 0): 0})
     long_query = "SELECT sum(hash(a.range * b.range)) FROM range(1000000) a, range(1000000) b"
