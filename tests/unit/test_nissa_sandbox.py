@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -180,3 +181,14 @@ def test_a_long_query_does_not_keep_the_writer_out(tmp_path):
         reader.kill()
         reader.communicate()
         store.close()
+
+
+def test_a_snapshot_keeps_what_a_killed_writer_left_in_its_wal(tmp_path):
+    db = tmp_path / "esper.duckdb"
+    killed_writer = ("import duckdb, os, sys\n"
+                     "con = duckdb.connect(sys.argv[1]); con.execute(\"SET checkpoint_threshold = '10GB'\")\n"
+                     "con.execute('CREATE TABLE t AS SELECT 1 AS x'); con.execute('CHECKPOINT')\n"
+                     "con.execute('INSERT INTO t VALUES (2)'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", killed_writer, str(db)], check=True)
+    assert db.with_name(db.name + ".wal").exists(), "the committed insert is only in the WAL"
+    assert run_query(db, "SELECT x FROM t ORDER BY x").rows == [(1,), (2,)]
