@@ -4,6 +4,10 @@
 to ``<state>/logs/supervisor.log``; the supervisor runs and restarts the services (see
 ``services.supervisor``). ``stop`` sends it SIGTERM and waits: it stops every service
 cleanly (consumers closed, transactions finished or aborted) before exiting.
+
+Neither trusts the pid in ``supervisor.json`` blindly: a pid whose command line is not the
+supervisor's (it died and the number went to another process) makes the file stale; ``start``
+then starts a fresh supervisor, and ``stop`` says so, removes the file and signals nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pathlib import Path
 
 from services.oona.errors import EsperError
 from services.oona.local_broker import REPO_ROOT
-from services.supervisor import log_file, read_status
+from services.process_identity import describe
+from services.supervisor import load_status, log_file, read_status, status_file, supervisor_running
 
 
 class SupervisorError(EsperError):
@@ -46,19 +51,26 @@ def start(state_dir: Path, timeout_s: float = 60.0) -> tuple[int, bool]:
     return process.pid, True
 
 
-def stop(state_dir: Path, timeout_s: float = 60.0) -> bool:
-    """Stop the supervisor and every service; returns whether one was running."""
-    status = read_status(state_dir)
+STOPPED = "stopped"
+NOT_RUNNING = "were not running"
+
+
+def stop(state_dir: Path, timeout_s: float = 60.0) -> str:
+    """Stop the supervisor and every service; returns what happened, in words (STOPPED, NOT_RUNNING, or why not)."""
+    status = load_status(state_dir)
     if status is None:
-        return False
+        return NOT_RUNNING
     pid = int(status["pid"])
+    if not supervisor_running(status):
+        path = status_file(state_dir)
+        path.unlink(missing_ok=True)
+        return f"were not running: stale {path} ({describe(pid)}, not the supervisor); nothing signalled, file removed"
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
+        if not supervisor_running(status):
+            return STOPPED
         time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)  # the supervisor leads its session: this takes the services too
-    return True
+    if supervisor_running(status):  # checked again: by now the pid could be another process's
+        os.killpg(pid, signal.SIGKILL)  # the supervisor leads its session: this takes the services too
+    return STOPPED

@@ -7,10 +7,21 @@ a back-off that doubles while it keeps dying young (1 s, 2 s, ... up to 30 s), s
 misconfigured service cannot spin. Its view of the world is written atomically to
 ``<state>/supervisor.json`` after every change; ``esper status`` reads it. SIGTERM stops
 every service (SIGTERM, then SIGKILL after a grace period) and then the supervisor.
+
+The services die with the supervisor, however it ends: they stay in its process group (the
+group ``esper up`` made it lead, so ``killpg`` reaches them all), and on Linux each one asks
+the kernel for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so even a
+``kill -9`` of the supervisor leaves no service behind to run twice beside the next ``esper
+up``. SIGTERM, not SIGKILL: each service then stops as cleanly as on ``esper down``.
+
+The status file records every pid with its command line; ``read_status`` believes a pid
+only while ``/proc/PID/cmdline`` still matches (``process_identity``), so a stale file never
+gets an unrelated process signalled.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -19,11 +30,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from services.oona.local_broker import REPO_ROOT
+from services.process_identity import is_running, own_command_line
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +60,29 @@ class ServiceState:
     last_exit: int | None = None
     next_start: float = 0.0  # monotonic time of the next (re)start
     backoff_s: float = 0.0
+    cmdline: list[str] = field(default_factory=list)  # what `pid` runs: checked before anyone signals it
 
 
 def service_command(name: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", "-v", "serve", name]
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when the process that started it dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody would send the signal
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 class Supervisor:
@@ -62,16 +93,20 @@ class Supervisor:
         self.grace_s = grace_s
         self.states = {name: ServiceState() for name in names}
         self.processes: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (process, started)
+        self.cmdline = own_command_line()
 
     def _start(self, name: str) -> None:
         path = log_file(self.state_dir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        command = self.command(name)
+        # In the supervisor's process group (no new session), and SIGTERM when the supervisor dies.
         with open(path, "ab") as out:
-            process = subprocess.Popen(self.command(name), stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT)
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, cwd=REPO_ROOT, preexec_fn=die_with_parent())
         state = self.states[name]
         state.pid, state.started_at = process.pid, datetime.now(timezone.utc).isoformat(timespec="seconds")
+        state.cmdline = list(command)
         self.processes[name] = (process, time.monotonic())
         log.info("started service=%s pid=%d", name, process.pid)
 
@@ -103,7 +138,8 @@ class Supervisor:
     def write_status(self) -> None:
         path = status_file(self.state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"pid": os.getpid(), "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data = {"pid": os.getpid(), "cmdline": self.cmdline,
+                "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "services": {name: {k: v for k, v in asdict(s).items() if k not in ("next_start", "backoff_s")}
                              for name, s in self.states.items()}}
         tmp = path.with_suffix(".tmp")
@@ -136,17 +172,34 @@ class Supervisor:
             status_file(self.state_dir).unlink(missing_ok=True)
 
 
-def read_status(state_dir: Path) -> dict | None:
-    """The running supervisor's status, or None when no supervisor is alive."""
+def load_status(state_dir: Path) -> dict | None:
+    """What the status file says, true or stale (None: no file, or not one the supervisor wrote)."""
     try:
         data = json.loads(status_file(state_dir).read_text())
-        os.kill(int(data["pid"]), 0)
-    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, json.JSONDecodeError):
+        int(data["pid"]), dict(data["services"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+    return data
+
+
+def supervisor_running(data: dict) -> bool:
+    """Whether the status file's pid is still that supervisor (its command line, not just a live pid)."""
+    from services.process_identity import command_line
+
+    pid, cmdline = int(data["pid"]), data.get("cmdline")
+    if cmdline:
+        return is_running(pid, cmdline)
+    found = command_line(pid) or []  # a file of an older version, without command lines
+    return "services.cli" in found and "supervise" in found
+
+
+def read_status(state_dir: Path) -> dict | None:
+    """The running supervisor's status, or None when no supervisor is alive; a service pid that is
+    no longer that service (dead, or recycled for another process) reads as None."""
+    data = load_status(state_dir)
+    if data is None or not supervisor_running(data):
         return None
     for info in data["services"].values():
-        if info.get("pid"):
-            try:
-                os.kill(int(info["pid"]), 0)
-            except ProcessLookupError:
-                info["pid"] = None
+        if info.get("pid") and not is_running(int(info["pid"]), info.get("cmdline") or []):
+            info["pid"] = None
     return data

@@ -33,7 +33,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from services.settings import load_settings
 
     settings = load_settings()
-    print("services: " + ("stopped" if processes.stop(settings.state_dir) else "were not running"))
+    print("services: " + processes.stop(settings.state_dir))
     print(stop_cluster(settings))
     return 0
 

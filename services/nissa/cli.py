@@ -53,7 +53,7 @@ def _interactive(source: Path, query, fmt: str) -> int:
     """A prompt: one query per line (``.quit`` or end of input ends it); errors are printed, not fatal."""
     from services.nissa.queries import write_result
 
-    print(f"nissa sql on {source} (read-only); .quit to leave", file=sys.stderr)
+    print(f"nissa sql on {source} (read-only, sandboxed); .quit to leave", file=sys.stderr)
     while True:
         try:
             line = input(PROMPT)

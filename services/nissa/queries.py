@@ -1,7 +1,10 @@
-"""Read-only queries on the Nissa database and their output formats (table, csv, json).
+"""Read-only, sandboxed queries on the Nissa database and their output formats (table, csv, json).
 
-Every query opens its own read-only connection and closes it at once, so a reader never
-keeps the running sink from writing for longer than the query takes.
+Every query runs on its own snapshot of the database (``sandbox.snapshot``): the live file is
+held only while it is copied, so a long query never keeps the running sink from committing,
+and the connection reaches no file but that copy (or, for ``--archive``, the archive folder),
+no network and no setting (``sandbox.lock_down``). Table output escapes rich's markup: the
+strings come off the bus.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from uuid import UUID
 import duckdb
 
 from services.nissa.errors import QueryError
-from services.nissa.store import open_read_only
+from services.nissa.sandbox import check_statements, lock_down, snapshot
 
 FORMATS = ("table", "csv", "json")
 
@@ -37,23 +40,25 @@ class QueryResult:
 
 
 def run_query(db: Path, sql: str, wait_s: float = 10.0) -> QueryResult:
-    """Run ``sql`` on a read-only connection; QueryError (one line) for bad SQL or a write."""
-    if not sql.strip():
-        raise QueryError("empty query")
-    return _execute(open_read_only(db, wait_s=wait_s), sql)
+    """Run ``sql`` on a sandboxed snapshot of ``db``; QueryError (one line) for bad SQL or anything but a read."""
+    check_statements(sql)
+    with snapshot(db, wait_s=wait_s) as con:
+        return _execute(con, sql)
 
 
 def run_archive_query(archive: Path, sql: str) -> QueryResult:
     """Run ``sql`` over an ``esper archive`` folder (views named like the sink's tables); no broker needed."""
     from services.nissa.archive import archive_connection
 
-    if not sql.strip():
-        raise QueryError("empty query")
-    return _execute(archive_connection(archive), sql)
+    check_statements(sql)
+    con = lock_down(archive_connection(archive), allowed_directories=[archive])
+    try:
+        return _execute(con, sql)
+    finally:
+        con.close()
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
-    """Run one statement and close the connection."""
     try:
         cursor = con.execute(sql)
         if cursor.description is None:
@@ -61,14 +66,16 @@ def _execute(con: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
         return QueryResult([d[0] for d in cursor.description], cursor.fetchall())
     except duckdb.Error as exc:
         raise QueryError(_describe(exc)) from None
-    finally:
-        con.close()
 
 
 def _describe(exc: duckdb.Error) -> str:
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if "read-only mode" in text:
         return f"refused: the Nissa database is opened read-only ({text})"
+    if isinstance(exc, duckdb.PermissionException) or "disabled by configuration" in text:
+        return f"refused: `esper sql` reads only the database or archive it was pointed at ({text})"
+    if "configuration has been locked" in text:
+        return f"refused: `esper sql` settings are locked ({text})"
     return text
 
 
@@ -103,13 +110,15 @@ def write_result(result: QueryResult, fmt: str = "table", out: TextIO | None = N
                              indent=2) + "\n")
     elif fmt == "table":
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
+        # Values (and column names: `SELECT '[/]'` names its column '[/]') are text off the bus, not markup.
         table = Table(show_lines=False)
         for column in result.columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(escape(column), overflow="fold")
         for row in result.rows:
-            table.add_row(*("NULL" if v is None else str(_plain(v)) for v in row))
+            table.add_row(*("NULL" if v is None else escape(str(_plain(v))) for v in row))
         Console(file=out).print(table)
         out.write(f"{len(result.rows)} row(s)\n")
     else:

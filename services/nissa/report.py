@@ -22,7 +22,7 @@ from pathlib import Path
 
 from services.nissa.plots import Plot, accuracy_plot, health_plot, parameter_plot, timeline_plot
 from services.nissa.report_data import RunData, load_run
-from services.nissa.store import open_read_only
+from services.nissa.sandbox import snapshot
 
 FINAL_COLUMNS = ("run", "status", "epochs", "final train acc", "final val acc", "parameters", "seed parameters",
                  "germinated", "fossilized", "culled")
@@ -94,12 +94,9 @@ def render(runs: list[RunData]) -> Report:
 
 
 def write_report(db: Path, run_id: str, out: Path, compare: str | None = None) -> Report:
-    """Read the run(s) from the DuckDB file (read-only), render, write ``out``."""
-    con = open_read_only(db)
-    try:
+    """Read the run(s) from a sandboxed snapshot of the DuckDB file (``sandbox.snapshot``), render, write ``out``."""
+    with snapshot(db) as con:
         runs = [load_run(con, run_id)] + ([load_run(con, compare)] if compare else [])
-    finally:
-        con.close()
     report = render(runs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,17 @@
 """`esper up` starts the supervised services beside the cluster, `esper status` reports them, `esper down`
-stops them cleanly."""
+stops them cleanly; a supervisor killed with SIGKILL takes its services with it, and the next `esper up` starts
+exactly one set."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import time
+from pathlib import Path
 
-from services.supervisor import SERVICES
+from services.process_identity import command_line
+from services.supervisor import SERVICES, read_status, service_command
 from tests.esper_cli import esper_env, run_esper
 
 
@@ -41,3 +45,60 @@ def test_up_status_down(kafka_bootstrap, tmp_path):
     for name in SERVICES:
         log = (tmp_path / "logs" / f"{name}.log").read_text()
         assert f"service stopped name={name}" in log, f"SIGTERM shuts {name} down cleanly"
+
+
+def _services_of(state_dir: Path) -> dict[str, list[int]]:
+    """Every live `serve NAME` process whose ESPER_STATE_DIR is ``state_dir``, by service name."""
+    found: dict[str, list[int]] = {}
+    wanted = f"ESPER_STATE_DIR={state_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        cmdline = command_line(int(entry.name))
+        if not cmdline or cmdline[-2:-1] != ["serve"] or cmdline[:-1] != service_command("x")[:-1]:
+            continue
+        try:
+            if wanted not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+        except OSError:
+            continue
+        found.setdefault(cmdline[-1], []).append(int(entry.name))
+    return found
+
+
+def _every_service(state_dir: Path) -> dict[str, list[int]] | None:
+    found = _services_of(state_dir)
+    return found if set(found) == set(SERVICES) else None
+
+
+def _wait(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s:g}s"
+        time.sleep(0.2)  # polling the process table, not a stand-in for synchronisation
+    return value
+
+
+def test_sigkill_of_the_supervisor_leaves_no_service_and_up_starts_exactly_one_set(kafka_bootstrap, tmp_path):
+    env = esper_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_STATE_DIR=str(tmp_path),
+                    ESPER_KAFKA__TOPIC_PREFIX=f"updown.{os.getpid()}.")
+    try:
+        assert (up := run_esper("up", env=env)).returncode == 0, up.stderr
+        first = _wait(lambda: _every_service(tmp_path), 120, "every service started")
+        supervisor = read_status(tmp_path)["pid"]
+        os.kill(supervisor, signal.SIGKILL)
+        _wait(lambda: not _services_of(tmp_path), 60, "no service left running after SIGKILL of the supervisor")
+        assert all(command_line(pid) is None for pids in first.values() for pid in pids)
+
+        again = run_esper("up", env=env)
+        assert again.returncode == 0 and "supervisor: started" in again.stdout, again.stdout + again.stderr
+        second = _wait(lambda: _every_service(tmp_path), 120, "every service started again")
+        status = _wait(lambda: read_status(tmp_path), 30, "the new supervisor's status")
+        assert status["pid"] != supervisor
+        assert {name: len(pids) for name, pids in second.items()} == {name: 1 for name in SERVICES}, second
+        assert {name: pids[0] for name, pids in second.items()} == {
+            name: info["pid"] for name, info in status["services"].items()}
+    finally:
+        down = run_esper("down", env=env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    _wait(lambda: not _services_of(tmp_path), 60, "no service left after esper down")
