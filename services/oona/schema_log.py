@@ -68,9 +68,12 @@ class SchemaLogWriter:
             failure = self._produce(key, value)
             if failure is not None and failure.code() in _MISSING_TOPIC:
                 # Not created yet (`esper topics create` makes it): create it compacted, as Confluent's
-                # registry creates its _schemas, and try once more.
+                # registry creates its _schemas, and try again with a client that has not cached its absence.
                 ensure_topics(self.settings, [self.spec], timeout_s=self.timeout_s)
-                failure = self._produce(key, value)
+                deadline = time.monotonic() + self.timeout_s
+                while failure is not None and failure.code() in _MISSING_TOPIC and time.monotonic() < deadline:
+                    self.close()
+                    failure = self._produce(key, value)
             if failure is not None:
                 raise DeliveryError(self.spec.name, f"schema {record_name} v{version}: {failure.str()}")
             self._published.add(key)

@@ -97,3 +97,31 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
     assert sorted(r["payload"]["epoch"] for r in records) == list(range(OLD + NEW))
     assert {r["payload"][ADDED] for r in records if r["sender_id"] == "v-today"} == {0.0}  # the new default
     assert {r["payload"][ADDED] for r in records if r["sender_id"] == "v-next"} == {0.5}
+
+
+def test_the_first_producer_creates_a_missing_schema_log_compacted(kafka_settings):
+    from confluent_kafka.admin import ConfigResource
+
+    from services.oona.admin import admin_client, delete_topics
+    from services.oona.schema_log import SchemaLogReader
+
+    kafka = kafka_settings.model_copy(update={"topic_prefix": f"sl.{uuid.uuid4().hex[:8]}."})
+    topic = kafka.topic_prefix + "_esper_schemas"
+    health = topic_spec("telemetry.seed.health", kafka.topic_prefix)
+    producer = OonaProducer(kafka, SingleObjectCodec())
+    try:
+        producer.announce(health)
+        producer.announce(health)  # once per record type
+        [record] = read_raw(kafka, topic, 1)
+        assert read_publication(record.key(), record.value()).record_name == RECORD
+        client = admin_client(kafka)
+        [future] = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        assert future.result(timeout=30)["cleanup.policy"].value == "compact"
+        reader = SchemaLogReader(kafka)
+        assert reader.refresh(SchemaStore().fingerprint(RECORD))  # what the producer published is learned
+        assert not reader.refresh(b"\x00" * 8)  # on no log: read to its end, still unknown
+        assert reader.rejected == 0
+        reader.close()
+    finally:
+        producer.close()
+        delete_topics(kafka, [topic])
