@@ -33,7 +33,7 @@ from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_o
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
-from services.oona.errors import DecodeError
+from services.oona.errors import DecodeError, SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
@@ -79,8 +79,12 @@ class Decoders:
         version, raw = writer.version, writer.raw
         compiled = self._compiled.get(fingerprint)
         if compiled is None:
-            compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),
-                                      columnar_decoder(raw, table, HEADER_LEN))
+            try:
+                compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),
+                                          columnar_decoder(raw, table, HEADER_LEN))
+            except SchemaError as exc:  # a schema from the log whose shape the decoders do not take
+                raise DecodeError(f"writer schema {fingerprint.hex()} cannot be decoded into {table.name}: {exc}") \
+                    from None
             self._compiled[fingerprint] = compiled
         return compiled
 
