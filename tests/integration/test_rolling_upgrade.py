@@ -53,7 +53,8 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
     ahead.flush()
 
     # The newer schema went to the schema log before its first event.
-    published = [read_publication(m.key(), m.value()) for m in read_raw(kafka, kafka.topic_prefix + "_esper_schemas", 2)]
+    schema_log = read_raw(kafka, kafka.topic_prefix + "_esper_schemas", 2)
+    published = [read_publication(m.key(), m.value()) for m in schema_log]
     assert {(w.record_name, w.version) for w in published} == {
         (RECORD, SchemaStore().version(RECORD)), (RECORD, ahead_codec.store.version(RECORD))}
 
