@@ -16,7 +16,7 @@ from pydantic import create_model
 
 from contracts import HealthSignal
 from services.nissa.sink import NissaSink
-from services.oona import schema_store
+from services.oona import schema_log, schema_store
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
 from services.oona.producer import OonaProducer
@@ -53,8 +53,8 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
     ahead.flush()
 
     # The newer schema went to the schema log before its first event.
-    schema_log = read_raw(kafka, kafka.topic_prefix + "_esper_schemas", 2)
-    published = [read_publication(m.key(), m.value()) for m in schema_log]
+    log_records = read_raw(kafka, kafka.topic_prefix + "_esper_schemas", 2)
+    published = [read_publication(m.key(), m.value()) for m in log_records]
     assert {(w.record_name, w.version) for w in published} == {
         (RECORD, SchemaStore().version(RECORD)), (RECORD, ahead_codec.store.version(RECORD))}
 
@@ -73,7 +73,10 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
     assert all(m.payload.execution_latency == 0.0 for m in newer)  # dropped by the writer: today's default
     assert {m.schema_version for m in newer} == {ahead_codec.store.version(RECORD)}
 
-    # Today's Nissa sink: every event in today's columns, no dead letters.
+    # Today's Nissa sink: every event in today's columns, no dead letters. (It learns from the log itself,
+    # as the sink's own process would: nothing the consumer above learned is left in this process.)
+    monkeypatch.setattr(schema_store, "_PUBLISHED", {})
+    monkeypatch.setattr(schema_log, "_READERS", {})
     db = tmp_path / "nissa.duckdb"
     sink = NissaSink(kafka, db)
     sink.start()
