@@ -62,7 +62,7 @@ schemas: venv ## regenerate schemas/*.avsc (+ history and fixture logs) from con
 	$(ESPER) schemas generate
 	PYTHONPATH=$(CURDIR) $(PY) -m tests.fixtures.write_fixture_logs
 
-schemas-check: venv ## fail if schemas/ drifted from contracts/
+schemas-check: venv ## fail if schemas/ drifted from contracts/ or history breaks FULL_TRANSITIVE
 	$(ESPER) schemas check
 
 test: venv ## the whole suite, including integration tests on a real broker (started if needed)

@@ -18,3 +18,5 @@ class TopicName(str, Enum):
     INNOVATION_FIELD_REPORTS = "innovation.field_reports"
     LIBRARY_KERNELS = "library.kernels"
     DLQ = "esper.dlq"
+    # The schema log: every writer schema, published before its first use (internal, not an event topic).
+    SCHEMAS = "_esper_schemas"

@@ -200,7 +200,7 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
     from services.nissa.sink import sink_tables
     from services.nissa.tables import dead_letters_table
     from services.oona.schema_store import SchemaStore
-    from services.oona.topic_registry import all_topics
+    from services.oona.topic_registry import data_topics
     from services.progress import progress_bar
 
     root = Path(root)
@@ -211,7 +211,7 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
                            f"{settings.topic_prefix!r}; archive into another folder")
     manifest.prefix = settings.topic_prefix
     prefix = settings.topic_prefix
-    specs = {s.name: s for s in all_topics(prefix)}
+    specs = {s.name: s for s in data_topics(prefix)}
     schemas = SchemaStore()
     tables = sink_tables(schemas)
     by_record = {t.record_name: t for t in tables}
@@ -317,11 +317,11 @@ class ArchiveReader:
 
     def select(self, run_id: str, *, from_offset: int | None = None, from_time: datetime | None = None) -> Selection:
         """The run's rows of run-scoped topics (from an offset / a time) and every row of the shared topics."""
-        from services.oona.topic_registry import all_topics
+        from services.oona.topic_registry import data_topics
 
         tables, ends, rows, run_rows = {}, {}, 0, 0
         folder = run_folder(run_id.encode(), True)
-        for spec in all_topics():
+        for spec in data_topics():
             table = self._read(self.files(spec.name, folder if spec.run_scoped else "*"))
             if spec.run_scoped and from_offset is not None:
                 table = table.filter(pc.greater_equal(table.column("kafka_offset"), from_offset))
@@ -343,12 +343,12 @@ def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the sink's tables as views over the archive (empty tables where none)."""
     from services.nissa.sink import sink_tables
     from services.nissa.views import create_views
-    from services.oona.topic_registry import all_topics
+    from services.oona.topic_registry import data_topics
 
     reader = ArchiveReader(root)
     con = duckdb.connect()
-    topics = {s.record_name: s.name for s in all_topics() if not s.raw}
-    dlq = next(s.name for s in all_topics() if s.raw)
+    topics = {s.record_name: s.name for s in data_topics() if not s.raw}
+    dlq = next(s.name for s in data_topics() if s.raw)
     for table in sink_tables():
         topic = topics.get(table.record_name, dlq)
         if reader.files(topic):

@@ -33,7 +33,7 @@ from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_o
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
-from services.oona.errors import DecodeError
+from services.oona.errors import DecodeError, SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
@@ -51,26 +51,40 @@ class WriterDecoders:
 
 
 class Decoders:
-    """Decoders for every writer schema the store knows (current and ``schemas/history``), compiled lazily."""
+    """Decoders for every writer schema the store knows (current and ``schemas/history``), compiled lazily.
 
-    def __init__(self, store: SchemaStore) -> None:
+    With a ``schema_log`` (``SchemaLogReader``), a fingerprint the store does not know is looked
+    up there: a producer one version ahead published its schema before using it, and the store
+    hands it out only if today's reader schema can read it. Its events then land in today's
+    columns (fields it lacks get the column default, fields it added are read and skipped).
+    """
+
+    def __init__(self, store: SchemaStore, schema_log: Any = None) -> None:
         self._store = store
+        self._schema_log = schema_log
         self._compiled: dict[bytes, WriterDecoders] = {}
 
     def for_value(self, header: bytes, table: Table) -> WriterDecoders:
         """The decoders of the writer schema named by a value's 10-byte header; DecodeError if none fits."""
         fingerprint = single_object_fingerprint(header)
         writer = self._store.writer(fingerprint)
+        if writer is None and self._schema_log is not None and self._schema_log.refresh(fingerprint):
+            writer = self._store.writer(fingerprint)
         if writer is None:
-            raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+            raise DecodeError(f"unknown writer schema fingerprint {fingerprint.hex()}"
+                              + (" (not on the schema log either)" if self._schema_log is not None else ""))
         if writer.record_name != table.record_name:
             raise DecodeError(f"schema {writer.record_name} v{writer.version} does not belong in {table.name} "
                               f"(expects {table.record_name})")
         version, raw = writer.version, writer.raw
         compiled = self._compiled.get(fingerprint)
         if compiled is None:
-            compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),
-                                      columnar_decoder(raw, table, HEADER_LEN))
+            try:
+                compiled = WriterDecoders(version, compile_decoder(raw, table, HEADER_LEN),
+                                          columnar_decoder(raw, table, HEADER_LEN))
+            except SchemaError as exc:  # a schema from the log whose shape the decoders do not take
+                raise DecodeError(f"writer schema {fingerprint.hex()} cannot be decoded into {table.name}: {exc}") \
+                    from None
             self._compiled[fingerprint] = compiled
         return compiled
 

@@ -42,7 +42,7 @@ from services.nissa.tables import dead_letters_table
 from services.oona.codec import make_codec
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import all_topics
+from services.oona.topic_registry import data_topics
 from services.progress import progress_bar
 
 BATCH_ROWS = 50_000
@@ -81,7 +81,7 @@ class ReplayWriter:
         schemas = SchemaStore()
         tables = sink_tables(schemas)
         by_record = {t.record_name: t for t in tables}
-        specs = all_topics(prefix)
+        specs = data_topics(prefix)
         routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs}
         self.batch = Batch(routes, Decoders(schemas))
         self.store = NissaStore(db, tables, hold_s=float("inf"))
@@ -164,7 +164,7 @@ def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_o
     """Replay ``run_id`` from the broker into a fresh DuckDB file at ``out``."""
     from services.nissa.log_scan import log_ranges, scan
 
-    specs = all_topics(settings.topic_prefix)
+    specs = data_topics(settings.topic_prefix)
     ranges = log_ranges(settings, [s.name for s in specs if s.run_scoped], from_offset=from_offset,
                         from_time=from_time)
     ranges |= log_ranges(settings, [s.name for s in specs if not s.run_scoped])

@@ -47,7 +47,8 @@ from services.oona.codec import ConfluentCodec, make_codec
 from services.oona.errors import ConfigurationError, FatalError
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import TopicSpec, all_topics
+from services.oona.schema_log import schema_log_reader
+from services.oona.topic_registry import TopicSpec, data_topics
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def default_db_path(state_dir: Path) -> Path:
 
 def sink_tables(store: SchemaStore | None = None) -> list[Table]:
     store = store or SchemaStore()
-    return [table_for(spec, store) for spec in all_topics() if not spec.raw] + [dead_letters_table()]
+    return [table_for(spec, store) for spec in data_topics() if not spec.raw] + [dead_letters_table()]
 
 
 class Committer:
@@ -195,14 +196,15 @@ class NissaSink:
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.topics = topics if topics is not None else list(all_topics(settings.topic_prefix))
+        # Every registered topic but the bus-internal schema log (schemas are not events).
+        self.topics = topics if topics is not None else list(data_topics(settings.topic_prefix))
         schemas = SchemaStore()
         tables = sink_tables(schemas)
         by_record = {t.record_name: t for t in tables}
         routes = {spec.name: (spec, dead_letters_table() if spec.raw else by_record[spec.record_name])
                   for spec in self.topics}
         fallback = make_codec(settings.schema_registry_url, schemas)
-        self.batch = Batch(routes, Decoders(schemas),
+        self.batch = Batch(routes, Decoders(schemas, schema_log_reader(settings)),
                            fallback=fallback if isinstance(fallback, ConfluentCodec) else None)
         self.store = NissaStore(db_path, tables, hold_s=hold_s)
         self.batch_rows = batch_rows

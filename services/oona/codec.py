@@ -2,7 +2,11 @@
 
 Single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of
 the writer schema + the Avro binary body. Writer schemas are resolved against
-``schemas/`` and ``schemas/history/``, so no registry server is needed. The framing, the
+``schemas/`` and ``schemas/history/``, so no registry server is needed; a fingerprint not
+among them is looked up on the schema log (``schema_log.py``: what a producer one version
+ahead published before using it) when one is attached (``use_schema_log``; every
+``OonaConsumer`` attaches its cluster's), and the body is read with Avro resolution from that
+writer schema to this codec's reader schema. The framing, the
 encoder and the body checks live in ``services/oona/avro``: a body is first checked by that
 layer's validator (the same rules Nissa's decoders apply), then read by fastavro. Whatever
 the bytes, ``decode_record`` returns fastavro's record or raises ``DecodeError``.
@@ -60,11 +64,37 @@ def record_to_message(spec: TopicSpec, record: dict[str, Any]) -> OonaMessage:
         ) from None
 
 
+class SchemaLookup(Protocol):
+    def refresh(self, fingerprint: bytes) -> bool: ...
+
+
 class SingleObjectCodec:
     def __init__(self, store: SchemaStore | None = None) -> None:
         self.store = store or SchemaStore()
         self._encoders: dict[str, Callable[[Any], bytes]] = {}
         self._validators: dict[bytes, Callable[[bytes], None]] = {}
+        self._schema_logs: list[SchemaLookup] = []
+
+    def use_schema_log(self, schema_log: SchemaLookup) -> None:
+        """Resolve unknown writer fingerprints through ``schema_log`` too (once per log)."""
+        if not any(log is schema_log for log in self._schema_logs):
+            self._schema_logs.append(schema_log)
+
+    def writer_schema(self, record_name: str) -> tuple[int, dict]:
+        """(version, schema) that ``encode`` writes ``record_name`` with: what a producer publishes first."""
+        return self.store.version(record_name), self.store.raw(record_name)
+
+    def _writer(self, fingerprint: bytes):
+        writer = self.store.writer(fingerprint)
+        if writer is None and self._schema_logs:
+            for schema_log in self._schema_logs:
+                if schema_log.refresh(fingerprint):
+                    break
+            writer = self.store.writer(fingerprint)
+        if writer is None:
+            raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}"
+                                     + (" (not on the schema log either)" if self._schema_logs else ""))
+        return writer
 
     def _encoder(self, record_name: str) -> Callable[[Any], bytes]:
         encoder = self._encoders.get(record_name)
@@ -87,9 +117,7 @@ class SingleObjectCodec:
         if data is None:
             raise DecodeError("message has no value (tombstone or null)")
         fingerprint = single_object_fingerprint(data)
-        writer = self.store.writer(fingerprint)
-        if writer is None:
-            raise UnknownSchemaError(f"unknown writer schema fingerprint {fingerprint.hex()}")
+        writer = self._writer(fingerprint)
         if writer.record_name != spec.record_name:
             raise UnknownSchemaError(
                 f"schema {writer.record_name} v{writer.version} does not belong on {spec.name} "

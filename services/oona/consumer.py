@@ -48,6 +48,7 @@ from services.oona.errors import (
 )
 from services.oona.isolation import failure_reason, is_record_failure
 from services.oona.producer import OonaProducer
+from services.oona.schema_log import schema_log_reader
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 
@@ -101,6 +102,9 @@ class OonaConsumer:
         except KafkaException as exc:
             raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
         self.codec = codec
+        use_schema_log = getattr(codec, "use_schema_log", None)
+        if use_schema_log is not None:  # unknown writer schemas: those a newer producer put on the schema log
+            use_schema_log(schema_log_reader(settings))
         self.group_id = group_id
         self.max_event_bytes = settings.max_event_bytes
         self.dead_letters = dead_letters

@@ -1,4 +1,10 @@
-"""The idempotent, batching producer every Esper service publishes through."""
+"""The idempotent, batching producer every Esper service publishes through.
+
+Before the first event of a record type it encodes, the producer publishes the writer
+schema on the schema log and waits for the broker's ack (``schema_log.py``), so that any
+consumer, even one version behind, can resolve the schema of every event it reads. Codecs
+that name their schemas otherwise (the Confluent registry's ids) publish nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from contracts import OonaMessage
 from services.oona.codec import Codec
 from services.oona.errors import ConfigurationError, DeliveryError, EncodeError
+from services.oona.schema_log import SchemaLogWriter
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 
@@ -69,6 +76,8 @@ class OonaProducer:
         self.settings = settings
         self._failures: list[str] = []
         self._lock = threading.Lock()
+        self._announced: set[str] = set()  # record names whose writer schema is on the schema log
+        self._schema_log: SchemaLogWriter | None = None
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_client_error(self, error: KafkaError) -> None:
@@ -80,6 +89,18 @@ class OonaProducer:
             with self._lock:
                 self._failures.append(f"{msg.topic()}: {error.str()}")
 
+    # -- the schema log ---------------------------------------------------------------------
+    def announce(self, spec: TopicSpec) -> None:
+        """Publish the writer schema of ``spec``'s record on the schema log, once, before its first event."""
+        if spec.record_name in self._announced:
+            return
+        writer_schema = getattr(self.codec, "writer_schema", None)  # SingleObjectCodec's; the registry has its own
+        if writer_schema is not None and not spec.raw:
+            if self._schema_log is None:
+                self._schema_log = SchemaLogWriter(self.settings)
+            self._schema_log.publish(spec.record_name, *writer_schema(spec.record_name))
+        self._announced.add(spec.record_name)
+
     # -- producing -------------------------------------------------------------------------
     def publish(self, spec: TopicSpec | str, message: OonaMessage, headers: dict[str, bytes] | None = None) -> None:
         self.produce_raw(*self.encode(spec, message), headers)
@@ -87,11 +108,13 @@ class OonaProducer:
     def encode(self, spec: TopicSpec | str, message: OonaMessage) -> tuple[str, bytes, bytes]:
         """(topic, value, key) of ``message``, produced by nothing yet: ``produce_raw(*encoded)`` sends it."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
+        self.announce(spec)
         return spec.name, self.codec.encode(spec, message), message_key(spec, message)
 
     def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage]) -> int:
         """Encode and enqueue a batch in one call into librdkafka (no headers)."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
+        self.announce(spec)
         encode = self.codec.encode
         pending = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
         count = len(pending)
@@ -158,3 +181,5 @@ class OonaProducer:
 
     def close(self, timeout: float = 30.0) -> None:
         self._producer.flush(timeout)
+        if self._schema_log is not None:
+            self._schema_log.close()

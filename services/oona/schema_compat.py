@@ -1,13 +1,37 @@
 """Avro schema-resolution rules: can a reader schema read what a writer schema wrote?
 
-BACKWARD_TRANSITIVE for Esper means: the current schema of a record can read data
-written with every version in ``schemas/history``. Rules follow the Avro
-specification's "Schema Resolution" section, checked on the JSON schemas.
+Esper's schemas evolve FULL_TRANSITIVE (``full_transitive_problems``, run by
+``make schemas-check``): for every two versions in ``schemas/history``, the newer reads
+what the older wrote (BACKWARD: a rebuilt projection reads the whole log) and the older
+reads what the newer wrote (FORWARD: a producer can be upgraded before its consumers, whose
+reader schema resolves the new writer schema taken from the schema log). Rules follow the
+Avro specification's "Schema Resolution" section, checked on the JSON schemas; the Apache
+``avro`` package's ``ReaderWriterCompatibilityChecker`` is the oracle the tests compare with.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+# (record, older version, newer version) pairs committed before FULL_TRANSITIVE was enforced that
+# are only BACKWARD compatible: kept readable by new readers, exempt from FORWARD. Empty: every
+# committed pair was FULL compatible when the rule came in; new versions get no entry here.
+BACKWARD_ONLY_HISTORY: frozenset[tuple[str, int, int]] = frozenset()
+
+
+def full_transitive_problems(record_name: str, versions: list[tuple[int, dict]],
+                             backward_only: frozenset[tuple[str, int, int]] = BACKWARD_ONLY_HISTORY) -> list[str]:
+    """Why ``versions`` (``(version, schema)``, oldest first) are not FULL_TRANSITIVE compatible; empty if they are."""
+    problems = []
+    for i, (old_version, old) in enumerate(versions):
+        for new_version, new in versions[i + 1:]:
+            for reason in compatibility_problems(new, old):
+                problems.append(f"{record_name} v{new_version} cannot read v{old_version} (BACKWARD): {reason}")
+            if (record_name, old_version, new_version) in backward_only:
+                continue
+            for reason in compatibility_problems(old, new):
+                problems.append(f"{record_name} v{old_version} cannot read v{new_version} (FORWARD): {reason}")
+    return problems
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _PROMOTIONS = {
@@ -124,11 +148,8 @@ class _Checker:
         if key in self._seen:
             return True
         self._seen.add(key)
-        writer_fields = {}
-        for field in writer["fields"]:
-            writer_fields[field["name"]] = field
-            for alias in field.get("aliases", []):
-                writer_fields[alias] = field
+        # The reader's field name or one of its aliases names the writer's field (writer aliases play no part).
+        writer_fields = {field["name"]: field for field in writer["fields"]}
         for field in reader["fields"]:
             candidates = [field["name"], *field.get("aliases", [])]
             source = next((writer_fields[n] for n in candidates if n in writer_fields), None)

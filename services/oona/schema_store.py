@@ -7,7 +7,14 @@ Layout under ``schemas/``:
 ``generate`` writes both (adding a history version only when the canonical form
 changed); ``check`` fails when the committed files differ from the contracts.
 Fingerprints are CRC-64-AVRO of the parsing canonical form, as in Avro's
-single-object encoding.
+single-object encoding. ``check`` also enforces FULL_TRANSITIVE compatibility across the
+history (``schema_compat.py``): old readers read new data and new readers read old data, so
+producers can be upgraded before consumers.
+
+Writer schemas a producer one version ahead published on the schema log (``schema_log.py``)
+are learned process-wide (``learn_published``: content-addressed by fingerprint, so every
+store may share them); a store hands one out only for a record it has and only if its own
+reader schema of that record can read it (``writer``).
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import threading
+
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from services.oona.avro import HEADER_LEN, compile_validator
 from services.oona.avro_mapping import model_to_avro
-from services.oona.errors import SchemaDriftError, SchemaError
+from services.oona.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
+from services.oona.schema_compat import compatibility_problems, full_transitive_problems
 from services.oona.topic_registry import TopicSpec, avro_topics
 
 DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -45,6 +56,31 @@ class WriterSchema:
     version: int
     parsed: dict
     raw: dict  # as committed in schemas/history (what code generators read)
+    published: bool = False  # learned from the schema log, not committed here
+
+
+# Writer schemas learned from the schema log, by fingerprint (see learn_published).
+_PUBLISHED: dict[bytes, WriterSchema] = {}
+_PUBLISHED_LOCK = threading.Lock()
+MAX_PUBLISHED = 4096  # schema versions kept; a log holding more is not a schema log
+
+
+def learn_published(writer: WriterSchema) -> bool:
+    """Remember a writer schema read (and checked) off the schema log; False if its fingerprint was known.
+
+    The first schema learned for a fingerprint stays: the fingerprint is recomputed from the
+    schema, so a later one differs at most in what the canonical form leaves out.
+    """
+    fp = schema_fingerprint(writer.raw)
+    with _PUBLISHED_LOCK:
+        if fp in _PUBLISHED or len(_PUBLISHED) >= MAX_PUBLISHED:
+            return False
+        _PUBLISHED[fp] = writer
+        return True
+
+
+def published_writer(fp: bytes) -> WriterSchema | None:
+    return _PUBLISHED.get(fp)
 
 
 class SchemaStore:
@@ -57,6 +93,7 @@ class SchemaStore:
         self._current_version: dict[str, int] = {}
         self._current_fingerprint: dict[str, bytes] = {}
         self._writers: dict[bytes, WriterSchema] = {}
+        self._published_problems: dict[bytes, str] = {}
         for spec in avro_topics():
             self._load(spec.record_name)
 
@@ -91,7 +128,38 @@ class SchemaStore:
         return self._current_version[record_name]
 
     def writer(self, fingerprint: bytes) -> WriterSchema | None:
-        return self._writers.get(fingerprint)
+        """The writer schema of ``fingerprint``: committed, or learned from the schema log; None if unknown.
+
+        A learned one that this store's reader schema cannot read raises UnknownSchemaError
+        with the reason (a DecodeError: the event is dead-lettered, the service goes on).
+        """
+        writer = self._writers.get(fingerprint)
+        if writer is not None:
+            return writer
+        writer = _PUBLISHED.get(fingerprint)
+        if writer is None:
+            return None
+        problem = self._published_problems.get(fingerprint)
+        if problem is None:
+            problem = self._published_problems[fingerprint] = self._unreadable(writer)
+        if problem:
+            raise UnknownSchemaError(f"writer schema {fingerprint.hex()} ({writer.record_name} v{writer.version}, "
+                                     f"from the schema log) is not readable here: {problem}")
+        return writer
+
+    def _unreadable(self, writer: WriterSchema) -> str:
+        """Why this store may not decode with a learned writer schema ('' when it may)."""
+        if writer.record_name not in self._raw:
+            return f"no record {writer.record_name} in this version of Esper"
+        current = self.version(writer.record_name)
+        problems = compatibility_problems(self._raw[writer.record_name], writer.raw)
+        if problems:
+            return f"{writer.record_name} v{current} cannot read it: {problems[0]}"
+        try:
+            compile_validator(writer.raw, HEADER_LEN)
+        except SchemaError as exc:
+            return f"its shape is not supported: {exc}"
+        return ""
 
 
 def history_versions(schemas_dir: Path, record_name: str) -> list[tuple[int, dict]]:
@@ -140,3 +208,13 @@ def check(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
             problems.append(f"{spec.record_name} not recorded in history/")
     if problems:
         raise SchemaDriftError("schemas out of date (run `make schemas`): " + "; ".join(problems))
+    check_compatibility(schemas_dir)
+
+
+def check_compatibility(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
+    """Raise SchemaCompatibilityError unless every record's history is FULL_TRANSITIVE compatible."""
+    problems = []
+    for spec in avro_topics():
+        problems += full_transitive_problems(spec.record_name, history_versions(schemas_dir, spec.record_name))
+    if problems:
+        raise SchemaCompatibilityError("schemas break FULL_TRANSITIVE compatibility: " + "; ".join(problems))

@@ -24,9 +24,10 @@ from contracts import (
     TopicName,
     TrainingSessionEvent,
 )
+from contracts.published_schema import PublishedSchema
 from services.oona.errors import UnknownTopicError
 
-KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source"]
+KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source", "fingerprint"]
 
 # Run-scoped topics are co-partitioned (same partition count, keyed by run_id with the same
 # partitioner), so a run's events land on the same partition number of every topic and a
@@ -43,6 +44,8 @@ class TopicSpec:
     compacted: bool = False
     # The DLQ carries original bytes + headers, not an Avro record.
     raw: bool = False
+    # Bus-internal (the schema log): created with the others, but no event topic (Nissa does not sink it).
+    internal: bool = False
     configs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -87,6 +90,17 @@ TOPICS: tuple[TopicSpec, ...] = (
         raw=True,
         configs={"max.message.bytes": str(8 * 1024 * 1024)},
     ),
+    # Writer schemas by fingerprint, kept forever: compaction keeps the one record per key.
+    TopicSpec(
+        TopicName.SCHEMAS.value,
+        PublishedSchema,
+        "fingerprint",
+        partitions=1,
+        compacted=True,
+        raw=True,
+        internal=True,
+        configs={"max.message.bytes": str(1024 * 1024), "min.compaction.lag.ms": "0"},
+    ),
 )
 
 _BY_NAME = {spec.name: spec for spec in TOPICS}
@@ -103,6 +117,11 @@ def topic_spec(name: str, prefix: str = "") -> TopicSpec:
 
 def all_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
     return tuple(topic_spec(spec.name, prefix) for spec in TOPICS)
+
+
+def data_topics(prefix: str = "") -> tuple[TopicSpec, ...]:
+    """The event topics and the DLQ: every registered topic but the bus-internal ones (the schema log)."""
+    return tuple(spec for spec in all_topics(prefix) if not spec.internal)
 
 
 def avro_topics() -> tuple[TopicSpec, ...]:
