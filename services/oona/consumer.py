@@ -1,12 +1,22 @@
 """Consumer with manual commits, batch ``consume(n)`` and dead-lettering.
 
 A message that cannot be decoded or validated is produced, unchanged, to
-``esper.dlq`` with its source and the reason in headers, and the consumer carries
-on. So is a decoded event whose handling fails (``handle_isolated``; the rules of
-what counts as the record's fault are in ``services.oona.isolation``).
+``esper.dlq`` with its original headers and, beside them, its source and the reason
+(``esper.dlq.*`` headers: Kafka Connect's convention), and the consumer carries on. So
+is a decoded event whose handling fails (``handle_isolated``; the rules of what counts
+as the record's fault are in ``services.oona.isolation``).
 ``commit()`` first makes sure every dead letter is durably on the DLQ, so
 committing can never skip past a message that is neither processed nor
 dead-lettered.
+
+A record is dead-lettered once per group, however often it is read: a consumer that
+rebuilds by reading its inputs again (Tamiyo) meets its poison records again. Every
+record below the group's committed offset was handled already (processed, or
+dead-lettered: the dead letters are durable before the offset passes them, in the same
+transaction for the exactly-once loop), so it is never dead-lettered again
+(``already_dead_lettered`` counts those). The committed offset read when a partition is
+first needed after an assignment is that bound, and the consumer never commits below it
+(``commit_offsets``): a rebuild's positions do not move it back.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from contracts.dead_letter import (
 )
 from services.oona.admin import OffsetReader, is_transient
 from services.oona.codec import Codec
+from services.oona.dlq_records import Header, dead_letter_headers
 from services.oona.errors import (
     ConfigurationError,
     DecodeError,
@@ -78,6 +89,7 @@ class Delivered:
     key: bytes | None
     message: OonaMessage
     value: bytes = b""  # the original bytes, so a semantically rejected event can be dead-lettered whole
+    headers: tuple[Header, ...] = ()  # the original headers, kept by its dead letter
 
 
 class OonaConsumer:
@@ -107,19 +119,28 @@ class OonaConsumer:
         self.dlq_topic = dlq_topic
         self.on_dead_letter = on_dead_letter
         self.dead_lettered = 0
+        self.already_dead_lettered = 0  # records met again below the group's committed offset: not dead-lettered
+        # (topic, partition) -> the group's committed offset when first needed since the assignment, raised by
+        # our own commits: every record below it was handled (processed or durably dead-lettered).
+        self._handled: dict[tuple[str, int], int] = {}
         self._early: list[Delivered] = []
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
+        # Another member may have committed while a partition was not ours: what we knew of it is stale.
+        def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                self._handled.pop((tp.topic, tp.partition), None)
+
         if on_assign is None:
-            self._consumer.subscribe(list(self._specs))
+            self._consumer.subscribe(list(self._specs), on_revoke=revoked, on_lost=revoked)
         else:
             # The callback may set each partition's starting offset (e.g. OFFSET_BEGINNING to rebuild).
             def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
                 on_assign(partitions)
                 consumer.assign(partitions)
 
-            self._consumer.subscribe(list(self._specs), on_assign=assigned)
+            self._consumer.subscribe(list(self._specs), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def _on_client_error(self, error: KafkaError) -> None:
         level = logging.ERROR if error.fatal() else logging.WARNING
@@ -163,19 +184,20 @@ class OonaConsumer:
                 if not is_record_failure(exc):
                     raise
                 self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), value,
-                                  failure_reason(exc), type(exc).__name__)
+                                  failure_reason(exc), type(exc).__name__, msg.headers())
                 continue
-            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value))
+            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value,
+                                       tuple(msg.headers() or ())))
         return delivered
 
     def dead_letter(self, msg: Message, exc: DecodeError) -> None:
         self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                          exc.reason, type(exc).__name__)
+                          exc.reason, type(exc).__name__, msg.headers())
 
     def reject(self, delivered: Delivered, reason: str, error_type: str = "RejectedEvent") -> None:
         """Dead-letter an event that decoded fine but cannot be acted on (e.g. a command for an unknown seed)."""
         self._dead_letter(delivered.topic, delivered.partition, delivered.offset, delivered.key, delivered.value,
-                          reason, error_type)
+                          reason, error_type, delivered.headers)
 
     def dead_letter_failure(self, delivered: Delivered, exc: BaseException) -> None:
         """Dead-letter an event whose handling raised: the reason and error type name the exception."""
@@ -199,9 +221,16 @@ class OonaConsumer:
             return None
 
     def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     reason: str, error_type: str) -> None:
+                     reason: str, error_type: str, original_headers: Sequence[Header] | None = None) -> None:
+        if offset < self.handled_below(topic, partition):
+            # Handled when the group first read it (a rebuild reads it again): its dead letter, if it
+            # failed then, is on the DLQ already.
+            self.already_dead_lettered += 1
+            log.info("not dead-lettered again topic=%s[%d] offset=%d group=%s reason=%s",
+                     topic, partition, offset, self.group_id, reason)
+            return
         failed_at = datetime.now(timezone.utc)
-        headers = [
+        headers = dead_letter_headers(original_headers, [
             (DLQ_HEADER_TOPIC, topic.encode()),
             (DLQ_HEADER_PARTITION, str(partition).encode()),
             (DLQ_HEADER_OFFSET, str(offset).encode()),
@@ -209,7 +238,7 @@ class OonaConsumer:
             (DLQ_HEADER_ERROR_TYPE, error_type.encode()),
             (DLQ_HEADER_GROUP, self.group_id.encode()),
             (DLQ_HEADER_FAILED_AT, failed_at.isoformat().encode()),
-        ]
+        ])
         self.dead_letters.produce_raw(self.dlq_topic, value, key, headers)
         self.dead_lettered += 1
         log.warning("dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
@@ -221,12 +250,42 @@ class OonaConsumer:
                 failed_at=failed_at,
             ))
 
+    def handled_below(self, topic: str, partition: int) -> int:
+        """The offset below which this group handled every record of the partition (its committed
+        offset when first asked since the assignment, or higher after our own commits)."""
+        self._learn_committed([(topic, partition)])
+        return self._handled[(topic, partition)]
+
+    def _learn_committed(self, partitions: Sequence[tuple[str, int]]) -> None:
+        unknown = [TopicPartition(t, p) for t, p in partitions if (t, p) not in self._handled]
+        if unknown:  # one request for all of them
+            for tp in retry_transient(lambda: self._consumer.committed(unknown, timeout=10), 60.0):
+                self._handled[(tp.topic, tp.partition)] = max(tp.offset, 0)
+
+    def commit_offsets(self) -> list[TopicPartition]:
+        """The offsets to commit for what was consumed: each partition's position, never below what the
+        group committed before (a rebuild reading from the beginning must not move the offset back)."""
+        positions = [tp for tp in self.positions() if tp.offset >= 0]
+        self._learn_committed([(tp.topic, tp.partition) for tp in positions])
+        return [TopicPartition(tp.topic, tp.partition, max(tp.offset, self._handled[(tp.topic, tp.partition)]))
+                for tp in positions]
+
+    def committed_to(self, offsets: Sequence[TopicPartition]) -> None:
+        """Record offsets this consumer's group just committed (e.g. in a transaction)."""
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            self._handled[key] = max(self._handled.get(key, 0), tp.offset)
+
     def commit(self, timeout_s: float = 120.0) -> None:
         """Commit the positions of everything consumed so far (synchronously; retried while the
         broker is briefly unreachable)."""
         self.dead_letters.flush()
+        offsets = self.commit_offsets()
+        if not offsets:
+            return
         try:
-            retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
+            retry_transient(lambda: self._consumer.commit(offsets=offsets, asynchronous=False), timeout_s)
+            self.committed_to(offsets)
         except KafkaException as exc:
             code = exc.args[0].code()
             if code in _REJOINING:
@@ -275,7 +334,8 @@ class OonaConsumer:
         return self._consumer.consumer_group_metadata()
 
     def rewind_to_committed(self, timeout: float = 10.0) -> None:
-        """After an aborted transaction: go back to the last committed offsets."""
+        """After an aborted transaction: go back to the last committed offsets. (A consumer that was
+        rebuilding from the beginning must rebuild again: the committed offsets are past its rebuild.)"""
         assignment = self._consumer.assignment()
         if not assignment:
             return

@@ -87,16 +87,18 @@ class ExactlyOnceProcessor:
         """Consume, handle and commit one batch atomically; returns the events handled or dead-lettered."""
         self.producer.begin_transaction()
         try:
-            dead_before = self.consumer.dead_lettered
+            failed_before = self.consumer.dead_lettered + self.consumer.already_dead_lettered
             batch = self.consumer.consume(max_messages, timeout, gather_s)
-            consumed = bool(batch) or self.consumer.dead_lettered != dead_before
+            consumed = bool(batch) or self.consumer.dead_lettered + self.consumer.already_dead_lettered != failed_before
             for delivered in batch:
                 self._produce(self._outputs(delivered))
             self._produce(self._after_batch(batch))
-            positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if consumed else []
+            # Never below the group's committed offsets: a rebuild re-reading its inputs does not move them back.
+            positions = self.consumer.commit_offsets() if consumed else []
             if positions:  # nothing consumed: the committed offsets stand, no round trip
                 self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
             self.producer.commit_transaction()
+            self.consumer.committed_to(positions)
         except BaseException:
             log.exception("transaction aborted group=%s", self.consumer.group_id)
             self.producer.abort_transaction()
