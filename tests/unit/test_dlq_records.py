@@ -128,3 +128,15 @@ def test_missing_headers_read_as_unknown_not_an_error():
                                                                                    "no reason recorded", "")
     assert bare.failed_at == datetime.fromtimestamp(1_700_000_000, timezone.utc)
     assert bare.source == "unknown:-:-"
+
+
+def test_nissa_keeps_dead_letters_not_redrive_markers():
+    from tests.unit.test_nissa_batch import FakeMessage, new_batch
+
+    a = letter(0)
+    batch = new_batch()
+    batch.add([FakeMessage("esper.dlq", 0, 0, a.value, a.key, list(a.headers)),
+               FakeMessage("esper.dlq", 0, 1, None, marker_key(a), list(marker(1, a).headers))])
+    rows = batch.drain()["dead_letters"]
+    assert sum(t.num_rows for t in rows) == 1
+    assert rows[0].column("reason").to_pylist() == ["bad"]
