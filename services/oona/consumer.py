@@ -10,13 +10,17 @@ committing can never skip past a message that is neither processed nor
 dead-lettered.
 
 A record is dead-lettered once per group, however often it is read: a consumer that
-rebuilds by reading its inputs again (Tamiyo) meets its poison records again. Every
-record below the group's committed offset was handled already (processed, or
-dead-lettered: the dead letters are durable before the offset passes them, in the same
-transaction for the exactly-once loop), so it is never dead-lettered again
-(``already_dead_lettered`` counts those). The committed offset read when a partition is
-first needed after an assignment is that bound, and the consumer never commits below it
-(``commit_offsets``): a rebuild's positions do not move it back.
+rebuilds by reading its inputs again (Tamiyo) meets its poison records again. A record at
+or past the group's committed offset is read for the first time: it is dead-lettered, no
+question asked. One below it was read before, and may have been dead-lettered then: it is
+dead-lettered only if the DLQ holds no dead letter of this group for its source offset
+(``already_dead_lettered`` counts the others). The DLQ is read for that once, when a record
+below the committed offset first fails again (a rebuild meeting its poison records), and
+only this group's source offsets are kept. Exact, not just a bound: a record held past its
+commit and dead-lettered later (Tamiyo's events of an unknown run) is dead-lettered after a
+restart if it was not before. The consumer never commits below the group's committed offset
+(``commit_offsets``): a rebuild's positions do not move it back, so a restart mid-rebuild
+reads its poison records as "read before" too.
 """
 
 from __future__ import annotations
@@ -119,7 +123,10 @@ class OonaConsumer:
         self.dlq_topic = dlq_topic
         self.on_dead_letter = on_dead_letter
         self.dead_lettered = 0
-        self.already_dead_lettered = 0  # records met again below the group's committed offset: not dead-lettered
+        self.already_dead_lettered = 0  # records met again whose dead letter is on the DLQ: not dead-lettered again
+        # This group's dead letters on the DLQ, by source partition: read when a record below the committed
+        # offset fails again, then kept up to date; dropped on an abort (what it added may not have committed).
+        self._on_dlq: dict[tuple[str, int], set[int]] | None = None
         # (topic, partition) -> the group's committed offset when first needed since the assignment, raised by
         # our own commits: every record below it was handled (processed or durably dead-lettered).
         self._handled: dict[tuple[str, int], int] = {}
@@ -131,6 +138,7 @@ class OonaConsumer:
         def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             for tp in partitions:
                 self._handled.pop((tp.topic, tp.partition), None)
+            self._on_dlq = None
 
         if on_assign is None:
             self._consumer.subscribe(list(self._specs), on_revoke=revoked, on_lost=revoked)
@@ -222,9 +230,7 @@ class OonaConsumer:
 
     def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      reason: str, error_type: str, original_headers: Sequence[Header] | None = None) -> None:
-        if offset < self.handled_below(topic, partition):
-            # Handled when the group first read it (a rebuild reads it again): its dead letter, if it
-            # failed then, is on the DLQ already.
+        if self._on_dlq_already(topic, partition, offset):
             self.already_dead_lettered += 1
             log.info("not dead-lettered again topic=%s[%d] offset=%d group=%s reason=%s",
                      topic, partition, offset, self.group_id, reason)
@@ -241,6 +247,8 @@ class OonaConsumer:
         ])
         self.dead_letters.produce_raw(self.dlq_topic, value, key, headers)
         self.dead_lettered += 1
+        if self._on_dlq is not None:
+            self._on_dlq.setdefault((topic, partition), set()).add(offset)
         log.warning("dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
                     topic, partition, offset, self.group_id, reason)
         if self.on_dead_letter is not None:
@@ -249,6 +257,36 @@ class OonaConsumer:
                 error_type=error_type, consumer_group=self.group_id, original_key=key, original_value=value,
                 failed_at=failed_at,
             ))
+
+    def _on_dlq_already(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether this group dead-lettered the record before (only a record read before can have been)."""
+        if offset >= self.handled_below(topic, partition):
+            return False
+        if self._on_dlq is None:
+            self._on_dlq = self._read_dead_letters()
+        return offset in self._on_dlq.get((topic, partition), ())
+
+    def _read_dead_letters(self) -> dict[tuple[str, int], set[int]]:
+        """This group's dead letters on the DLQ (committed ones): source offsets by source partition."""
+        from services.oona.log_reader import scan_range
+
+        partitions = self._offsets.partitions_of([self.dlq_topic])
+        ends = self._offsets.end_offsets(partitions)
+        group = self.group_id.encode()
+        found: dict[tuple[str, int], set[int]] = {}
+        for chunk in scan_range(self._settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
+            for msg in chunk:
+                headers = dict(msg.headers() or ())
+                source = headers.get(DLQ_HEADER_TOPIC)
+                if headers.get(DLQ_HEADER_GROUP) != group or source is None or source.decode() not in self._specs:
+                    continue
+                try:
+                    found.setdefault((source.decode(), int(headers[DLQ_HEADER_PARTITION])), set()).add(
+                        int(headers[DLQ_HEADER_OFFSET]))
+                except (KeyError, TypeError, ValueError):  # not a dead letter of ours after all
+                    continue
+        log.info("dead letters read group=%s records=%d", self.group_id, sum(map(len, found.values())))
+        return found
 
     def handled_below(self, topic: str, partition: int) -> int:
         """The offset below which this group handled every record of the partition (its committed
@@ -336,6 +374,7 @@ class OonaConsumer:
     def rewind_to_committed(self, timeout: float = 10.0) -> None:
         """After an aborted transaction: go back to the last committed offsets. (A consumer that was
         rebuilding from the beginning must rebuild again: the committed offsets are past its rebuild.)"""
+        self._on_dlq = None  # it may hold dead letters of the aborted transaction
         assignment = self._consumer.assignment()
         if not assignment:
             return
