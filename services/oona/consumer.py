@@ -10,17 +10,14 @@ committing can never skip past a message that is neither processed nor
 dead-lettered.
 
 A record is dead-lettered once per group, however often it is read: a consumer that
-rebuilds by reading its inputs again (Tamiyo) meets its poison records again. A record at
-or past the group's committed offset is read for the first time: it is dead-lettered, no
-question asked. One below it was read before, and may have been dead-lettered then: it is
-dead-lettered only if the DLQ holds no dead letter of this group for its source offset
-(``already_dead_lettered`` counts the others). The DLQ is read for that once, when a record
-below the committed offset first fails again (a rebuild meeting its poison records), and
-only this group's source offsets are kept. Exact, not just a bound: a record held past its
-commit and dead-lettered later (Tamiyo's events of an unknown run) is dead-lettered after a
-restart if it was not before. The consumer never commits below the group's committed offset
-(``commit_offsets``): a rebuild's positions do not move it back, so a restart mid-rebuild
-reads its poison records as "read before" too.
+rebuilds by reading its inputs again (Tamiyo) meets its poison records again, and so does a
+restarted one. A record is dead-lettered only if the DLQ holds no dead letter of this group
+for its source offset (``already_dead_lettered`` counts the others). The DLQ is read for
+that once per assignment, when a record first fails (nothing is read while nothing fails),
+keeping this group's source offsets only; the dead letters produced since are added. Exact,
+not a bound on offsets: a record held past its commit and dead-lettered later (Tamiyo's
+events of an unknown run) is dead-lettered after a restart if it was not before, and the
+committed offsets (which a rebuild moves back) play no part.
 """
 
 from __future__ import annotations
@@ -124,20 +121,16 @@ class OonaConsumer:
         self.on_dead_letter = on_dead_letter
         self.dead_lettered = 0
         self.already_dead_lettered = 0  # records met again whose dead letter is on the DLQ: not dead-lettered again
-        # This group's dead letters on the DLQ, by source partition: read when a record below the committed
-        # offset fails again, then kept up to date; dropped on an abort (what it added may not have committed).
+        # This group's dead letters on the DLQ, by source partition: read when a record first fails; with
+        # those produced since (dropped on an abort: they may not have committed).
         self._on_dlq: dict[tuple[str, int], set[int]] | None = None
-        # (topic, partition) -> the group's committed offset when first needed since the assignment, raised by
-        # our own commits: every record below it was handled (processed or durably dead-lettered).
-        self._handled: dict[tuple[str, int], int] = {}
+        self._produced: dict[tuple[str, int], set[int]] = {}
         self._early: list[Delivered] = []
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
-        # Another member may have committed while a partition was not ours: what we knew of it is stale.
+        # Another member may dead-letter while a partition is not ours: read the DLQ again when needed.
         def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            for tp in partitions:
-                self._handled.pop((tp.topic, tp.partition), None)
             self._on_dlq = None
 
         if on_assign is None:
@@ -247,8 +240,7 @@ class OonaConsumer:
         ])
         self.dead_letters.produce_raw(self.dlq_topic, value, key, headers)
         self.dead_lettered += 1
-        if self._on_dlq is not None:
-            self._on_dlq.setdefault((topic, partition), set()).add(offset)
+        self._produced.setdefault((topic, partition), set()).add(offset)
         log.warning("dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
                     topic, partition, offset, self.group_id, reason)
         if self.on_dead_letter is not None:
@@ -259,9 +251,9 @@ class OonaConsumer:
             ))
 
     def _on_dlq_already(self, topic: str, partition: int, offset: int) -> bool:
-        """Whether this group dead-lettered the record before (only a record read before can have been)."""
-        if offset >= self.handled_below(topic, partition):
-            return False
+        """Whether this group dead-lettered the record before (this session, or any before it)."""
+        if offset in self._produced.get((topic, partition), ()):
+            return True
         if self._on_dlq is None:
             self._on_dlq = self._read_dead_letters()
         return offset in self._on_dlq.get((topic, partition), ())
@@ -288,42 +280,12 @@ class OonaConsumer:
         log.info("dead letters read group=%s records=%d", self.group_id, sum(map(len, found.values())))
         return found
 
-    def handled_below(self, topic: str, partition: int) -> int:
-        """The offset below which this group handled every record of the partition (its committed
-        offset when first asked since the assignment, or higher after our own commits)."""
-        self._learn_committed([(topic, partition)])
-        return self._handled[(topic, partition)]
-
-    def _learn_committed(self, partitions: Sequence[tuple[str, int]]) -> None:
-        unknown = [TopicPartition(t, p) for t, p in partitions if (t, p) not in self._handled]
-        if unknown:  # one request for all of them
-            for tp in retry_transient(lambda: self._consumer.committed(unknown, timeout=10), 60.0):
-                self._handled[(tp.topic, tp.partition)] = max(tp.offset, 0)
-
-    def commit_offsets(self) -> list[TopicPartition]:
-        """The offsets to commit for what was consumed: each partition's position, never below what the
-        group committed before (a rebuild reading from the beginning must not move the offset back)."""
-        positions = [tp for tp in self.positions() if tp.offset >= 0]
-        self._learn_committed([(tp.topic, tp.partition) for tp in positions])
-        return [TopicPartition(tp.topic, tp.partition, max(tp.offset, self._handled[(tp.topic, tp.partition)]))
-                for tp in positions]
-
-    def committed_to(self, offsets: Sequence[TopicPartition]) -> None:
-        """Record offsets this consumer's group just committed (e.g. in a transaction)."""
-        for tp in offsets:
-            key = (tp.topic, tp.partition)
-            self._handled[key] = max(self._handled.get(key, 0), tp.offset)
-
     def commit(self, timeout_s: float = 120.0) -> None:
         """Commit the positions of everything consumed so far (synchronously; retried while the
         broker is briefly unreachable)."""
         self.dead_letters.flush()
-        offsets = self.commit_offsets()
-        if not offsets:
-            return
         try:
-            retry_transient(lambda: self._consumer.commit(offsets=offsets, asynchronous=False), timeout_s)
-            self.committed_to(offsets)
+            retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
         except KafkaException as exc:
             code = exc.args[0].code()
             if code in _REJOINING:
@@ -372,9 +334,9 @@ class OonaConsumer:
         return self._consumer.consumer_group_metadata()
 
     def rewind_to_committed(self, timeout: float = 10.0) -> None:
-        """After an aborted transaction: go back to the last committed offsets. (A consumer that was
-        rebuilding from the beginning must rebuild again: the committed offsets are past its rebuild.)"""
-        self._on_dlq = None  # it may hold dead letters of the aborted transaction
+        """After an aborted transaction: go back to the last committed offsets."""
+        self._produced.clear()  # the aborted transaction's dead letters are not on the DLQ: read it again
+        self._on_dlq = None
         assignment = self._consumer.assignment()
         if not assignment:
             return

@@ -93,12 +93,10 @@ class ExactlyOnceProcessor:
             for delivered in batch:
                 self._produce(self._outputs(delivered))
             self._produce(self._after_batch(batch))
-            # Never below the group's committed offsets: a rebuild re-reading its inputs does not move them back.
-            positions = self.consumer.commit_offsets() if consumed else []
+            positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if consumed else []
             if positions:  # nothing consumed: the committed offsets stand, no round trip
                 self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
             self.producer.commit_transaction()
-            self.consumer.committed_to(positions)
         except BaseException:
             log.exception("transaction aborted group=%s", self.consumer.group_id)
             self.producer.abort_transaction()

@@ -213,7 +213,6 @@ def test_reading_again_from_the_beginning_does_not_dead_letter_a_record_again(ka
         read_all(first, 2)
         assert first.consumer.dead_lettered == 2, "the rebuild dead-lettered them again"
         assert first.consumer.already_dead_lettered == 2
-        assert _committed(kafka_settings, group, spec.name) == 5, "the rebuild did not move the offset back"
     finally:
         first.close()
     restarted = processor()
