@@ -224,6 +224,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from services.dlq_cli import add_dlq_command
     from services.nissa import cli as nissa_cli
     from services.system_cli import add_system_commands
     from services.tamiyo.cli import add_policy_command, add_tamiyo_serve_options
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_policy_command(sub)
     nissa_cli.add_commands(sub)
+    add_dlq_command(sub)
 
     p = sub.add_parser("bench", help="run the benchmarks; prints ratios and writes JSON")
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")

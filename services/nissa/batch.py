@@ -12,7 +12,8 @@ guarantees the column types, so the contracts' pydantic validation is not run on
 path (producers validate before they encode; the sink records facts as they were written).
 A value that cannot be decoded (not single-object framed, unknown fingerprint, a schema of
 another topic, a corrupt body) becomes a row of ``dead_letters`` with origin ``nissa`` and
-the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq``. The decoders
+the reason; DLQ messages become rows of ``dead_letters`` with origin ``dlq`` (re-drive markers,
+which record that ``esper dlq redrive`` re-drove a dead letter, are no dead letters). The decoders
 (``services/oona/avro``) raise nothing but ``DecodeError``; should a decoded row still not
 fit its Arrow column, that row alone is dead-lettered too: ``decode`` never raises for what
 a value holds, so no record can stop the sink.
@@ -33,6 +34,7 @@ from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_o
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
+from services.oona.dlq_records import is_redrive_marker
 from services.oona.errors import DecodeError, SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
@@ -132,7 +134,7 @@ class Batch:
         for topic, messages in pending.items():
             spec, table = self.routes[topic]
             if spec.raw:
-                dead.extend(_dlq_row(m) for m in messages)
+                dead.extend(_dlq_row(m) for m in messages if not is_redrive_marker(m))  # a marker is no letter
             else:
                 out.setdefault(table.name, []).extend(self._decode(spec, table, messages, dead))
         if dead:

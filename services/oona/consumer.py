@@ -1,12 +1,23 @@
 """Consumer with manual commits, batch ``consume(n)`` and dead-lettering.
 
 A message that cannot be decoded or validated is produced, unchanged, to
-``esper.dlq`` with its source and the reason in headers, and the consumer carries
-on. So is a decoded event whose handling fails (``handle_isolated``; the rules of
-what counts as the record's fault are in ``services.oona.isolation``).
+``esper.dlq`` with its original headers and, beside them, its source and the reason
+(``esper.dlq.*`` headers: Kafka Connect's convention), and the consumer carries on. So
+is a decoded event whose handling fails (``handle_isolated``; the rules of what counts
+as the record's fault are in ``services.oona.isolation``).
 ``commit()`` first makes sure every dead letter is durably on the DLQ, so
 committing can never skip past a message that is neither processed nor
 dead-lettered.
+
+A record is dead-lettered once per group, however often it is read: a consumer that
+rebuilds by reading its inputs again (Tamiyo) meets its poison records again, and so does a
+restarted one. A record is dead-lettered only if the DLQ holds no dead letter of this group
+for its source offset (``already_dead_lettered`` counts the others). The DLQ is read for
+that once per assignment, when a record first fails (nothing is read while nothing fails),
+keeping this group's source offsets only; the dead letters produced since are added. Exact,
+not a bound on offsets: a record held past its commit and dead-lettered later (Tamiyo's
+events of an unknown run) is dead-lettered after a restart if it was not before, and the
+committed offsets (which a rebuild moves back) play no part.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from contracts.dead_letter import (
 )
 from services.oona.admin import OffsetReader, is_transient
 from services.oona.codec import Codec
+from services.oona.dlq_records import Header, dead_letter_headers
 from services.oona.errors import (
     ConfigurationError,
     DecodeError,
@@ -79,6 +91,7 @@ class Delivered:
     key: bytes | None
     message: OonaMessage
     value: bytes = b""  # the original bytes, so a semantically rejected event can be dead-lettered whole
+    headers: tuple[Header, ...] = ()  # the original headers, kept by its dead letter
 
 
 class OonaConsumer:
@@ -111,19 +124,28 @@ class OonaConsumer:
         self.dlq_topic = dlq_topic
         self.on_dead_letter = on_dead_letter
         self.dead_lettered = 0
+        self.already_dead_lettered = 0  # records met again whose dead letter is on the DLQ: not dead-lettered again
+        # This group's dead letters on the DLQ, by source partition: read when a record first fails; with
+        # those produced since (dropped on an abort: they may not have committed).
+        self._on_dlq: dict[tuple[str, int], set[int]] | None = None
+        self._produced: dict[tuple[str, int], set[int]] = {}
         self._early: list[Delivered] = []
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
+        # Another member may dead-letter while a partition is not ours: read the DLQ again when needed.
+        def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self._on_dlq = None
+
         if on_assign is None:
-            self._consumer.subscribe(list(self._specs))
+            self._consumer.subscribe(list(self._specs), on_revoke=revoked, on_lost=revoked)
         else:
             # The callback may set each partition's starting offset (e.g. OFFSET_BEGINNING to rebuild).
             def assigned(consumer: Consumer, partitions: list[TopicPartition]) -> None:
                 on_assign(partitions)
                 consumer.assign(partitions)
 
-            self._consumer.subscribe(list(self._specs), on_assign=assigned)
+            self._consumer.subscribe(list(self._specs), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def _on_client_error(self, error: KafkaError) -> None:
         level = logging.ERROR if error.fatal() else logging.WARNING
@@ -167,19 +189,20 @@ class OonaConsumer:
                 if not is_record_failure(exc):
                     raise
                 self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), value,
-                                  failure_reason(exc), type(exc).__name__)
+                                  failure_reason(exc), type(exc).__name__, msg.headers())
                 continue
-            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value))
+            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value,
+                                       tuple(msg.headers() or ())))
         return delivered
 
     def dead_letter(self, msg: Message, exc: DecodeError) -> None:
         self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                          exc.reason, type(exc).__name__)
+                          exc.reason, type(exc).__name__, msg.headers())
 
     def reject(self, delivered: Delivered, reason: str, error_type: str = "RejectedEvent") -> None:
         """Dead-letter an event that decoded fine but cannot be acted on (e.g. a command for an unknown seed)."""
         self._dead_letter(delivered.topic, delivered.partition, delivered.offset, delivered.key, delivered.value,
-                          reason, error_type)
+                          reason, error_type, delivered.headers)
 
     def dead_letter_failure(self, delivered: Delivered, exc: BaseException) -> None:
         """Dead-letter an event whose handling raised: the reason and error type name the exception."""
@@ -203,9 +226,14 @@ class OonaConsumer:
             return None
 
     def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     reason: str, error_type: str) -> None:
+                     reason: str, error_type: str, original_headers: Sequence[Header] | None = None) -> None:
+        if self._on_dlq_already(topic, partition, offset):
+            self.already_dead_lettered += 1
+            log.info("not dead-lettered again topic=%s[%d] offset=%d group=%s reason=%s",
+                     topic, partition, offset, self.group_id, reason)
+            return
         failed_at = datetime.now(timezone.utc)
-        headers = [
+        headers = dead_letter_headers(original_headers, [
             (DLQ_HEADER_TOPIC, topic.encode()),
             (DLQ_HEADER_PARTITION, str(partition).encode()),
             (DLQ_HEADER_OFFSET, str(offset).encode()),
@@ -213,9 +241,10 @@ class OonaConsumer:
             (DLQ_HEADER_ERROR_TYPE, error_type.encode()),
             (DLQ_HEADER_GROUP, self.group_id.encode()),
             (DLQ_HEADER_FAILED_AT, failed_at.isoformat().encode()),
-        ]
+        ])
         self.dead_letters.produce_raw(self.dlq_topic, value, key, headers)
         self.dead_lettered += 1
+        self._produced.setdefault((topic, partition), set()).add(offset)
         log.warning("dead-lettered topic=%s[%d] offset=%d group=%s reason=%s",
                     topic, partition, offset, self.group_id, reason)
         if self.on_dead_letter is not None:
@@ -224,6 +253,36 @@ class OonaConsumer:
                 error_type=error_type, consumer_group=self.group_id, original_key=key, original_value=value,
                 failed_at=failed_at,
             ))
+
+    def _on_dlq_already(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether this group dead-lettered the record before (this session, or any before it)."""
+        if offset in self._produced.get((topic, partition), ()):
+            return True
+        if self._on_dlq is None:
+            self._on_dlq = self._read_dead_letters()
+        return offset in self._on_dlq.get((topic, partition), ())
+
+    def _read_dead_letters(self) -> dict[tuple[str, int], set[int]]:
+        """This group's dead letters on the DLQ (committed ones): source offsets by source partition."""
+        from services.oona.log_reader import scan_range
+
+        partitions = self._offsets.partitions_of([self.dlq_topic])
+        ends = self._offsets.end_offsets(partitions)
+        group = self.group_id.encode()
+        found: dict[tuple[str, int], set[int]] = {}
+        for chunk in scan_range(self._settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
+            for msg in chunk:
+                headers = dict(msg.headers() or ())
+                source = headers.get(DLQ_HEADER_TOPIC)
+                if headers.get(DLQ_HEADER_GROUP) != group or source is None or source.decode() not in self._specs:
+                    continue
+                try:
+                    found.setdefault((source.decode(), int(headers[DLQ_HEADER_PARTITION])), set()).add(
+                        int(headers[DLQ_HEADER_OFFSET]))
+                except (KeyError, TypeError, ValueError):  # not a dead letter of ours after all
+                    continue
+        log.info("dead letters read group=%s records=%d", self.group_id, sum(map(len, found.values())))
+        return found
 
     def commit(self, timeout_s: float = 120.0) -> None:
         """Commit the positions of everything consumed so far (synchronously; retried while the
@@ -280,6 +339,8 @@ class OonaConsumer:
 
     def rewind_to_committed(self, timeout: float = 10.0) -> None:
         """After an aborted transaction: go back to the last committed offsets."""
+        self._produced.clear()  # the aborted transaction's dead letters are not on the DLQ: read it again
+        self._on_dlq = None
         assignment = self._consumer.assignment()
         if not assignment:
             return

@@ -87,9 +87,9 @@ class ExactlyOnceProcessor:
         """Consume, handle and commit one batch atomically; returns the events handled or dead-lettered."""
         self.producer.begin_transaction()
         try:
-            dead_before = self.consumer.dead_lettered
+            failed_before = self.consumer.dead_lettered + self.consumer.already_dead_lettered
             batch = self.consumer.consume(max_messages, timeout, gather_s)
-            consumed = bool(batch) or self.consumer.dead_lettered != dead_before
+            consumed = bool(batch) or self.consumer.dead_lettered + self.consumer.already_dead_lettered != failed_before
             for delivered in batch:
                 self._produce(self._outputs(delivered))
             self._produce(self._after_batch(batch))

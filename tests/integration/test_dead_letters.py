@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
@@ -131,3 +132,158 @@ def _committed(kafka_settings, group, topic):
         return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
     finally:
         consumer.close()
+
+
+def test_a_dead_letter_keeps_the_original_headers_beside_its_own(kafka_settings, codec, topic_factory,
+                                                                 producer_factory, consumer_factory):
+    spec = topic_factory("telemetry.seed.health", partitions=1)
+    dlq = topic_factory("esper.dlq")
+    producer = producer_factory()
+    event = message_for(spec)
+    original = [("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"), ("tenant", b"lab-a"), ("empty", None),
+                (DLQ_HEADER_REASON, b"a header of the DLQ's own name")]
+    producer.produce_raw(spec.name, b"\x00not avro", b"k", original)  # undecodable
+    producer.produce_raw(spec.name, codec.encode(spec, event), b"k", original)  # decodes; its handling fails
+    producer.flush()
+
+    def handle(delivered):
+        raise ValueError("this consumer cannot use it")
+
+    consumer = consumer_factory([spec], dlq)
+    for delivered in consume_until(consumer, 1):
+        consumer.handle_isolated(delivered, handle)
+    consumer.commit()
+
+    letters = read_raw(kafka_settings, dlq.name, 2)
+    assert len(letters) == 2
+    for letter in letters:
+        headers = letter.headers()
+        assert headers[:3] == original[:3], "the original headers first, in order (Kafka Connect's convention)"
+        names = [k for k, _ in headers]
+        assert names.count(DLQ_HEADER_REASON) == 1, "an original header of the DLQ's own name is not copied"
+        assert dict(headers)[DLQ_HEADER_TOPIC] == spec.name.encode()
+    assert [dict(m.headers())[DLQ_HEADER_REASON] for m in letters][1] == b"ValueError: this consumer cannot use it"
+
+
+def test_reading_again_from_the_beginning_does_not_dead_letter_a_record_again(kafka_settings, codec, topic_factory,
+                                                                             producer_factory):
+    """An exactly-once processor that rebuilds (reads its input from the beginning at every assignment and when
+    asked) meets its poison records again: each stays one dead letter, across rebuilds and restarts."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    from services.oona.transactions import ExactlyOnceProcessor
+
+    spec = topic_factory("telemetry.seed.health", partitions=1)
+    dlq = topic_factory("esper.dlq")
+    producer = producer_factory()
+    events = [message_for(spec) for _ in range(4)]
+    producer.publish(spec, events[0])
+    producer.produce_raw(spec.name, b"\x00not avro", b"poison")  # offset 1: undecodable
+    for event in events[1:]:
+        producer.publish(spec, event)
+    producer.flush()
+    unhandleable = events[2].event_id  # offset 3: its handler raises
+    group, seen = f"rebuild-{uuid.uuid4().hex[:8]}", []
+
+    def handle(delivered):
+        seen.append(delivered.offset)
+        if delivered.message.event_id == unhandleable:
+            raise ValueError("cannot use it")
+        return []
+
+    def from_beginning(partitions):
+        for tp in partitions:
+            tp.offset = OFFSET_BEGINNING
+
+    def processor():
+        return ExactlyOnceProcessor(kafka_settings, codec, group_id=group, transactional_id=group, inputs=[spec],
+                                    handler=handle, dlq_topic=dlq.name, on_assign=from_beginning)
+
+    def read_all(proc, reads: int) -> None:
+        deadline = time.monotonic() + 60
+        while seen.count(4) < reads:  # offset 4, the last record, read this many times
+            assert time.monotonic() < deadline, f"read {seen}"
+            proc.process_batch(timeout=0.5)
+
+    first = processor()
+    try:
+        read_all(first, 1)
+        assert first.consumer.dead_lettered == 2
+        first.consumer.rewind_to_beginning()  # a rebuild
+        read_all(first, 2)
+        assert first.consumer.dead_lettered == 2, "the rebuild dead-lettered them again"
+        assert first.consumer.already_dead_lettered == 2
+    finally:
+        first.close()
+    restarted = processor()
+    try:
+        read_all(restarted, 3)
+        assert restarted.consumer.dead_lettered == 0, "the restart dead-lettered them again"
+        assert restarted.consumer.already_dead_lettered == 2
+    finally:
+        restarted.close()
+    producer.produce_raw(spec.name, b"\x00new poison", b"poison")  # offset 5: new, dead-lettered
+    producer.flush()
+    again = processor()
+    try:
+        deadline = time.monotonic() + 60
+        while again.consumer.dead_lettered < 1:
+            assert time.monotonic() < deadline
+            again.process_batch(timeout=0.5)
+    finally:
+        again.close()
+    letters = [int(dict(m.headers())[DLQ_HEADER_OFFSET]) for m in whole_topic(kafka_settings, dlq.name)]
+    assert letters == [1, 3, 5], "each poison record dead-lettered exactly once"
+
+
+def test_tamiyo_rebuilding_or_restarted_does_not_dead_letter_a_poison_input_again(esper_settings):
+    from contracts import TopicName
+    from services.oona.codec import SingleObjectCodec
+    from services.oona.producer import OonaProducer
+    from services.oona.topic_registry import topic_spec
+    from services.tamiyo.service import Tamiyo
+    from tests.integration.test_tamiyo_recovery import publish_runs
+    from tests.integration.test_tamiyo_totality import step_until
+    from tests.tamiyo_events import plateau_run
+
+    kafka = esper_settings.kafka
+    health = topic_spec(TopicName.TELEMETRY_SEED_HEALTH.value, kafka.topic_prefix)
+    dlq = topic_spec(TopicName.DLQ.value, kafka.topic_prefix)
+    run_id = f"poison-{uuid.uuid4().hex[:6]}"
+    producer = OonaProducer(kafka, SingleObjectCodec())
+    producer.produce_raw(health.name, b"\x00not a health signal", run_id.encode(), [("traceparent", b"t-1")])
+    producer.flush()
+    publish_runs(kafka, {run_id: plateau_run(epochs=3)})
+    mine = lambda: [m for m in whole_topic(kafka, dlq.name) if dict(m.headers())[DLQ_HEADER_TOPIC] == health.name.encode()]  # noqa: E731
+
+    service = Tamiyo(kafka, SingleObjectCodec(), instance="poison", scatter="native")
+    try:
+        step_until(service, lambda: service.settled and service.decided >= 3, 120, "the run decided")
+        assert service.processor.consumer.dead_lettered == 1
+        service.rebuild()  # reads the inputs again from the beginning: the poison record again
+        step_until(service, lambda: service.settled and service.processor.consumer.already_dead_lettered == 1, 60,
+                   "the rebuild past the poison record")
+    finally:
+        service.close()
+    restarted = Tamiyo(kafka, SingleObjectCodec(), instance="poison", scatter="native")
+    try:
+        step_until(restarted, lambda: restarted.settled and restarted.processor.consumer.already_dead_lettered == 1,
+                   60, "the restart past the poison record")
+        assert restarted.processor.consumer.dead_lettered == 0
+    finally:
+        restarted.close()
+    letters = mine()
+    assert len(letters) == 1, [dict(m.headers())[DLQ_HEADER_OFFSET] for m in letters]
+    assert letters[0].headers()[0] == ("traceparent", b"t-1")
+
+
+def whole_topic(kafka_settings, topic: str) -> list:
+    """Every committed record of ``topic`` up to its end now (raw: bytes and headers)."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    from services.oona.admin import admin_client, end_offsets, partitions_of
+    from services.oona.log_reader import read_range
+
+    admin = admin_client(kafka_settings)
+    ends = end_offsets(admin, partitions_of(admin, [topic]))
+    return read_range(kafka_settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
