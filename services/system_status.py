@@ -19,7 +19,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from contracts import TopicName
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import TOPICS, topic_spec
+from services.oona.topic_registry import data_topics, topic_spec
 
 # The consumer group of each service and the topics it reads (names without the prefix).
 GROUP_INPUTS: dict[str, tuple[TopicName, ...]] = {
@@ -80,6 +80,6 @@ def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
     finally:
         con.close()
     client = admin_client(settings)
-    names = [topic_spec(spec.name, settings.topic_prefix).name for spec in TOPICS]
+    names = [spec.name for spec in data_topics(settings.topic_prefix)]  # what the sink reads (not the schema log)
     ends = end_offsets(client, partitions_of(client, names))
     return Lag("nissa", sum(max(0, end - stored.get(key, 0)) for key, end in ends.items()))
