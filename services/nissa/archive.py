@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from services.nissa.errors import ArchiveError
 from services.nissa.tables import Table
+from services.oona.schema_log import schema_log_reader
 from services.oona.settings import KafkaSettings
 
 MANIFEST = "manifest.json"
@@ -216,7 +217,7 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
     tables = sink_tables(schemas)
     by_record = {t.record_name: t for t in tables}
     routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs.values()}
-    batch = Batch(routes, Decoders(schemas))
+    batch = Batch(routes, Decoders(schemas, schema_log_reader(settings)))  # writers one version ahead too
     available = {(t[len(prefix):], p): r for (t, p), r in log_ranges(settings, list(specs)).items()}
     plan = manifest.plan(available)
     lost_before = sum(manifest.lost.values())

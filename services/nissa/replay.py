@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from pathlib import Path
 
 import duckdb
@@ -74,7 +75,7 @@ class ReplayWriter:
     """
 
     def __init__(self, db: Path, run_id: str, prefix: str = "", keep: Iterable[str] = (),
-                 batch_rows: int = BATCH_ROWS) -> None:
+                 batch_rows: int = BATCH_ROWS, schema_log: Any = None) -> None:
         db = Path(db)
         for stale in (db, db.with_name(db.name + ".wal")):
             stale.unlink(missing_ok=True)
@@ -83,7 +84,7 @@ class ReplayWriter:
         by_record = {t.record_name: t for t in tables}
         specs = data_topics(prefix)
         routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs}
-        self.batch = Batch(routes, Decoders(schemas))
+        self.batch = Batch(routes, Decoders(schemas, schema_log))  # the schema log: writers one version ahead
         self.store = NissaStore(db, tables, hold_s=float("inf"))
         self.store.create_schema()
         self.committer = Committer(self.batch, self.store, None)
@@ -128,14 +129,15 @@ class ReplayWriter:
 
 def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], Iterator[list]], total: int,
             offsets: dict[tuple[str, int], int], *, prefix: str, policy: Path | None, progress: bool,
-            registry_url: str | None = None) -> ReplayResult:
+            registry_url: str | None = None, schema_log: Any = None) -> ReplayResult:
     loaded = None
     if policy is not None:  # fail on a bad policy file before the long part
         from services.tamiyo.policy_store import load_policy
 
         loaded = load_policy(policy)
     start = time.perf_counter()
-    writer = ReplayWriter(out, run_id, prefix=prefix, keep=NEEDED_TOPICS if policy is not None else ())
+    writer = ReplayWriter(out, run_id, prefix=prefix, keep=NEEDED_TOPICS if policy is not None else (),
+                          schema_log=schema_log)
     try:
         with progress_bar(f"replay {run_id}", total, progress) as advance:
             for messages in chunks(advance):
@@ -163,6 +165,7 @@ def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_o
                       progress: bool = False) -> ReplayResult:
     """Replay ``run_id`` from the broker into a fresh DuckDB file at ``out``."""
     from services.nissa.log_scan import log_ranges, scan
+    from services.oona.schema_log import schema_log_reader
 
     specs = data_topics(settings.topic_prefix)
     ranges = log_ranges(settings, [s.name for s in specs if s.run_scoped], from_offset=from_offset,
@@ -171,7 +174,8 @@ def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_o
     total = sum(end - start for start, end in ranges.values())
     return _replay(run_id, Path(out), lambda advance: scan(settings, ranges, on_position=advance), total,
                    {key: end for key, (_, end) in ranges.items()}, prefix=settings.topic_prefix, policy=policy,
-                   progress=progress, registry_url=settings.schema_registry_url)
+                   progress=progress, registry_url=settings.schema_registry_url,
+                   schema_log=schema_log_reader(settings))
 
 
 def replay_from_archive(archive: Path, run_id: str, out: Path, *, from_offset: int | None = None,

@@ -15,6 +15,7 @@ import pytest
 from pydantic import create_model
 
 from contracts import HealthSignal
+from services.nissa.replay import replay_from_kafka
 from services.nissa.sink import NissaSink
 from services.oona import schema_log, schema_store
 from services.oona.codec import SingleObjectCodec
@@ -93,6 +94,19 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
     assert dead == 0
     assert [r[1] for r in rows] == list(range(OLD + NEW))
     assert {r[2] for r in rows if r[0] == "v-next"} == {0.0}
+
+    # `esper replay` of the run from Kafka is a consumer too: it resolves the newer writer from the log.
+    monkeypatch.setattr(schema_store, "_PUBLISHED", {})
+    monkeypatch.setattr(schema_log, "_READERS", {})
+    replayed = tmp_path / "replay.duckdb"
+    replay_from_kafka(kafka, "run-up", replayed)
+    con = duckdb.connect(str(replayed), read_only=True)
+    try:
+        epochs = [r[0] for r in con.execute("SELECT epoch FROM health_signal ORDER BY epoch").fetchall()]
+        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    finally:
+        con.close()
+    assert (epochs, dead) == (list(range(OLD + NEW)), 0)
 
     # The consumers upgraded: a reader with the new schema reads the old events and the new ones.
     upgraded = SingleObjectCodec(ahead_codec.store)
