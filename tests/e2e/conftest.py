@@ -20,7 +20,7 @@ import pytest
 from services.oona.settings import KafkaSettings
 from tests.esper_cli import esper_env, run_esper
 
-E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "39292"))
+E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "19292"))
 MODULE_ORDER = ("test_demo", "test_poison_soak", "test_faults")
 
 

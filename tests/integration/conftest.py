@@ -24,7 +24,7 @@ from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 
-TEST_BROKER_PORT = int(os.environ.get("ESPER_TEST_BROKER_PORT", "39092"))
+TEST_BROKER_PORT = int(os.environ.get("ESPER_TEST_BROKER_PORT", "19092"))
 
 
 def _docker_available() -> bool:

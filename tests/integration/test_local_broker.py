@@ -15,7 +15,7 @@ from tests.esper_cli import esper_env, run_esper
 from tests.integration.conftest import consume_until
 from tests.samples import message_for
 
-PORT = int(os.environ.get("ESPER_TEST_RESTART_BROKER_PORT", "39192"))
+PORT = int(os.environ.get("ESPER_TEST_RESTART_BROKER_PORT", "19192"))
 
 
 def test_events_survive_broker_stop_and_start(tmp_path):
