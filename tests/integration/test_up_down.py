@@ -13,6 +13,7 @@ from pathlib import Path
 from services.process_identity import command_line
 from services.supervisor import SERVICES, read_status, service_command
 from tests.esper_cli import esper_env, run_esper
+from tests.waiting import wait_until
 
 
 def test_up_status_down(kafka_bootstrap, tmp_path):
@@ -71,29 +72,24 @@ def _every_service(state_dir: Path) -> dict[str, list[int]] | None:
     return found if set(found) == set(SERVICES) else None
 
 
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s:g}s"
-        time.sleep(0.2)  # polling the process table, not a stand-in for synchronisation
-    return value
-
-
 def test_sigkill_of_the_supervisor_leaves_no_service_and_up_starts_exactly_one_set(kafka_bootstrap, tmp_path):
     env = esper_env(KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap, ESPER_STATE_DIR=str(tmp_path),
                     ESPER_KAFKA__TOPIC_PREFIX=f"updown.{os.getpid()}.")
     try:
         assert (up := run_esper("up", env=env)).returncode == 0, up.stderr
-        first = _wait(lambda: _every_service(tmp_path), 120, "every service started")
+        first = wait_until(lambda: _every_service(tmp_path), 120, "every service started")
         supervisor = read_status(tmp_path)["pid"]
         os.kill(supervisor, signal.SIGKILL)
-        _wait(lambda: not _services_of(tmp_path), 60, "no service left running after SIGKILL of the supervisor")
+        # A dying service leaves /proc/PID/cmdline empty before it is gone: wait until every old pid is gone too.
+        wait_until(lambda: not _services_of(tmp_path) and all(command_line(pid) is None
+                                                              for pids in first.values() for pid in pids),
+                   60, "no service left running after SIGKILL of the supervisor")
         assert all(command_line(pid) is None for pids in first.values() for pid in pids)
 
         again = run_esper("up", env=env)
         assert again.returncode == 0 and "supervisor: started" in again.stdout, again.stdout + again.stderr
-        second = _wait(lambda: _every_service(tmp_path), 120, "every service started again")
-        status = _wait(lambda: read_status(tmp_path), 30, "the new supervisor's status")
+        second = wait_until(lambda: _every_service(tmp_path), 120, "every service started again")
+        status = wait_until(lambda: read_status(tmp_path), 30, "the new supervisor's status")
         assert status["pid"] != supervisor
         assert {name: len(pids) for name, pids in second.items()} == {name: 1 for name in SERVICES}, second
         assert {name: pids[0] for name, pids in second.items()} == {
@@ -101,4 +97,4 @@ def test_sigkill_of_the_supervisor_leaves_no_service_and_up_starts_exactly_one_s
     finally:
         down = run_esper("down", env=env)
     assert down.returncode == 0, down.stdout + down.stderr
-    _wait(lambda: not _services_of(tmp_path), 60, "no service left after esper down")
+    wait_until(lambda: not _services_of(tmp_path), 60, "no service left after esper down")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -20,6 +19,7 @@ from services.nissa.sink import sink_tables
 from services.nissa.store import NissaStore
 from tests.esper_cli import ESPER, REPO, esper_env
 from tests.unit.test_nissa_archive import archived, health_messages
+from tests.waiting import wait_until
 
 ATTEMPTS = [
     "SELECT * FROM read_csv('/etc/hostname')",
@@ -167,12 +167,12 @@ def test_a_long_query_does_not_keep_the_writer_out(tmp_path):
     reader = subprocess.Popen([*ESPER, "sql", long_query, "--db", str(db)], env=esper_env(), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
         # The reader is in its query once it has a database file open (the live one, or its snapshot).
-        while not any(name.endswith(".duckdb") for name in _open_files(reader.pid)):
+        def in_query() -> bool:
             assert reader.poll() is None, reader.communicate()
-            assert time.monotonic() < deadline, "the reader never opened the database"
-            time.sleep(0.05)  # polling the reader's open files, not a stand-in for synchronisation
+            return any(name.endswith(".duckdb") for name in _open_files(reader.pid))
+
+        wait_until(in_query, 60, "the reader opening the database")
         for offset in range(1, 6):  # each write waits at most lock_wait_s for the file, then fails the test
             store.write({}, {("t", 0): offset})
         assert reader.poll() is None, "the query was still running while the writer committed"

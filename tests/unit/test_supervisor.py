@@ -16,6 +16,7 @@ from services import processes
 from services.process_identity import command_line, is_running
 from services.supervisor import Supervisor, load_status, read_status, status_file
 from tests.esper_cli import REPO, esper_env, run_esper
+from tests.waiting import wait_until
 
 COMMANDS = {
     "crashy": [sys.executable, "-c", "import sys; sys.exit(3)"],
@@ -58,14 +59,6 @@ Supervisor(Path(sys.argv[1]), names=("one", "two"), command=lambda name: steady)
 """
 
 
-def wait_for(condition, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s:g}s"
-        time.sleep(0.05)  # polling the process table, not a stand-in for synchronisation
-    return value
-
-
 def _service_pids(state_dir):
     status = load_status(state_dir)
     pids = [info.get("pid") for info in (status or {}).get("services", {}).values()]
@@ -76,13 +69,13 @@ def test_the_services_die_with_the_supervisor_even_on_sigkill(tmp_path):
     supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(tmp_path)], env=esper_env(), cwd=REPO)
     pids = []
     try:
-        pids = wait_for(lambda: _service_pids(tmp_path), what="both services started")
+        pids = wait_until(lambda: _service_pids(tmp_path), what="both services started")
         status = load_status(tmp_path)
         assert all(is_running(pid, info["cmdline"]) for pid, info in zip(pids, status["services"].values(),
                                                                           strict=True))
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait()
-        wait_for(lambda: all(command_line(pid) is None for pid in pids), what="no service left running")
+        wait_until(lambda: all(command_line(pid) is None for pid in pids), what="no service left running")
         assert read_status(tmp_path) is None, "a dead supervisor's file is not believed"
     finally:
         supervisor.kill()
