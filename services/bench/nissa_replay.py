@@ -7,12 +7,11 @@ lookups, schema, scan, decode, insert) to the closed file, and the row count is 
 Baseline, measured in the same run on a sample: read + ``codec.decode`` + one INSERT per
 row (``nissa_ingest``'s naive sink), scaled to events/s.
 
-    python -m services.bench.nissa_replay [--events N]
+    esper bench --only replay [--events N]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import tempfile
 import time
@@ -23,7 +22,7 @@ import duckdb
 
 from services.bench.bus_throughput import telemetry_batch
 from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
-from services.bench.results import BenchResult, print_table
+from services.bench.results import BenchResult
 from services.nissa.replay import replay_from_kafka
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.codec import SingleObjectCodec
@@ -70,20 +69,3 @@ def bench_replay(settings: KafkaSettings, events: int = 1_000_000) -> BenchResul
                        details={"events": events, "seconds": round(seconds, 3), "read": result.events,
                                 "cpu_seconds": round(cpu_seconds, 3),
                                 "seconds_for_1M_at_this_rate": round(1_000_000 * seconds / events, 2)})
-
-
-def main() -> int:
-    from services.oona.cluster import ensure_cluster
-    from services.settings import load_settings
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1_000_000)
-    args = parser.parse_args()
-    settings = load_settings()
-    ensure_cluster(settings)
-    print_table([bench_replay(settings.kafka, args.events)])
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -48,7 +48,7 @@ def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
     from services.oona.codec import SingleObjectCodec
     from services.oona.topic_registry import all_topics
     from services.tamiyo.service import Tamiyo
-    from services.urza.seed_library import publish_characterised_kernel
+    from services.urabrask.seed_library import publish_characterised_kernel
 
     prefix = f"load.{uuid.uuid4().hex[:8]}."
     kafka = kafka.model_copy(update={"topic_prefix": prefix})

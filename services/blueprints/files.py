@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from contracts import Blueprint
-from services.config_files import read_document
+from services.core.config_files import read_document
 
 
 def load_blueprints(path: str | Path) -> list[Blueprint]:

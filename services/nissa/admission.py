@@ -31,7 +31,7 @@ from services.nissa.store import NissaStore
 from services.nissa.tables import arrow_batch, dead_letters_table
 from services.nissa.validity import TableChecks, checks_for
 from services.oona.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec
-from services.oona.errors import DecodeError
+from services.core.errors import DecodeError
 from services.oona.topic_registry import TopicSpec
 
 log = logging.getLogger(__name__)

@@ -202,7 +202,7 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
     from services.nissa.tables import dead_letters_table
     from services.oona.schema_store import SchemaStore
     from services.oona.topic_registry import data_topics
-    from services.progress import progress_bar
+    from services.core.progress import progress_bar
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

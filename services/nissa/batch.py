@@ -35,7 +35,7 @@ from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
 from services.oona.dlq_records import is_redrive_marker
-from services.oona.errors import DecodeError, SchemaError
+from services.core.errors import DecodeError, SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 

@@ -1,12 +1,7 @@
-"""Counterfactual decisions: a Tamiyo policy re-driven over a replayed run, written beside the real ones.
+"""Counterfactual decisions written beside the real ones in a replay database.
 
-Pure of Kafka: the caller hands over the raw Avro values of the run's input topics and of
-the catalogue topics (``{registry topic name: [value bytes in log order]}``), read from the
-log or the archive. They are decoded with the codec (exact writer schemas), folded into a
-``RecordedRun`` and a Urza ``Catalog``, and ``services.tamiyo.recorded.replay_decisions``
-decides epoch by epoch; nothing is sent anywhere.
-
-Tables and views written into the replay database:
+What the policy would have decided comes from Tamiyo's public replay API (``services.tamiyo.replay_api``, imported
+by the caller only when a policy is given); this module holds only the tables and views:
 
 * ``counterfactual_decisions``: one row per would-be decision (run_id, policy_version,
   decision_id, epoch, adaptation_type, action, layer_name, layer_id, seed_idx,
@@ -21,18 +16,6 @@ from __future__ import annotations
 import duckdb
 
 from contracts import AdaptationDecision
-from services.oona.codec import Codec
-from services.oona.errors import DecodeError
-from services.oona.topic_registry import topic_spec
-from services.tamiyo.decider import Decider
-from services.tamiyo.policy import TamiyoPolicy
-from services.tamiyo.policy_store import PolicyRecord
-from services.tamiyo.recorded import RUN_TOPICS, RecordedRun, replay_decisions
-from services.tamiyo.service import CatalogChooser
-from services.urza.catalog import CATALOG_TOPICS, Catalog
-
-# What a counterfactual replay needs besides the run's own events.
-NEEDED_TOPICS: tuple[str, ...] = tuple(t.value for t in (*RUN_TOPICS, *CATALOG_TOPICS))
 
 COUNTERFACTUAL_DDL = """
 CREATE TABLE IF NOT EXISTS counterfactual_decisions (
@@ -60,38 +43,6 @@ SELECT run_id, epoch, real_policy_version, real_decisions, counterfactual_policy
 FROM real FULL OUTER JOIN counterfactual USING (run_id, epoch)
 ORDER BY run_id, epoch
 """
-
-
-def _decoded(codec: Codec, name: str, values: list[bytes]) -> list:
-    spec = topic_spec(name)
-    payloads = []
-    for value in values:
-        try:
-            payloads.append(codec.decode(spec, value).payload)
-        except DecodeError:
-            continue  # dead-lettered by the services that consumed it; the sink recorded it
-    return payloads
-
-
-def recorded_run(run_id: str, values: dict[str, list[bytes]], codec: Codec) -> RecordedRun:
-    """The run's events on Tamiyo's topics as a RecordedRun (payloads in the order given)."""
-    return RecordedRun(run_id, {t.value: _decoded(codec, t.value, values.get(t.value, [])) for t in RUN_TOPICS})
-
-
-def catalog_of(values: dict[str, list[bytes]], codec: Codec) -> Catalog:
-    """Urza's catalogue from the catalogue topics' values (each topic in order, as ``load_catalog``)."""
-    catalog = Catalog()
-    for topic in CATALOG_TOPICS:
-        for payload in _decoded(codec, topic.value, values.get(topic.value, [])):
-            catalog.apply(topic.value, payload)
-    return catalog
-
-
-def counterfactual_decisions(run_id: str, values: dict[str, list[bytes]], codec: Codec, policy: TamiyoPolicy,
-                             record: PolicyRecord) -> tuple[str, list[AdaptationDecision]]:
-    """(policy version, what the policy (from ``load_policy``) decides over the run)."""
-    decider = Decider(policy, record.version, CatalogChooser(catalog_of(values, codec)))
-    return record.version, replay_decisions(recorded_run(run_id, values, codec), decider)
 
 
 def decision_rows(run_id: str, decisions: list[AdaptationDecision]) -> list[tuple]:

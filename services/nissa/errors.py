@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 
 
 class NissaError(EsperError):

@@ -17,7 +17,7 @@ from confluent_kafka import IsolationLevel, KafkaException, Message, TopicPartit
 from confluent_kafka.admin import OffsetSpec
 
 from services.oona.admin import admin_client, end_offsets, partitions_of
-from services.oona.errors import FatalError
+from services.core.errors import FatalError
 from services.oona.log_reader import Ranges, scan_range
 from services.oona.settings import KafkaSettings
 

@@ -18,7 +18,7 @@ database has exactly the sink's tables and views; ``nissa_offsets`` holds where 
 stopped reading. The file at ``out`` is replaced.
 
 With a policy, the values of Tamiyo's input topics and of the catalogue topics are kept
-while replaying and re-driven through that policy (``counterfactual.py``): the would-be
+while replaying and re-driven through that policy (Tamiyo's ``replay_api``): the would-be
 decisions land in ``counterfactual_decisions`` next to the real ``adaptation_decision``
 rows, and ``decision_comparison`` compares them per epoch. Nothing is sent.
 """
@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 
 from services.nissa.batch import Batch, Decoders
-from services.nissa.counterfactual import NEEDED_TOPICS, counterfactual_decisions, write_counterfactual
+from services.nissa.counterfactual import write_counterfactual
 from services.nissa.errors import UnknownRunError
 from services.nissa.sink import Committer, sink_tables
 from services.nissa.store import NissaStore
@@ -44,7 +44,7 @@ from services.oona.codec import make_codec
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import data_topics
-from services.progress import progress_bar
+from services.core.progress import progress_bar
 
 BATCH_ROWS = 50_000
 
@@ -130,13 +130,13 @@ class ReplayWriter:
 def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], Iterator[list]], total: int,
             offsets: dict[tuple[str, int], int], *, prefix: str, policy: Path | None, progress: bool,
             registry_url: str | None = None, schema_log: Any = None) -> ReplayResult:
-    loaded = None
+    loaded, keep = None, ()
     if policy is not None:  # fail on a bad policy file before the long part
-        from services.tamiyo.policy_store import load_policy
+        from services.tamiyo import replay_api  # torch: only for a counterfactual replay
 
-        loaded = load_policy(policy)
+        loaded, keep = replay_api.load_policy(policy), replay_api.NEEDED_TOPICS
     start = time.perf_counter()
-    writer = ReplayWriter(out, run_id, prefix=prefix, keep=NEEDED_TOPICS if policy is not None else (),
+    writer = ReplayWriter(out, run_id, prefix=prefix, keep=keep,
                           schema_log=schema_log)
     try:
         with progress_bar(f"replay {run_id}", total, progress) as advance:
@@ -149,7 +149,7 @@ def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], It
         raise UnknownRunError(f"no events of run {run_id!r} to replay")
     result = ReplayResult(out, run_id, writer.events, writer.run_events, time.perf_counter() - start, rows)
     if loaded is not None:
-        version, decisions = counterfactual_decisions(run_id, writer.kept, make_codec(registry_url), *loaded)
+        version, decisions = replay_api.counterfactual_decisions(run_id, writer.kept, make_codec(registry_url), loaded)
         with duckdb.connect(str(out)) as con:
             write_counterfactual(con, run_id, decisions)
             agree, compared = con.execute("SELECT count(*) FILTER (WHERE same), count(*) FROM decision_comparison"

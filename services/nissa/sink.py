@@ -44,7 +44,7 @@ from services.nissa.store import NissaStore
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, table_for
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import ConfluentCodec, make_codec
-from services.oona.errors import ConfigurationError, FatalError
+from services.core.errors import ConfigurationError, FatalError
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
 from services.oona.schema_log import schema_log_reader

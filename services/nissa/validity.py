@@ -37,7 +37,7 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 
 from services.nissa.tables import Table
-from services.oona.errors import SchemaError
+from services.core.errors import SchemaError
 
 # Validators that only normalise what they are given (they never reject a record): the
 # vectorised checks stay exact for models that carry only these.

@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from services.oona.errors import FatalError
+from services.core.errors import FatalError
 
 
 class WriterLockedError(FatalError):

@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from services.oona.errors import SchemaMappingError
+from services.core.errors import SchemaMappingError
 
 NAMESPACE = "esper"
 

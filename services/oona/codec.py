@@ -30,7 +30,7 @@ from services.oona.avro import (
     compile_validator,
     single_object_fingerprint,
 )
-from services.oona.errors import (
+from services.core.errors import (
     ConfigurationError,
     ContractViolationError,
     DecodeError,

@@ -52,7 +52,7 @@ from contracts.dead_letter import (
 from services.oona.admin import OffsetReader, is_transient
 from services.oona.codec import Codec
 from services.oona.dlq_records import Header, dead_letter_headers
-from services.oona.errors import (
+from services.core.errors import (
     ConfigurationError,
     DecodeError,
     FatalError,

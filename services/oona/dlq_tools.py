@@ -28,7 +28,7 @@ from services.oona.dlq_records import (
     plan_redrive,
     redrive_headers,
 )
-from services.oona.errors import DeliveryError, EsperError
+from services.core.errors import DeliveryError, EsperError
 from services.oona.log_reader import scan_range
 from services.oona.producer import PRODUCER_DEFAULTS
 from services.oona.settings import KafkaSettings

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaException
 
-from services.oona.errors import DeliveryError, FatalError
+from services.core.errors import DeliveryError, FatalError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.oona.errors import LocalBrokerError
+from services.core.errors import LocalBrokerError
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class LocalKafka:
 
     def _wait_until_ready(self, pid: int, proc: subprocess.Popen | None = None) -> None:
         from services.oona.admin import wait_for_broker
-        from services.oona.errors import BrokerUnavailableError
+        from services.core.errors import BrokerUnavailableError
         from services.oona.settings import KafkaSettings
 
         deadline = time.monotonic() + self.cfg.start_timeout_s

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from services.oona.errors import FatalError
+from services.core.errors import FatalError
 from services.oona.settings import KafkaSettings
 
 # (topic, partition) -> (start offset or OFFSET_BEGINNING, end offset exclusive)

@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from contracts import OonaMessage
 from services.oona.codec import Codec
-from services.oona.errors import ConfigurationError, DeliveryError, EncodeError
+from services.core.errors import ConfigurationError, DeliveryError, EncodeError
 from services.oona.schema_log import SchemaLogWriter
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from contracts import TopicName
 from services.oona.admin import ensure_topics
-from services.oona.errors import BrokerUnavailableError, ConfigurationError, DeliveryError, SchemaError
+from services.core.errors import BrokerUnavailableError, ConfigurationError, DeliveryError, SchemaError
 from services.oona.published_schemas import publication, read_publication
 from services.oona.schema_store import learn_published, published_writer
 from services.oona.settings import KafkaSettings

@@ -30,7 +30,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from services.oona.avro import HEADER_LEN, compile_validator
 from services.oona.avro_mapping import model_to_avro
-from services.oona.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
+from services.core.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
 from services.oona.schema_compat import compatibility_problems, full_transitive_problems
 from services.oona.topic_registry import TopicSpec, avro_topics
 

@@ -1,5 +1,5 @@
 """Settings of the bus layer. Plain values only: the environment is read at the edge
-(``services.settings``), never here."""
+(``services.cli.settings``), never here."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from contracts import (
     TrainingSessionEvent,
 )
 from contracts.published_schema import PublishedSchema
-from services.oona.errors import UnknownTopicError
+from services.core.errors import UnknownTopicError
 
 KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source", "fingerprint"]
 

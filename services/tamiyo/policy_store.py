@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 from services.tamiyo.decider import FAMILIES
 from services.tamiyo.features import FEATURES
 from services.tamiyo.policy import TamiyoPolicy

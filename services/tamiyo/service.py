@@ -34,7 +34,7 @@ from contracts import AdaptationDecision, OonaMessage, TopicName
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
-from services.oona.errors import EsperError, FatalError
+from services.core.errors import EsperError, FatalError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output

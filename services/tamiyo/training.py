@@ -26,7 +26,7 @@ from torch import nn
 
 from contracts import AdaptationType, FieldReportOutcome, SeedState, TopicName
 from services.oona.codec import Codec
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 from services.oona.settings import KafkaSettings
 from services.tamiyo.decider import FAMILIES, record
 from services.tamiyo.features import GraphView, build_graph

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.config_files import read_document
+from services.core.config_files import read_document
 
 
 class _Strict(BaseModel):

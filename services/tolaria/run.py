@@ -47,7 +47,7 @@ from services.kasmina.wrap import wrap_layers
 from services.oona.admin import ensure_topics, wait_for_broker
 from services.oona.codec import make_codec
 from services.oona.consumer import Delivered, OonaConsumer
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 from services.oona.producer import OonaProducer
 from services.oona.topic_registry import topic_spec
 from services.tolaria.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint

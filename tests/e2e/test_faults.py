@@ -29,7 +29,7 @@ from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, avro_topics
-from services.supervisor import SERVICES
+from services.cli.supervisor import SERVICES
 from services.nissa.tables import table_name
 from tests.e2e.poison_corpus import SERVICE_GROUPS
 from tests.esper_cli import ESPER, REPO
@@ -339,7 +339,7 @@ def test_logs_written_by_older_schema_versions_are_ingested(system):
 @pytest.mark.timeout(900)  # its own bounded waits: the run, Nissa catching up, services back up
 def test_broker_killed_mid_run_and_restarted(system, tmp_path):
     from services.oona.local_broker import LocalKafka
-    from services.settings import EsperSettings
+    from services.cli.settings import EsperSettings
 
     settings = EsperSettings(state_dir=system.state_dir)
     settings.broker.port = int(system.env["ESPER_BROKER__PORT"])

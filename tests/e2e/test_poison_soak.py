@@ -30,7 +30,7 @@ from services.nissa.tables import table_name
 from services.oona.admin import admin_client, end_offsets
 from services.oona.log_reader import read_range
 from services.oona.topic_registry import topic_spec
-from services.supervisor import SERVICES
+from services.cli.supervisor import SERVICES
 from tests.e2e.conftest import vm_rss_kib
 from tests.e2e.poison_corpus import NISSA, CorpusBuilder, Record
 from tests.samples import blueprint

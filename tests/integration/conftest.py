@@ -139,7 +139,7 @@ def consumer_factory(kafka_settings: KafkaSettings, codec: SingleObjectCodec, pr
 def esper_settings(kafka_bootstrap: str, tmp_path):
     """Settings for a whole service/run under a unique topic prefix, with every topic created."""
     from services.oona.topic_registry import all_topics
-    from services.settings import EsperSettings
+    from services.cli.settings import EsperSettings
 
     prefix = f"it.{uuid.uuid4().hex[:8]}."
     settings = EsperSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),

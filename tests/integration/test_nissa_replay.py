@@ -23,7 +23,7 @@ from services.nissa.sink import NissaSink, sink_tables
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import all_topics
-from services.settings import EsperSettings
+from services.cli.settings import EsperSettings
 from services.tamiyo.policy_store import INITIAL_POLICY, PolicyError
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run

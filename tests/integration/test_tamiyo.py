@@ -23,7 +23,7 @@ from services.tamiyo.service import CatalogChooser, Tamiyo
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
 from services.urza.catalog import load_catalog
-from services.urza.seed_library import publish_characterised_kernel
+from services.urabrask.seed_library import publish_characterised_kernel
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"
 

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING
 from contracts import AdaptationDecision, AdaptationType, SessionStatus, TopicName
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
-from services.oona.errors import DecodeError
+from services.core.errors import DecodeError
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings

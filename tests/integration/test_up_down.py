@@ -10,8 +10,8 @@ import signal
 import time
 from pathlib import Path
 
-from services.process_identity import command_line
-from services.supervisor import SERVICES, read_status, service_command
+from services.cli.process_identity import command_line
+from services.cli.supervisor import SERVICES, read_status, service_command
 from tests.esper_cli import esper_env, run_esper
 from tests.waiting import wait_until
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from services.oona.avro_mapping import model_to_avro
-from services.oona.errors import SchemaMappingError
+from services.core.errors import SchemaMappingError
 
 
 class Colour(str, Enum):

@@ -19,7 +19,7 @@ from services.blueprints.modules import BlueprintError, build_module, parameter_
 from services.blueprints.starter import for_slot, mlp_adapter
 from services.karn.starter_library import starter_library
 from services.oona.codec import SingleObjectCodec
-from services.oona.errors import ContractViolationError
+from services.core.errors import ContractViolationError
 from services.oona.topic_registry import topic_spec
 from tests.blueprint_poison import claiming, out_of_bounds
 

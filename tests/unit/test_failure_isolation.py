@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
-from services.oona.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
+from services.core.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
 from services.oona.isolation import failure_reason, is_record_failure, replay_skipping_failures
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings

@@ -14,7 +14,7 @@ from services.nissa.tables import (
     snake_case,
     table_for,
 )
-from services.oona.errors import SchemaError
+from services.core.errors import SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import avro_topics, topic_spec
 

@@ -7,7 +7,7 @@ import pytest
 
 from services.blueprints.compiler import compile_blueprint
 from services.oona.codec import SingleObjectCodec
-from services.oona.errors import DecodeError
+from services.core.errors import DecodeError
 from services.oona.topic_registry import data_topics, topic_spec
 from tests.e2e.poison_corpus import NISSA, SERVICE_GROUPS, CorpusBuilder
 from tests.samples import blueprint

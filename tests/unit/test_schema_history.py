@@ -17,7 +17,7 @@ import pytest
 
 from services.oona import schema_store
 from services.oona.codec import SingleObjectCodec
-from services.oona.errors import SchemaCompatibilityError, SchemaDriftError
+from services.core.errors import SchemaCompatibilityError, SchemaDriftError
 from services.oona.schema_compat import BACKWARD_ONLY_HISTORY, compatibility_problems, full_transitive_problems
 from services.oona.schema_store import DEFAULT_SCHEMAS_DIR, SchemaStore, history_versions
 from services.oona.topic_registry import avro_topics

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from services import processes
-from services.process_identity import command_line, is_running
-from services.supervisor import Supervisor, load_status, read_status, status_file
+from services.cli import processes
+from services.cli.process_identity import command_line, is_running
+from services.cli.supervisor import Supervisor, load_status, read_status, status_file
 from tests.esper_cli import REPO, esper_env, run_esper
 from tests.waiting import wait_until
 
@@ -53,7 +53,7 @@ def test_a_dying_service_is_restarted_with_growing_back_off_and_the_others_keep_
 SUPERVISE = """
 import sys
 from pathlib import Path
-from services.supervisor import Supervisor
+from services.cli.supervisor import Supervisor
 steady = [sys.executable, "-c", "import signal; signal.pause()"]
 Supervisor(Path(sys.argv[1]), names=("one", "two"), command=lambda name: steady).run(lambda: False)
 """

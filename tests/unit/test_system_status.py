@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.system_status import EXIT_DOWN, EXIT_NOT_CLEAN, status_exit_code
+from services.cli.status import EXIT_DOWN, EXIT_NOT_CLEAN, status_exit_code
 
 
 def service(up: bool = True, restarts: int = 0, lag: int | None = 0, has_lag: bool = True) -> dict:

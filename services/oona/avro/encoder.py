@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from services.oona.errors import SchemaError
+from services.core.errors import SchemaError
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SMALL_LONGS = [bytes([z]) for z in range(128)]

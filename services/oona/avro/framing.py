@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.oona.errors import DecodeError
+from services.core.errors import DecodeError
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 HEADER_LEN = 10

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from services.oona.errors import SchemaError
+from services.core.errors import SchemaError
 
 PRIMITIVE_NAMES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

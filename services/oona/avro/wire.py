@@ -8,7 +8,7 @@ corrupt, not facts: an ``int`` outside 32 bits, a ``timestamp-micros`` outside t
 
 from __future__ import annotations
 
-from services.oona.errors import DecodeError
+from services.core.errors import DecodeError
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 TIMESTAMP_MICROS_MIN = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z

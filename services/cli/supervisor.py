@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from services.oona.local_broker import REPO_ROOT
-from services.process_identity import is_running, own_command_line
+from services.cli.process_identity import is_running, own_command_line
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def load_status(state_dir: Path) -> dict | None:
 
 def supervisor_running(data: dict) -> bool:
     """Whether the status file's pid is still that supervisor (its command line, not just a live pid)."""
-    from services.process_identity import command_line
+    from services.cli.process_identity import command_line
 
     pid, cmdline = int(data["pid"]), data.get("cmdline")
     if cmdline:

@@ -11,7 +11,7 @@ from services.oona.codec import make_codec
 from services.oona.consumer import OonaConsumer
 from services.oona.producer import OonaProducer
 from services.oona.topic_registry import topic_spec
-from services.settings import load_settings
+from services.cli.settings import load_settings
 
 
 def tail(topic: str, *, max_events: int = 0, from_beginning: bool = False, timeout_s: float = 0.0) -> int:
@@ -19,7 +19,7 @@ def tail(topic: str, *, max_events: int = 0, from_beginning: bool = False, timeo
     settings = load_settings()
     spec = topic_spec(topic, settings.kafka.topic_prefix)
     if spec.raw:
-        from services.oona.errors import UnknownTopicError
+        from services.core.errors import UnknownTopicError
 
         raise UnknownTopicError(f"{topic} (raw bytes; read it with `esper sql` once Nissa sinks it)")
     wait_for_broker(settings.kafka)

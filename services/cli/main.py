@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from services.oona.errors import EsperError, UsageError
+from services.core.errors import EsperError, UsageError
 
 log = logging.getLogger("esper")
 
@@ -33,7 +33,7 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     from services.oona.local_broker import LocalKafka
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     broker = LocalKafka(settings.local_broker())
@@ -56,7 +56,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 def _cmd_topics(args: argparse.Namespace) -> int:
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.topic_registry import TOPICS, all_topics
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -71,13 +71,13 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from services.oona.tail import tail
+    from services.cli.tail import tail
 
     return tail(args.topic, max_events=args.max, from_beginning=args.from_beginning, timeout_s=args.timeout)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
     from services.tolaria.config import load_config
     from services.tolaria.run import resume_run, start_run
 
@@ -109,7 +109,7 @@ def _connected():
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.codec import make_codec
     from services.oona.topic_registry import all_topics
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -121,13 +121,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from services.oona.service_loop import StopFlag, run_until_stopped
 
     if args.service == "nissa":  # the sink manages its own connection and DuckDB file
-        from services.nissa.cli import cmd_serve_nissa
+        from services.cli.nissa_commands import cmd_serve_nissa
 
         return cmd_serve_nissa(args)
     settings, codec = _connected()
     blobs = settings.state_dir / "blobs"
     if args.service == "tamiyo":
-        from services.tamiyo.cli import tamiyo_service
+        from services.cli.tamiyo_commands import tamiyo_service
 
         service = tamiyo_service(args, settings, codec)
     elif args.service == "tezzeret":
@@ -218,16 +218,16 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from services.bench.runner import run_benchmarks
+    from services.cli.bench import run_benchmarks
 
     return run_benchmarks(events=args.events, output=args.output, only=args.only)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.dlq_cli import add_dlq_command
-    from services.nissa import cli as nissa_cli
-    from services.system_cli import add_system_commands
-    from services.tamiyo.cli import add_policy_command, add_tamiyo_serve_options
+    from services.cli.dlq import add_dlq_command
+    from services.cli import nissa_commands as nissa_cli
+    from services.cli.system import add_system_commands
+    from services.cli.tamiyo_commands import add_policy_command, add_tamiyo_serve_options
 
     parser = argparse.ArgumentParser(prog="esper", description="Morphogenetic training on an event-sourced Kafka log.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: info logging, -vv: debug")
@@ -331,6 +331,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("esper: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Nissa's commands, ready to be wired into ``esper`` (services/cli.py) and runnable alone.
+"""Nissa's commands, ready to be wired into ``esper`` (services/cli/main.py) and runnable alone.
 
     esper sql "QUERY" [--format table|csv|json] [--db PATH | --archive DIR]   read-only SQL; no QUERY: a prompt
     esper runs [--format ...] [--db PATH]                     runs, status, epochs, seeds, accuracy
@@ -19,7 +19,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 
 PROMPT = "nissa> "
 # Also in services/nissa/queries.py (not imported here: building the parser must not load DuckDB).
@@ -30,7 +30,7 @@ def _db_path(args: argparse.Namespace) -> Path:
     if getattr(args, "db", None):
         return Path(args.db)
     from services.nissa.sink import default_db_path
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     return default_db_path(load_settings().state_dir)
 
@@ -82,7 +82,7 @@ def cmd_serve_nissa(args: argparse.Namespace) -> int:
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.service_loop import StopFlag, run_until_stopped
     from services.oona.topic_registry import all_topics
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -100,7 +100,7 @@ def cmd_serve_nissa(args: argparse.Namespace) -> int:
 
 
 def _settings():
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     return load_settings()
 

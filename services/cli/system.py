@@ -7,12 +7,12 @@ from pathlib import Path
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from services import processes
+    from services.cli import processes
     from services.oona.admin import ensure_topics
-    from services.oona.cluster import ensure_cluster
+    from services.cli.cluster import ensure_cluster
     from services.oona.topic_registry import all_topics
-    from services.settings import load_settings
-    from services.supervisor import SERVICES, log_file
+    from services.cli.settings import load_settings
+    from services.cli.supervisor import SERVICES, log_file
 
     settings = load_settings()
     print(ensure_cluster(settings))
@@ -28,9 +28,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from services import processes
-    from services.oona.cluster import stop_cluster
-    from services.settings import load_settings
+    from services.cli import processes
+    from services.cli.cluster import stop_cluster
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     print("services: " + processes.stop(settings.state_dir))
@@ -46,11 +46,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from services.nissa.sink import default_db_path
     from services.oona.admin import wait_for_broker
-    from services.oona.errors import BrokerUnavailableError
+    from services.core.errors import BrokerUnavailableError
     from services.oona.local_broker import LocalKafka
-    from services.settings import load_settings
-    from services.supervisor import SERVICES, read_status
-    from services.system_status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
+    from services.cli.settings import load_settings
+    from services.cli.supervisor import SERVICES, read_status
+    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
 
     settings = load_settings()
     try:
@@ -96,8 +96,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
     from services.oona.service_loop import StopFlag
-    from services.settings import load_settings
-    from services.supervisor import Supervisor
+    from services.cli.settings import load_settings
+    from services.cli.supervisor import Supervisor
 
     settings = load_settings()
     stop = StopFlag()
@@ -107,7 +107,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo
+    from services.cli.demo import run_demo
 
     return run_demo(Path(args.config), epochs=args.epochs, report=Path(args.report) if args.report else None,
                     kernel_wait_s=args.kernel_wait)

@@ -2,7 +2,7 @@
 
 ``start`` launches ``esper supervise`` in its own session (it outlives the command), logging
 to ``<state>/logs/supervisor.log``; the supervisor runs and restarts the services (see
-``services.supervisor``). ``stop`` sends it SIGTERM and waits: it stops every service
+``services.cli.supervisor``). ``stop`` sends it SIGTERM and waits: it stops every service
 cleanly (consumers closed, transactions finished or aborted) before exiting.
 
 Neither trusts the pid in ``supervisor.json`` blindly: a pid whose command line is not the
@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 from services.oona.local_broker import REPO_ROOT
-from services.process_identity import describe
-from services.supervisor import load_status, log_file, read_status, status_file, supervisor_running
+from services.cli.process_identity import describe
+from services.cli.supervisor import load_status, log_file, read_status, status_file, supervisor_running
 
 
 class SupervisorError(EsperError):

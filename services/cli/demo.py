@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 
 
 class DemoError(EsperError):
@@ -50,8 +50,8 @@ def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = N
     from services.nissa.sink import default_db_path
     from services.oona.admin import wait_for_broker
     from services.oona.codec import make_codec
-    from services.settings import load_settings
-    from services.supervisor import read_status
+    from services.cli.settings import load_settings
+    from services.cli.supervisor import read_status
     from services.tolaria.config import load_config
     from services.tolaria.run import TolariaRun, start_run
     from services.urza.catalog import load_catalog

@@ -1,4 +1,4 @@
-"""Runs the benchmarks against the configured cluster (starting the local broker if needed)."""
+"""``esper bench``: runs the benchmarks against the configured cluster (starting the local broker if needed)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from services.bench import (
     training_overhead,
 )
 from services.bench.results import BenchResult, print_table, write_json
-from services.oona.cluster import ensure_cluster
-from services.settings import load_settings
+from services.cli.cluster import ensure_cluster
+from services.cli.settings import load_settings
 
 NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from services.oona.dlq_records import DlqRecord, Selection, parse_source, redriven, summarize
-from services.oona.errors import EsperError
+from services.core.errors import EsperError
 
 HEX_LIMIT = 4096  # bytes of a value shown as hex
 
@@ -82,7 +82,7 @@ def _cmd_list(args: argparse.Namespace, settings) -> int:
 def render_value(settings, letter: DlqRecord) -> tuple[str, str]:
     """(how it was decoded, the text): through the codec as JSON where possible, else JSON/UTF-8 text, else hex."""
     from services.oona.codec import make_codec
-    from services.oona.errors import UnknownTopicError
+    from services.core.errors import UnknownTopicError
     from services.oona.topic_registry import topic_spec
 
     value = letter.value
@@ -216,7 +216,7 @@ def _cmd_redrive(args: argparse.Namespace, settings) -> int:
 
 
 def _cmd_dlq(args: argparse.Namespace) -> int:
-    from services.settings import load_settings
+    from services.cli.settings import load_settings
 
     settings = load_settings()
     return {"list": _cmd_list, "show": _cmd_show, "redrive": _cmd_redrive}[args.action](args, settings)

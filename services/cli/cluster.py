@@ -7,11 +7,11 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from services.oona.admin import wait_for_broker
-from services.oona.errors import LocalBrokerError
+from services.core.errors import LocalBrokerError
 from services.oona.local_broker import REPO_ROOT, LocalKafka
 
 if TYPE_CHECKING:
-    from services.settings import EsperSettings
+    from services.cli.settings import EsperSettings
 
 COMPOSE_FILE = REPO_ROOT / "docker" / "docker-compose.yml"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.oona.errors import ConfigurationError
+from services.core.errors import ConfigurationError
 from services.oona.local_broker import REPO_ROOT, LocalBrokerConfig
 from services.oona.settings import KafkaSettings
 
