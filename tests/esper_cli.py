@@ -22,3 +22,14 @@ def esper_env(**overrides: str) -> dict[str, str]:
 
 def run_esper(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*ESPER, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def run_esper_watching_torch(*args: str, env: dict[str, str], timeout: float = 120
+                             ) -> tuple[subprocess.CompletedProcess, bool]:
+    """``esper ARGS`` as ``run_esper``, and whether it imported torch (from ``tests/torch_free.py``'s last line)."""
+    done = subprocess.run([sys.executable, "-m", "tests.torch_free", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    lines = done.stderr.splitlines()
+    assert lines and lines[-1].startswith("esper-test: torch imported: "), done.stderr
+    done.stderr = "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else "")
+    return done, lines[-1].endswith("yes")

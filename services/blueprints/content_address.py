@@ -27,6 +27,7 @@ from pathlib import Path
 from contracts import CompiledKernel, KernelReady
 from contracts.assets import blueprint_id_for
 from contracts.blueprint_ir import FLOAT_BYTES, MAX_PARAMETERS
+from services.core.errors import EsperError
 
 # The largest parameter set the IR allows, as float32, plus room for the safetensors header.
 MAX_ARTIFACT_BYTES = MAX_PARAMETERS * FLOAT_BYTES + 2**20
@@ -34,7 +35,7 @@ _BLOB_REF = re.compile(r"blob:([0-9a-f]{64})")
 _MAX_HEADER_BYTES = 2**20
 
 
-class ArtifactError(ValueError):
+class ArtifactError(EsperError, ValueError):
     """An artifact that is corrupt, tampered with, missing, or does not fit its blueprint."""
 
 

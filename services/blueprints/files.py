@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from contracts import Blueprint
 from services.core.config_files import read_document
+from services.core.errors import InputError
 
 
 def load_blueprints(path: str | Path) -> list[Blueprint]:
@@ -25,6 +26,6 @@ def load_blueprints(path: str | Path) -> list[Blueprint]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"{path}: blueprint {i}: {where + ': ' if where else ''}{first['msg']}") from None
+            raise InputError(f"{path}: blueprint {i}: {where + ': ' if where else ''}{first['msg']}") from None
         blueprints.append(bp)
     return blueprints

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from contracts import BlueprintArchitecture
 from contracts.blueprint_ir import IRPlan, plan, resource_problems
+from services.core.errors import EsperError
 
 
-class BlueprintError(ValueError):
+class BlueprintError(EsperError, ValueError):
     """A blueprint that cannot be built for the slot it targets."""
 
 

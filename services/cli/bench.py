@@ -8,6 +8,7 @@ from services.bench import (
     bus_throughput,
     nissa_ingest,
     nissa_replay,
+    start_up,
     system_load,
     tamiyo_latency,
     training_overhead,
@@ -15,6 +16,7 @@ from services.bench import (
 from services.bench.results import BenchResult, print_table, write_json
 from services.cli.cluster import ensure_cluster
 from services.cli.settings import load_settings
+from services.oona.local_broker import REPO_ROOT
 
 NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
 
@@ -28,6 +30,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         return not only or any(o in name for o in only)
 
     results: list[BenchResult] = []
+    if wanted("start-up"):
+        results.extend(start_up.bench_start_up(REPO_ROOT))
     if wanted("encode"):
         results.append(bus_throughput.bench_encode(events))
     if wanted("produce") or wanted("consume"):

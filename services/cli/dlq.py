@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from services.oona.dlq_records import DlqRecord, Selection, parse_source, redriven, summarize
+from typing import TYPE_CHECKING
+
 from services.core.errors import EsperError
+
+if TYPE_CHECKING:  # the records' module loads pyarrow: only the handlers import it (fast `esper --help`)
+    from services.oona.dlq_records import DlqRecord, Selection
 
 HEX_LIMIT = 4096  # bytes of a value shown as hex
 
@@ -36,6 +40,8 @@ def _selection(args: argparse.Namespace, prefix: str) -> Selection:
     end = _offset(getattr(args, "to_offset", None), "--to-offset")
     if start is not None and end is not None and end < start:
         raise _error(f"--to-offset {end} is before --from-offset {start}")
+    from services.oona.dlq_records import Selection
+
     return Selection(topic=args.topic, group=args.group, reason=args.reason, from_offset=start, to_offset=end,
                      prefix=prefix)
 
@@ -61,6 +67,8 @@ def _cmd_list(args: argparse.Namespace, settings) -> int:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from services.oona.dlq_records import summarize
 
     selection = _selection(args, settings.kafka.topic_prefix)
     rows = summarize(_read(settings), selection)
@@ -123,6 +131,8 @@ def _cmd_show(args: argparse.Namespace, settings) -> int:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from services.oona.dlq_records import parse_source, redriven
 
     if (args.offset is None) == (args.source is None):
         raise _error("dlq show needs a DLQ OFFSET or --source TOPIC:PARTITION:OFFSET (one of them)")

@@ -158,12 +158,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_blueprint(args: argparse.Namespace) -> int:
     from services.blueprints.files import load_blueprints
     from services.karn.service import submit
-    from services.tolaria.config import ConfigError
 
-    try:
-        blueprints = load_blueprints(args.file)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    blueprints = load_blueprints(args.file)
     settings, codec = _connected()
     submit(settings.kafka, codec, blueprints, submitted_by=args.submitted_by)
     for bp in blueprints:
@@ -184,9 +180,8 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
                   + (f" reason={entry.failure_reason}" if entry.failure_reason else ""))
         return 0
     if args.action == "fetch":
-        from services.blueprints.artifacts import ArtifactError
         from services.oona.topic_registry import topic_spec
-        from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
+        from services.urza.kernel_library import KernelLibrary
 
         if not args.kernel_id or not args.out:
             raise UsageError("kernels fetch needs KERNEL_ID and --out PATH")
@@ -196,8 +191,6 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
             kernel = library.find(args.kernel_id, None, wait_s=2.0)
             data = library.artifact(kernel)
             library.load_module(kernel)  # verifies the checksum and that it loads weights-only
-        except (KernelNotFoundError, ArtifactError) as exc:
-            raise EsperError(str(exc)) from None
         finally:
             library.close()
         from pathlib import Path
@@ -315,16 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # Connection retries are reported once, as the command's own error.
         logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
-    from services.tolaria.checkpoint import CheckpointError
-    from services.tolaria.config import ConfigError
-
     try:
         return args.func(args)
     except UsageError as exc:
         parser.print_usage(sys.stderr)
         print(f"esper: error: {exc}", file=sys.stderr)
         return 2
-    except (EsperError, ConfigError, CheckpointError) as exc:
+    except EsperError as exc:
         print(f"esper: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -68,7 +68,7 @@ def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) ->
 
 
 def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
-    from services.nissa.store import open_read_only
+    from services.nissa.opening import open_read_only
 
     try:
         con = open_read_only(db_path, wait_s=3.0)

@@ -1,6 +1,12 @@
-"""Oona's exception tree. Everything Esper raises on purpose derives from EsperError.
+"""Esper's one exception tree. Everything Esper raises on purpose derives from EsperError.
+
+The command line catches ``EsperError`` once and prints its message, always one line, with exit code 1
+(``UsageError``: 2). Components define their own errors as subclasses (``NissaError``, ``KasminaError``,
+``BlueprintError`` ...), keeping a builtin base where callers catch it (``ValueError``, ``LookupError``).
 
     EsperError
+    ├── UsageError                     command-line arguments that parse but do not go together
+    ├── InputError (ValueError)        a file or value the user gave cannot be used (run config, blueprints)
     ├── FatalError                     stop the service: retrying cannot help
     │   ├── ConfigurationError         invalid setting, bad SCHEMA_REGISTRY_URL
     │   ├── BrokerUnavailableError     no broker answered within the timeout
@@ -20,9 +26,24 @@
 
 from __future__ import annotations
 
+import re
+
+_LINE_BREAKS = re.compile(r"\s*\n\s*")
+
 
 class EsperError(Exception):
-    """Base of every error Esper raises on purpose."""
+    """Base of every error Esper raises on purpose; its message is one line."""
+
+    def __str__(self) -> str:
+        return _LINE_BREAKS.sub(" ", super().__str__()).strip()
+
+
+class UsageError(EsperError):
+    """Command-line arguments that parse but do not go together (exit code 2)."""
+
+
+class InputError(EsperError, ValueError):
+    """A file or value the user gave (a run config, a blueprint file, a data set) cannot be used."""
 
 
 class FatalError(EsperError):
@@ -101,7 +122,3 @@ class DeliveryError(EsperError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"delivery to {topic} failed: {reason}")
-
-
-class UsageError(EsperError):
-    """Command-line arguments that parse but do not go together (exit code 2)."""

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from contracts import SeedState
+from services.core.errors import EsperError
 
 TRANSITIONS: dict[SeedState, frozenset[SeedState]] = {
     SeedState.DORMANT: frozenset({SeedState.GERMINATED}),
@@ -28,7 +29,7 @@ CULLABLE = frozenset({SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTI
 STATE_CODES: tuple[SeedState, ...] = tuple(SeedState)
 
 
-class IllegalTransitionError(ValueError):
+class IllegalTransitionError(EsperError, ValueError):
     def __init__(self, from_state: SeedState, to_state: SeedState, seed: str = "") -> None:
         self.from_state, self.to_state = from_state, to_state
         where = f"seed {seed}: " if seed else ""

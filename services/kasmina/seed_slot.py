@@ -24,11 +24,12 @@ from torch import nn
 from contracts import SeedState, layer_id_for_path
 from services.kasmina.health import HealthAccumulator
 from services.kasmina.lifecycle import state_code, state_of
+from services.core.errors import EsperError
 
 _CONTRIBUTING = (SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED)
 
 
-class KasminaError(ValueError):
+class KasminaError(EsperError, ValueError):
     """A seed slot cannot be made or used as asked."""
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import duckdb
 
 from services.nissa.errors import QueryError
-from services.nissa.store import open_read_only
+from services.nissa.opening import first_line, open_read_only
 
 QUERY_STATEMENTS = frozenset(("SELECT", "EXPLAIN", "CALL", "PRAGMA"))
 SNAPSHOT_DIR = ".sql-snapshots"  # beside the database: same filesystem, so the copy can be a reflink
@@ -56,7 +56,7 @@ def check_statements(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise QueryError(_first_line(exc)) from None
+        raise QueryError(first_line(exc)) from None
     if not statements:
         raise QueryError("empty query")
     for statement in statements:
@@ -136,7 +136,3 @@ def _copy(src: Path, dst: Path) -> None:
             fout.seek(0)
             fout.truncate()
         shutil.copyfileobj(fin, fout, 1 << 20)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

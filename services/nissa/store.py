@@ -1,4 +1,4 @@
-"""The one DuckDB file: the writer side (tables, views, offsets, atomic batch writes) and read-only opens.
+"""The one DuckDB file: the writer side (tables, views, offsets, atomic batch writes) (read-only opens: ``opening.py``).
 
 Exactly-once: every batch of rows and the Kafka positions it ends at
 (``nissa_offsets``: topic, partition, next_offset) are written in ONE DuckDB transaction,
@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from services.nissa.errors import DatabaseMissingError, DatabaseUnreadableError
+from services.nissa.opening import retry_locked
 from services.nissa.tables import Table
 from services.nissa.views import create_views
 from services.nissa.writer_lock import WriterFencedError, WriterLock
@@ -35,7 +35,6 @@ OFFSETS_DDL = (
     "topic VARCHAR NOT NULL, partition INTEGER NOT NULL, next_offset BIGINT NOT NULL, "
     "updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (topic, partition))"
 )
-_LOCKED = "Could not set lock"
 
 
 class NissaStore:
@@ -54,7 +53,7 @@ class NissaStore:
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = _retry_locked(lambda: duckdb.connect(str(self.path)), self.path, self.lock_wait_s)
+            self._con = retry_locked(lambda: duckdb.connect(str(self.path)), self.path, self.lock_wait_s)
             self._opened_at = time.monotonic()
         return self._con
 
@@ -151,30 +150,3 @@ class NissaStore:
         """Close the file and give up the writer lock."""
         self.release()
         self._lock.release()
-
-
-def _retry_locked(open_fn, path: Path, wait_s: float):
-    deadline = time.monotonic() + wait_s
-    delay = 0.02
-    while True:
-        try:
-            return open_fn()
-        except duckdb.IOException as exc:
-            if _LOCKED not in str(exc) or time.monotonic() >= deadline:
-                raise DatabaseUnreadableError(f"cannot open {path}: {_first_line(exc)}") from None
-            time.sleep(delay)  # the other side holds the file lock: back off and retry
-            delay = min(delay * 2, 0.25)
-        except duckdb.Error as exc:
-            raise DatabaseUnreadableError(f"cannot open {path}: {_first_line(exc)}") from None
-
-
-def open_read_only(path: Path, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
-    """A read-only connection; waits up to ``wait_s`` while the writer holds the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatabaseMissingError(path)
-    return _retry_locked(lambda: duckdb.connect(str(path), read_only=True), path, wait_s)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -40,12 +40,13 @@ from contracts import (
     TrainingSession,
     TrainingSessionEvent,
 )
+from services.core.errors import EsperError
 
 EVENT_WINDOW = 20_000  # event ids remembered per run for duplicate detection (about 2 MB at most)
 FINISHED_WINDOW = 100_000  # ids of forgotten runs remembered (late events of them are skipped)
 
 
-class RejectedEvent(ValueError):
+class RejectedEvent(EsperError, ValueError):
     """A well-formed event Tamiyo cannot use (unknown seed slot, conflicting duplicate); goes to the DLQ."""
 
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from services.core.errors import EsperError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(EsperError):
     pass
 
 

@@ -11,9 +11,10 @@ from services.kasmina.lifecycle import IllegalTransitionError
 from services.kasmina.seed_manager import KernelInfo, SeedManager
 from services.kasmina.seed_slot import KasminaError
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
+from services.core.errors import EsperError
 
 
-class CommandRejected(ValueError):
+class CommandRejected(EsperError, ValueError):
     """The command is well-formed but cannot be applied; it goes to the DLQ with this reason."""
 
 

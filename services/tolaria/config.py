@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.core.config_files import read_document
+from services.core.errors import InputError
 
 
 class _Strict(BaseModel):
@@ -93,7 +94,7 @@ class RunConfig(_Strict):
     checkpoint_every_epochs: int = Field(default=1, ge=1)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An invalid run configuration, described in one line."""
 
 

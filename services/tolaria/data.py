@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from services.tolaria.config import DataConfig
+from services.core.errors import InputError
 
 
-class DataError(ValueError):
+class DataError(InputError):
     pass
 
 

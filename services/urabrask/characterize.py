@@ -17,6 +17,7 @@ from torch import nn
 
 from contracts import BlueprintArchitecture, KernelCharacterized, KernelMetadata
 from services.blueprints.modules import BlueprintError, check_buildable
+from services.core.errors import EsperError
 
 BATCH = 32
 WARMUP = 5
@@ -28,7 +29,7 @@ MAX_LATENCY_MS = 50.0
 MAX_PROBE_BYTES = 256 * 2**20
 
 
-class CharacterizationError(ValueError):
+class CharacterizationError(EsperError, ValueError):
     """A kernel that cannot be measured (its architecture fails the IR checks, or the probe fails)."""
 
 

@@ -20,13 +20,14 @@ from services.oona.codec import Codec
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 from services.urza.topic_view import TopicView
+from services.core.errors import EsperError
 
 log = logging.getLogger(__name__)
 
 MAX_REFUSALS_KEPT = 1024
 
 
-class KernelNotFoundError(LookupError):
+class KernelNotFoundError(EsperError, LookupError):
     pass
 
 

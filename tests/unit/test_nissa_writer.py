@@ -13,7 +13,8 @@ import pyarrow as pa
 import pytest
 
 from services.nissa.batch import Batch
-from services.nissa.store import NissaStore, open_read_only
+from services.nissa.opening import open_read_only
+from services.nissa.store import NissaStore
 from services.nissa.writer_lock import WriterFencedError, WriterLockedError, lock_path
 from services.oona.topic_registry import topic_spec
 from tests.samples import health_signal, message_for
