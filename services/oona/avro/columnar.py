@@ -30,7 +30,7 @@ import pyarrow as pa
 from services.oona.avro.layout import ColumnLayout
 from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
 from services.oona.avro.wire import value_bounds
-from services.core.errors import DecodeError
+from services.core.errors import DecodeError, EsperError
 
 _FIXED = {"double": ("<f8", 8), "float": ("<f4", 4), "boolean": ("bool", 1)}
 _WINDOW = np.arange(10, dtype=np.int64)
@@ -40,7 +40,7 @@ _PAD = b"\x00" * 256
 _MAX_BUFFER = 2**31 - 1024
 
 
-class NotColumnar(Exception):
+class NotColumnar(EsperError):
     """The schema holds a type this decoder does not vectorise (array, map, record in a list)."""
 
 
