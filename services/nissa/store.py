@@ -12,7 +12,8 @@ idle), and readers that find it locked retry for a while (``open_read_only(wait_
 
 A newer schema version adds columns: ``create_schema`` appends to an older file's tables the
 columns they lack (filled with the columns' defaults, as rows of the older writer schema get
-them), and rows are inserted by column name, so the order of the columns does not matter.
+them), and rows are inserted by column name (every column of the table, from the batch), so the
+order of the columns in the file does not matter.
 
 One writer per file (issue 11): ``create_schema`` takes the writer lock (``writer_lock.py``,
 an flock beside the file, held until ``close``), and every ``write`` compares the stored
@@ -93,7 +94,8 @@ class NissaStore:
                     view = f"_nissa_batch_{len(views)}"
                     con.register(view, part)
                     views.append(view)
-                    con.execute(f'INSERT INTO "{table.name}" BY NAME SELECT * FROM {view}')
+                    columns = ", ".join(f'"{name}"' for name in table.column_names)
+                    con.execute(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM {view}')
                     written += part.num_rows
             if offsets:
                 con.executemany(
