@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from contracts._base import Contract, UtcDatetime, utc_now
 from contracts.assets import LayerEdge, SeedSlotRef
@@ -67,13 +67,17 @@ class AdaptationDecision(Contract):
 
     @model_validator(mode="before")
     @classmethod
-    def _legacy_link(cls, data: Any) -> Any:
+    def _legacy_link(cls, data: Any, info: ValidationInfo) -> Any:
         """A v1 record's link in ``metadata`` -> the typed fields; never rejects a record v1 accepted.
 
-        Only when none of the typed fields is given; a value the typed field could not hold (an
-        unknown action, an over-long id) stays in ``metadata`` as it was. Empty values meant "none".
+        When a record is read (not on assignment) and sets none of the typed fields; a value the
+        typed field could not hold (an unknown action, an over-long id) stays in ``metadata`` as it
+        was. Empty values meant "none".
         """
-        if not isinstance(data, dict) or any(data.get(k) is not None for k in LEGACY_LINK_KEYS):
+        # On assignment ``field_name`` is the field assigned, one of ours (nested in an envelope, the
+        # envelope's field): assigning is today's API, nothing is read out of metadata then.
+        if info.field_name in cls.model_fields or not isinstance(data, dict) \
+                or any(data.get(k) is not None for k in LEGACY_LINK_KEYS):
             return data
         metadata = data.get("metadata")
         if not isinstance(metadata, dict) or not any(k in metadata for k in LEGACY_LINK_KEYS):

@@ -58,6 +58,9 @@ def test_reading_v1_never_rejects_what_v1_accepted():
     # A v2 record that sets the typed fields keeps its metadata untouched.
     typed = AdaptationDecision(**BASE, action="cull", metadata={"action": "germinate"})
     assert typed.action is CommandAction.CULL and typed.metadata == {"action": "germinate"}
+    # Assigning metadata is today's API: nothing is read out of it.
+    typed.metadata = {"command_id": "c-9"}
+    assert typed.command_id is None and typed.metadata == {"command_id": "c-9"}
 
 
 def test_the_v1_fixture_log_decodes_into_the_new_model():
