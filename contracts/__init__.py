@@ -21,6 +21,7 @@ from contracts.control import (
     KasminaCommand,
     ModelGraphState,
     SeedTransition,
+    adaptation_type_of,
 )
 from contracts.dead_letter import DeadLetter
 from contracts.enums import (
@@ -87,6 +88,7 @@ __all__ = [
     "TrainingSession",
     "TrainingSessionEvent",
     "TrainingSpec",
+    "adaptation_type_of",
     "deterministic_event_id",
     "layer_id_for_path",
     "new_event_id",

@@ -69,6 +69,11 @@ class SystemHealth(str, Enum):
 
 
 class ComponentType(str, Enum):
+    """The subsystems of the original design, kept for its API (ORIGINAL-CONTRACTS.md).
+
+    No record carries it: services name themselves in ``OonaMessage.sender_id``.
+    """
+
     TAMIYO = "tamiyo"  # strategic controller
     KARN = "karn"  # generative architect
     KASMINA = "kasmina"  # execution layer

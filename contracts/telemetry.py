@@ -42,6 +42,7 @@ class HealthSignal(SeedSlotRef):
         return data
 
     def health_status(self) -> str:
+        """'Healthy', 'Warning' or 'Critical' (original API, kept; services read ``health_score``)."""
         if self.health_score >= 0.8:
             return "Healthy"
         if self.health_score >= 0.6:
@@ -65,7 +66,7 @@ class SystemStatePacket(Contract):
     timestamp: UtcDatetime = Field(default_factory=utc_now)
 
     def system_health(self) -> str:
-        """'Critical', 'Warning' or 'Normal', as in the original design."""
+        """'Critical', 'Warning' or 'Normal' (original API, kept; ``health_level`` gives a SystemHealth)."""
         if self.system_load > 0.9 or self.memory_usage > 0.9:
             return "Critical"
         if self.system_load > 0.7 or self.memory_usage > 0.7:

@@ -108,6 +108,7 @@ def payload_for(spec: TopicSpec):
             decision_id="d-1", layer_name="body.0", adaptation_type=AdaptationType.ADD_SEED, confidence=1.0,
             urgency=0.0, epoch=3, layer_id=7, seed_idx=0, blueprint_id="bp-x", policy_version="gnn-v1",
             features={"health": 0.4}, metadata={"why": "low health"}, timestamp=T0,
+            command_id="c-1", action=CommandAction.GERMINATE, family="bottleneck",
         )
     if name == "KasminaCommand":
         return KasminaCommand(

@@ -24,7 +24,7 @@ COMPARISON = """
 SELECT r.run_id, r.status, r.epochs, r.seeds_germinated AS germinated, r.seeds_fossilized AS fossilized,
        r.seeds_culled AS culled, round(r.final_validation_accuracy, 4) AS final_val_acc,
        (SELECT max(parameter_count) FROM epoch_completed e WHERE e.run_id = r.run_id) AS parameters,
-       (SELECT count(*) FROM adaptation_decision d WHERE d.run_id = r.run_id AND d.adaptation_type <> 'no_op')
+       (SELECT count(*) FROM adaptation_decision d WHERE d.run_id = r.run_id AND {action} IS NOT NULL)
          AS tamiyo_actions
 FROM runs r WHERE r.run_id IN ({ids}) ORDER BY r.run_id = '{adaptive}' DESC
 """
@@ -48,6 +48,7 @@ def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = N
     from services.nissa.queries import run_query, write_result
     from services.nissa.report import write_report
     from services.nissa.sink import default_db_path
+    from services.nissa.views import decision_action_sql
     from services.oona.admin import wait_for_broker
     from services.oona.codec import make_codec
     from services.cli.settings import load_settings
@@ -88,7 +89,7 @@ def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = N
     ids = f"'{adaptive_id}', '{baseline_id}'"
     done = f"SELECT count(*) FROM runs WHERE run_id IN ({ids}) AND status = 'completed'"
     _wait(lambda: db.exists() and run_query(db, done).rows[0][0] == 2, 120, "Nissa to record both runs")
-    result = run_query(db, COMPARISON.format(ids=ids, adaptive=adaptive_id))
+    result = run_query(db, COMPARISON.format(ids=ids, adaptive=adaptive_id, action=decision_action_sql("d")))
     write_result(result, "table")
     acted = result.rows[0][result.columns.index("tamiyo_actions")] if result.rows else 0
     if not acted:

@@ -340,6 +340,21 @@ class ArchiveReader:
         return Selection(tables, rows, run_rows, ends)
 
 
+def _literal(value: object) -> str:
+    """A column default as SQL: None, booleans, numbers, strings, empty lists and maps."""
+    if value is None:
+        return "NULL"
+    if value == [] or value == {}:
+        return "[]" if isinstance(value, list) else "MAP {}"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise ArchiveError(f"no SQL literal for the column default {value!r}")
+
+
 def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the sink's tables as views over the archive (empty tables where none)."""
     from services.nissa.sink import sink_tables
@@ -354,9 +369,12 @@ def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
         topic = topics.get(table.record_name, dlq)
         if reader.files(topic):
             pattern = str(reader.root / f"topic={topic}" / "*" / "*.parquet").replace("'", "''")
-            columns = ", ".join(f'"{c}"' for c in table.column_names)
-            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM read_parquet(\'{pattern}\', '
-                        f"hive_partitioning = false, union_by_name = true) WHERE decoded")
+            source = f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
+            archived = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+            # A column no archived file has (a schema version added it after they were written): its default.
+            columns = ", ".join(f'"{c.name}"' if c.name in archived
+                                else f'{_literal(c.default)}::{c.sql_type} AS "{c.name}"' for c in table.columns)
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded')
         else:
             con.execute(table.ddl())
     create_views(con)

@@ -4,8 +4,8 @@ What the policy would have decided comes from Tamiyo's public replay API (``serv
 by the caller only when a policy is given); this module holds only the tables and views:
 
 * ``counterfactual_decisions``: one row per would-be decision (run_id, policy_version,
-  decision_id, epoch, adaptation_type, action, layer_name, layer_id, seed_idx,
-  blueprint_id, kernel_id, confidence, urgency, reason).
+  decision_id, epoch, adaptation_type, action (NULL when none, as in ``adaptation_decision``),
+  layer_name, layer_id, seed_idx, blueprint_id, kernel_id, confidence, urgency, reason).
 * ``decision_comparison``: per run and epoch, the real decisions (``adaptation_decision``)
   and the counterfactual ones summarised as text (``type action layer[seed] kernel``, sorted
   by decision id), their policy versions and ``same`` (the two summaries are equal).
@@ -16,6 +16,7 @@ from __future__ import annotations
 import duckdb
 
 from contracts import AdaptationDecision
+from services.nissa.views import decision_action_sql
 
 COUNTERFACTUAL_DDL = """
 CREATE TABLE IF NOT EXISTS counterfactual_decisions (
@@ -31,7 +32,7 @@ COMPARISON_VIEW = f"""
 CREATE OR REPLACE VIEW decision_comparison AS
 WITH real AS (
   SELECT run_id, epoch, string_agg(DISTINCT policy_version, ',') AS real_policy_version,
-         string_agg({_SUMMARY.format(action="metadata['action']")}, '; ' ORDER BY decision_id) AS real_decisions
+         string_agg({_SUMMARY.format(action=decision_action_sql())}, '; ' ORDER BY decision_id) AS real_decisions
   FROM adaptation_decision GROUP BY run_id, epoch
 ), counterfactual AS (
   SELECT run_id, epoch, string_agg(DISTINCT policy_version, ',') AS counterfactual_policy_version,
@@ -47,7 +48,7 @@ ORDER BY run_id, epoch
 
 def decision_rows(run_id: str, decisions: list[AdaptationDecision]) -> list[tuple]:
     return [(run_id, d.policy_version, d.decision_id, d.epoch, d.adaptation_type.value,
-             d.metadata.get("action", ""), d.layer_name, d.layer_id, d.seed_idx, d.blueprint_id, d.kernel_id,
+             d.action.value if d.action else None, d.layer_name, d.layer_id, d.seed_idx, d.blueprint_id, d.kernel_id,
              d.confidence, d.urgency, d.reason) for d in decisions]
 
 

@@ -81,7 +81,7 @@ def render(runs: list[RunData]) -> Report:
     title = "Esper run " + " vs ".join(r.run_id for r in runs)
     decisions = "".join(
         f"<h3>Decisions that acted — {html.escape(r.run_id)}</h3>"
-        + (_table(("epoch", "type", "seed", "reason"), r.decisions) if r.decisions else "<p>none</p>")
+        + (_table(("epoch", "action", "seed", "reason"), r.decisions) if r.decisions else "<p>none</p>")
         for r in runs)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"

@@ -6,7 +6,7 @@
   train / validation accuracy, parameter count, seed parameter count;
 * adaptation events (``seed_transition``): germinate (-> germinated), advance (-> grafting),
   fossilize (-> fossilized), cull (-> culled), at the transition's epoch;
-* decisions that did something (``adaptation_decision``, not ``no_op``);
+* decisions that did something (``adaptation_decision`` rows that issued an action);
 * seed states per slot ``layer_name[seed_idx]``: ``[(epoch, to_state), ...]`` in order;
 * health (``layer_health``): layers x epochs of mean health score (None where no signal);
 * the ``runs`` view's row (status, epochs, seeds germinated / fossilized / culled, final accuracy).
@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 import duckdb
 
 from services.nissa.errors import UnknownRunError
+from services.nissa.views import decision_action_sql
 
 # to_state -> adaptation event kind
 EVENT_BY_STATE = {"germinated": "germinate", "grafting": "advance", "fossilized": "fossilize", "culled": "cull"}
 EVENT_KINDS = tuple(EVENT_BY_STATE.values())
+
+ACTION = decision_action_sql()  # what a decision issued, typed or (older records) in its metadata
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class RunData:
     parameter_count: list[int] = field(default_factory=list)
     seed_parameter_count: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    decisions: list[tuple[int, str, str, str]] = field(default_factory=list)  # epoch, type, layer, reason
+    decisions: list[tuple[int, str, str, str]] = field(default_factory=list)  # epoch, action, layer, reason
     seed_states: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     health_layers: list[str] = field(default_factory=list)
     health_epochs: list[int] = field(default_factory=list)
@@ -76,9 +79,9 @@ def load_run(con: duckdb.DuckDBPyConnection, run_id: str) -> RunData:
         run.seed_states.setdefault(label, []).append((epoch, state))
         if state in EVENT_BY_STATE:
             run.events.append(Event(epoch, EVENT_BY_STATE[state], label))
-    run.decisions = _rows(con, """
-        SELECT epoch, adaptation_type, layer_name || coalesce('[' || seed_idx || ']', ''), reason
-        FROM adaptation_decision WHERE run_id = ? AND adaptation_type <> 'no_op' ORDER BY epoch, decision_id""",
+    run.decisions = _rows(con, f"""
+        SELECT epoch, {ACTION}, layer_name || coalesce('[' || seed_idx || ']', ''), reason
+        FROM adaptation_decision WHERE run_id = ? AND {ACTION} IS NOT NULL ORDER BY epoch, decision_id""",
                           run_id)
     health = _rows(con, "SELECT layer_name, epoch, mean_health FROM layer_health WHERE run_id = ? ORDER BY layer_id",
                    run_id)

@@ -10,6 +10,11 @@ read-only, never both at once. So the writer does not hold the file for ever: af
 commit it closes the file once it has held it ``hold_s`` seconds (and whenever the sink is
 idle), and readers that find it locked retry for a while (``open_read_only(wait_s=...)``).
 
+A newer schema version adds columns: ``create_schema`` appends to an older file's tables the
+columns they lack (filled with the columns' defaults, as rows of the older writer schema get
+them), and rows are inserted by column name (every column of the table, from the batch), so the
+order of the columns in the file does not matter.
+
 One writer per file (issue 11): ``create_schema`` takes the writer lock (``writer_lock.py``,
 an flock beside the file, held until ``close``), and every ``write`` compares the stored
 offsets with what this writer last read or wrote before it commits: if they moved, another
@@ -64,6 +69,7 @@ class NissaStore:
         con.execute("BEGIN")
         for table in self.tables.values():
             con.execute(table.ddl())
+            _add_missing_columns(con, table)
         con.execute(OFFSETS_DDL)
         create_views(con)
         con.execute("COMMIT")
@@ -87,7 +93,8 @@ class NissaStore:
                     view = f"_nissa_batch_{len(views)}"
                     con.register(view, part)
                     views.append(view)
-                    con.execute(f'INSERT INTO "{table.name}" SELECT * FROM {view}')
+                    columns = ", ".join(f'"{name}"' for name in table.column_names)
+                    con.execute(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM {view}')
                     written += part.num_rows
             if offsets:
                 con.executemany(
@@ -150,3 +157,26 @@ class NissaStore:
         """Close the file and give up the writer lock."""
         self.release()
         self._lock.release()
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+    """The columns of table (or view) ``name`` as the database holds it."""
+    return [row[0] for row in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = ? ORDER BY ordinal_position", [name]).fetchall()]
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection, table: Table) -> None:
+    """Append the columns of ``table`` that the stored table lacks (written before a schema version added
+    them); the rows already there get the column's default."""
+    stored = set(table_columns(con, table.name))
+    for column in table.columns:
+        if column.name in stored:
+            continue
+        con.execute(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {column.sql_type}')
+        if column.default is not None:
+            con.register("_nissa_default", pa.table({"value": pa.array([column.default], column.arrow_type)}))
+            try:
+                con.execute(f'UPDATE "{table.name}" SET "{column.name}" = (SELECT value FROM _nissa_default)')
+            finally:
+                con.unregister("_nissa_default")

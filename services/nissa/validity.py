@@ -44,6 +44,7 @@ from services.core.errors import SchemaError
 NORMALISING_VALIDATORS = frozenset({
     "contracts._base._to_utc",
     "contracts.telemetry.HealthSignal._legacy_seed_id",
+    "contracts.control.AdaptationDecision._legacy_link",
     "contracts.assets.Blueprint._derive_id",
     "contracts.seed_identity.SeedId._from_tuple",
 })

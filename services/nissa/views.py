@@ -3,7 +3,9 @@
 * ``adaptation_history``: one row per decision -> command -> seed transition -> field report
   (``decision_id``, ``command_id``, then the seed ``run_id + layer_id + seed_idx + kernel_id``);
   decisions without a command, commands without a decision and transitions no command
-  caused are kept by outer joins on the command side.
+  caused are kept by outer joins on the command side. ``decision_action`` is what the decision
+  issued (``decision_action_sql``: also for decisions recorded before the typed field), ``action``
+  the command's.
 * ``seed_timeline``: every seed transition, with the germinate command (and so the decision)
   that started that seed's life: the latest one for the same seed and kernel at or before it.
 * ``blueprint_history``: per run and blueprint: decisions, commands, germinations,
@@ -20,11 +22,20 @@ from __future__ import annotations
 
 import duckdb
 
+
+def decision_action_sql(alias: str = "") -> str:
+    """SQL for the action an ``adaptation_decision`` row issued (NULL for none): the typed column
+    (AdaptationDecision v2 on), else the ``metadata`` key Tamiyo wrote it under before (v1 rows)."""
+    row = f"{alias}." if alias else ""
+    return f"coalesce({row}action, nullif({row}metadata['action'], ''))"
+
+
 VIEWS: dict[str, str] = {
     "adaptation_history": """
 SELECT
   coalesce(d.run_id, c.run_id) AS run_id,
-  d.decision_id, d.epoch AS decision_epoch, d.adaptation_type, d.confidence, d.urgency,
+  d.decision_id, d.epoch AS decision_epoch, d.adaptation_type, """ + decision_action_sql("d") + """ AS decision_action,
+  d.confidence, d.urgency,
   d.policy_version, d.reason AS decision_reason, d.timestamp AS decided_at,
   coalesce(c.layer_name, d.layer_name) AS layer_name,
   coalesce(c.layer_id, d.layer_id) AS layer_id,

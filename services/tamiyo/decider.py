@@ -11,7 +11,12 @@
   characterised kernel of that family that fits the slot.
 
 Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
-decision history is complete and a replay can compare it decision by decision.
+decision history is complete and a replay can compare it decision by decision. A decision's
+``action`` (the command it issues) is what was decided; its ``adaptation_type`` is derived.
+
+Decision ids are deterministic (run, epoch, index), so a replay decides the very same ids; the
+indices are fixed (below) and must never change, else a replay of a recorded run would no
+longer line up with the run's own decisions.
 
 Fail closed: whatever a valid session and its telemetry hold, deciding gives decisions, never
 an exception, and germinates only on finite evidence. No seed slots, slots on layers the session
@@ -35,6 +40,7 @@ from contracts import (
     CommandAction,
     KasminaCommand,
     SeedState,
+    adaptation_type_of,
     deterministic_event_id,
 )
 from services.tamiyo.features import GraphView, build_graph
@@ -45,6 +51,24 @@ log = logging.getLogger(__name__)
 
 FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed")
 ADAPT_THRESHOLD = 0.5
+
+# The index of each decision within its epoch (part of its id and its command's id). The policy's
+# decision has its own index, apart from the lifecycle decisions (0, 1, 2, ... in seed order, never
+# one of the reserved indices); the no-op of an epoch where nothing else is decided takes 0.
+IDLE_INDEX = 0
+GERMINATION_INDEX = 50  # the policy grows a seed
+NO_KERNEL_INDEX = 99  # the policy would grow a seed, but no characterised kernel fits the slot
+RESERVED_INDICES = frozenset({GERMINATION_INDEX, NO_KERNEL_INDEX})
+
+
+def lifecycle_index(n: int) -> int:
+    """The index of the ``n``-th lifecycle decision of an epoch: ``n``, skipping the reserved indices
+    (so that a 51st lifecycle decision never shares its id with the germination)."""
+    index = n
+    for reserved in sorted(RESERVED_INDICES):
+        if index >= reserved:
+            index += 1
+    return index
 
 
 def family_of(architecture: BlueprintArchitecture) -> str:
@@ -103,7 +127,7 @@ class Decider:
         if germination is not None:
             actions.append(germination)
         if not actions:
-            actions.append(self._action(run, graph, 0, AdaptationType.NO_OP, None, 0, why_not, 1.0 - (p or 0.0),
+            actions.append(self._action(run, graph, IDLE_INDEX, None, 0, why_not, 1.0 - (p or 0.0),
                                         urgency, {"adapt_probability": p or 0.0}))
         return actions
 
@@ -117,16 +141,15 @@ class Decider:
                 continue
             active = seed.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
             if active and seed.errors:
-                what = (CommandAction.CULL, AdaptationType.REMOVE_SEED, f"seed reports {seed.errors} kernel errors")
+                action, reason = CommandAction.CULL, f"seed reports {seed.errors} kernel errors"
             elif not auto and seed.ready and seed.state is SeedState.TRAINING:
-                what = (CommandAction.ADVANCE, AdaptationType.MODIFY_ARCHITECTURE, "seed trained: start grafting")
+                action, reason = CommandAction.ADVANCE, "seed trained: start grafting"
             elif not auto and seed.ready and seed.state is SeedState.GRAFTING:
-                what = (CommandAction.FOSSILIZE, AdaptationType.MODIFY_ARCHITECTURE,
-                        "graft complete: fossilize if the counterfactual gate passes")
+                action, reason = CommandAction.FOSSILIZE, "graft complete: fossilize if the counterfactual gate passes"
             else:
                 continue
-            action, kind, reason = what
-            actions.append(self._action(run, graph, len(actions), kind, action, seed.node, reason, 1.0, 1.0))
+            actions.append(self._action(run, graph, lifecycle_index(len(actions)), action, seed.node, reason, 1.0,
+                                        1.0))
         return actions
 
     # -- the policy's choice ----------------------------------------------------------------------
@@ -167,7 +190,7 @@ class Decider:
         candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
         extra = {"adapt_probability": p, "node_score": scores[seed.node]}
         if not candidates:
-            return self._action(run, graph, 99, AdaptationType.NO_OP, None, seed.node,
+            return self._action(run, graph, NO_KERNEL_INDEX, None, seed.node,
                                 f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
                                 f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), "", p, urgency
         families = {c.family for c in candidates}
@@ -178,15 +201,16 @@ class Decider:
         family = max(known, key=lambda f: probabilities[FAMILIES.index(f)])
         chosen = next(c for c in candidates if c.family == family)
         extra["family_probability"] = probabilities[FAMILIES.index(family)]
-        action = self._action(run, graph, 50, AdaptationType.ADD_SEED, CommandAction.GERMINATE, seed.node,
+        action = self._action(run, graph, GERMINATION_INDEX, CommandAction.GERMINATE, seed.node,
                               f"grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
                               p, urgency, extra, chosen)
         return action, "", p, urgency
 
     # -- building the records ------------------------------------------------------------------------
-    def _action(self, run: RunState, graph: GraphView, index: int, kind: AdaptationType,
-                action: CommandAction | None, node: int, reason: str, confidence: float, urgency: float,
-                extra: dict[str, float] | None = None, kernel: Candidate | None = None) -> Action:
+    def _action(self, run: RunState, graph: GraphView, index: int, action: CommandAction | None, node: int,
+                reason: str, confidence: float, urgency: float, extra: dict[str, float] | None = None,
+                kernel: Candidate | None = None) -> Action:
+        """The decision (and its command, when ``action`` is one) at ``index`` of the epoch, about ``node``."""
         seed = next((s for s in graph.seeds if s.node == node), None)
         decision_id = deterministic_event_id(run.run_id, "decision", graph.epoch, index)
         command_id = deterministic_event_id(run.run_id, "command", graph.epoch, index) if action else None
@@ -194,12 +218,11 @@ class Decider:
         decision = AdaptationDecision(
             decision_id=decision_id,
             layer_name=graph.layer_of_node[node] if 0 <= node < len(graph.layer_of_node) else "-",
-            adaptation_type=kind, confidence=_unit(confidence), urgency=_unit(urgency),
+            adaptation_type=adaptation_type_of(action), confidence=_unit(confidence), urgency=_unit(urgency),
             epoch=graph.epoch, layer_id=seed.layer_id if seed else None, seed_idx=seed.seed_idx if seed else None,
             blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
             policy_version=self.policy_version, reason=reason, features=features,
-            metadata={"command_id": command_id or "", "action": action.value if action else "",
-                      "family": kernel.family if kernel else ""},
+            command_id=command_id, action=action, family=kernel.family if kernel else None,
         )
         command = None
         if action is not None and seed is not None:
@@ -213,10 +236,9 @@ class Decider:
     def _fallback(self, run: RunState, epoch: int, reason: str) -> Action:
         """A ``no_op`` built from nothing but the run and the epoch (when the graph itself failed)."""
         decision = AdaptationDecision(
-            decision_id=deterministic_event_id(run.run_id, "decision", epoch, 0), layer_name="-",
+            decision_id=deterministic_event_id(run.run_id, "decision", epoch, IDLE_INDEX), layer_name="-",
             adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
             policy_version=self.policy_version, reason=reason[:1000],
-            metadata={"command_id": "", "action": "", "family": ""},
         )
         return Action(decision, None)
 
@@ -229,7 +251,7 @@ def _unit(value: float) -> float:
 def record(run: RunState, decision: AdaptationDecision) -> None:
     """Fold one of our decisions (just made, or read back from the log) into the run's state."""
     run.decided.add(decision.epoch)
-    command_id, action = decision.metadata.get("command_id"), decision.metadata.get("action")
+    command_id, action = decision.command_id, decision.action
     if command_id and action and decision.layer_id is not None and decision.seed_idx is not None:
         if all(i.command_id != command_id for i in run.issued):
             run.issued.append(Issued(command_id, action, decision.layer_id, decision.seed_idx, decision.epoch))

@@ -30,6 +30,7 @@ from itertools import pairwise
 from pydantic import BaseModel
 
 from contracts import (
+    CommandAction,
     EpochCompleted,
     FieldReport,
     HealthSignal,
@@ -61,7 +62,7 @@ class Issued:
     """A command Tamiyo issued (rebuilt from its decisions on restart)."""
 
     command_id: str
-    action: str
+    action: CommandAction
     layer_id: int
     seed_idx: int
     epoch: int  # the epoch whose completion it answered
@@ -204,7 +205,7 @@ class RunState:
     def germinations(self, epoch: int) -> list[int]:
         """Epochs of germinations that happened (<= epoch) or are still pending from our commands."""
         happened = [t.epoch for t in self.transitions if t.epoch <= epoch and t.to_state is SeedState.GERMINATED]
-        return sorted(happened + [i.epoch + 1 for i in self.pending(epoch) if i.action == "germinate"])
+        return sorted(happened + [i.epoch + 1 for i in self.pending(epoch) if i.action is CommandAction.GERMINATE])
 
     def pending(self, epoch: int, expire_after: int = 2) -> list[Issued]:
         """Our commands not yet seen taking effect; after ``expire_after`` epochs they count as lost

@@ -262,8 +262,9 @@ class Tamiyo:
 
     def _outputs(self, run_id: str, action: Action, trace_id: str) -> Iterator[Output]:
         decision: AdaptationDecision = action.decision
-        log.info("decision run_id=%s epoch=%d type=%s layer=%s seed=%s kernel=%s reason=%s", run_id, decision.epoch,
-                 decision.adaptation_type.value, decision.layer_name, decision.seed_idx, decision.kernel_id,
+        log.info("decision run_id=%s epoch=%d type=%s action=%s layer=%s seed=%s kernel=%s reason=%s", run_id,
+                 decision.epoch, decision.adaptation_type.value, decision.action.value if decision.action else "-",
+                 decision.layer_name, decision.seed_idx, decision.kernel_id,
                  decision.reason)
         yield self.decisions, self._envelope(self.decisions, run_id, decision.decision_id, trace_id, decision)
         if action.command is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from contracts import AdaptationType, FieldReportOutcome, SeedState, TopicName
+from contracts import CommandAction, FieldReportOutcome, SeedState, TopicName
 from services.oona.codec import Codec
 from services.core.errors import EsperError
 from services.oona.settings import KafkaSettings
@@ -54,7 +54,7 @@ def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int])
     out = []
     for epoch in sorted(run.epochs):
         mine = [d for d in decisions if d.epoch == epoch]
-        grows = [d for d in mine if d.adaptation_type is AdaptationType.ADD_SEED and d.kernel_id]
+        grows = [d for d in mine if d.action is CommandAction.GERMINATE and d.kernel_id]
         if grows and run.complete(epoch):
             graph = build_graph(run, epoch)
             for d in grows:
@@ -62,7 +62,7 @@ def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int])
                                (d.layer_id, d.seed_idx, d.kernel_id)), None)
                 node = next((s.node for s in graph.seeds if (s.layer_id, s.seed_idx) == (d.layer_id, d.seed_idx)
                              and s.state is SeedState.DORMANT), None)
-                family = d.metadata.get("family")
+                family = d.family
                 if report is None or node is None or family not in FAMILIES:
                     continue  # the seed's life did not end in this run, or the record is incomplete
                 gain = (report.eval_metrics.get("contribution", 0.0) if report.outcome is FieldReportOutcome.FOSSILIZED

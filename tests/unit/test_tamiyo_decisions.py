@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from contracts import AdaptationType, CommandAction, SeedState, TopicName, deterministic_event_id
+from contracts import AdaptationType, CommandAction, SeedState, TopicName, adaptation_type_of, deterministic_event_id
 from services.tamiyo.decider import FAMILIES, Decider, family_of, record
 from services.tamiyo.features import FEATURES, INDEX, build_graph, slope
 from services.tamiyo.policy import PolicyOutput
@@ -188,3 +188,57 @@ def test_a_completed_run_is_forgotten_once_every_epoch_is_decided():
     assert not runs.forget_if_done(run) and "run-1" in runs.runs  # nothing decided yet
     decide_all(run, Decider(ScriptedPolicy(p=0.0), "v", FixedChooser()))
     assert runs.forget_if_done(run) and "run-1" not in runs.runs
+
+
+def test_lifecycle_indices_skip_the_reserved_ones_and_keep_the_first_fifty():
+    from services.tamiyo.decider import GERMINATION_INDEX, NO_KERNEL_INDEX, RESERVED_INDICES, lifecycle_index
+
+    indices = [lifecycle_index(n) for n in range(300)]
+    assert indices[:50] == list(range(50))  # the ids every run decided so far stay the same
+    assert not RESERVED_INDICES & set(indices) and indices == sorted(set(indices))
+    assert {GERMINATION_INDEX, NO_KERNEL_INDEX} == RESERVED_INDICES
+
+
+def test_many_lifecycle_decisions_and_a_germination_in_one_epoch_have_distinct_ids():
+    from contracts import Seed
+
+    trained = 60  # more lifecycle decisions than indices below the germination's
+    seeds = [Seed(layer_id=22, seed_idx=k, layer_name="body.2") for k in range(trained + 1)]
+    events = [(TopicName.TRAINING_SESSIONS.value, session(seeds=seeds, budget=1000))]
+    for k in range(trained):
+        events += [(TopicName.LIFECYCLE_SEED_TRANSITIONS.value, transition(0, 22, k, frm, to)) for frm, to in
+                   ((SeedState.DORMANT, SeedState.GERMINATED), (SeedState.GERMINATED, SeedState.TRAINING))]
+    events += [(TopicName.TELEMETRY_SEED_HEALTH.value, health(0, 22, k, ready=k < trained, dead=0.45))
+               for k in range(trained + 1)]
+    events.append((TopicName.SYSTEM_EVENTS_EPOCH.value,
+                   epoch_event(0, 0.4, signals=trained + 1, transitions=2 * trained)))
+    actions = decide_all(fold_all(events), Decider(ScriptedPolicy(), "v", FixedChooser()))
+    advanced = [a for a in actions if a.decision.action is CommandAction.ADVANCE]
+    grown = [a for a in actions if a.decision.action is CommandAction.GERMINATE]
+    assert len(advanced) == trained and len(grown) == 1 and grown[0].command.seed_idx == trained
+    assert len({a.decision.decision_id for a in actions}) == len(actions) == trained + 1
+    assert len({a.command.command_id for a in actions}) == len(actions)
+    for a in actions:  # the decision names its command, and its coarse type follows the action
+        assert (a.decision.command_id, a.decision.action) == (a.command.command_id, a.command.action)
+        assert a.decision.adaptation_type is adaptation_type_of(a.decision.action)
+    assert grown[0].decision.family == "bottleneck" and advanced[0].decision.family is None
+
+
+def test_advance_and_fossilize_decisions_say_which():
+    events = plateau_run(epochs=1, budget=1)
+    run = fold_all(events)
+    decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
+    command_id = run.issued[0].command_id
+    grow = [(TopicName.LIFECYCLE_SEED_TRANSITIONS.value, t) for t in (
+        transition(1, 22, 0, SeedState.DORMANT, SeedState.GERMINATED, command_id),
+        transition(1, 22, 0, SeedState.GERMINATED, SeedState.TRAINING, command_id))]
+    signals = [(TopicName.TELEMETRY_SEED_HEALTH.value, health(e, lid, k, ready=(lid, k) == (22, 0)))
+               for e in (1, 2) for lid in (11, 22) for k in (0, 1)]
+    fold_all(grow + signals[:4] + [(TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(1, 0.5, transitions=2))], run)
+    (advance,) = decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
+    fold_all([(TopicName.LIFECYCLE_SEED_TRANSITIONS.value,
+               transition(2, 22, 0, SeedState.TRAINING, SeedState.GRAFTING, advance.command.command_id))]
+             + signals[4:] + [(TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(2, 0.5, transitions=1))], run)
+    (fossilize,) = decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
+    assert [a.decision.action for a in (advance, fossilize)] == [CommandAction.ADVANCE, CommandAction.FOSSILIZE]
+    assert {a.decision.adaptation_type for a in (advance, fossilize)} == {AdaptationType.MODIFY_ARCHITECTURE}

@@ -56,7 +56,7 @@ def test_the_shipped_policy_agrees_with_its_teacher_and_grows_where_units_die():
     actions = Decider(policy, record_.version, FixedChooser()).decide(run, 1)
     grow = [a for a in actions if a.command and a.command.action is CommandAction.GERMINATE]
     assert grow and grow[0].command.layer_name == "body.2"  # 45% dead units there
-    assert grow[0].decision.metadata["family"] == "bottleneck"
+    assert grow[0].decision.family == "bottleneck"
     again = Decider(policy, record_.version, FixedChooser()).decide(fold_all(plateau_run(epochs=2)), 1)
     assert [a.decision.model_dump(exclude={"timestamp"}) for a in again] == \
            [a.decision.model_dump(exclude={"timestamp"}) for a in actions]  # deterministic
