@@ -101,7 +101,7 @@ class TolariaRun:
             start_epoch = self.resume.meta.next_epoch
         clients = connect(self.settings, self.run_id, adapt=not self.no_adapt)
         try:
-            return _RunLoop(self, setup, clients, reporter).run(start_epoch)
+            return _RunLoop(self, setup, clients, reporter, start_epoch).run()
         finally:
             clients.close()
 
@@ -109,7 +109,8 @@ class TolariaRun:
 class _RunLoop:
     """One execution of a run: its model, its clients and the steps of every epoch."""
 
-    def __init__(self, run: TolariaRun, setup: TrainingSetup, clients: RunClients, reporter: ProgressReporter) -> None:
+    def __init__(self, run: TolariaRun, setup: TrainingSetup, clients: RunClients, reporter: ProgressReporter,
+                 start_epoch: int) -> None:
         self.run_id = run.run_id
         self.cfg = run.cfg
         self.settings = run.settings
@@ -118,9 +119,9 @@ class _RunLoop:
         self.setup = setup
         self.clients = clients
         self.reporter = reporter
+        self.start_epoch = start_epoch  # after a resume, the checkpoint's next epoch
         self.publisher = RunPublisher(clients.emitter, clients.commands)
         a = self.cfg.adaptation
-        start_epoch = self.resume.meta.next_epoch if self.resume is not None else 0
         self.intake = CommandIntake(clients.commands, self.run_id, clients.decisions_spec.name,
                                     0.0 if self.no_adapt else a.controller_wait_s, decided_epoch=start_epoch - 1)
         trainer = setup.trainer
@@ -132,8 +133,8 @@ class _RunLoop:
             checkpoint_every_epochs=self.cfg.checkpoint_every_epochs,
         )
 
-    def run(self, start_epoch: int) -> RunResult:
-        setup, emitter = self.setup, self.clients.emitter
+    def run(self) -> RunResult:
+        setup, emitter, start_epoch = self.setup, self.clients.emitter, self.start_epoch
         pending: list[Delivered] = []
         try:
             if self.resume is not None:
