@@ -1,22 +1,101 @@
-"""Weights-only checkpoints: model and optimizer tensors plus JSON metadata, written atomically.
+"""Weights-only checkpoints: model and optimizer tensors plus typed, versioned JSON metadata, written atomically.
 
-Loaded with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code.
+Loaded with ``torch.load(weights_only=True)``: nothing in a checkpoint can run code. The metadata
+is a ``CheckpointMeta`` stored as a JSON string under ``"meta"``. Version 1 is the layout Tolaria
+has always written (files from before the field existed carry no ``version`` and read as 1); a
+later layout adds a version and a migration from the ones before it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from services.tolaria.config import RunConfig
+
+if TYPE_CHECKING:
+    from services.oona.consumer import Delivered
+
+CHECKPOINT_VERSION = 1
 
 from services.core.errors import EsperError
 
 
 class CheckpointError(EsperError):
     pass
+
+
+class CheckpointStatus(str, Enum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetRecord(_Record):
+    """The adaptation budget spent so far (``AdaptationBudget`` without its configuration)."""
+
+    germinations: int
+    last_germination_epoch: int | None
+    applied: list[str]  # ids of the commands applied, so that a resumed run never applies one twice
+
+
+class PendingCommand(_Record):
+    """A consumed command due at a later epoch: its record, bytes as hex, so it is decoded again on resume."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str
+
+    @classmethod
+    def of(cls, delivered: Delivered) -> PendingCommand:
+        return cls(topic=delivered.topic, partition=delivered.partition, offset=delivered.offset,
+                   key=delivered.key.hex() if delivered.key is not None else None, value=delivered.value.hex())
+
+    @property
+    def key_bytes(self) -> bytes | None:
+        return bytes.fromhex(self.key) if self.key is not None else None
+
+    @property
+    def value_bytes(self) -> bytes:
+        return bytes.fromhex(self.value)
+
+
+class CheckpointMeta(_Record):
+    """Everything besides tensors that a resumed run needs to go on exactly where the checkpoint was taken."""
+
+    version: Literal[1] = CHECKPOINT_VERSION
+    run_id: str
+    config: RunConfig
+    no_adapt: bool
+    next_epoch: int
+    status: CheckpointStatus
+    kernels: str  # ``SeedManager.kernel_records()``: JSON, rebuilt before the weights are loaded
+    budget: BudgetRecord
+    log_positions: dict[str, dict[int, int]]  # topic -> partition -> end offset after the last flush
+    pending_commands: list[PendingCommand]
+
+    def to_json(self) -> str:
+        # sort_keys: the same metadata always makes the same bytes, as it did before the model existed.
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    meta: CheckpointMeta
 
 
 def run_dir(state_dir: Path, run_id: str) -> Path:
@@ -27,20 +106,31 @@ def checkpoint_path(state_dir: Path, run_id: str) -> Path:
     return run_dir(state_dir, run_id) / "checkpoint.pt"
 
 
-def save_checkpoint(path: Path, model_state: dict, optimizer_state: dict, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model_state, "optimizer": optimizer_state, "meta": json.dumps(meta, sort_keys=True)}, tmp)
+    torch.save({"model": checkpoint.model, "optimizer": checkpoint.optimizer, "meta": checkpoint.meta.to_json()}, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)  # a crash leaves either the old checkpoint or the new one, never half of one
 
 
-def load_checkpoint(path: Path) -> tuple[dict, dict, dict[str, Any]]:
+def load_checkpoint(path: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    return data["model"], data["optimizer"], json.loads(data["meta"])
+    try:
+        raw = json.loads(data["meta"])
+        version = raw.get("version", 1)
+        if version != CHECKPOINT_VERSION:
+            raise CheckpointError(f"checkpoint {path} has version {version}; this Esper reads {CHECKPOINT_VERSION}")
+        meta = CheckpointMeta.model_validate(raw)
+        return Checkpoint(model=data["model"], optimizer=data["optimizer"], meta=meta)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, ValidationError) as exc:
+        detail = " ".join(str(exc).split())[:500]  # one line: a pydantic error spans several
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata: {type(exc).__name__}: {detail}") from None

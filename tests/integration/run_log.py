@@ -10,7 +10,7 @@ from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
-from services.tolaria.run import EMITTED_TOPICS
+from services.tolaria.run_clients import EMITTED_TOPICS
 
 
 def run_events(kafka: KafkaSettings, run_id: str) -> list[tuple[str, OonaMessage]]:
