@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from services.oona.errors import EsperError
-from services.oona.local_broker import REPO_ROOT
+from services.core.paths import REPO_ROOT
 from services.process_identity import describe
 from services.supervisor import load_status, log_file, read_status, status_file, supervisor_running
 

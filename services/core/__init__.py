@@ -1,0 +1,1 @@
+"""Neutral foundations every package may import: errors, progress, data-file locations."""
