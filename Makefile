@@ -82,8 +82,7 @@ schemas-check: venv ## fail if schemas/ drifted from contracts/ or history break
 	$(ESPER) schemas check
 
 lint: venv ## ruff (lint + import order) and mypy (strict for contracts/ and services/oona/), as pyproject.toml sets them
-	$(PY) -m ruff check .
-	$(PY) -m mypy
+	@status=0; $(PY) -m ruff check . || status=1; $(PY) -m mypy || status=1; exit $$status
 
 test: lint ## make lint, then the whole suite, including integration tests on a real broker (started if needed)
 	$(PY) -m pytest $(PYTEST_ARGS)
