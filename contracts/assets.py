@@ -28,7 +28,8 @@ class SeedSlotRef(Contract):
 class Seed(SeedSlotRef):
     """A seed slot inside a host layer. ``position`` is the original name of ``seed_idx``."""
 
-    seed_idx: int = Field(
+    # The plugin cannot type __init__ through AliasChoices; both names stay accepted on purpose.
+    seed_idx: int = Field(  # type: ignore[pydantic-alias]
         ge=0,
         validation_alias=AliasChoices("seed_idx", "position"),
         description="Index of the seed within its layer (the original 'position')",

@@ -51,9 +51,13 @@ class _Op(Protocol):
 
 
 class _Architecture(Protocol):
-    input_shape: list[int]
-    output_shape: list[int]
-    layers: Sequence[_Op]
+    # Read-only: a mutable protocol attribute would be invariant, and no list of a concrete op type would fit.
+    @property
+    def input_shape(self) -> list[int]: ...
+    @property
+    def output_shape(self) -> list[int]: ...
+    @property
+    def layers(self) -> Sequence[_Op]: ...
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import fastavro
 from contracts import AdaptationDecision, AdaptationType, OonaMessage
 from services.oona.avro.framing import SINGLE_OBJECT_MAGIC
 from services.oona.codec import message_to_record
-from services.oona.schema_store import DEFAULT_SCHEMAS_DIR, history_versions, schema_fingerprint
+from services.core.paths import SCHEMAS_DIR
+from services.oona.schema_store import history_versions, schema_fingerprint
 from services.oona.topic_registry import TopicSpec
 
 RECORD = "AdaptationDecisionMessage"
@@ -17,7 +18,7 @@ TYPED = ("command_id", "action", "family")
 
 
 def v1_schema() -> dict:
-    return dict(history_versions(DEFAULT_SCHEMAS_DIR, RECORD))[1]
+    return dict(history_versions(SCHEMAS_DIR, RECORD))[1]
 
 
 def v1_decision_bytes(spec: TopicSpec, *, decision_id: str, epoch: int, metadata: dict[str, str],

@@ -20,9 +20,7 @@ from pathlib import Path
 import yaml
 
 from services.bench.results import BenchResult
-from services.oona.local_broker import REPO_ROOT
-
-EXAMPLE = REPO_ROOT / "examples" / "spirals-tamiyo.yaml"
+from services.core.paths import DEFAULT_RUN_CONFIG, REPO_ROOT
 
 
 def _run_all(kafka, prefix: str, config: Path, count: int, workdir: Path, tamiyo) -> tuple[float, int, int]:
@@ -68,7 +66,7 @@ def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
-            raw = yaml.safe_load(EXAMPLE.read_text())
+            raw = yaml.safe_load(DEFAULT_RUN_CONFIG.read_text())
             raw["epochs"] = epochs
             config = workdir / "run.yaml"
             config.write_text(yaml.safe_dump(raw))

@@ -16,7 +16,7 @@ from services.bench import (
 from services.bench.results import BenchResult, print_table, write_json
 from services.cli.cluster import ensure_cluster
 from services.cli.settings import load_settings
-from services.oona.local_broker import REPO_ROOT
+from services.core.paths import REPO_ROOT
 
 NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
 

@@ -6,14 +6,13 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
+from services.core.paths import COMPOSE_FILE
 from services.oona.admin import wait_for_broker
 from services.core.errors import LocalBrokerError
-from services.oona.local_broker import REPO_ROOT, LocalKafka
+from services.oona.local_broker import LocalKafka
 
 if TYPE_CHECKING:
     from services.cli.settings import EsperSettings
-
-COMPOSE_FILE = REPO_ROOT / "docker" / "docker-compose.yml"
 
 
 def docker_engine_answers() -> bool:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from services.core.errors import EsperError
-from services.oona.local_broker import REPO_ROOT
+from services.core.paths import REPO_ROOT
 from services.cli.process_identity import describe
 from services.cli.supervisor import load_status, log_file, read_status, status_file, supervisor_running
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.paths import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR
 from services.core.errors import ConfigurationError
-from services.oona.local_broker import REPO_ROOT, LocalBrokerConfig
+from services.oona.local_broker import LocalBrokerConfig
 from services.oona.settings import KafkaSettings
 
 
@@ -37,8 +38,8 @@ class EsperSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
-    state_dir: Path = REPO_ROOT / ".state"
-    cache_dir: Path = REPO_ROOT / ".cache"
+    state_dir: Path = DEFAULT_STATE_DIR
+    cache_dir: Path = DEFAULT_CACHE_DIR
     # True when the cluster was named explicitly: then Esper never starts its own broker.
     external_cluster: bool = False
 

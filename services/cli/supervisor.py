@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from services.oona.local_broker import REPO_ROOT
+from services.core.paths import REPO_ROOT
 from services.cli.process_identity import is_running, own_command_line
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from services.core.paths import DEFAULT_RUN_CONFIG
+
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from services.cli import processes
@@ -131,7 +133,7 @@ def add_system_commands(sub) -> None:
     p.set_defaults(func=_cmd_supervise)
     p = sub.add_parser("demo", help="on a running system: an adaptive run and its --no-adapt baseline, compared "
                                     "from SQL, with an HTML report")
-    p.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"))
+    p.add_argument("--config", default=str(DEFAULT_RUN_CONFIG))
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--report", help="HTML report path (default: STATE_DIR/reports/demo-RUN_ID.html)")
     p.add_argument("--kernel-wait", type=float, default=180.0,

@@ -19,12 +19,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.paths import KAFKA_LOCAL_ASSETS
 from services.core.errors import LocalBrokerError
 
 log = logging.getLogger(__name__)
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_ASSETS = REPO_ROOT / "docker" / "kafka-local"
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,7 @@ class LocalKafka:
     def resolve_jars(self) -> Path:
         """Resolve the broker's jars with Maven (once; later calls reuse the cache folder)."""
         libs = self.libs_dir()
-        pom = KAFKA_ASSETS / "pom.xml"
+        pom = KAFKA_LOCAL_ASSETS / "pom.xml"
         marker = libs / ".resolved"
         if marker.exists() and marker.read_text() == pom.read_text():
             return libs
@@ -131,7 +129,7 @@ class LocalKafka:
         cmd += [
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={KAFKA_ASSETS / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={KAFKA_LOCAL_ASSETS / 'log4j2.properties'}",
             "-cp", str(self.libs_dir() / "*"),
             main, *args,
         ]

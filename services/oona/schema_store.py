@@ -28,13 +28,12 @@ import threading
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from services.core.paths import SCHEMAS_DIR
 from services.oona.avro import HEADER_LEN, compile_validator
 from services.oona.avro_mapping import model_to_avro
 from services.core.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
 from services.oona.schema_compat import compatibility_problems, full_transitive_problems
 from services.oona.topic_registry import TopicSpec, avro_topics
-
-DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 def schema_fingerprint(schema: dict) -> bytes:
     """CRC-64-AVRO of the parsing canonical form, as the 8 bytes single-object encoding puts on the wire."""
@@ -86,7 +85,7 @@ def published_writer(fp: bytes) -> WriterSchema | None:
 class SchemaStore:
     """Current reader schemas by record name, and every known writer schema by fingerprint."""
 
-    def __init__(self, schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
+    def __init__(self, schemas_dir: Path = SCHEMAS_DIR) -> None:
         self.schemas_dir = Path(schemas_dir)
         self._raw: dict[str, dict] = {}
         self._current: dict[str, dict] = {}
@@ -170,7 +169,7 @@ def history_versions(schemas_dir: Path, record_name: str) -> list[tuple[int, dic
     return sorted(versions, key=lambda item: item[0])
 
 
-def generate(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> list[str]:
+def generate(schemas_dir: Path = SCHEMAS_DIR) -> list[str]:
     """Write current schemas and new history versions; returns the paths written."""
     written = []
     schemas_dir = Path(schemas_dir)
@@ -192,7 +191,7 @@ def generate(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> list[str]:
     return written
 
 
-def check(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
+def check(schemas_dir: Path = SCHEMAS_DIR) -> None:
     """Raise SchemaDriftError listing every record whose committed schema is stale."""
     problems = []
     schemas_dir = Path(schemas_dir)
@@ -211,7 +210,7 @@ def check(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
     check_compatibility(schemas_dir)
 
 
-def check_compatibility(schemas_dir: Path = DEFAULT_SCHEMAS_DIR) -> None:
+def check_compatibility(schemas_dir: Path = SCHEMAS_DIR) -> None:
     """Raise SchemaCompatibilityError unless every record's history is FULL_TRANSITIVE compatible."""
     problems = []
     for spec in avro_topics():

@@ -17,13 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from services.core.paths import INITIAL_POLICY
 from services.core.errors import EsperError
 from services.tamiyo.decider import FAMILIES
 from services.tamiyo.features import FEATURES
 from services.tamiyo.policy import TamiyoPolicy
-
-INITIAL_POLICY = Path(__file__).parent / "policies" / "initial.json"
-
 
 class PolicyError(EsperError):
     """A policy file that cannot be used (missing, corrupt, or built for other features)."""

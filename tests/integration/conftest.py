@@ -19,7 +19,8 @@ import pytest
 from services.oona.admin import delete_topics, ensure_topics, wait_for_broker
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
-from services.oona.local_broker import REPO_ROOT, LocalBrokerConfig, LocalKafka
+from services.core.paths import REPO_ROOT
+from services.oona.local_broker import LocalBrokerConfig, LocalKafka
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec

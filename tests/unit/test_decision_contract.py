@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from contracts import AdaptationDecision, AdaptationType, CommandAction, TopicName, adaptation_type_of
 from services.oona.codec import SingleObjectCodec
-from services.oona.schema_store import DEFAULT_SCHEMAS_DIR, SchemaStore, history_versions
+from services.core.paths import SCHEMAS_DIR
+from services.oona.schema_store import SchemaStore, history_versions
 from services.oona.topic_registry import topic_spec
 from services.tamiyo.decider import record
 from services.tamiyo.run_state import RunState
@@ -72,7 +73,7 @@ def test_the_v1_fixture_log_decodes_into_the_new_model():
         assert isinstance(decision, AdaptationDecision)
         assert (decision.command_id, decision.action, decision.family) == (None, None, None)
         assert decision.metadata == {"why": "low health"}
-    latest = max(v for v, _ in history_versions(DEFAULT_SCHEMAS_DIR, RECORD))
+    latest = max(v for v, _ in history_versions(SCHEMAS_DIR, RECORD))
     assert latest == SchemaStore().version(RECORD) == 2
     for raw in read_fixture_log(fixture_path(RECORD, 2)):
         decision = codec.decode(SPEC, raw).payload

@@ -19,7 +19,8 @@ from services.oona import schema_store
 from services.oona.codec import SingleObjectCodec
 from services.core.errors import SchemaCompatibilityError, SchemaDriftError
 from services.oona.schema_compat import BACKWARD_ONLY_HISTORY, compatibility_problems, full_transitive_problems
-from services.oona.schema_store import DEFAULT_SCHEMAS_DIR, SchemaStore, history_versions
+from services.core.paths import SCHEMAS_DIR
+from services.oona.schema_store import SchemaStore, history_versions
 from services.oona.topic_registry import avro_topics
 from tests.fixtures.schema_ahead import next_health_schema, schemas_one_version_ahead
 from tests.fixtures.write_fixture_logs import fixture_path, read_fixture_log
@@ -30,14 +31,14 @@ RECORDS = [spec.record_name for spec in avro_topics()]
 def test_committed_schemas_match_the_contracts(tmp_path):
     # Regenerate into a copy and require that nothing changes.
     copy_dir = tmp_path / "schemas"
-    shutil.copytree(DEFAULT_SCHEMAS_DIR, copy_dir)
+    shutil.copytree(SCHEMAS_DIR, copy_dir)
     assert schema_store.generate(copy_dir) == []
-    schema_store.check(DEFAULT_SCHEMAS_DIR)
+    schema_store.check(SCHEMAS_DIR)
 
 
 def test_check_reports_drift(tmp_path):
     copy_dir = tmp_path / "schemas"
-    shutil.copytree(DEFAULT_SCHEMAS_DIR, copy_dir)
+    shutil.copytree(SCHEMAS_DIR, copy_dir)
     target = copy_dir / "HealthSignalMessage.avsc"
     schema = json.loads(target.read_text())
     schema["fields"].pop()
@@ -48,8 +49,8 @@ def test_check_reports_drift(tmp_path):
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_current_schema_reads_every_historical_version(record):
-    current = json.loads((DEFAULT_SCHEMAS_DIR / f"{record}.avsc").read_text())
-    versions = history_versions(DEFAULT_SCHEMAS_DIR, record)
+    current = json.loads((SCHEMAS_DIR / f"{record}.avsc").read_text())
+    versions = history_versions(SCHEMAS_DIR, record)
     assert versions, f"{record} has no history"
     for version, old in versions:
         assert compatibility_problems(current, old) == [], f"{record} cannot read v{version}"
@@ -59,7 +60,7 @@ def test_current_schema_reads_every_historical_version(record):
 def test_fixture_logs_of_every_version_still_decode(record):
     codec = SingleObjectCodec()
     spec = next(s for s in avro_topics() if s.record_name == record)
-    for version, _ in history_versions(DEFAULT_SCHEMAS_DIR, record):
+    for version, _ in history_versions(SCHEMAS_DIR, record):
         path = fixture_path(record, version)
         assert path.exists(), f"no fixture log for {record} v{version}; run `make schemas`"
         events = read_fixture_log(path)
@@ -71,7 +72,7 @@ def test_fixture_logs_of_every_version_still_decode(record):
 
 
 def _health_schema() -> dict:
-    return json.loads((DEFAULT_SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())
+    return json.loads((SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())
 
 
 def _payload_fields(schema: dict) -> list[dict]:
@@ -101,7 +102,7 @@ def test_type_changes_are_checked_by_avro_promotion_rules():
 
 
 def test_removing_an_enum_symbol_breaks_compatibility():
-    old = json.loads((DEFAULT_SCHEMAS_DIR / "SeedTransitionMessage.avsc").read_text())
+    old = json.loads((SCHEMAS_DIR / "SeedTransitionMessage.avsc").read_text())
     new = copy.deepcopy(old)
     enum = next(f for f in _payload_fields(new) if f["name"] == "from_state")["type"]
     enum["symbols"].remove("culled")
@@ -111,7 +112,7 @@ def test_removing_an_enum_symbol_breaks_compatibility():
 def test_history_holds_the_current_version():
     store = SchemaStore()
     for record in RECORDS:
-        versions = history_versions(DEFAULT_SCHEMAS_DIR, record)
+        versions = history_versions(SCHEMAS_DIR, record)
         assert store.version(record) == versions[-1][0]
 
 
@@ -127,7 +128,7 @@ def avro_says_compatible(reader: dict, writer: dict) -> bool:
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_every_pair_of_committed_versions_is_full_compatible_and_avro_agrees(record):
-    versions = history_versions(DEFAULT_SCHEMAS_DIR, record)
+    versions = history_versions(SCHEMAS_DIR, record)
     for (i, reader), (j, writer) in itertools.product(versions, repeat=2):
         ours = compatibility_problems(reader, writer)
         assert (ours == []) == avro_says_compatible(reader, writer), f"{record} reader v{i} writer v{j}: {ours}"
@@ -137,7 +138,7 @@ def test_every_pair_of_committed_versions_is_full_compatible_and_avro_agrees(rec
 
 
 def _mutate(schema_file: str, change) -> tuple[dict, dict]:
-    old = json.loads((DEFAULT_SCHEMAS_DIR / schema_file).read_text())
+    old = json.loads((SCHEMAS_DIR / schema_file).read_text())
     new = copy.deepcopy(old)
     change(_payload_fields(new))
     return old, new
@@ -183,7 +184,7 @@ def test_a_change_that_is_not_full_compatible_fails_the_check(case):
 
 
 def test_a_field_added_with_a_default_and_an_optional_one_dropped_is_full_compatible(tmp_path):
-    old = json.loads((DEFAULT_SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())
+    old = json.loads((SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())
     new = next_health_schema()
     assert avro_says_compatible(new, old) and avro_says_compatible(old, new)
     assert full_transitive_problems("HealthSignalMessage", [(1, old), (2, new)]) == []
@@ -193,6 +194,6 @@ def test_a_field_added_with_a_default_and_an_optional_one_dropped_is_full_compat
 def test_schemas_check_refuses_a_new_version_old_readers_cannot_read(tmp_path):
     # FORWARD only: the new version drops a field that v1 readers need (it has no default there).
     new = next_health_schema(lambda fields: fields.remove(_field(fields, "epoch")))
-    assert compatibility_problems(new, json.loads((DEFAULT_SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())) == []
+    assert compatibility_problems(new, json.loads((SCHEMAS_DIR / "HealthSignalMessage.avsc").read_text())) == []
     with pytest.raises(SchemaCompatibilityError, match=r"HealthSignalMessage v1 cannot read v2 \(FORWARD\).*epoch"):
         schema_store.check_compatibility(schemas_one_version_ahead(tmp_path / "schemas", new))
