@@ -64,7 +64,7 @@ def test_a_zombie_transactional_producer_is_fenced_and_its_writes_stay_invisible
     successor.commit_transaction()
 
     with pytest.raises(KafkaException) as fenced:
-        zombie.commit_transaction(timeout=30)
+        zombie.commit_transaction(timeout_s=30)
     error = fenced.value.args[0]
     print(f"zombie commit refused: code={error.name()} fatal={error.fatal()} reason={error.str()}")
     assert error.code() in FENCED or error.fatal(), error.str()
@@ -72,7 +72,7 @@ def test_a_zombie_transactional_producer_is_fenced_and_its_writes_stay_invisible
     with pytest.raises(KafkaException):
         zombie.begin_transaction()
         zombie.publish(topic, message_for(topic, run_id="zombie"))
-        zombie.commit_transaction(timeout=10)
+        zombie.commit_transaction(timeout_s=10)
 
     committed = read_all(kafka_settings, topic.name, "read_committed", expected_at_least=1)
     visible = [codec.decode(topic, m.value()).event_id for m in committed]

@@ -174,7 +174,7 @@ def pipeline(mock_settings):
 def _drain(processor, count, timeout_s=30.0):
     handled, deadline = 0, time.monotonic() + timeout_s
     while handled < count and time.monotonic() < deadline:
-        handled += processor.process_batch(max_messages=50, timeout=0.5)
+        handled += processor.process_batch(max_messages=50, timeout_s=0.5)
     return handled
 
 
@@ -230,7 +230,7 @@ def test_after_batch_failing_is_logged_and_the_batch_still_commits(pipeline, cap
 
     processor = pipeline.make(_echo(pipeline.out), after_batch=after_batch)
     assert _drain(processor, len(pipeline.inputs)) == len(pipeline.inputs)
-    processor.process_batch(max_messages=50, timeout=0.1)  # the hook runs again after the next batch
+    processor.process_batch(max_messages=50, timeout_s=0.1)  # the hook runs again after the next batch
     assert processor.after_batch_failures == 1
     assert len(calls) >= 2
     assert "after_batch failed" in caplog.text
