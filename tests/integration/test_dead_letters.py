@@ -125,9 +125,11 @@ def test_a_record_whose_decoding_or_handling_raises_is_dead_lettered_and_the_con
 
 
 def _committed(kafka_settings, group, topic):
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer(kafka_settings.client_config() | {"group.id": group, "enable.auto.commit": False})
+    from services.oona import clients
+
+    consumer = clients.consumer(kafka_settings, {"group.id": group, "enable.auto.commit": False})
     try:
         return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
     finally:

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from contracts import AdaptationDecision, AdaptationType
 from contracts.dead_letter import (
@@ -18,6 +18,7 @@ from contracts.dead_letter import (
     DLQ_HEADER_REASON,
     DLQ_HEADER_TOPIC,
 )
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.consumer import OonaConsumer
 from services.oona.transactions import ExactlyOnceProcessor
@@ -94,7 +95,7 @@ def _end_offsets(kafka_settings, topic, partitions=1):
 
 
 def _committed(kafka_settings, group, topic, partitions):
-    consumer = Consumer(kafka_settings.client_config() | {"group.id": group, "enable.auto.commit": False})
+    consumer = clients.consumer(kafka_settings, {"group.id": group, "enable.auto.commit": False})
     try:
         tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return {(tp.topic, tp.partition): tp.offset for tp in tps}

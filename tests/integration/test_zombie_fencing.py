@@ -9,8 +9,9 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from services.oona import clients
 from services.oona.producer import OonaProducer
 from tests.samples import message_for
 
@@ -19,7 +20,7 @@ FENCED = {KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PROD
 
 def read_all(kafka_settings, topic: str, isolation: str, expected_at_least: int, timeout_s: float = 30.0) -> list:
     """Every record of ``topic`` (one partition) up to its end, read with ``isolation``."""
-    consumer = Consumer(kafka_settings.client_config() | {
+    consumer = clients.consumer(kafka_settings, {
         "group.id": f"zombie-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False, "isolation.level": isolation,
         "enable.partition.eof": True})
     try:
