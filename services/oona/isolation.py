@@ -5,8 +5,8 @@ whose handling raises is dead-lettered with the exception's type and message and
 goes on; retrying it would raise again, and stopping would meet it again after every restart
 (a crash loop). Errors of the bus itself are never a record's fault and are never dead-lettered:
 a ``KafkaException`` (transient, fenced, fatal alike) or the ``KafkaClientError`` made of one, a
-``DeliveryError`` (the broker refused what we produced) and a ``FatalError`` (stop the service) propagate as before, and so does anything
-that is not an ``Exception`` (KeyboardInterrupt, SystemExit).
+``DeliveryError`` (the broker refused what we produced) and a ``FatalError`` (stop the service)
+propagate as before, and so does anything that is not an ``Exception`` (KeyboardInterrupt, SystemExit).
 """
 
 from __future__ import annotations
