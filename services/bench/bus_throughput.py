@@ -12,10 +12,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from confluent_kafka import Consumer, Producer
-
 from contracts import HealthSignal, OonaMessage
 from services.bench.results import BenchResult
+from services.oona import clients
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
@@ -86,7 +85,7 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
         rates.append(_rate(events, time.perf_counter() - start))
     fast = statistics.median(rates)
 
-    naive_producer = Producer(settings.client_config())
+    naive_producer = clients.producer(settings)  # the baseline: librdkafka's defaults, nothing of ours
     sample = messages[:BASELINE_EVENTS // 4]
     start = time.perf_counter()
     for m in sample:
@@ -121,8 +120,8 @@ def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> Be
     fast = _rate(got, time.perf_counter() - (start or time.perf_counter()))
     consumer.close()
 
-    raw = Consumer(settings.client_config() | {"group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
-                                                "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    raw = clients.consumer(settings, {"group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
+                                    "auto.offset.reset": "earliest", "enable.auto.commit": False})
     raw.subscribe([spec.name])
     json_bodies = []
     while len(json_bodies) < BASELINE_EVENTS:

@@ -47,16 +47,13 @@ def _selection(args: argparse.Namespace, prefix: str) -> Selection:
 
 
 def _read(settings) -> list[DlqRecord]:
-    from confluent_kafka import KafkaException
-
     from services.oona.admin import wait_for_broker
+    from services.oona.clients import map_exceptions
     from services.oona.dlq_tools import read_dlq
 
     wait_for_broker(settings.kafka)
-    try:
+    with map_exceptions(lambda reason: _error(f"cannot read the DLQ: {reason}")):
         return read_dlq(settings.kafka)
-    except KafkaException as exc:
-        raise _error(f"cannot read the DLQ: {exc.args[0].str() if exc.args else exc}") from None
 
 
 def _when(value) -> str:
@@ -189,23 +186,20 @@ def _header_text(value: bytes | None) -> str:
 
 
 def _cmd_redrive(args: argparse.Namespace, settings) -> int:
-    from confluent_kafka import KafkaException
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from services.oona.admin import wait_for_broker
+    from services.oona.clients import map_exceptions
     from services.oona.dlq_tools import redrive
 
     if (args.from_offset is None) != (args.to_offset is None):
         raise _error("--from-offset and --to-offset go together (both DLQ offsets, included)")
     selection = _selection(args, settings.kafka.topic_prefix)
     wait_for_broker(settings.kafka)
-    try:
+    with map_exceptions(lambda reason: _error(f"re-drive failed, nothing of this chunk was re-driven: {reason}")):
         result = redrive(settings.kafka, selection, dry_run=args.dry_run)
-    except KafkaException as exc:
-        raise _error(f"re-drive failed, nothing of this chunk was re-driven: "
-                     f"{exc.args[0].str() if exc.args else exc}") from None
     plan = result.plan
     if not plan.todo:
         print(f"nothing to re-drive: {len(plan.already)} selected dead letter(s) were re-driven before"

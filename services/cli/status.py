@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from contracts import TopicName
 from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.clients import map_exceptions, reason
+from services.core.errors import KafkaClientError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import data_topics, topic_spec
 
@@ -57,11 +59,12 @@ def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) ->
     ends = end_offsets(client, partitions, timeout_s=timeout_s)
     request = ConsumerGroupTopicPartitions(f"{prefix}{service}", [TopicPartition(t, p) for t, p in partitions])
     try:
-        result = client.list_consumer_group_offsets([request], request_timeout=timeout_s)
-        committed = {(tp.topic, tp.partition): tp.offset for tp in
-                     next(iter(result.values())).result(timeout=timeout_s).topic_partitions}
-    except KafkaException as exc:
-        return Lag(service, None, exc.args[0].str() if exc.args else str(exc))
+        with map_exceptions():
+            result = client.list_consumer_group_offsets([request], request_timeout=timeout_s)
+            committed = {(tp.topic, tp.partition): tp.offset for tp in
+                         next(iter(result.values())).result(timeout=timeout_s).topic_partitions}
+    except KafkaClientError as exc:  # unknown, and why
+        return Lag(service, None, reason(exc))
     lag = sum(max(0, end - max(0, committed.get(key, -1))) for key, end in ends.items())
     never = all(committed.get(key, -1) < 0 for key in ends)
     return Lag(service, lag, "no committed offsets yet" if never and lag else "")

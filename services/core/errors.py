@@ -21,7 +21,8 @@ The command line catches ``EsperError`` once and prints its message, always one 
     │   ├── UnknownSchemaError         fingerprint / schema id not known
     │   ├── ContractViolationError     decoded, but the contract rejects it
     │   └── OversizedMessageError      above the consumer's max_event_bytes
-    └── DeliveryError                  the broker did not take a produced message
+    ├── DeliveryError                  the broker did not take a produced message
+    └── KafkaClientError               a Kafka client call failed (librdkafka's error kept as ``error``)
 """
 
 from __future__ import annotations
@@ -122,3 +123,11 @@ class DeliveryError(EsperError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"delivery to {topic} failed: {reason}")
+
+
+class KafkaClientError(EsperError):
+    """What ``services.oona.clients.map_exceptions`` makes of a ``KafkaException``."""
+
+    def __init__(self, error, message: str) -> None:
+        self.error = error  # confluent_kafka.KafkaError, or None when librdkafka gave none
+        super().__init__(message)

@@ -79,7 +79,7 @@ class Karn:
             yield self.submitted, submission(self.submitted, bp, "karn", trace_id=delivered.message.event_id)
 
     def step(self) -> int:
-        return self.processor.process_batch(max_messages=100, timeout=0.5)
+        return self.processor.process_batch(max_messages=100, timeout_s=0.5)
 
     def close(self) -> None:
         self.processor.close()

@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from confluent_kafka import IsolationLevel, KafkaException, Message, TopicPartition
+from confluent_kafka import IsolationLevel, Message, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.core.errors import FatalError
 from services.oona.log_reader import Ranges, scan_range
@@ -37,11 +38,9 @@ def _list_offsets(settings: KafkaSettings, partitions: list[tuple[str, int]], sp
     futures = client.list_offsets({TopicPartition(t, p): spec for t, p in partitions},
                                   isolation_level=IsolationLevel.READ_COMMITTED,
                                   request_timeout=settings.connect_timeout_s)
-    try:
+    with clients.map_exceptions(lambda reason: FatalError(f"could not list offsets: {reason}")):
         return {(tp.topic, tp.partition): f.result(timeout=settings.connect_timeout_s).offset
                 for tp, f in futures.items()}
-    except KafkaException as exc:
-        raise FatalError(f"could not list offsets: {exc.args[0].str()}") from None
 
 
 def log_ranges(settings: KafkaSettings, topics: list[str], *, from_offset: int | None = None,

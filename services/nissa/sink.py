@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.nissa.admission import Admission, dead_letter_row
 from services.nissa.batch import Batch, Decoders
@@ -42,9 +42,12 @@ from services.nissa.errors import NissaError
 from services.nissa.log_scan import SCAN_CONFIG
 from services.nissa.store import NissaStore
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, table_for
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import ConfluentCodec, make_codec
-from services.core.errors import ConfigurationError, FatalError
+from services.core.errors import FatalError
+from services.oona.isolation import is_record_failure
+from services.oona.log_reader import ReadToEnds
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
 from services.oona.schema_log import schema_log_reader
@@ -60,10 +63,15 @@ SINK_CONSUMER_CONFIG: dict[str, str | int | bool] = SCAN_CONFIG | {
 }
 
 
-# Not a record's fault: the database, the process or the writer's standing failed. These stop the sink.
+# Not a record's fault: the database, the process or the writer's standing failed. These stop the sink,
+# and so does whatever is never a record's fault anywhere (bus errors, fatal ones: ``is_record_failure``).
 NOT_ISOLATED: tuple[type[BaseException], ...] = (
-    FatalError, NissaError, OSError, MemoryError, KafkaException, duckdb.IOException, duckdb.FatalException,
-    duckdb.OutOfMemoryException)
+    NissaError, OSError, MemoryError, duckdb.IOException, duckdb.FatalException, duckdb.OutOfMemoryException)
+
+
+def _isolated(exc: Exception) -> bool:
+    """Whether a failure of a batch may be one record's (retry in halves, dead-letter the one)."""
+    return is_record_failure(exc) and not isinstance(exc, NOT_ISOLATED)
 
 
 def default_db_path(state_dir: Path) -> Path:
@@ -112,9 +120,9 @@ class Committer:
     def _commit(self, pending: dict[str, list], offsets: dict[tuple[str, int], int]) -> int:
         try:
             return self.admission.write(pending, self.batch.decode(pending), offsets)
-        except NOT_ISOLATED:
-            raise
         except Exception as exc:
+            if not _isolated(exc):
+                raise
             records = [(topic, m) for topic, messages in pending.items() for m in messages]
             log.warning("nissa batch failed, retrying record by record records=%d error=%s: %s",
                         len(records), type(exc).__name__, exc)
@@ -133,9 +141,9 @@ class Committer:
                 pending.setdefault(topic, []).append(message)
             try:
                 written += self.admission.write(pending, self.batch.decode(pending), _ends(part))
-            except NOT_ISOLATED:
-                raise
             except Exception as exc:
+                if not _isolated(exc):
+                    raise
                 written += self._bisect(part, exc)
         return written
 
@@ -224,11 +232,9 @@ class NissaSink:
         self._committer = Committer(self.batch, self.store, self.on_commit)
         self._committer.admission.load()  # before the loop (and its stall watchdog): one scan of the stored ids
         self.store.release()
-        conf = self.settings.client_config() | SINK_CONSUMER_CONFIG | {"group.id": f"nissa-{uuid.uuid4().hex[:8]}"}
-        try:
-            self._consumer = Consumer(conf)
-        except KafkaException as exc:
-            raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
+        # Offsets live in DuckDB, with the rows: the group is a throwaway and commits nothing.
+        self._consumer = clients.consumer(self.settings, SINK_CONSUMER_CONFIG,
+                                          {"group.id": f"nissa-{uuid.uuid4().hex[:8]}"})
         # Metadata first: assigning partitions whose leaders the client already knows saves ~0.5 s of backoff.
         metadata = self._consumer.list_topics(timeout=self.settings.connect_timeout_s).topics
         names = [spec.name for spec in self.topics]
@@ -298,15 +304,14 @@ class NissaSink:
     def run_until_caught_up(self, timeout_s: float = 60.0) -> int:
         """Ingest until every partition reached the end offsets it had when called; returns messages read."""
         ends = end_offsets(admin_client(self.settings), [(tp.topic, tp.partition) for tp in self._assignment])
+        # A partition nothing was read from since assign() has no position yet: it is where it started.
+        progress = ReadToEnds(ends, self._start)
         deadline = time.monotonic() + timeout_s
         read = 0
         while True:
             read += self.step()
-            # A partition nothing was read from since assign() has no position yet: it is where it started.
-            positions = {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else self._start[(tp.topic, tp.partition)]
-                         for tp in self._consumer.position(self._assignment)}
-            caught_up = all(positions[key] >= end for key, end in ends.items())
-            if caught_up:
+            progress.advance(self._consumer)
+            if progress.done:
                 self.flush(wait=True)
                 return read
             if time.monotonic() > deadline:

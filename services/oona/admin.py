@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from services.oona import clients
 from services.core.errors import BrokerUnavailableError, ConfigurationError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, TopicSpec
@@ -17,10 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
-    try:
-        return AdminClient(settings.client_config())
-    except KafkaException as exc:
-        raise ConfigurationError(f"invalid Kafka client settings: {exc.args[0].str()}") from None
+    return clients.admin(settings)
 
 
 def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> int:
@@ -28,15 +26,14 @@ def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> 
     timeout_s = settings.connect_timeout_s if timeout_s is None else timeout_s
     client = admin_client(settings)
     deadline = time.monotonic() + timeout_s
-    last = ""
+    failures: list[KafkaError] = []
     while True:
         remaining = deadline - time.monotonic()
-        try:
+        with clients.suppress(clients.any_error, on_suppressed=failures.append):  # any error: ask again
             metadata = client.list_topics(timeout=max(0.5, min(2.0, remaining)))
             if metadata.brokers:
                 return len(metadata.brokers)
-        except KafkaException as exc:
-            last = exc.args[0].str() if exc.args else str(exc)
+        last = failures[-1].str() if failures else ""
         if time.monotonic() >= deadline:
             raise BrokerUnavailableError(settings.bootstrap_servers, last or f"no answer within {timeout_s:g}s")
         time.sleep(0.2)
@@ -51,10 +48,8 @@ def ensure_topics(
     """Create the topics that do not exist yet; returns the names created. Idempotent."""
     specs = list(specs)
     client = admin_client(settings)
-    try:
+    with clients.map_exceptions(lambda reason: BrokerUnavailableError(settings.bootstrap_servers, reason)):
         existing = client.list_topics(timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise BrokerUnavailableError(settings.bootstrap_servers, exc.args[0].str()) from None
     for spec in specs:
         if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
             raise ConfigurationError(
@@ -70,14 +65,12 @@ def ensure_topics(
         return []
     created = []
     for name, future in client.create_topics(wanted, request_timeout=timeout_s).items():
-        try:
+        # Already there: lost a race with another provisioner.
+        with clients.map_exceptions(lambda reason: ConfigurationError(f"cannot create topic {name}: {reason}")), \
+                clients.suppress({KafkaError.TOPIC_ALREADY_EXISTS}):
             future.result(timeout=timeout_s)
             created.append(name)
             log.info("topic created topic=%s", name)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race with another provisioner
-                raise ConfigurationError(f"cannot create topic {name}: {error.str()}") from None
     _wait_for_metadata(client, created, timeout_s)
     # Leaders known to the metadata are not always serving yet: wait until every partition answers.
     end_offsets(client, partitions_of(client, created), timeout_s=timeout_s)
@@ -95,22 +88,6 @@ def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) 
             time.sleep(0.1)
 
 
-# Errors that pass: a partition's leader moving or not known yet, or the broker briefly unreachable.
-TRANSIENT_ERRORS = {
-    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.REQUEST_TIMED_OUT, KafkaError._NOENT, KafkaError._TRANSPORT,
-    KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR, KafkaError.FENCED_LEADER_EPOCH,
-    KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE,
-    KafkaError.NETWORK_EXCEPTION,
-}
-
-
-def is_transient(exc: KafkaException) -> bool:
-    error = exc.args[0] if exc.args else None
-    return isinstance(error, KafkaError) and (error.retriable() or error.code() in TRANSIENT_ERRORS)
-
-
 def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], committed_only: bool = True,
                 timeout_s: float = 30.0) -> dict[tuple[str, int], int]:
     """End offset of each partition in one request (the last stable offset when ``committed_only``)."""
@@ -121,19 +98,16 @@ def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], comm
     if not wanted:
         return {}
     level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def ask() -> dict[tuple[str, int], int]:
         futures = client.list_offsets(wanted, isolation_level=level, request_timeout=timeout_s)
         try:
             return {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in futures.items()}
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "list_offsets timed out")) from None
-        except KafkaException as exc:
-            # A just-created partition may not have a leader yet; a restarting broker answers nothing.
-            if not is_transient(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
+        except TimeoutError:  # a future that never resolved: as transient as a broker that did not answer
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "list_offsets timed out")) from None
+
+    # A just-created partition may not have a leader yet; a restarting broker answers nothing.
+    return clients.retry_transient(ask, timeout_s, backoff_s=0.2, quiet=True)
 
 
 def partitions_of(client: AdminClient, topics: Iterable[str], timeout_s: float = 10.0) -> list[tuple[str, int]]:
@@ -146,11 +120,8 @@ def delete_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 
         return
     client = admin_client(settings)
     for _, future in client.delete_topics(names, request_timeout=timeout_s).items():
-        try:
+        with clients.suppress({KafkaError.UNKNOWN_TOPIC_OR_PART}):  # gone already
             future.result(timeout=timeout_s)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
 
 
 class OffsetReader:
@@ -166,18 +137,15 @@ class OffsetReader:
         self._client: AdminClient | None = None
 
     def _call(self, fn, timeout_s: float):
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def call():
             if self._client is None:
                 self._client = admin_client(self.settings)
-            try:
-                return fn(self._client)
-            except KafkaException as exc:
-                self._client = None
-                if not is_transient(exc) or time.monotonic() > deadline:
-                    raise
-                log.warning("transient Kafka error, retrying with a new admin client: %s", exc.args[0].str())
-                time.sleep(0.5)  # back-off between attempts against an unreachable broker
+            return fn(self._client)
+
+        def drop_client(_exc: BaseException) -> None:
+            self._client = None
+
+        return clients.retry_transient(call, timeout_s, on_error=drop_client)
 
     def end_offsets(self, partitions: list[tuple[str, int]], committed_only: bool = True,
                     timeout_s: float = 30.0) -> dict[tuple[str, int], int]:

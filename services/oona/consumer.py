@@ -33,7 +33,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     TopicPartition,
 )
@@ -49,16 +48,17 @@ from contracts.dead_letter import (
     DLQ_HEADER_TOPIC,
     DeadLetter,
 )
-from services.oona.admin import OffsetReader, is_transient
+from services.oona import clients
+from services.oona.admin import OffsetReader
 from services.oona.codec import Codec
 from services.oona.dlq_records import Header, dead_letter_headers
 from services.core.errors import (
-    ConfigurationError,
     DecodeError,
     FatalError,
     OversizedMessageError,
 )
 from services.oona.isolation import failure_reason, is_record_failure
+from services.oona.log_reader import ReadToEnds, scan_range
 from services.oona.producer import OonaProducer
 from services.oona.schema_log import schema_log_reader
 from services.oona.settings import KafkaSettings
@@ -108,12 +108,7 @@ class OonaConsumer:
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
-        conf = settings.client_config() | CONSUMER_DEFAULTS | {"group.id": group_id} | (config or {})
-        conf["error_cb"] = self._on_client_error
-        try:
-            self._consumer = Consumer(conf)
-        except KafkaException as exc:
-            raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
+        self._consumer = clients.consumer(settings, CONSUMER_DEFAULTS, {"group.id": group_id}, config or {})
         self.codec = codec
         use_schema_log = getattr(codec, "use_schema_log", None)
         if use_schema_log is not None:  # unknown writer schemas: those a newer producer put on the schema log
@@ -147,22 +142,18 @@ class OonaConsumer:
 
             self._consumer.subscribe(list(self._specs), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
-    def _on_client_error(self, error: KafkaError) -> None:
-        level = logging.ERROR if error.fatal() else logging.WARNING
-        log.log(level, "kafka client error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
-
-    def consume(self, max_messages: int = 500, timeout: float = 1.0, gather_s: float = 0.0) -> list[Delivered]:
+    def consume(self, max_messages: int = 500, timeout_s: float = 1.0, gather_s: float = 0.0) -> list[Delivered]:
         """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead.
 
-        Returns as soon as something arrived (within ``timeout``), after waiting at most
+        Returns as soon as something arrived (within ``timeout_s``), after waiting at most
         ``gather_s`` more for the events that come with it (e.g. the rest of an epoch's).
         """
         delivered: list[Delivered] = []
         # librdkafka's batch consume waits for a full batch or the timeout: take what is there, and
         # when nothing is, block for the first message only, then gather the rest briefly.
         raw = self._consumer.consume(max_messages, 0)
-        if not raw and timeout > 0:
-            raw = self._consumer.consume(1, timeout)
+        if not raw and timeout_s > 0:
+            raw = self._consumer.consume(1, timeout_s)
             if raw and max_messages > 1:
                 raw += self._consumer.consume(max_messages - 1, gather_s)
         elif raw and gather_s > 0 and len(raw) < max_messages:
@@ -264,8 +255,6 @@ class OonaConsumer:
 
     def _read_dead_letters(self) -> dict[tuple[str, int], set[int]]:
         """This group's dead letters on the DLQ (committed ones): source offsets by source partition."""
-        from services.oona.log_reader import scan_range
-
         partitions = self._offsets.partitions_of([self.dlq_topic])
         ends = self._offsets.end_offsets(partitions)
         group = self.group_id.encode()
@@ -288,16 +277,16 @@ class OonaConsumer:
         """Commit the positions of everything consumed so far (synchronously; retried while the
         broker is briefly unreachable)."""
         self.dead_letters.flush()
-        try:
-            retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
-        except KafkaException as exc:
-            code = exc.args[0].code()
-            if code in _REJOINING:
+
+        def skipped(error: KafkaError) -> None:
+            if error.code() in _REJOINING:
                 # The group lost this member (e.g. across a broker restart): it rejoins on the next poll and
                 # resumes from the last commit; the events after it come again and are handled idempotently.
-                log.warning("commit skipped group=%s reason=%s", self.group_id, exc.args[0].str())
-            elif code != KafkaError._NO_OFFSET:
-                raise
+                log.warning("commit skipped group=%s reason=%s", self.group_id, error.str())
+
+        # _NO_OFFSET: nothing consumed since the last commit, nothing to do.
+        with clients.suppress(_REJOINING | {KafkaError._NO_OFFSET}, on_suppressed=skipped):
+            clients.retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
 
     def wait_for_assignment(self, timeout_s: float = 30.0) -> list[TopicPartition]:
         """Join the group: poll until partitions are assigned (events read meanwhile are returned by catch_up)."""
@@ -315,13 +304,14 @@ class OonaConsumer:
         ends = self._offsets.end_offsets([(tp.topic, tp.partition) for tp in assignment], timeout_s=timeout_s)
         # Until the first fetch a partition has no position; then it starts at the committed offset.
         committed = {(tp.topic, tp.partition): max(tp.offset, 0)
-                     for tp in retry_transient(lambda: self._consumer.committed(assignment, timeout=10), timeout_s)
+                     for tp in clients.retry_transient(lambda: self._consumer.committed(assignment, timeout=10),
+                                                       timeout_s)
                      } if assignment else {}
+        progress = ReadToEnds(ends, committed)
         deadline = time.monotonic() + timeout_s
         while True:
-            positions = self._consumer.position(assignment)
-            if all((tp.offset if tp.offset >= 0 else committed[(tp.topic, tp.partition)])
-                   >= ends[(tp.topic, tp.partition)] for tp in positions):
+            progress.advance(self._consumer)
+            if progress.done:
                 return got
             if time.monotonic() > deadline:
                 raise FatalError(f"consumer group {self.group_id} could not catch up within {timeout_s:g}s")
@@ -337,14 +327,14 @@ class OonaConsumer:
     def group_metadata(self):
         return self._consumer.consumer_group_metadata()
 
-    def rewind_to_committed(self, timeout: float = 10.0) -> None:
+    def rewind_to_committed(self, timeout_s: float = 10.0) -> None:
         """After an aborted transaction: go back to the last committed offsets."""
         self._produced.clear()  # the aborted transaction's dead letters are not on the DLQ: read it again
         self._on_dlq = None
         assignment = self._consumer.assignment()
         if not assignment:
             return
-        for tp in self._consumer.committed(assignment, timeout=timeout):
+        for tp in self._consumer.committed(assignment, timeout=timeout_s):
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
@@ -355,19 +345,6 @@ class OonaConsumer:
 
     def close(self) -> None:
         self._consumer.close()
-
-
-def retry_transient(call: Callable[[], T], timeout_s: float) -> T:
-    """``call()``, retried with a short back-off while it fails with a transient Kafka error."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            if not is_transient(exc) or time.monotonic() > deadline:
-                raise
-            log.warning("transient Kafka error, retrying: %s", exc.args[0].str())
-            time.sleep(0.5)  # back-off between attempts against an unreachable broker
 
 
 def dead_letter_from_message(msg: Message) -> DeadLetter:

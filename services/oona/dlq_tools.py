@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 
 from contracts import TopicName
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.dlq_records import (
     DlqRecord,
@@ -85,11 +86,10 @@ def redrive(settings: KafkaSettings, selection: Selection, *, dry_run: bool = Fa
     name = dlq_topic(settings)
     producer = None
     if not dry_run:
-        conf = settings.client_config() | PRODUCER_DEFAULTS | {
+        producer = clients.producer(settings, PRODUCER_DEFAULTS, {
             "transactional.id": transactional_id or f"{settings.topic_prefix}esper-dlq-redrive",
             "delivery.report.only.error": False,  # the offsets each record got go into its marker
-        }
-        producer = Producer(conf)
+        })
         producer.init_transactions(timeout_s)  # fences any re-drive still in flight: its markers are final now
     try:
         records = read_dlq(settings, timeout_s=max(timeout_s, 120.0))
@@ -134,7 +134,7 @@ def _redrive_chunk(producer: Producer, dlq: str, letters: Sequence[DlqRecord], t
             producer.produce(dlq, value=None, key=marker_key(letter), partition=letter.partition,
                              headers=marker_headers(letter, deliveries.done[i], now))
         producer.commit_transaction(timeout_s)
-    except (KafkaException, DeliveryError):
+    except Exception:  # nothing of a chunk stands unless all of it does
         producer.abort_transaction(timeout_s)
         raise
     for i, letter in enumerate(letters):

@@ -4,9 +4,9 @@ Kafka Streams' processing-exception handler, decided once for every Esper consum
 whose handling raises is dead-lettered with the exception's type and message and the consumer
 goes on; retrying it would raise again, and stopping would meet it again after every restart
 (a crash loop). Errors of the bus itself are never a record's fault and are never dead-lettered:
-a ``KafkaException`` (transient, fenced, fatal alike), a ``DeliveryError`` (the broker refused what
-we produced) and a ``FatalError`` (stop the service) propagate as before, and so does anything
-that is not an ``Exception`` (KeyboardInterrupt, SystemExit).
+a ``KafkaException`` (transient, fenced, fatal alike) or the ``KafkaClientError`` made of one, a
+``DeliveryError`` (the broker refused what we produced) and a ``FatalError`` (stop the service)
+propagate as before, and so does anything that is not an ``Exception`` (KeyboardInterrupt, SystemExit).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from confluent_kafka import KafkaException
 
-from services.core.errors import DeliveryError, FatalError
+from services.core.errors import DeliveryError, FatalError, KafkaClientError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def is_record_failure(exc: BaseException) -> bool:
     """
     if not isinstance(exc, Exception):
         return False
-    return not isinstance(exc, (KafkaException, DeliveryError, FatalError))
+    return not isinstance(exc, (KafkaException, KafkaClientError, DeliveryError, FatalError))
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -1,22 +1,65 @@
 """Reading a bounded stretch of the log: given partitions from a start offset up to an end offset.
 
-Used to rebuild state (a resumed run's events, a group's consumed history) and by tests.
-No consumer group is joined and nothing is committed.
+``ReadToEnds`` is the one answer to "has this consumer read up to those end offsets yet?", for
+every reader that stops (or reports being caught up) at the ends a partition had when it looked:
+``scan_range`` here, the group consumer's ``catch_up``, Urza's topic views, Nissa's sink, Tamiyo's
+decision log and the schema log. ``scan_range`` is used to rebuild state (a resumed run's events,
+a group's consumed history) and by tests; it joins no consumer group and commits nothing.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from services.oona import clients
 from services.core.errors import FatalError
 from services.oona.settings import KafkaSettings
 
+Partition = tuple[str, int]
 # (topic, partition) -> (start offset or OFFSET_BEGINNING, end offset exclusive)
-Ranges = dict[tuple[str, int], tuple[int, int]]
+Ranges = dict[Partition, tuple[int, int]]
+
+# A range reader's own settings: read committed data only, keep no offsets in Kafka.
+RANGE_READER_CONFIG: dict[str, str | int | bool] = {"enable.auto.commit": False, "isolation.level": "read_committed"}
+
+
+class ReadToEnds:
+    """How far a consumer has read its partitions towards fixed end offsets (exclusive).
+
+    ``reached`` starts at each partition's start (where its consumer begins: an assigned offset,
+    a committed one; 0 when unknown) and moves with the consumer's position, never past the end.
+    The position, not the last message seen, is what counts: transaction markers occupy offsets
+    too, so a partition is read once its position passed the end.
+    """
+
+    def __init__(self, ends: Mapping[Partition, int], starts: Mapping[Partition, int] | None = None) -> None:
+        self.ends = dict(ends)
+        starts = starts or {}
+        self.reached = {key: min(max(starts.get(key, 0), 0), end) for key, end in self.ends.items()}
+
+    @property
+    def done(self) -> bool:
+        return all(self.reached[key] >= end for key, end in self.ends.items())
+
+    def advance(self, consumer: Consumer) -> int:
+        """Take the consumer's positions; returns how many offsets its partitions moved on towards their ends
+        (messages and transaction markers). A partition with no position yet stays where it started."""
+        pending = [TopicPartition(t, p) for (t, p), end in self.ends.items() if self.reached[(t, p)] < end]
+        if not pending:
+            return 0
+        moved = 0
+        for tp in consumer.position(pending):
+            key = (tp.topic, tp.partition)
+            if tp.offset < 0:
+                continue
+            position = min(tp.offset, self.ends[key])
+            moved += max(0, position - self.reached[key])
+            self.reached[key] = max(self.reached[key], position)
+        return moved
 
 
 def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, timeout_s: float = 60.0,
@@ -32,33 +75,23 @@ def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, ti
     todo = {key: (start, end) for key, (start, end) in ranges.items() if end > max(start, 0)}
     if not todo:
         return
-    consumer = Consumer(settings.client_config() | {
-        "enable.auto.commit": False, "isolation.level": "read_committed",
-    } | (config or {}) | {"group.id": f"range-reader-{uuid.uuid4().hex[:8]}"})
-    partitions = [TopicPartition(t, p) for t, p in todo]
-    done: set[tuple[str, int]] = set()
-    reached = {key: max(start, 0) for key, (start, _) in todo.items()}
+    # Bulk readers override fetch sizes through ``config``; the group is a throwaway (nothing committed).
+    consumer = clients.consumer(settings, RANGE_READER_CONFIG, config or {},
+                                {"group.id": f"range-reader-{uuid.uuid4().hex[:8]}"})
+    progress = ReadToEnds({key: end for key, (_, end) in todo.items()},
+                          {key: start for key, (start, _) in todo.items()})
     deadline = time.monotonic() + timeout_s
     try:
         consumer.assign([TopicPartition(t, p, todo[(t, p)][0]) for t, p in todo])
-        while len(done) < len(todo):
+        while not progress.done:
             if time.monotonic() > deadline:
-                raise FatalError(f"could not read {len(todo) - len(done)} partition range(s) within {timeout_s:g}s")
+                left = sum(1 for key, end in progress.ends.items() if progress.reached[key] < end)
+                raise FatalError(f"could not read {left} partition range(s) within {timeout_s:g}s")
             messages = consumer.consume(chunk, 0.5)
             good = [m for m in messages if m.error() is None and m.offset() < todo[(m.topic(), m.partition())][1]]
             if good:
                 yield good
-            moved = 0
-            for tp in consumer.position(partitions):
-                key = (tp.topic, tp.partition)
-                if tp.offset < 0 or key in done:
-                    continue
-                position = min(tp.offset, todo[key][1])
-                moved += position - reached[key]
-                reached[key] = position
-                # Transaction markers occupy offsets too: a partition is done once its position passed the end.
-                if position >= todo[key][1]:
-                    done.add(key)
+            moved = progress.advance(consumer)
             if on_position is not None and moved:
                 on_position(moved)
     finally:

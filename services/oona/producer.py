@@ -12,11 +12,12 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError
 
 from contracts import OonaMessage
+from services.oona import clients
 from services.oona.codec import Codec
-from services.core.errors import ConfigurationError, DeliveryError, EncodeError
+from services.core.errors import DeliveryError, EncodeError
 from services.oona.schema_log import SchemaLogWriter
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
@@ -64,14 +65,8 @@ class OonaProducer:
         transactional_id: str | None = None,
         config: dict | None = None,
     ) -> None:
-        conf = settings.client_config() | PRODUCER_DEFAULTS | (config or {})
-        if transactional_id:
-            conf["transactional.id"] = transactional_id
-        conf["error_cb"] = self._on_client_error
-        try:
-            self._producer = Producer(conf)
-        except KafkaException as exc:
-            raise ConfigurationError(f"invalid producer settings: {exc.args[0].str()}") from None
+        transactional = {"transactional.id": transactional_id} if transactional_id else {}
+        self._producer = clients.producer(settings, PRODUCER_DEFAULTS, config or {}, transactional)
         self.codec = codec
         self.settings = settings
         self._failures: list[str] = []
@@ -80,10 +75,6 @@ class OonaProducer:
         self._schema_log: SchemaLogWriter | None = None
 
     # -- callbacks -------------------------------------------------------------------------
-    def _on_client_error(self, error: KafkaError) -> None:
-        level = logging.ERROR if error.fatal() else logging.WARNING
-        log.log(level, "kafka client error code=%s reason=%s", error.name(), error.str())
-
     def _on_delivery(self, error: KafkaError | None, msg) -> None:
         if error is not None:
             with self._lock:
@@ -139,16 +130,16 @@ class OonaProducer:
     ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
+                    self._producer.produce(topic, value=value, key=key, headers=headers,
+                                           on_delivery=self._on_delivery)
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.05)
-            except KafkaException as exc:
-                raise DeliveryError(topic, exc.args[0].str()) from None
         self._producer.poll(0)
 
-    def poll(self, timeout: float = 0.0) -> int:
-        return self._producer.poll(timeout)
+    def poll(self, timeout_s: float = 0.0) -> int:
+        return self._producer.poll(timeout_s)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every queued message; raise DeliveryError if any was refused."""
@@ -164,22 +155,22 @@ class OonaProducer:
         return len(self._producer)
 
     # -- transactions ------------------------------------------------------------------------
-    def init_transactions(self, timeout: float = 30.0) -> None:
-        self._producer.init_transactions(timeout)
+    def init_transactions(self, timeout_s: float = 30.0) -> None:
+        self._producer.init_transactions(timeout_s)
 
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
 
-    def send_offsets_to_transaction(self, offsets: Iterable, group_metadata, timeout: float = 30.0) -> None:
-        self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout)
+    def send_offsets_to_transaction(self, offsets: Iterable, group_metadata, timeout_s: float = 30.0) -> None:
+        self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout_s)
 
-    def commit_transaction(self, timeout: float = 30.0) -> None:
-        self._producer.commit_transaction(timeout)
+    def commit_transaction(self, timeout_s: float = 30.0) -> None:
+        self._producer.commit_transaction(timeout_s)
 
-    def abort_transaction(self, timeout: float = 30.0) -> None:
-        self._producer.abort_transaction(timeout)
+    def abort_transaction(self, timeout_s: float = 30.0) -> None:
+        self._producer.abort_transaction(timeout_s)
 
-    def close(self, timeout: float = 30.0) -> None:
-        self._producer.flush(timeout)
+    def close(self, timeout_s: float = 30.0) -> None:
+        self._producer.flush(timeout_s)
         if self._schema_log is not None:
             self._schema_log.close()

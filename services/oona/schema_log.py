@@ -24,11 +24,13 @@ import threading
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from contracts import TopicName
+from services.oona import clients
 from services.oona.admin import ensure_topics
-from services.core.errors import BrokerUnavailableError, ConfigurationError, DeliveryError, SchemaError
+from services.core.errors import BrokerUnavailableError, DeliveryError, SchemaError
+from services.oona.log_reader import ReadToEnds
 from services.oona.published_schemas import publication, read_publication
 from services.oona.schema_store import learn_published, published_writer
 from services.oona.settings import KafkaSettings
@@ -89,25 +91,23 @@ class SchemaLogWriter:
                 failures.append(error)
 
         producer = self._client()
-        try:
+        refused: list[KafkaError] = []
+        with clients.suppress(clients.any_error, on_suppressed=refused.append):  # the caller decides what to do
             producer.produce(self.spec.name, key=key, value=value, on_delivery=delivered)
-        except KafkaException as exc:
-            return exc.args[0]
+        if refused:
+            return refused[0]
         if producer.flush(self.timeout_s):
             return KafkaError(KafkaError._TIMED_OUT, f"not acknowledged within {self.timeout_s:g}s")
         return failures[0] if failures else None
 
     def _client(self) -> Producer:
         if self._producer is None:
-            conf = self.settings.client_config() | {
+            # Not the services' PRODUCER_DEFAULTS: one record at a time, acknowledged before it is used.
+            self._producer = clients.producer(self.settings, {
                 "enable.idempotence": True, "acks": "all", "linger.ms": 0,
                 # A missing topic fails fast (then it is created), not after librdkafka's 30 s default.
                 "topic.metadata.propagation.max.ms": 2000,
-            }
-            try:
-                self._producer = Producer(conf)
-            except KafkaException as exc:
-                raise ConfigurationError(f"invalid producer settings: {exc.args[0].str()}") from None
+            })
         return self._producer
 
     def close(self) -> None:
@@ -147,36 +147,36 @@ class SchemaLogReader:
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            conf = self.settings.client_config() | {
+            # Assigned at explicit offsets, never committed: the group is a throwaway.
+            self._consumer = clients.consumer(self.settings, {
                 "group.id": f"esper-schema-log-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "enable.partition.eof": False,
-            }
-            try:
-                self._consumer = Consumer(conf)
-            except KafkaException as exc:
-                raise ConfigurationError(f"invalid consumer settings: {exc.args[0].str()}") from None
+            })
         return self._consumer
 
     def _read_new(self) -> None:
         consumer = self._client()
         deadline = time.monotonic() + self.timeout_s
-        try:
+        with clients.map_exceptions(lambda reason: BrokerUnavailableError(
+                self.settings.bootstrap_servers, f"schema log {self.topic}: {reason}")):
             topics = consumer.list_topics(self.topic, timeout=self.timeout_s).topics
             meta = topics.get(self.topic)
             if meta is None or meta.error is not None or not meta.partitions:
                 return  # no schema log (yet): nothing published, nothing to learn
-            ends, starts = {}, []
+            # The high watermark: the schema log is written without transactions, so it is the last stable offset.
+            ends, starts = {}, {}
             for partition in sorted(meta.partitions):
                 low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
                                                            timeout=self.timeout_s, cached=False)
                 start = max(self._next.get(partition, low), low)
                 if start < high:
-                    ends[partition] = high
-                    starts.append(TopicPartition(self.topic, partition, start))
+                    ends[(self.topic, partition)] = high
+                    starts[(self.topic, partition)] = start
             if not starts:
                 return
-            consumer.assign(starts)
-            while ends:
+            consumer.assign([TopicPartition(t, p, start) for (t, p), start in starts.items()])
+            progress = ReadToEnds(ends, starts)
+            while not progress.done:
                 if time.monotonic() > deadline:
                     raise BrokerUnavailableError(self.settings.bootstrap_servers,
                                                  f"schema log {self.topic} not read within {self.timeout_s:g}s")
@@ -187,14 +187,10 @@ class SchemaLogReader:
                         continue
                     self._learn(msg)
                     self._next[msg.partition()] = msg.offset() + 1
-                for tp in consumer.position([TopicPartition(self.topic, p) for p in ends]):
-                    if tp.offset >= ends[tp.partition]:
-                        self._next[tp.partition] = tp.offset
-                        del ends[tp.partition]
+                progress.advance(consumer)
+            for (_, partition), reached in progress.reached.items():
+                self._next[partition] = max(self._next.get(partition, 0), reached)
             consumer.unassign()
-        except KafkaException as exc:
-            raise BrokerUnavailableError(self.settings.bootstrap_servers,
-                                         f"schema log {self.topic}: {exc.args[0].str()}") from None
 
     def _learn(self, msg) -> None:
         try:

@@ -83,12 +83,12 @@ class ExactlyOnceProcessor:
         self.failed = 0  # records dead-lettered because their handler raised
         self.after_batch_failures = 0
 
-    def process_batch(self, max_messages: int = 500, timeout: float = 1.0, gather_s: float = 0.0) -> int:
+    def process_batch(self, max_messages: int = 500, timeout_s: float = 1.0, gather_s: float = 0.0) -> int:
         """Consume, handle and commit one batch atomically; returns the events handled or dead-lettered."""
         self.producer.begin_transaction()
         try:
             failed_before = self.consumer.dead_lettered + self.consumer.already_dead_lettered
-            batch = self.consumer.consume(max_messages, timeout, gather_s)
+            batch = self.consumer.consume(max_messages, timeout_s, gather_s)
             consumed = bool(batch) or self.consumer.dead_lettered + self.consumer.already_dead_lettered != failed_before
             for delivered in batch:
                 self._produce(self._outputs(delivered))

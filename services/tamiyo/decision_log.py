@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from contracts import AdaptationDecision
+from services.oona import clients
 from services.oona.codec import Codec
+from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 
@@ -58,7 +60,8 @@ def examined_offsets(settings: KafkaSettings, group_id: str, topic: str, partiti
     if not partitions:
         return {}
     # Asks the group coordinator without joining the group (no subscribe, nothing committed here).
-    consumer = Consumer(settings.client_config() | {"group.id": group_id, "enable.auto.commit": False})
+    # The default isolation level (read_committed) and offset reset: nothing is read, only offsets asked for.
+    consumer = clients.consumer(settings, {"group.id": group_id, "enable.auto.commit": False})
     try:
         found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
     finally:
@@ -72,20 +75,19 @@ class DecisionLogReader:
     def __init__(self, settings: KafkaSettings, topic: str, ends: dict[int, int]) -> None:
         self.topic = topic
         self.ends = {p: end for p, end in ends.items() if end > 0}
-        self.reached: dict[int, int] = {p: 0 for p in self.ends}
+        self._progress = ReadToEnds({(topic, p): end for p, end in self.ends.items()})
         self.read = 0
         self.steps = 0
         self._consumer: Consumer | None = None
         if self.ends:
-            self._consumer = Consumer(settings.client_config() | {
-                "enable.auto.commit": False, "isolation.level": "read_committed",
+            self._consumer = clients.consumer(settings, RANGE_READER_CONFIG, {
                 "group.id": f"tamiyo-decisions-{uuid.uuid4().hex[:8]}",
             })
             self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.ends])
 
     @property
     def done(self) -> bool:
-        return all(self.reached[p] >= end for p, end in self.ends.items())
+        return self._progress.done
 
     def step(self, budget_s: float = STEP_BUDGET_S, chunk: int = CHUNK) -> list[Message]:
         """The next records (at most ``chunk``, offset order within a partition): returns as soon as some
@@ -96,10 +98,7 @@ class DecisionLogReader:
             for msg in self._consumer.consume(chunk, min(0.5, budget_s)):
                 if msg.error() is None and msg.offset() < self.ends.get(msg.partition(), 0):
                     got.append(msg)
-            # Transaction markers occupy offsets too: a partition is read once its position passed the end.
-            for tp in self._consumer.position([TopicPartition(self.topic, p) for p in self.ends]):
-                if tp.offset >= 0:
-                    self.reached[tp.partition] = tp.offset
+            self._progress.advance(self._consumer)
             if time.monotonic() > deadline:
                 break
         self.read += len(got)

@@ -28,13 +28,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from contracts import AdaptationDecision, OonaMessage, TopicName
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
-from services.core.errors import EsperError, FatalError
+from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
@@ -80,10 +81,7 @@ class CatalogChooser:
 
 
 def _fatal(exc: Exception) -> bool:
-    if isinstance(exc, FatalError):
-        return True
-    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return bool(error is not None and hasattr(error, "fatal") and error.fatal())
+    return isinstance(exc, FatalError) or clients.is_fatal(exc)
 
 
 def fold(run: RunState, topic: str, payload) -> None:
@@ -307,10 +305,11 @@ class Tamiyo:
     def step(self) -> int:
         if self._reload is not None or self._loading is not None:
             try:
-                if self._reload is not None:
-                    self._start_loading()
-                self._load_step()
-            except (KafkaException, EsperError) as exc:
+                with clients.map_exceptions():  # a bus error is an EsperError (KafkaClientError) from here on
+                    if self._reload is not None:
+                        self._start_loading()
+                    self._load_step()
+            except EsperError as exc:
                 if _fatal(exc):
                     raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
                 log.warning("tamiyo instance=%s reading past decisions failed (%s); starting over", self.instance, exc)
@@ -320,8 +319,9 @@ class Tamiyo:
         try:
             # gather: an epoch's telemetry and its EpochCompleted usually arrive within a few ms of
             # each other; one transaction for both saves a commit round trip on the control loop.
-            handled = self.processor.process_batch(max_messages=500, timeout=0.2, gather_s=0.005)
-        except (KafkaException, EsperError) as exc:
+            with clients.map_exceptions():
+                handled = self.processor.process_batch(max_messages=500, timeout_s=0.2, gather_s=0.005)
+        except EsperError as exc:
             if _fatal(exc):  # e.g. fenced by a newer instance with our transactional id: stop, be restarted
                 raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
@@ -353,8 +353,9 @@ class Tamiyo:
     def _report(self) -> None:
         self._last_report = time.monotonic()
         try:
-            lag = self.lag()
-        except KafkaException:
+            with clients.map_exceptions():
+                lag = self.lag()
+        except KafkaClientError:
             lag = -1
         stats = " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.stats().items())
         log.info("tamiyo health instance=%s lag=%d %s", self.instance, lag, stats)

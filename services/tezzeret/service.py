@@ -92,7 +92,7 @@ class Tezzeret:
 
     def step(self) -> int:
         try:
-            handled = self.processor.process_batch(max_messages=50, timeout=0.5)
+            handled = self.processor.process_batch(max_messages=50, timeout_s=0.5)
         except BaseException:
             self._answers.aborted()  # nothing in the aborted transaction was answered
             raise

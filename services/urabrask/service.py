@@ -69,7 +69,7 @@ class Urabrask:
             topic=self.out.name, trace_id=delivered.message.event_id, payload=result)
 
     def step(self) -> int:
-        return self.processor.process_batch(max_messages=20, timeout=0.5)
+        return self.processor.process_batch(max_messages=20, timeout_s=0.5)
 
     def close(self) -> None:
         self.processor.close()

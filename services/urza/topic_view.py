@@ -11,13 +11,14 @@ import logging
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from contracts import OonaMessage
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.isolation import failure_reason, is_record_failure
-from services.oona.log_reader import read_range
+from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds, read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 
@@ -28,19 +29,16 @@ class TopicView:
     def __init__(self, settings: KafkaSettings, codec: Codec, spec: TopicSpec) -> None:
         self.codec = codec
         self.spec = spec
-        self._consumer = Consumer(settings.client_config() | {
-            "group.id": f"view-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        })
+        # A range reader that does not stop at the ends: committed data, a throwaway group.
+        self._consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": f"view-{uuid.uuid4().hex[:8]}"})
         partitions = self._consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
-        ends = end_offsets(admin_client(settings), [(spec.name, p) for p in partitions])
-        self._ends = {p: ends[(spec.name, p)] for p in partitions}
+        self._progress = ReadToEnds(end_offsets(admin_client(settings), [(spec.name, p) for p in partitions]))
         self._consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in partitions])
 
-    def poll(self, timeout: float = 0.2) -> list[OonaMessage]:
+    def poll(self, timeout_s: float = 0.2) -> list[OonaMessage]:
         """Read what arrived; returns the new messages (undecodable ones are skipped)."""
         new = []
-        for msg in self._consumer.consume(1000, timeout):
+        for msg in self._consumer.consume(1000, timeout_s):
             if msg.error() is not None or msg.value() is None:
                 continue
             message = decode_or_skip(self.codec, self.spec, msg)
@@ -54,8 +52,8 @@ class TopicView:
         new = []
         while time.monotonic() < deadline:
             new += self.poll(0.2)
-            positions = self._consumer.position([TopicPartition(self.spec.name, p) for p in self._ends])
-            if all(tp.offset >= self._ends[tp.partition] or self._ends[tp.partition] == 0 for tp in positions):
+            self._progress.advance(self._consumer)
+            if self._progress.done:
                 break
         return new
 
@@ -68,8 +66,8 @@ def replay_until_committed(settings: KafkaSettings, codec: Codec, spec: TopicSpe
 
     A stateless service calls this at start-up to rebuild the state it had when it last committed.
     """
-    consumer = Consumer(settings.client_config() | {"group.id": group_id, "enable.auto.commit": False,
-                                                     "isolation.level": "read_committed"})
+    # Joins nothing (no subscribe): the group id only names whose committed offsets to ask for.
+    consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": group_id})
     try:
         partitions = consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
         committed = consumer.committed([TopicPartition(spec.name, p) for p in partitions], timeout=10)

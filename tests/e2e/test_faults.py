@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
@@ -180,7 +181,7 @@ class EpochWatch:
     def __init__(self, kafka: KafkaSettings, run_id: str) -> None:
         self.key = run_id.encode()
         self.count = 0
-        self._consumer = Consumer(kafka.client_config() | {
+        self._consumer = clients.consumer(kafka, {
             "group.id": f"epoch-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
         client = admin_client(kafka)

@@ -116,7 +116,7 @@ def producer_factory(kafka_settings: KafkaSettings, codec: SingleObjectCodec):
 
     yield make
     for producer in producers:
-        producer.close(timeout=10)
+        producer.close(timeout_s=10)
 
 
 @pytest.fixture
@@ -165,9 +165,9 @@ def read_raw(kafka_settings: KafkaSettings, topic: str, count: int, timeout_s: f
     """Read ``count`` raw messages (bytes and headers) from the start of ``topic``."""
     import time
 
-    from confluent_kafka import Consumer
+    from services.oona import clients
 
-    consumer = Consumer(kafka_settings.client_config() | {
+    consumer = clients.consumer(kafka_settings, {
         "group.id": f"raw-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest", "enable.auto.commit": False,
     })
     consumer.subscribe([topic])

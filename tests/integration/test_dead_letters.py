@@ -125,9 +125,11 @@ def test_a_record_whose_decoding_or_handling_raises_is_dead_lettered_and_the_con
 
 
 def _committed(kafka_settings, group, topic):
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer(kafka_settings.client_config() | {"group.id": group, "enable.auto.commit": False})
+    from services.oona import clients
+
+    consumer = clients.consumer(kafka_settings, {"group.id": group, "enable.auto.commit": False})
     try:
         return consumer.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
     finally:
@@ -203,7 +205,7 @@ def test_reading_again_from_the_beginning_does_not_dead_letter_a_record_again(ka
         deadline = time.monotonic() + 60
         while seen.count(4) < reads:  # offset 4, the last record, read this many times
             assert time.monotonic() < deadline, f"read {seen}"
-            proc.process_batch(timeout=0.5)
+            proc.process_batch(timeout_s=0.5)
 
     first = processor()
     try:
@@ -229,7 +231,7 @@ def test_reading_again_from_the_beginning_does_not_dead_letter_a_record_again(ka
         deadline = time.monotonic() + 60
         while again.consumer.dead_lettered < 1:
             assert time.monotonic() < deadline
-            again.process_batch(timeout=0.5)
+            again.process_batch(timeout_s=0.5)
     finally:
         again.close()
     letters = [int(dict(m.headers())[DLQ_HEADER_OFFSET]) for m in whole_topic(kafka_settings, dlq.name)]

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from contracts import AdaptationDecision, AdaptationType
 from contracts.dead_letter import (
@@ -18,6 +18,7 @@ from contracts.dead_letter import (
     DLQ_HEADER_REASON,
     DLQ_HEADER_TOPIC,
 )
+from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.consumer import OonaConsumer
 from services.oona.transactions import ExactlyOnceProcessor
@@ -65,7 +66,7 @@ def test_outputs_and_offsets_commit_together(kafka_settings, codec, topic_factor
     )
     with pytest.raises(KafkaException, match="crash in the middle"):
         while True:
-            processor.process_batch(max_messages=50, timeout=1.0)
+            processor.process_batch(max_messages=50, timeout_s=1.0)
     processor.close()
 
     # A restarted instance (same transactional id fences the old one) finishes the job.
@@ -75,7 +76,7 @@ def test_outputs_and_offsets_commit_together(kafka_settings, codec, topic_factor
     )
     handled = 0
     for _ in range(30):
-        handled += processor.process_batch(max_messages=50, timeout=0.5)
+        handled += processor.process_batch(max_messages=50, timeout_s=0.5)
         if handled >= len(inputs):
             break
     processor.close()
@@ -94,7 +95,7 @@ def _end_offsets(kafka_settings, topic, partitions=1):
 
 
 def _committed(kafka_settings, group, topic, partitions):
-    consumer = Consumer(kafka_settings.client_config() | {"group.id": group, "enable.auto.commit": False})
+    consumer = clients.consumer(kafka_settings, {"group.id": group, "enable.auto.commit": False})
     try:
         tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return {(tp.topic, tp.partition): tp.offset for tp in tps}
@@ -128,9 +129,9 @@ def test_a_record_whose_handler_raises_is_dead_lettered_and_the_processor_goes_o
     handled, deadline = 0, time.monotonic() + 60
     while handled < len(inputs):  # the record's failure does not escape process_batch
         assert time.monotonic() < deadline, f"only {handled} of {len(inputs)} handled"
-        handled += processor.process_batch(max_messages=50, timeout=0.5)
+        handled += processor.process_batch(max_messages=50, timeout_s=0.5)
     assert processor.failed == 1
-    assert processor.process_batch(max_messages=50, timeout=0.5) == 0, "still running, nothing read twice"
+    assert processor.process_batch(max_messages=50, timeout_s=0.5) == 0, "still running, nothing read twice"
     processor.close()
 
     ends = {tp: end for tp, end in _end_offsets(kafka_settings, source.name, partitions=2).items() if end > 0}
@@ -167,7 +168,7 @@ def test_a_record_whose_handler_raises_is_dead_lettered_and_the_processor_goes_o
     deadline = time.monotonic() + 60
     while not seen:
         assert time.monotonic() < deadline, "the restarted processor read nothing"
-        processor.process_batch(max_messages=50, timeout=0.5)
+        processor.process_batch(max_messages=50, timeout_s=0.5)
     processor.close()
     assert seen == [sentinel.event_id], "the failing record is neither handled nor dead-lettered again"
     assert _end_offsets(kafka_settings, dlq.name) == {(dlq.name, 0): 2}, "one dead letter and its commit marker"

@@ -45,13 +45,14 @@ class DecisionWatcher:
     """One read_committed reader of the decisions topic, accumulating what Tamiyo committed."""
 
     def __init__(self, kafka: KafkaSettings) -> None:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import TopicPartition
+
+        from services.oona import clients
 
         self.spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
         self.codec = SingleObjectCodec()
-        self.consumer = Consumer(kafka.client_config() | {"group.id": f"watch-{uuid.uuid4().hex[:8]}",
-                                                          "isolation.level": "read_committed",
-                                                          "enable.auto.commit": False})
+        self.consumer = clients.consumer(kafka, {"group.id": f"watch-{uuid.uuid4().hex[:8]}",
+                                                 "isolation.level": "read_committed", "enable.auto.commit": False})
         partitions = self.consumer.list_topics(self.spec.name, timeout=10).topics[self.spec.name].partitions
         self.consumer.assign([TopicPartition(self.spec.name, p, OFFSET_BEGINNING) for p in partitions])
         self.seen: list = []

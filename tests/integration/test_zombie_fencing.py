@@ -9,8 +9,9 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from services.oona import clients
 from services.oona.producer import OonaProducer
 from tests.samples import message_for
 
@@ -19,7 +20,7 @@ FENCED = {KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.PROD
 
 def read_all(kafka_settings, topic: str, isolation: str, expected_at_least: int, timeout_s: float = 30.0) -> list:
     """Every record of ``topic`` (one partition) up to its end, read with ``isolation``."""
-    consumer = Consumer(kafka_settings.client_config() | {
+    consumer = clients.consumer(kafka_settings, {
         "group.id": f"zombie-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False, "isolation.level": isolation,
         "enable.partition.eof": True})
     try:
@@ -64,7 +65,7 @@ def test_a_zombie_transactional_producer_is_fenced_and_its_writes_stay_invisible
     successor.commit_transaction()
 
     with pytest.raises(KafkaException) as fenced:
-        zombie.commit_transaction(timeout=30)
+        zombie.commit_transaction(timeout_s=30)
     error = fenced.value.args[0]
     print(f"zombie commit refused: code={error.name()} fatal={error.fatal()} reason={error.str()}")
     assert error.code() in FENCED or error.fatal(), error.str()
@@ -72,7 +73,7 @@ def test_a_zombie_transactional_producer_is_fenced_and_its_writes_stay_invisible
     with pytest.raises(KafkaException):
         zombie.begin_transaction()
         zombie.publish(topic, message_for(topic, run_id="zombie"))
-        zombie.commit_transaction(timeout=10)
+        zombie.commit_transaction(timeout_s=10)
 
     committed = read_all(kafka_settings, topic.name, "read_committed", expected_at_least=1)
     visible = [codec.decode(topic, m.value()).event_id for m in committed]

@@ -13,13 +13,15 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON
+from services.oona import clients
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
 from services.core.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
 from services.oona.isolation import failure_reason, is_record_failure, replay_skipping_failures
+from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
@@ -122,19 +124,18 @@ def _spec(name):
 
 def _read(settings, topic, timeout_s=20.0):
     """Every committed record of ``topic``: read until each partition's position reaches its end."""
-    consumer = Consumer(settings.client_config() | {
-        "group.id": f"r{uuid.uuid4().hex[:8]}", "enable.auto.commit": False, "isolation.level": "read_committed",
-    })
+    consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": f"r{uuid.uuid4().hex[:8]}"})
     partitions = [TopicPartition(topic, p, 0) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-    ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+    # Ends: the high watermarks (every transaction of these tests has ended before its topic is read).
+    progress = ReadToEnds({(topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1]
+                           for tp in partitions})
     consumer.assign(partitions)
     got, deadline = [], time.monotonic() + timeout_s
     try:
-        while any(end > 0 for end in ends.values()):
+        while not progress.done:
             assert time.monotonic() < deadline, f"{topic} not read to its end within {timeout_s}s"
             got += [m for m in consumer.consume(100, 0.2) if m.error() is None]
-            if all(tp.offset >= ends[tp.partition] for tp in consumer.position(partitions) if ends[tp.partition] > 0):
-                break
+            progress.advance(consumer)
     finally:
         consumer.close()
     return got
@@ -174,7 +175,7 @@ def pipeline(mock_settings):
 def _drain(processor, count, timeout_s=30.0):
     handled, deadline = 0, time.monotonic() + timeout_s
     while handled < count and time.monotonic() < deadline:
-        handled += processor.process_batch(max_messages=50, timeout=0.5)
+        handled += processor.process_batch(max_messages=50, timeout_s=0.5)
     return handled
 
 
@@ -230,7 +231,7 @@ def test_after_batch_failing_is_logged_and_the_batch_still_commits(pipeline, cap
 
     processor = pipeline.make(_echo(pipeline.out), after_batch=after_batch)
     assert _drain(processor, len(pipeline.inputs)) == len(pipeline.inputs)
-    processor.process_batch(max_messages=50, timeout=0.1)  # the hook runs again after the next batch
+    processor.process_batch(max_messages=50, timeout_s=0.1)  # the hook runs again after the next batch
     assert processor.after_batch_failures == 1
     assert len(calls) >= 2
     assert "after_batch failed" in caplog.text
