@@ -29,8 +29,9 @@ analytic parameter count equals the built module's for every op and every starte
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from contracts.enums import BlueprintOp
 

@@ -7,9 +7,9 @@ import io
 import fastavro
 
 from contracts import AdaptationDecision, AdaptationType, OonaMessage
+from services.core.paths import SCHEMAS_DIR
 from services.oona.avro.framing import SINGLE_OBJECT_MAGIC
 from services.oona.codec import message_to_record
-from services.core.paths import SCHEMAS_DIR
 from services.oona.schema_store import history_versions, schema_fingerprint
 from services.oona.topic_registry import TopicSpec
 

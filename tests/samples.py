@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from contracts import (
     AdaptationDecision,
@@ -36,7 +36,7 @@ from contracts import (
 )
 from services.oona.topic_registry import TopicSpec, avro_topics
 
-T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 CHECKSUM = "ab" * 32
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from contracts import HealthSignal, OonaMessage
 from services.bench.results import BenchResult
@@ -30,7 +30,7 @@ def telemetry_batch(spec: TopicSpec, n: int, runs: int = 8, seeds_per_epoch: int
     """Realistic telemetry: each epoch's signals share the epoch-end timestamp, as Kasmina emits them."""
     message_type = spec.message_type
     out = []
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for i in range(n):
         epoch, slot = divmod(i, seeds_per_epoch)
         payload = HealthSignal(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -72,7 +72,7 @@ def write_json(results: list[BenchResult], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "when": datetime.now(timezone.utc).isoformat(),
+        "when": datetime.now(UTC).isoformat(),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
         "versions": {"confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
                      "fastavro": fastavro.__version__},

@@ -13,7 +13,13 @@ from torch import nn
 
 from contracts import BlueprintArchitecture
 from contracts.assets import blueprint_id_for
-from services.blueprints.content_address import ArtifactError, artifact_blueprint_id, format_tag, kernel_id_for, sha256_hex
+from services.blueprints.content_address import (
+    ArtifactError,
+    artifact_blueprint_id,
+    format_tag,
+    kernel_id_for,
+    sha256_hex,
+)
 from services.blueprints.modules import BlueprintError, build_module
 
 __all__ = ["ArtifactError", "kernel_id_for", "load_artifact", "probe", "save_artifact", "sha256_hex"]

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
+from services.core.errors import LocalBrokerError
 from services.core.paths import COMPOSE_FILE
 from services.oona.admin import wait_for_broker
-from services.core.errors import LocalBrokerError
 from services.oona.local_broker import LocalKafka
 
 if TYPE_CHECKING:

@@ -44,6 +44,8 @@ def _wait(condition, timeout_s: float, what: str, poll_s: float = 1.0):
 def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = None,
              kernel_wait_s: float = 180.0) -> int:
     from services.blueprints.starter import for_slot
+    from services.cli.settings import load_settings
+    from services.cli.supervisor import read_status
     from services.karn.service import submit
     from services.nissa.queries import run_query, write_result
     from services.nissa.report import write_report
@@ -51,8 +53,6 @@ def run_demo(config: Path, *, epochs: int | None = None, report: Path | None = N
     from services.nissa.views import decision_action_sql
     from services.oona.admin import wait_for_broker
     from services.oona.codec import make_codec
-    from services.cli.settings import load_settings
-    from services.cli.supervisor import read_status
     from services.tolaria.config import load_config
     from services.tolaria.run import TolariaRun, start_run
     from services.urza.catalog import load_catalog

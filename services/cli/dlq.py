@@ -86,8 +86,8 @@ def _cmd_list(args: argparse.Namespace, settings) -> int:
 
 def render_value(settings, letter: DlqRecord) -> tuple[str, str]:
     """(how it was decoded, the text): through the codec as JSON where possible, else JSON/UTF-8 text, else hex."""
-    from services.oona.codec import make_codec
     from services.core.errors import UnknownTopicError
+    from services.oona.codec import make_codec
     from services.oona.topic_registry import topic_spec
 
     value = letter.value

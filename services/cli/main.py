@@ -32,8 +32,8 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from services.oona.local_broker import LocalKafka
     from services.cli.settings import load_settings
+    from services.oona.local_broker import LocalKafka
 
     settings = load_settings()
     broker = LocalKafka(settings.local_broker())
@@ -54,9 +54,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
+    from services.cli.settings import load_settings
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.topic_registry import TOPICS, all_topics
-    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -106,10 +106,10 @@ def _shape(text: str) -> list[int]:
 
 
 def _connected():
+    from services.cli.settings import load_settings
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.codec import make_codec
     from services.oona.topic_registry import all_topics
-    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -217,8 +217,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from services.cli.dlq import add_dlq_command
     from services.cli import nissa_commands as nissa_cli
+    from services.cli.dlq import add_dlq_command
     from services.cli.system import add_system_commands
     from services.cli.tamiyo_commands import add_policy_command, add_tamiyo_serve_options
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.core.errors import EsperError
@@ -29,8 +29,8 @@ FORMATS = ("table", "csv", "json")
 def _db_path(args: argparse.Namespace) -> Path:
     if getattr(args, "db", None):
         return Path(args.db)
-    from services.nissa.sink import default_db_path
     from services.cli.settings import load_settings
+    from services.nissa.sink import default_db_path
 
     return default_db_path(load_settings().state_dir)
 
@@ -78,11 +78,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_serve_nissa(args: argparse.Namespace) -> int:
     """Run the sink until SIGTERM / SIGINT; prints one line per start and stop."""
+    from services.cli.settings import load_settings
     from services.nissa.sink import NissaSink, default_db_path
     from services.oona.admin import ensure_topics, wait_for_broker
     from services.oona.service_loop import StopFlag, run_until_stopped
     from services.oona.topic_registry import all_topics
-    from services.cli.settings import load_settings
 
     settings = load_settings()
     wait_for_broker(settings.kafka)
@@ -110,7 +110,7 @@ def _iso_time(text: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2025-01-31T12:00:00Z)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

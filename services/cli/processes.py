@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from services.core.errors import EsperError
-from services.core.paths import REPO_ROOT
 from services.cli.process_identity import describe
 from services.cli.supervisor import load_status, log_file, read_status, status_file, supervisor_running
+from services.core.errors import EsperError
+from services.core.paths import REPO_ROOT
 
 
 class SupervisorError(EsperError):

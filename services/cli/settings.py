@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.paths import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR
 from services.core.errors import ConfigurationError
+from services.core.paths import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR
 from services.oona.local_broker import LocalBrokerConfig
 from services.oona.settings import KafkaSettings
 

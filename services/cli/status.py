@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from contracts import TopicName
+from services.core.errors import KafkaClientError
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.clients import map_exceptions, reason
-from services.core.errors import KafkaClientError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import data_topics, topic_spec
 

@@ -31,11 +31,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from services.core.paths import REPO_ROOT
 from services.cli.process_identity import is_running, own_command_line
+from services.core.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class Supervisor:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env, cwd=REPO_ROOT, preexec_fn=die_with_parent())
         state = self.states[name]
-        state.pid, state.started_at = process.pid, datetime.now(timezone.utc).isoformat(timespec="seconds")
+        state.pid, state.started_at = process.pid, datetime.now(UTC).isoformat(timespec="seconds")
         state.cmdline = list(command)
         self.processes[name] = (process, time.monotonic())
         log.info("started service=%s pid=%d", name, process.pid)
@@ -139,7 +139,7 @@ class Supervisor:
         path = status_file(self.state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"pid": os.getpid(), "cmdline": self.cmdline,
-                "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "services": {name: {k: v for k, v in asdict(s).items() if k not in ("next_start", "backoff_s")}
                              for name, s in self.states.items()}}
         tmp = path.with_suffix(".tmp")

@@ -10,11 +10,11 @@ from services.core.paths import DEFAULT_RUN_CONFIG
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from services.cli import processes
-    from services.oona.admin import ensure_topics
     from services.cli.cluster import ensure_cluster
-    from services.oona.topic_registry import all_topics
     from services.cli.settings import load_settings
     from services.cli.supervisor import SERVICES, log_file
+    from services.oona.admin import ensure_topics
+    from services.oona.topic_registry import all_topics
 
     settings = load_settings()
     print(ensure_cluster(settings))
@@ -46,13 +46,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from services.cli.settings import load_settings
+    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
+    from services.cli.supervisor import SERVICES, read_status
+    from services.core.errors import BrokerUnavailableError
     from services.nissa.sink import default_db_path
     from services.oona.admin import wait_for_broker
-    from services.core.errors import BrokerUnavailableError
     from services.oona.local_broker import LocalKafka
-    from services.cli.settings import load_settings
-    from services.cli.supervisor import SERVICES, read_status
-    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
 
     settings = load_settings()
     try:
@@ -97,9 +97,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
-    from services.oona.service_loop import StopFlag
     from services.cli.settings import load_settings
     from services.cli.supervisor import Supervisor
+    from services.oona.service_loop import StopFlag
 
     settings = load_settings()
     stop = StopFlag()

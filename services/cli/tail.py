@@ -6,12 +6,12 @@ import sys
 import time
 import uuid
 
+from services.cli.settings import load_settings
 from services.oona.admin import wait_for_broker
 from services.oona.codec import make_codec
 from services.oona.consumer import OonaConsumer
 from services.oona.producer import OonaProducer
 from services.oona.topic_registry import topic_spec
-from services.cli.settings import load_settings
 
 
 def tail(topic: str, *, max_events: int = 0, from_beginning: bool = False, timeout_s: float = 0.0) -> int:

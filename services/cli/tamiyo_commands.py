@@ -43,9 +43,9 @@ def add_policy_command(sub) -> None:
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:
+    from services.cli.settings import load_settings
     from services.core.errors import UsageError
     from services.core.progress import progress_bar
-    from services.cli.settings import load_settings
     from services.tamiyo.policy_store import INITIAL_POLICY, load_policy, save_policy
 
     if args.action == "show":

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from contracts import SeedState, layer_id_for_path
+from services.core.errors import EsperError
 from services.kasmina.health import HealthAccumulator
 from services.kasmina.lifecycle import state_code, state_of
-from services.core.errors import EsperError
 
 _CONTRIBUTING = (SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED)
 

@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from services.core.errors import DecodeError
 from services.nissa.event_ids import SeenKeys, event_keys, resolve_ids
 from services.nissa.store import NissaStore
 from services.nissa.tables import arrow_batch, dead_letters_table
 from services.nissa.validity import TableChecks, checks_for
 from services.oona.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec
-from services.core.errors import DecodeError
 from services.oona.topic_registry import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def dead_letter_row(message: Any, reason: str, error_type: str) -> tuple:
     values = {
         "source_topic": message.topic(), "source_partition": message.partition(), "source_offset": message.offset(),
         "reason": reason[:4000], "error_type": error_type[:100], "consumer_group": CONSUMER_GROUP,
-        "original_key": message.key(), "original_value": message.value(), "failed_at": datetime.now(timezone.utc),
+        "original_key": message.key(), "original_value": message.value(), "failed_at": datetime.now(UTC),
         "origin": "nissa", "kafka_partition": message.partition(), "kafka_offset": message.offset(),
     }
     return tuple(values[c.name] for c in dead_letters_table().columns)

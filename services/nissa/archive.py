@@ -35,7 +35,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -196,13 +196,13 @@ def default_archive_dir(state_dir: Path) -> Path:
 
 def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> ArchiveResult:
     """Archive everything new on every topic into ``root``; returns what this pass wrote."""
+    from services.core.progress import progress_bar
     from services.nissa.batch import Batch, Decoders
     from services.nissa.log_scan import log_ranges, scan
     from services.nissa.sink import sink_tables
     from services.nissa.tables import dead_letters_table
     from services.oona.schema_store import SchemaStore
     from services.oona.topic_registry import data_topics
-    from services.core.progress import progress_bar
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -327,7 +327,7 @@ class ArchiveReader:
             if spec.run_scoped and from_offset is not None:
                 table = table.filter(pc.greater_equal(table.column("kafka_offset"), from_offset))
             if spec.run_scoped and from_time is not None:
-                since = pa.scalar(from_time.astimezone(timezone.utc), pa.timestamp("ms", tz="UTC"))
+                since = pa.scalar(from_time.astimezone(UTC), pa.timestamp("ms", tz="UTC"))
                 table = table.filter(pc.greater_equal(table.column("kafka_timestamp"), since))
             if not table.num_rows:
                 continue

@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from services.core.errors import DecodeError, SchemaError
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, row_from_record
 from services.oona.avro import HEADER_LEN, RowDecoder, compile_decoder, single_object_fingerprint
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.codec import message_to_record
 from services.oona.consumer import dead_letter_from_message
 from services.oona.dlq_records import is_redrive_marker
-from services.core.errors import DecodeError, SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 
@@ -237,7 +237,7 @@ def _rows_to_arrow(table: Table, rows: list[tuple], messages: list, dead: list[t
 def _failed_row(message: Any, reason: str, error_type: str) -> tuple:
     """A ``dead_letters`` row for a value the sink itself could not decode."""
     return (message.topic(), message.partition(), message.offset(), reason[:4000], error_type, SINK_GROUP,
-            message.key(), message.value(), datetime.now(timezone.utc), "nissa", message.partition(), message.offset())
+            message.key(), message.value(), datetime.now(UTC), "nissa", message.partition(), message.offset())
 
 
 def _dlq_row(message: Any) -> tuple:
@@ -248,5 +248,5 @@ def _dlq_row(message: Any) -> tuple:
                   d.original_key, d.original_value, d.failed_at)
     except (ValueError, TypeError) as exc:  # headers that do not make a DeadLetter: keep the bytes anyway
         fields = ("unknown", 0, 0, f"unreadable DLQ headers: {exc}"[:4000], "BadDeadLetter", "",
-                  message.key(), message.value(), datetime.now(timezone.utc))
+                  message.key(), message.value(), datetime.now(UTC))
     return (*fields, "dlq", message.partition(), message.offset())

@@ -16,9 +16,9 @@ from datetime import datetime
 from confluent_kafka import IsolationLevel, Message, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from services.core.errors import FatalError
 from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
-from services.core.errors import FatalError
 from services.oona.log_reader import Ranges, scan_range
 from services.oona.settings import KafkaSettings
 

@@ -29,11 +29,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
+from services.core.progress import progress_bar
 from services.nissa.batch import Batch, Decoders
 from services.nissa.counterfactual import write_counterfactual
 from services.nissa.errors import UnknownRunError
@@ -44,7 +45,6 @@ from services.oona.codec import make_codec
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import data_topics
-from services.core.progress import progress_bar
 
 BATCH_ROWS = 50_000
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from services.nissa.plots import Plot, accuracy_plot, health_plot, parameter_plot, timeline_plot
@@ -85,7 +85,7 @@ def render(runs: list[RunData]) -> Report:
         for r in runs)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from Nissa</p>"
+            f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')} from Nissa</p>"
             f"<h2>Final numbers</h2>{_table(FINAL_COLUMNS, [final_numbers(r) for r in runs])}"
             f"<h2>Curves</h2>{''.join(_figure(p) for p in plots[:2])}"
             f"<h2>Seeds and health</h2>{''.join(_figure(p) for p in plots[2:])}"

@@ -36,6 +36,7 @@ from pathlib import Path
 import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from services.core.errors import FatalError
 from services.nissa.admission import Admission, dead_letter_row
 from services.nissa.batch import Batch, Decoders
 from services.nissa.errors import NissaError
@@ -45,12 +46,11 @@ from services.nissa.tables import Table, arrow_batch, dead_letters_table, table_
 from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import ConfluentCodec, make_codec
-from services.core.errors import FatalError
 from services.oona.isolation import is_record_failure
 from services.oona.log_reader import ReadToEnds
+from services.oona.schema_log import schema_log_reader
 from services.oona.schema_store import SchemaStore
 from services.oona.settings import KafkaSettings
-from services.oona.schema_log import schema_log_reader
 from services.oona.topic_registry import TopicSpec, data_topics
 
 log = logging.getLogger(__name__)

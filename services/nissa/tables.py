@@ -31,9 +31,9 @@ from typing import Any
 import pyarrow as pa
 
 from contracts import DeadLetter
+from services.core.errors import SchemaError
 from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name
 from services.oona.avro_mapping import model_to_avro
-from services.core.errors import SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec
 

@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 
-from services.nissa.tables import Table
 from services.core.errors import SchemaError
+from services.nissa.tables import Table
 
 # Validators that only normalise what they are given (they never reject a record): the
 # vectorised checks stay exact for models that carry only these.

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from services.oona import clients
 from services.core.errors import BrokerUnavailableError, ConfigurationError
+from services.oona import clients
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, TopicSpec
 

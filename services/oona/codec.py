@@ -23,19 +23,19 @@ import fastavro
 from pydantic import ValidationError
 
 from contracts import OonaMessage
-from services.oona.avro import (
-    HEADER_LEN,
-    SINGLE_OBJECT_MAGIC,
-    compile_encoder,
-    compile_validator,
-    single_object_fingerprint,
-)
 from services.core.errors import (
     ConfigurationError,
     ContractViolationError,
     DecodeError,
     EncodeError,
     UnknownSchemaError,
+)
+from services.oona.avro import (
+    HEADER_LEN,
+    SINGLE_OBJECT_MAGIC,
+    compile_encoder,
+    compile_validator,
+    single_object_fingerprint,
 )
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import TopicSpec

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from confluent_kafka import (
@@ -48,15 +48,15 @@ from contracts.dead_letter import (
     DLQ_HEADER_TOPIC,
     DeadLetter,
 )
-from services.oona import clients
-from services.oona.admin import OffsetReader
-from services.oona.codec import Codec
-from services.oona.dlq_records import Header, dead_letter_headers
 from services.core.errors import (
     DecodeError,
     FatalError,
     OversizedMessageError,
 )
+from services.oona import clients
+from services.oona.admin import OffsetReader
+from services.oona.codec import Codec
+from services.oona.dlq_records import Header, dead_letter_headers
 from services.oona.isolation import failure_reason, is_record_failure
 from services.oona.log_reader import ReadToEnds, scan_range
 from services.oona.producer import OonaProducer
@@ -223,7 +223,7 @@ class OonaConsumer:
             log.info("not dead-lettered again topic=%s[%d] offset=%d group=%s reason=%s",
                      topic, partition, offset, self.group_id, reason)
             return
-        failed_at = datetime.now(timezone.utc)
+        failed_at = datetime.now(UTC)
         headers = dead_letter_headers(original_headers, [
             (DLQ_HEADER_TOPIC, topic.encode()),
             (DLQ_HEADER_PARTITION, str(partition).encode()),
@@ -364,5 +364,5 @@ def dead_letter_from_message(msg: Message) -> DeadLetter:
         consumer_group=text(DLQ_HEADER_GROUP),
         original_key=msg.key(),
         original_value=msg.value(),
-        failed_at=datetime.fromisoformat(text(DLQ_HEADER_FAILED_AT)) if DLQ_HEADER_FAILED_AT in headers else datetime.now(timezone.utc),
+        failed_at=datetime.fromisoformat(text(DLQ_HEADER_FAILED_AT)) if DLQ_HEADER_FAILED_AT in headers else datetime.now(UTC),
     )

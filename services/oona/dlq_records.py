@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from contracts.dead_letter import (
@@ -123,7 +123,7 @@ class DlqRecord:
             except ValueError:
                 pass
         if self.timestamp_ms is not None:
-            return datetime.fromtimestamp(self.timestamp_ms / 1000, timezone.utc)
+            return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
         return None
 
     @property

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
 
 from contracts import TopicName
+from services.core.errors import DeliveryError, EsperError
 from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.dlq_records import (
@@ -29,7 +30,6 @@ from services.oona.dlq_records import (
     plan_redrive,
     redrive_headers,
 )
-from services.core.errors import DeliveryError, EsperError
 from services.oona.log_reader import scan_range
 from services.oona.producer import PRODUCER_DEFAULTS
 from services.oona.settings import KafkaSettings
@@ -129,7 +129,7 @@ def _redrive_chunk(producer: Producer, dlq: str, letters: Sequence[DlqRecord], t
         if deliveries.failed or len(deliveries.done) != len(letters):
             raise DeliveryError(letters[0].source_topic, deliveries.failed[0] if deliveries.failed
                                 else "re-driven records not delivered in time")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for i, letter in enumerate(letters):
             producer.produce(dlq, value=None, key=marker_key(letter), partition=letter.partition,
                              headers=marker_headers(letter, deliveries.done[i], now))

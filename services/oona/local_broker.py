@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.paths import KAFKA_LOCAL_ASSETS
 from services.core.errors import LocalBrokerError
+from services.core.paths import KAFKA_LOCAL_ASSETS
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,8 @@ class LocalKafka:
         return proc.pid
 
     def _wait_until_ready(self, pid: int, proc: subprocess.Popen | None = None) -> None:
-        from services.oona.admin import wait_for_broker
         from services.core.errors import BrokerUnavailableError
+        from services.oona.admin import wait_for_broker
         from services.oona.settings import KafkaSettings
 
         deadline = time.monotonic() + self.cfg.start_timeout_s

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from services.oona import clients
 from services.core.errors import FatalError
+from services.oona import clients
 from services.oona.settings import KafkaSettings
 
 Partition = tuple[str, int]

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from confluent_kafka import KafkaError
 
 from contracts import OonaMessage
+from services.core.errors import DeliveryError, EncodeError
 from services.oona import clients
 from services.oona.codec import Codec
-from services.core.errors import DeliveryError, EncodeError
 from services.oona.schema_log import SchemaLogWriter
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec

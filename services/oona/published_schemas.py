@@ -28,8 +28,8 @@ import fastavro
 from pydantic import ValidationError
 
 from contracts.published_schema import MAX_PUBLISHED_SCHEMA_CHARS, PublishedSchema
-from services.oona.avro.schema_walk import PRIMITIVE_NAMES
 from services.core.errors import SchemaError
+from services.oona.avro.schema_walk import PRIMITIVE_NAMES
 from services.oona.schema_store import WriterSchema, schema_fingerprint
 
 MAX_NESTING = 64  # JSON levels; our deepest committed schema has about a dozen

@@ -27,9 +27,9 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from contracts import TopicName
+from services.core.errors import BrokerUnavailableError, DeliveryError, SchemaError
 from services.oona import clients
 from services.oona.admin import ensure_topics
-from services.core.errors import BrokerUnavailableError, DeliveryError, SchemaError
 from services.oona.log_reader import ReadToEnds
 from services.oona.published_schemas import publication, read_publication
 from services.oona.schema_store import learn_published, published_writer

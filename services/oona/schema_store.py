@@ -20,20 +20,20 @@ reader schema of that record can read it (``writer``).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-
-import threading
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from services.core.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
 from services.core.paths import SCHEMAS_DIR
 from services.oona.avro import HEADER_LEN, compile_validator
 from services.oona.avro_mapping import model_to_avro
-from services.core.errors import SchemaCompatibilityError, SchemaDriftError, SchemaError, UnknownSchemaError
 from services.oona.schema_compat import compatibility_problems, full_transitive_problems
 from services.oona.topic_registry import TopicSpec, avro_topics
+
 
 def schema_fingerprint(schema: dict) -> bytes:
     """CRC-64-AVRO of the parsing canonical form, as the 8 bytes single-object encoding puts on the wire."""

@@ -10,18 +10,19 @@ always carry the same version and every decision names the exact policy that mad
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from services.core.paths import INITIAL_POLICY
 from services.core.errors import EsperError
+from services.core.paths import INITIAL_POLICY
 from services.tamiyo.decider import FAMILIES
 from services.tamiyo.features import FEATURES
 from services.tamiyo.policy import TamiyoPolicy
+
 
 class PolicyError(EsperError):
     """A policy file that cannot be used (missing, corrupt, or built for other features)."""
@@ -48,7 +49,7 @@ def save_policy(policy: TamiyoPolicy, directory: Path, trained_on: str, metrics:
     version = policy.version()
     record = PolicyRecord(
         version=version, hidden=policy.hidden, layers=len(policy.layers), features=list(FEATURES),
-        families=list(FAMILIES), created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        families=list(FAMILIES), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         trained_on=trained_on, metrics=metrics or {},
     )
     stem = name or version

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationDecision, TopicName
+from services.core.errors import DecodeError, EsperError
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import Codec
-from services.core.errors import DecodeError, EsperError
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec

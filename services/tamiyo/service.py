@@ -31,11 +31,11 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from contracts import AdaptationDecision, OonaMessage, TopicName
+from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
-from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from contracts import CommandAction, FieldReportOutcome, SeedState, TopicName
-from services.oona.codec import Codec
 from services.core.errors import EsperError
+from services.oona.codec import Codec
 from services.oona.settings import KafkaSettings
 from services.tamiyo.decider import FAMILIES, record
 from services.tamiyo.features import GraphView, build_graph

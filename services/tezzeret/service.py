@@ -23,11 +23,11 @@ from services.blueprints.compiler import compile_blueprint
 from services.blueprints.content_address import BlobStore
 from services.blueprints.modules import BlueprintError
 from services.oona.codec import Codec
-from services.tezzeret.answers import AnsweredBlueprints
 from services.oona.consumer import Delivered
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.oona.transactions import ExactlyOnceProcessor
+from services.tezzeret.answers import AnsweredBlueprints
 from services.urza.topic_view import TopicView
 
 log = logging.getLogger(__name__)

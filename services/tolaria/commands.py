@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from contracts import CommandAction, FieldReport, KasminaCommand, SeedId, SeedState, SeedTransition
 from services.blueprints.artifacts import ArtifactError
+from services.core.errors import EsperError
 from services.kasmina.lifecycle import IllegalTransitionError
 from services.kasmina.seed_manager import KernelInfo, SeedManager
 from services.kasmina.seed_slot import KasminaError
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
-from services.core.errors import EsperError
 
 
 class CommandRejected(EsperError, ValueError):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.tolaria.config import DataConfig
 from services.core.errors import InputError
+from services.tolaria.config import DataConfig
 
 
 class DataError(InputError):

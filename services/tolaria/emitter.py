@@ -12,9 +12,9 @@ import logging
 from pydantic import BaseModel
 
 from contracts import OonaMessage, deterministic_event_id
+from services.core.errors import DecodeError
 from services.oona.admin import OffsetReader
 from services.oona.codec import Codec
-from services.core.errors import DecodeError
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings

@@ -10,7 +10,7 @@ consumer's check of what is already on the DLQ.
 
 from __future__ import annotations
 
-from contracts import TrainingSessionEvent, TopicName
+from contracts import TopicName, TrainingSessionEvent
 from services.oona.consumer import OonaConsumer
 from services.tolaria.emitter import BROKER_OUTAGE_S, LogPositions, RunEmitter
 from services.tolaria.epoch_boundary import BoundaryOutcome

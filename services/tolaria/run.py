@@ -15,13 +15,13 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
 from contracts import SessionStatus
-from services.oona.consumer import Delivered
 from services.core.errors import EsperError
+from services.oona.consumer import Delivered
 from services.tolaria.checkpoint import (
     BudgetRecord,
     Checkpoint,
@@ -67,7 +67,7 @@ class RunResult:
 
 
 def new_run_id(name: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{re.sub(r'[^A-Za-z0-9._-]', '-', name)[:40]}-{stamp}-{uuid.uuid4().hex[:4]}"
 
 

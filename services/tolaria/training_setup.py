@@ -14,7 +14,7 @@ from services.kasmina.wrap import wrap_layers
 from services.tolaria.checkpoint import Checkpoint
 from services.tolaria.commands import AdaptationBudget
 from services.tolaria.config import ConfigError, RunConfig
-from services.tolaria.data import Dataset, DataError, load_dataset
+from services.tolaria.data import DataError, Dataset, load_dataset
 from services.tolaria.models import build_host, parameter_count
 from services.tolaria.trainer import Trainer, pick_device
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from contracts import CompiledKernel
 from services.blueprints.artifacts import ArtifactError, load_artifact
 from services.blueprints.content_address import BlobStore, artifact_problem, kernel_problem
+from services.core.errors import EsperError
 from services.oona.codec import Codec
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec
 from services.urza.topic_view import TopicView
-from services.core.errors import EsperError
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from services.cli.supervisor import SERVICES
+from services.nissa.tables import table_name
 from services.oona import clients
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
@@ -30,8 +32,6 @@ from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, avro_topics
-from services.cli.supervisor import SERVICES
-from services.nissa.tables import table_name
 from tests.e2e.poison_corpus import SERVICE_GROUPS
 from tests.esper_cli import ESPER, REPO
 from tests.fixtures.write_fixture_logs import LOGS_DIR, read_fixture_log
@@ -339,8 +339,8 @@ def test_logs_written_by_older_schema_versions_are_ingested(system):
 
 @pytest.mark.timeout(900)  # its own bounded waits: the run, Nissa catching up, services back up
 def test_broker_killed_mid_run_and_restarted(system, tmp_path):
-    from services.oona.local_broker import LocalKafka
     from services.cli.settings import EsperSettings
+    from services.oona.local_broker import LocalKafka
 
     settings = EsperSettings(state_dir=system.state_dir)
     settings.broker.port = int(system.env["ESPER_BROKER__PORT"])

@@ -26,11 +26,11 @@ import pytest
 from confluent_kafka import Producer
 
 from services.blueprints.compiler import compile_blueprint
+from services.cli.supervisor import SERVICES
 from services.nissa.tables import table_name
 from services.oona.admin import admin_client, end_offsets
 from services.oona.log_reader import read_range
 from services.oona.topic_registry import topic_spec
-from services.cli.supervisor import SERVICES
 from tests.e2e.conftest import vm_rss_kib
 from tests.e2e.poison_corpus import NISSA, CorpusBuilder, Record
 from tests.samples import blueprint

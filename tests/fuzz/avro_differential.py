@@ -39,12 +39,12 @@ from typing import Any, Protocol
 import fastavro
 import pyarrow as pa
 
+from services.core.errors import DecodeError
 from services.nissa.tables import KAFKA_COLUMNS, Table, arrow_batch, row_from_record, table_for
 from services.oona.avro import HEADER_LEN, SINGLE_OBJECT_MAGIC, RowDecoder, compile_decoder, encode_long
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.avro.schema_walk import NamedTypes
 from services.oona.codec import SingleObjectCodec, message_to_record
-from services.core.errors import DecodeError
 from services.oona.schema_store import SchemaStore, history_versions, schema_fingerprint
 from services.oona.topic_registry import TopicSpec, avro_topics
 from tests.fixtures.write_fixture_logs import fixture_path, read_fixture_log

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from services.core.paths import REPO_ROOT
 from services.oona.admin import delete_topics, ensure_topics, wait_for_broker
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
-from services.core.paths import REPO_ROOT
 from services.oona.local_broker import LocalBrokerConfig, LocalKafka
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
@@ -139,8 +139,8 @@ def consumer_factory(kafka_settings: KafkaSettings, codec: SingleObjectCodec, pr
 @pytest.fixture
 def esper_settings(kafka_bootstrap: str, tmp_path):
     """Settings for a whole service/run under a unique topic prefix, with every topic created."""
-    from services.oona.topic_registry import all_topics
     from services.cli.settings import EsperSettings
+    from services.oona.topic_registry import all_topics
 
     prefix = f"it.{uuid.uuid4().hex[:8]}."
     settings = EsperSettings(kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),

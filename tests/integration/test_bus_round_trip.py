@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.oona.admin import wait_for_broker
 from services.core.errors import BrokerUnavailableError
+from services.oona.admin import wait_for_broker
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import avro_topics
 from tests.integration.conftest import consume_until

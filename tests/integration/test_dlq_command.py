@@ -10,10 +10,10 @@ import uuid
 
 from contracts import TopicName
 from contracts.dead_letter import DLQ_HEADER_REDRIVEN_FROM
+from services.cli import main
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
 from services.oona.producer import OonaProducer
-from services.cli import main
 from services.oona.topic_registry import topic_spec
 from tests.esper_cli import esper_env, run_esper
 from tests.integration.conftest import consume_until

@@ -15,6 +15,7 @@ import uuid
 import duckdb
 import pytest
 
+from services.cli.settings import EsperSettings
 from services.nissa.archive import ArchiveReader, archive_log, load_manifest
 from services.nissa.errors import ArchiveError, DatabaseUnreadableError, UnknownRunError
 from services.nissa.replay import replay_from_archive, replay_from_kafka
@@ -23,7 +24,6 @@ from services.nissa.sink import NissaSink, sink_tables
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import all_topics
-from services.cli.settings import EsperSettings
 from services.tamiyo.policy_store import INITIAL_POLICY, PolicyError
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run

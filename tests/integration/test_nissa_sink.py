@@ -11,10 +11,10 @@ import duckdb
 import pytest
 
 from contracts.dead_letter import DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
+from services.core.paths import REPO_ROOT
 from services.nissa.queries import run_query
 from services.nissa.sink import NissaSink
 from services.oona.admin import admin_client, end_offsets
-from services.core.paths import REPO_ROOT
 from services.oona.topic_registry import all_topics, topic_spec
 from tests.esper_cli import ESPER, esper_env
 from tests.samples import T0, health_signal, message_for

@@ -22,8 +22,8 @@ from services.tamiyo.recorded import load_recorded_runs, replay_decisions
 from services.tamiyo.service import CatalogChooser, Tamiyo
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
-from services.urza.catalog import load_catalog
 from services.urabrask.seed_library import publish_characterised_kernel
+from services.urza.catalog import load_catalog
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"
 

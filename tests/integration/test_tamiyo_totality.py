@@ -14,9 +14,9 @@ from collections.abc import Callable
 from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationDecision, AdaptationType, SessionStatus, TopicName
+from services.core.errors import DecodeError
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
-from services.core.errors import DecodeError
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings

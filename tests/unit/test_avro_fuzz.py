@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from services.oona.avro import encode_long
 from tests.fuzz.avro_differential import (
-    EXTREME_VARINTS,
     DECODERS,
+    EXTREME_VARINTS,
     Differential,
     Figures,
     mutate,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from services.core.errors import DecodeError
 from services.nissa.tables import table_for
 from services.oona.avro import HEADER_LEN, compile_decoder, compile_validator, encode_long
 from services.oona.avro.columnar import columnar_decoder
 from services.oona.avro.schema_walk import NamedTypes
 from services.oona.avro.wire import TIMESTAMP_MICROS_MAX, TIMESTAMP_MICROS_MIN, read_varint
 from services.oona.codec import SingleObjectCodec
-from services.core.errors import DecodeError
 from services.oona.topic_registry import topic_spec
 from tests.fuzz.avro_differential import varint_spans
 from tests.samples import message_for

@@ -10,8 +10,8 @@ import fastavro
 import pytest
 from pydantic import BaseModel, Field
 
-from services.oona.avro_mapping import model_to_avro
 from services.core.errors import SchemaMappingError
+from services.oona.avro_mapping import model_to_avro
 
 
 class Colour(str, Enum):

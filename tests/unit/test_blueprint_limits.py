@@ -17,9 +17,9 @@ from services.blueprints.compiler import compile_blueprint
 from services.blueprints.files import load_blueprints
 from services.blueprints.modules import BlueprintError, build_module, parameter_count
 from services.blueprints.starter import for_slot, mlp_adapter
+from services.core.errors import ContractViolationError
 from services.karn.starter_library import starter_library
 from services.oona.codec import SingleObjectCodec
-from services.core.errors import ContractViolationError
 from services.oona.topic_registry import topic_spec
 from tests.blueprint_poison import claiming, out_of_bounds
 

@@ -9,9 +9,9 @@ import fastavro
 import pytest
 
 from contracts import HealthSignal, OonaMessage
+from services.core.errors import ConfigurationError, ContractViolationError, DecodeError, UnknownSchemaError
 from services.oona.avro import SINGLE_OBJECT_MAGIC, compile_encoder, encode_long
 from services.oona.codec import ConfluentCodec, SingleObjectCodec, make_codec
-from services.core.errors import ConfigurationError, ContractViolationError, DecodeError, UnknownSchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import avro_topics, topic_spec
 from tests.samples import all_messages, message_for

@@ -10,13 +10,21 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from contracts import BlueprintArchitecture, CompilationOutcome, CompiledKernel, KernelMetadata, KernelReady, OpSpec, TopicName
+from contracts import (
+    BlueprintArchitecture,
+    CompilationOutcome,
+    CompiledKernel,
+    KernelMetadata,
+    KernelReady,
+    OpSpec,
+    TopicName,
+)
 from services.blueprints.artifacts import ArtifactError
 from services.blueprints.compiler import compile_blueprint
 from services.blueprints.content_address import BlobStore, kernel_problem, ready_problem, sha256_hex
 from services.blueprints.starter import mlp_adapter
-from services.oona.codec import SingleObjectCodec
 from services.core.errors import ContractViolationError
+from services.oona.codec import SingleObjectCodec
 from services.oona.topic_registry import topic_spec
 from services.urabrask.characterize import BATCH, characterize, probe_batch
 from services.urza.catalog import Catalog

@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import AdaptationDecision, AdaptationType, CommandAction, TopicName, adaptation_type_of
-from services.oona.codec import SingleObjectCodec
 from services.core.paths import SCHEMAS_DIR
+from services.oona.codec import SingleObjectCodec
 from services.oona.schema_store import SchemaStore, history_versions
 from services.oona.topic_registry import topic_spec
 from services.tamiyo.decider import record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -29,7 +29,7 @@ from services.oona.dlq_records import (
     summarize,
 )
 
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def letter(offset: int, topic: str = "p.telemetry.seed.health", group: str = "tamiyo", reason: str = "bad",
@@ -126,7 +126,7 @@ def test_missing_headers_read_as_unknown_not_an_error():
     bare = DlqRecord(0, 0, None, b"x", (), timestamp_ms=1_700_000_000_000)
     assert (bare.source_topic, bare.source_partition, bare.reason, bare.group) == ("unknown", None,
                                                                                    "no reason recorded", "")
-    assert bare.failed_at == datetime.fromtimestamp(1_700_000_000, timezone.utc)
+    assert bare.failed_at == datetime.fromtimestamp(1_700_000_000, UTC)
     assert bare.source == "unknown:-:-"
 
 

@@ -16,10 +16,10 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON
+from services.core.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
 from services.oona import clients
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
-from services.core.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
 from services.oona.isolation import failure_reason, is_record_failure, replay_skipping_failures
 from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds
 from services.oona.producer import OonaProducer

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from services.oona import clients
 from services.core.errors import ConfigurationError, DeliveryError, KafkaClientError
+from services.oona import clients
 from services.oona.log_reader import ReadToEnds, read_range, scan_range
 from services.oona.settings import KafkaSettings
 

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 
 from contracts.dead_letter import DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
+from services.core.errors import DecodeError
 from services.nissa.batch import Decoders
 from services.nissa.store import NissaStore
-from services.core.errors import DecodeError
 from services.oona.topic_registry import all_topics, topic_spec
 from tests.samples import health_signal, message_for
 from tests.unit.nissa_fakes import BY_RECORD, CODEC, TABLES, new_batch

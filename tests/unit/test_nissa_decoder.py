@@ -7,12 +7,12 @@ import io
 import fastavro
 import pytest
 
+from services.core.errors import DecodeError
 from services.nissa.batch import Decoders
 from services.nissa.tables import arrow_batch, row_from_record, table_for
 from services.oona.avro import HEADER_LEN, SINGLE_OBJECT_MAGIC, compile_decoder
 from services.oona.avro.columnar import columnar_decoder
 from services.oona.codec import SingleObjectCodec, message_to_record
-from services.core.errors import DecodeError
 from services.oona.schema_store import history_versions, schema_fingerprint
 from services.oona.topic_registry import avro_topics, topic_spec
 from tests.samples import health_signal, message_for

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC
 
 import duckdb
 import numpy as np
@@ -104,14 +105,14 @@ def test_an_exact_duplicate_of_a_decision_with_maps_is_recognised(tmp_path):
 
 def test_a_re_emission_sent_again_with_another_timestamp_and_sender_is_a_duplicate(tmp_path):
     """The envelope says how an event was sent, not what it says: Tamiyo's ``content_digest`` rule."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     def sent(sender: str, at: datetime) -> bytes:
         return CODEC.encode(HEALTH, HEALTH.message_type(event_id="evt-r", sender_id=sender, topic=HEALTH.name,
                                                         run_id="run-1", trace_id=sender, timestamp=at,
                                                         payload=health_signal(epoch=3)))
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     batch = [Message(HEALTH.name, 0, 0, sent("tolaria-1", now)),
              Message(HEALTH.name, 0, 1, sent("tolaria-2", now + timedelta(seconds=30)))]
     store = new_store(tmp_path / "nissa.duckdb")

@@ -94,8 +94,8 @@ def test_interactive_prompt_until_quit(db, monkeypatch, capsys):
 
 
 def test_esper_registers_sql_and_runs():
-    from services.cli.main import build_parser
     from services.cli import nissa_commands as cli
+    from services.cli.main import build_parser
     from services.nissa.queries import FORMATS
 
     parser = build_parser()

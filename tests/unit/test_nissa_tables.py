@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import duckdb
 import pyarrow as pa
 import pytest
 
+from services.core.errors import SchemaError
 from services.nissa.tables import (
     KAFKA_COLUMNS,
     arrow_batch,
@@ -14,7 +17,6 @@ from services.nissa.tables import (
     snake_case,
     table_for,
 )
-from services.core.errors import SchemaError
 from services.oona.schema_store import SchemaStore
 from services.oona.topic_registry import avro_topics, topic_spec
 
@@ -95,9 +97,9 @@ def test_unsafe_names_never_reach_sql():
 
 def test_arrow_batch_builds_typed_columns_from_rows():
     table = dead_letters_table()
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    row = ("t", 0, 5, "bad", "DecodeError", "nissa", b"k", b"v", datetime(2026, 1, 1, tzinfo=timezone.utc),
+    row = ("t", 0, 5, "bad", "DecodeError", "nissa", b"k", b"v", datetime(2026, 1, 1, tzinfo=UTC),
            "nissa", 0, 5)
     batch = arrow_batch(table, [row, row])
     assert batch.num_rows == 2 and batch.schema.field("failed_at").type == pa.timestamp("us", tz="UTC")

@@ -23,8 +23,8 @@ import duckdb
 import fastavro
 import pytest
 
-from services.oona.codec import SINGLE_OBJECT_MAGIC, message_to_record
 from services.core.errors import DecodeError
+from services.oona.codec import SINGLE_OBJECT_MAGIC, message_to_record
 from services.oona.topic_registry import all_topics
 from tests.samples import message_for
 from tests.unit.nissa_fakes import CODEC, TABLE_OF_TOPIC, Message, commit_all, new_store

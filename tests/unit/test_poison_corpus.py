@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.blueprints.compiler import compile_blueprint
-from services.oona.codec import SingleObjectCodec
 from services.core.errors import DecodeError
+from services.oona.codec import SingleObjectCodec
 from services.oona.topic_registry import data_topics, topic_spec
 from tests.e2e.poison_corpus import NISSA, SERVICE_GROUPS, CorpusBuilder
 from tests.samples import blueprint

@@ -15,11 +15,11 @@ import avro.compatibility
 import avro.schema
 import pytest
 
+from services.core.errors import SchemaCompatibilityError, SchemaDriftError
+from services.core.paths import SCHEMAS_DIR
 from services.oona import schema_store
 from services.oona.codec import SingleObjectCodec
-from services.core.errors import SchemaCompatibilityError, SchemaDriftError
 from services.oona.schema_compat import BACKWARD_ONLY_HISTORY, compatibility_problems, full_transitive_problems
-from services.core.paths import SCHEMAS_DIR
 from services.oona.schema_store import SchemaStore, history_versions
 from services.oona.topic_registry import avro_topics
 from tests.fixtures.schema_ahead import next_health_schema, schemas_one_version_ahead

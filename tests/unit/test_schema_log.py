@@ -8,13 +8,13 @@ import pytest
 from pydantic import create_model
 
 from contracts import HealthSignal
+from services.core.errors import SchemaError, UnknownSchemaError
 from services.nissa.batch import Batch, Decoders
 from services.nissa.sink import sink_tables
 from services.oona import schema_store
 from services.oona.avro import HEADER_LEN, compile_decoder, compile_validator
 from services.oona.avro.layout import NoColumns
 from services.oona.codec import SingleObjectCodec
-from services.core.errors import SchemaError, UnknownSchemaError
 from services.oona.published_schemas import MAX_NESTING, publication, read_publication
 from services.oona.schema_store import SchemaStore, learn_published, schema_fingerprint
 from services.oona.topic_registry import TOPICS, avro_topics, data_topics, topic_spec

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from services.core.errors import ConfigurationError
 from services.cli.settings import load_settings
+from services.core.errors import ConfigurationError
 from tests.esper_cli import esper_env, run_esper
 
 

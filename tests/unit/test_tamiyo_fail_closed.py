@@ -31,7 +31,7 @@ from services.tamiyo.policy import PolicyOutput
 from services.tamiyo.policy_store import load_policy
 from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
 from services.tamiyo.service import fold
-from tests.tamiyo_events import LAYERS, FixedChooser, epoch_event, health, plateau_run, session
+from tests.tamiyo_events import FixedChooser, epoch_event, health, plateau_run, session
 
 HEALTH = TopicName.TELEMETRY_SEED_HEALTH.value
 EPOCHS = TopicName.SYSTEM_EVENTS_EPOCH.value

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from services.core.errors import DecodeError, EsperError
 from services.oona.avro.layout import ColumnLayout
 from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
 from services.oona.avro.wire import value_bounds
-from services.core.errors import DecodeError, EsperError
 
 _FIXED = {"double": ("<f8", 8), "float": ("<f4", 4), "boolean": ("bool", 1)}
 _WINDOW = np.arange(10, dtype=np.int64)

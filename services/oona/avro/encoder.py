@@ -17,12 +17,12 @@ import keyword
 import re
 import struct
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from services.core.errors import SchemaError
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SMALL_LONGS = [bytes([z]) for z in range(128)]
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FIXED = {"double": "d", "float": "f", "boolean": "?"}

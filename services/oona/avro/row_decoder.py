@@ -27,10 +27,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from services.core.errors import DecodeError, SchemaError
 from services.oona.avro.layout import ColumnLayout, NoColumns
 from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
 from services.oona.avro.wire import read_varint, value_bounds
-from services.core.errors import DecodeError, SchemaError
 
 RowDecoder = Callable[[bytes, int, int], tuple]
 
