@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -15,6 +16,7 @@ from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, TopicSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def admin_client(settings: KafkaSettings) -> AdminClient:
@@ -53,20 +55,22 @@ def ensure_topics(
     for spec in specs:
         if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
             raise ConfigurationError(
-                f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, Esper needs {spec.partitions} "
+                f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, "
+                f"Esper needs {spec.partitions} "
                 "(run-scoped topics must be co-partitioned); delete the topic or the local state (make clean-state)"
             )
     wanted = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor, config=spec.topic_configs())
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor,
+                 config=spec.topic_configs())
         for spec in specs
         if spec.name not in existing
     ]
     if not wanted:
         return []
-    created = []
+    created: list[str] = []
     for name, future in client.create_topics(wanted, request_timeout=timeout_s).items():
         # Already there: lost a race with another provisioner.
-        with clients.map_exceptions(lambda reason: ConfigurationError(f"cannot create topic {name}: {reason}")), \
+        with clients.map_exceptions(_cannot_create(name)), \
                 clients.suppress({KafkaError.TOPIC_ALREADY_EXISTS}):
             future.result(timeout=timeout_s)
             created.append(name)
@@ -75,6 +79,11 @@ def ensure_topics(
     # Leaders known to the metadata are not always serving yet: wait until every partition answers.
     end_offsets(client, partitions_of(client, created), timeout_s=timeout_s)
     return created
+
+
+def _cannot_create(name: str) -> Callable[[str], ConfigurationError]:
+    """The error for a topic the broker refused to create (a function of its own: binds ``name`` now)."""
+    return lambda reason: ConfigurationError(f"cannot create topic {name}: {reason}")
 
 
 def _wait_for_metadata(client: AdminClient, names: list[str], timeout_s: float) -> None:
@@ -94,7 +103,8 @@ def end_offsets(client: AdminClient, partitions: Iterable[tuple[str, int]], comm
     from confluent_kafka import IsolationLevel, TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
-    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # confluent_kafka leaves it unannotated
+    wanted = {TopicPartition(t, p): latest for t, p in partitions}
     if not wanted:
         return {}
     level = IsolationLevel.READ_COMMITTED if committed_only else IsolationLevel.READ_UNCOMMITTED
@@ -136,8 +146,8 @@ class OffsetReader:
         self.settings = settings
         self._client: AdminClient | None = None
 
-    def _call(self, fn, timeout_s: float):
-        def call():
+    def _call(self, fn: Callable[[AdminClient], T], timeout_s: float) -> T:
+        def call() -> T:
             if self._client is None:
                 self._client = admin_client(self.settings)
             return fn(self._client)

@@ -92,7 +92,8 @@ def admin(settings: KafkaSettings, *overrides: Mapping[str, Any]) -> AdminClient
 def kafka_error(exc: BaseException) -> KafkaError | None:
     """librdkafka's error inside a raised exception (a KafkaException, or a KafkaClientError made of one)."""
     if isinstance(exc, KafkaClientError):
-        return exc.error
+        inner: KafkaError | None = exc.error  # core's error tree does not import confluent_kafka to type it
+        return inner
     error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return error if isinstance(error, KafkaError) else None
 
@@ -130,9 +131,10 @@ class map_exceptions:  # noqa: N801 - used as a context manager, like contextlib
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        # Returns None (never swallows): mypy then knows a ``return`` inside the block always returns.
         if exc is None or not isinstance(exc, KafkaException):
-            return False
+            return None
         if self._into is None:
             raise KafkaClientError(exc.args[0] if exc.args else None, str(exc)) from None
         raise self._into(reason(exc)) from None
