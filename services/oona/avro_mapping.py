@@ -36,19 +36,24 @@ _TIMESTAMP = {"type": "long", "logicalType": "timestamp-micros"}
 _FACTORY_DEFAULTS: dict[Any, Any] = {list: [], dict: {}}
 
 
-def model_to_avro(model: type[BaseModel], record_name: str | None = None, doc: str | None = None) -> dict:
+def model_to_avro(model: type[BaseModel], record_name: str | None = None, doc: str | None = None) -> dict[str, Any]:
     """Avro schema (a JSON-able dict) of ``model``; ``record_name`` overrides its name."""
-    return _Mapper().record(model, record_name, doc)
+    return _Mapper().define(model, record_name, doc)
 
 
 class _Mapper:
     def __init__(self) -> None:
         self._defined: set[str] = set()
 
-    def record(self, model: type[BaseModel], name: str | None = None, doc: str | None = None) -> dict | str:
+    def record(self, model: type[BaseModel], name: str | None = None, doc: str | None = None) -> dict[str, Any] | str:
+        """A reference by full name to a record this schema defined already; else its definition."""
         fullname = f"{NAMESPACE}.{name or _clean_name(model.__name__)}"
         if fullname in self._defined:
             return fullname
+        return self.define(model, name, doc)
+
+    def define(self, model: type[BaseModel], name: str | None = None, doc: str | None = None) -> dict[str, Any]:
+        fullname = f"{NAMESPACE}.{name or _clean_name(model.__name__)}"
         self._defined.add(fullname)
         fields = [self.field(model, fname, info) for fname, info in model.model_fields.items()]
         schema: dict[str, Any] = {"type": "record", "name": fullname, "fields": fields}
@@ -57,7 +62,7 @@ class _Mapper:
             schema["doc"] = " ".join(text.split())
         return schema
 
-    def field(self, model: type[BaseModel], name: str, info: FieldInfo) -> dict:
+    def field(self, model: type[BaseModel], name: str, info: FieldInfo) -> dict[str, Any]:
         where = f"{model.__name__}.{name}"
         avro_type = self.type_of(info.annotation, where)
         out: dict[str, Any] = {"name": name, "type": avro_type}
@@ -103,7 +108,7 @@ class _Mapper:
                 return avro_name
         raise SchemaMappingError(f"{where}: no Avro mapping for {annotation.__name__}")
 
-    def enum(self, enum_type: type[Enum], where: str) -> dict | str:
+    def enum(self, enum_type: type[Enum], where: str) -> dict[str, Any] | str:
         fullname = f"{NAMESPACE}.{enum_type.__name__}"
         if fullname in self._defined:
             return fullname

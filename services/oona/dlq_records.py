@@ -216,7 +216,8 @@ class RedrivePlan:
 def plan_redrive(records: Sequence[DlqRecord], selection: Selection) -> RedrivePlan:
     """The selected dead letters, split into those to re-drive and those a marker says were re-driven."""
     done = redriven(records)
-    todo, already = [], []
+    todo: list[DlqRecord] = []
+    already: list[DlqRecord] = []
     for record in select(records, selection):
         (already if (record.partition, record.offset) in done else todo).append(record)
     return RedrivePlan(todo, already)

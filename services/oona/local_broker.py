@@ -78,7 +78,7 @@ class LocalKafka:
         self.pid_file = self.state_dir / "broker.pid"
         self.log_file = self.state_dir / "broker.log"
         self.properties_file = self.state_dir / "server.properties"
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     # -- toolchain -------------------------------------------------------------------------------
     @staticmethod
@@ -209,7 +209,7 @@ class LocalKafka:
         self._wait_until_ready(proc.pid, proc)
         return proc.pid
 
-    def _wait_until_ready(self, pid: int, proc: subprocess.Popen | None = None) -> None:
+    def _wait_until_ready(self, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         from services.core.errors import BrokerUnavailableError
         from services.oona.admin import wait_for_broker
         from services.oona.settings import KafkaSettings

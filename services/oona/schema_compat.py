@@ -19,7 +19,7 @@ from typing import Any
 BACKWARD_ONLY_HISTORY: frozenset[tuple[str, int, int]] = frozenset()
 
 
-def full_transitive_problems(record_name: str, versions: list[tuple[int, dict]],
+def full_transitive_problems(record_name: str, versions: list[tuple[int, dict[str, Any]]],
                              backward_only: frozenset[tuple[str, int, int]] = BACKWARD_ONLY_HISTORY) -> list[str]:
     """Why ``versions`` (``(version, schema)``, oldest first) are not FULL_TRANSITIVE compatible; empty if they are."""
     problems = []
@@ -43,7 +43,7 @@ _PROMOTIONS = {
 }
 
 
-def compatibility_problems(reader: dict, writer: dict) -> list[str]:
+def compatibility_problems(reader: dict[str, Any], writer: dict[str, Any]) -> list[str]:
     """Empty when ``reader`` can read all data written with ``writer``; else the reasons."""
     checker = _Checker(_named_types(reader), _named_types(writer))
     checker.check(reader, writer, path=_name(reader) or "<root>")
@@ -58,7 +58,7 @@ def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def _named_types(schema: Any, table: dict[str, dict] | None = None) -> dict[str, dict]:
+def _named_types(schema: Any, table: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     table = {} if table is None else table
     if isinstance(schema, list):
         for branch in schema:
@@ -81,13 +81,13 @@ def _named_types(schema: Any, table: dict[str, dict] | None = None) -> dict[str,
 
 
 class _Checker:
-    def __init__(self, reader_names: dict[str, dict], writer_names: dict[str, dict]) -> None:
+    def __init__(self, reader_names: dict[str, dict[str, Any]], writer_names: dict[str, dict[str, Any]]) -> None:
         self.reader_names = reader_names
         self.writer_names = writer_names
         self.problems: list[str] = []
         self._seen: set[tuple[str, str]] = set()
 
-    def _resolve(self, schema: Any, names: dict[str, dict]) -> Any:
+    def _resolve(self, schema: Any, names: dict[str, dict[str, Any]]) -> Any:
         if isinstance(schema, str) and schema not in _PRIMITIVES:
             return names[schema]
         if isinstance(schema, dict) and isinstance(schema.get("type"), (str,)) and schema["type"] in _PRIMITIVES:
@@ -126,7 +126,7 @@ class _Checker:
         if _short(reader["name"]) != _short(writer["name"]):
             return False
         if kind == "fixed":
-            return reader["size"] == writer["size"]
+            return bool(reader["size"] == writer["size"])
         if kind == "enum":
             missing = set(writer["symbols"]) - set(reader["symbols"])
             if missing and "default" not in reader:
@@ -143,7 +143,7 @@ class _Checker:
                 return True
         return False
 
-    def _record(self, reader: dict, writer: dict, path: str) -> bool:
+    def _record(self, reader: dict[str, Any], writer: dict[str, Any], path: str) -> bool:
         key = (reader["name"], writer["name"])
         if key in self._seen:
             return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -53,7 +53,7 @@ class TopicSpec:
         return f"{self.payload.__name__}Message"
 
     @property
-    def message_type(self) -> type[OonaMessage]:
+    def message_type(self) -> type[OonaMessage[Any]]:
         return OonaMessage[self.payload]  # type: ignore[name-defined]
 
     @property
@@ -81,7 +81,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TopicName.COMPILATION_KERNEL_READY.value, KernelReady, "blueprint_id", configs=_DATA),
     TopicSpec(TopicName.VALIDATION_KERNEL_CHARACTERIZED.value, KernelCharacterized, "kernel_id", configs=_DATA),
     TopicSpec(TopicName.INNOVATION_FIELD_REPORTS.value, FieldReport, "run_id", configs=_DATA),
-    TopicSpec(TopicName.LIBRARY_KERNELS.value, CompiledKernel, "kernel_id", partitions=1, compacted=True, configs=_DATA),
+    TopicSpec(TopicName.LIBRARY_KERNELS.value, CompiledKernel, "kernel_id", partitions=1, compacted=True,
+              configs=_DATA),
     TopicSpec(
         TopicName.DLQ.value,
         DeadLetter,

@@ -21,6 +21,7 @@ our committed schemas; bytes from the bus are only data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +66,7 @@ class ColumnarDecoder:
     No arrays at all (and ``ok`` all False) when the batch is too large for one buffer.
     """
 
-    def __init__(self, writer: dict, table: ColumnLayout, start: int) -> None:
+    def __init__(self, writer: dict[str, Any], table: ColumnLayout, start: int) -> None:
         self.table = table
         self.start = start
         self.names = NamedTypes(writer)
@@ -74,7 +75,7 @@ class ColumnarDecoder:
         self.program = self._record(writer, ())
 
     # -- building the program from the writer schema ------------------------------------------
-    def _record(self, record: dict, path: tuple[str, ...]) -> list[_Op]:
+    def _record(self, record: dict[str, Any], path: tuple[str, ...]) -> list[_Op]:
         ops: list[_Op] = []
         for f in record["fields"]:
             fpath = path + (safe_name(f["name"]),)
@@ -163,7 +164,8 @@ class ColumnarDecoder:
                     out[op.column] = array
             elif op.kind == "fixed":
                 for column, values in st.fixed(active, op.fixed):
-                    out[column] = pa.array(values, mask=_mask(active)).cast(self.table.columns[column].arrow_type, safe=False)
+                    arrow_type = self.table.columns[column].arrow_type
+                    out[column] = pa.array(values, mask=_mask(active)).cast(arrow_type, safe=False)
             elif op.kind == "enum":
                 z = st.varint(active)
                 idx = (z >> np.uint64(1)).astype(np.int64)
@@ -224,13 +226,13 @@ class _State:
         self.pos = new_pos
 
     def byte(self, active: np.ndarray | None) -> np.ndarray:
-        b = self.buf[self.pos]
+        b: np.ndarray = self.buf[self.pos]
         self._advance(self.pos + 1, active)
         return b
 
     def varint(self, active: np.ndarray | None) -> np.ndarray:
         """Raw (zig-zag) varints as uint64: 7 bits from each byte up to the first byte below 0x80."""
-        w = self.words[self.pos]
+        w: np.ndarray = self.words[self.pos]
         if not (w & np.uint64(0x80)).any():  # every row: one byte
             self._advance(self.pos + 1, active)
             return w & _LOW7
@@ -238,7 +240,7 @@ class _State:
         low = term & (~term + np.uint64(1))  # the high bit of the last byte
         length = np.searchsorted(_TERMINATORS, low).astype(np.int64) + 1
         data = w & (low | (low - np.uint64(1)))
-        z = data & _LOW7
+        z: np.ndarray = data & _LOW7
         for g in range(1, 8):
             z |= (data >> np.uint64(g)) & np.uint64(0x7F << (7 * g))
         wide = term == 0  # 9 or 10 bytes: rare (|value| >= 2**55)
@@ -248,7 +250,8 @@ class _State:
         self._advance(self.pos + length, active)
         return z
 
-    def _wide_varints(self, pos: np.ndarray, active: np.ndarray | None, rows: np.ndarray):
+    def _wide_varints(self, pos: np.ndarray, active: np.ndarray | None, rows: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
         window = self.buf[pos[:, None] + _WINDOW]
         cont = window >= 0x80
         length = np.argmin(cont, axis=1) + 1
@@ -261,7 +264,8 @@ class _State:
         z = (((window & 0x7F).astype(np.uint64) << _SHIFTS) * keep).sum(axis=1, dtype=np.uint64)
         return z, length
 
-    def fixed(self, active: np.ndarray | None, run: list[tuple[int | None, str, int]]):
+    def fixed(self, active: np.ndarray | None, run: list[tuple[int | None, str, int]]
+              ) -> Iterator[tuple[int, np.ndarray]]:
         size = sum(s for _, _, s in run)
         block = self.buf[self.pos[:, None] + np.arange(size)]
         self._advance(self.pos + size, active)
@@ -329,7 +333,7 @@ def _mask(active: np.ndarray | None) -> np.ndarray | None:
     return None if active is None else ~active
 
 
-def columnar_decoder(writer: dict, table: ColumnLayout, start: int) -> ColumnarDecoder | None:
+def columnar_decoder(writer: dict[str, Any], table: ColumnLayout, start: int) -> ColumnarDecoder | None:
     """The vectorised decoder of ``writer`` for ``table``, or None when the schema is not all scalars."""
     try:
         return ColumnarDecoder(writer, table, start)

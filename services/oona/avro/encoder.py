@@ -110,7 +110,7 @@ def _encode_map(items: Any, encode_value: Callable[[Any], bytes]) -> bytes:
 
 
 def compile_encoder(
-    schema: dict, constants: dict[str, Any] | None = None, prefix: bytes = b""
+    schema: dict[str, Any], constants: dict[str, Any] | None = None, prefix: bytes = b""
 ) -> Callable[[Any], bytes]:
     """``encode(obj) -> bytes`` for a record schema; ``obj`` exposes fields as attributes.
 
@@ -130,7 +130,8 @@ def compile_encoder(
     }
     source = "\n".join(gen.functions)
     exec(compile(source, f"<avro encoder {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - see module doc
-    return namespace[top]
+    encode: Callable[[Any], bytes] = namespace[top]
+    return encode
 
 
 class _Generator:
@@ -151,7 +152,7 @@ class _Generator:
         self.namespace[name] = value
         return name
 
-    def record_function(self, schema: dict, constants: dict[str, Any], prefix: bytes = b"") -> str:
+    def record_function(self, schema: dict[str, Any], constants: dict[str, Any], prefix: bytes = b"") -> str:
         name = schema["name"]
         top_level = bool(constants or prefix)
         if name in self._named and not top_level:
@@ -234,7 +235,7 @@ class _Generator:
             return f"{self._constant(struct.Struct('<' + _FIXED[kind]).pack)}({expr})"
         raise SchemaError(f"fast encoder does not support Avro type {kind!r}")
 
-    def union(self, branches: list, expr: str) -> str:
+    def union(self, branches: list[Any], expr: str) -> str:
         non_null = [b for b in branches if b != "null"]
         if len(branches) != 2 or len(non_null) != 1:
             raise SchemaError(f"fast encoder supports only [null, X] unions, got {branches}")

@@ -36,4 +36,4 @@ class ColumnLayout(Protocol):
 class NoColumns:
     """A layout with no columns: decoding only checks the body (see ``compile_validator``)."""
 
-    columns: tuple = ()
+    columns: tuple[LayoutColumn, ...] = ()

@@ -32,12 +32,12 @@ from services.oona.avro.layout import ColumnLayout, NoColumns
 from services.oona.avro.schema_walk import NamedTypes, flattened_record, nullable_branch, safe_name, union_codes
 from services.oona.avro.wire import read_varint, value_bounds
 
-RowDecoder = Callable[[bytes, int, int], tuple]
+RowDecoder = Callable[[bytes, int, int], tuple[Any, ...]]
 
 _FIXED = {"double": ("d", 8), "float": ("f", 4), "boolean": ("?", 1)}
 
 
-def compile_decoder(writer: dict, layout: ColumnLayout, start: int) -> RowDecoder:
+def compile_decoder(writer: dict[str, Any], layout: ColumnLayout, start: int) -> RowDecoder:
     """``decode(value, partition, offset) -> row`` for values written with ``writer``.
 
     ``value`` is the whole Kafka value; the Avro body begins at ``start`` (after the
@@ -49,10 +49,11 @@ def compile_decoder(writer: dict, layout: ColumnLayout, start: int) -> RowDecode
     namespace: dict[str, Any] = {"_rz": read_varint, "_Bad": DecodeError, "_struct_error": struct.error,
                                  **gen.namespace}
     exec(compile(source, f"<avro decoder {writer.get('name')}>", "exec"), namespace)  # noqa: S102 - see module doc
-    return namespace["_decode"]
+    decode: RowDecoder = namespace["_decode"]
+    return decode
 
 
-def compile_validator(writer: dict, start: int) -> Callable[[bytes], None]:
+def compile_validator(writer: dict[str, Any], start: int) -> Callable[[bytes], None]:
     """``check(value)``: DecodeError unless ``value[start:]`` is exactly one well-formed body of ``writer``."""
     decode = compile_decoder(writer, NoColumns(), start)
 
@@ -63,7 +64,7 @@ def compile_validator(writer: dict, start: int) -> Callable[[bytes], None]:
 
 
 class _Generator:
-    def __init__(self, writer: dict, layout: ColumnLayout) -> None:
+    def __init__(self, writer: dict[str, Any], layout: ColumnLayout) -> None:
         self.layout = layout
         self.writer_names = NamedTypes(writer)
         self.writer = writer
@@ -106,7 +107,8 @@ class _Generator:
     def _columns_under(self, path: tuple[str, ...]) -> list[int]:
         return [i for p, i in self._index.items() if p[: len(path)] == path]
 
-    def _flatten(self, record: dict, path: tuple[str, ...], out: list[str], depth: int, assigned: set[int]) -> None:
+    def _flatten(self, record: dict[str, Any], path: tuple[str, ...], out: list[str], depth: int,
+                 assigned: set[int]) -> None:
         """Decode the fields of a flattened record into column variables ``c<i>``."""
         pad = "    " * depth
         fixed: list[tuple[str, str, int]] = []  # pending run of fixed-width fields: (target, code, size)
@@ -246,7 +248,7 @@ class _Generator:
         self.functions.append("\n".join(lines))
         return fn
 
-    def _record_function(self, record: dict) -> str:
+    def _record_function(self, record: dict[str, Any]) -> str:
         """``_rN(b, p) -> (dict, p)``: a record inside an array or map, as a STRUCT value (a dict)."""
         fn = self._fresh("_r")
         lines = [f"def {fn}(b, p):"]

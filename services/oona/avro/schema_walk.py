@@ -25,7 +25,7 @@ class NamedTypes:
     """Every Avro named type defined in one schema (defined once, then referenced by name)."""
 
     def __init__(self, schema: Any = None) -> None:
-        self._types: dict[str, dict] = {}
+        self._types: dict[str, dict[str, Any]] = {}
         self._register(schema)
 
     def _register(self, schema: Any) -> None:
@@ -68,7 +68,7 @@ def nullable_branch(schema: Any) -> tuple[Any, bool]:
     return schema, False
 
 
-def union_codes(union: list) -> tuple[int, int]:
+def union_codes(union: list[Any]) -> tuple[int, int]:
     """The bytes a ``[null, X]`` union's branch index is on the wire: (null's, X's).
 
     Indexes 0 and 1 are the one-byte zig-zag varints 0x00 and 0x02; the decoders read the
@@ -78,7 +78,7 @@ def union_codes(union: list) -> tuple[int, int]:
     return null_at * 2, (1 - null_at) * 2
 
 
-def flattened_record(schema: Any, names: NamedTypes) -> dict | None:
+def flattened_record(schema: Any, names: NamedTypes) -> dict[str, Any] | None:
     """The record definition when ``schema`` is a record or ``[null, record]`` (flattened into columns)."""
     inner, _ = nullable_branch(schema)
     inner = names.resolve(inner)
