@@ -24,20 +24,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import fastavro
 from pydantic import ValidationError
 
 from contracts.published_schema import MAX_PUBLISHED_SCHEMA_CHARS, PublishedSchema
 from services.core.errors import SchemaError
 from services.oona.avro.schema_walk import PRIMITIVE_NAMES
-from services.oona.schema_store import WriterSchema, schema_fingerprint
+from services.oona.schema_store import WriterSchema, parse_record_schema, schema_fingerprint
 
 MAX_NESTING = 64  # JSON levels; our deepest committed schema has about a dozen
 _ALLOWED_LOGICAL = {None, "timestamp-micros", "timestamp-millis"}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
 
 
-def publication(record_name: str, version: int, schema: dict) -> tuple[bytes, bytes]:
+def publication(record_name: str, version: int, schema: dict[str, Any]) -> tuple[bytes, bytes]:
     """(key, value) of the schema-log record announcing ``schema`` (version ``version`` of ``record_name``)."""
     fingerprint = schema_fingerprint(schema).hex()
     record = PublishedSchema(fingerprint=fingerprint, record_name=record_name, version=version,
@@ -60,7 +59,7 @@ def read_publication(key: bytes | None, value: bytes | None) -> WriterSchema:
     schema = _load_bounded(record.writer_schema)
     check_schema_shape(schema)
     try:
-        parsed = fastavro.parse_schema(schema)
+        parsed = parse_record_schema(schema)
         fingerprint = schema_fingerprint(schema).hex()
     except Exception as exc:  # fastavro raises assorted types on bad schemas
         raise SchemaError(f"not an Avro schema: {type(exc).__name__}: {exc}") from None
@@ -102,7 +101,7 @@ def _is_name(name: Any) -> bool:
     return isinstance(name, str) and 0 < len(name) <= 200 and not name[0].isdigit() and set(name) <= _NAME_CHARS
 
 
-def _full_name(schema: dict, namespace: str) -> str:
+def _full_name(schema: dict[str, Any], namespace: str) -> str:
     name = schema.get("name")
     if not isinstance(name, str):
         raise SchemaError(f"named type without a name: {str(schema)[:100]}")
@@ -180,7 +179,7 @@ class _Shape:
         else:
             raise SchemaError(f"Avro type {str(kind)[:50]!r} is not supported")
 
-    def _define(self, schema: dict, namespace: str) -> str:
+    def _define(self, schema: dict[str, Any], namespace: str) -> str:
         full = _full_name(schema, namespace)
         if full in self.defined:
             raise SchemaError(f"type {full} defined twice")

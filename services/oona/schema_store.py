@@ -23,6 +23,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -35,17 +36,25 @@ from services.oona.schema_compat import compatibility_problems, full_transitive_
 from services.oona.topic_registry import TopicSpec, avro_topics
 
 
-def schema_fingerprint(schema: dict) -> bytes:
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
     """CRC-64-AVRO of the parsing canonical form, as the 8 bytes single-object encoding puts on the wire."""
     canonical = to_parsing_canonical_form(fastavro.parse_schema(schema, _write_hint=False))
     return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
 
 
-def generated_schema(spec: TopicSpec) -> dict:
+def parse_record_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """fastavro's parsed form of a schema given as a JSON object (typed by fastavro as any schema)."""
+    parsed = fastavro.parse_schema(schema)
+    if not isinstance(parsed, dict):  # a JSON object parses to a dict: never taken
+        raise SchemaError(f"schema {schema.get('name')} did not parse to a record")
+    return parsed
+
+
+def generated_schema(spec: TopicSpec) -> dict[str, Any]:
     return model_to_avro(spec.message_type, spec.record_name, doc=f"Record of the {spec.name} topic.")
 
 
-def _dump(schema: dict) -> str:
+def _dump(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2) + "\n"
 
 
@@ -53,8 +62,8 @@ def _dump(schema: dict) -> str:
 class WriterSchema:
     record_name: str
     version: int
-    parsed: dict
-    raw: dict  # as committed in schemas/history (what code generators read)
+    parsed: dict[str, Any]
+    raw: dict[str, Any]  # as committed in schemas/history (what code generators read)
     published: bool = False  # learned from the schema log, not committed here
 
 
@@ -87,8 +96,8 @@ class SchemaStore:
 
     def __init__(self, schemas_dir: Path = SCHEMAS_DIR) -> None:
         self.schemas_dir = Path(schemas_dir)
-        self._raw: dict[str, dict] = {}
-        self._current: dict[str, dict] = {}
+        self._raw: dict[str, dict[str, Any]] = {}
+        self._current: dict[str, dict[str, Any]] = {}
         self._current_version: dict[str, int] = {}
         self._current_fingerprint: dict[str, bytes] = {}
         self._writers: dict[bytes, WriterSchema] = {}
@@ -102,22 +111,22 @@ class SchemaStore:
             raise SchemaError(f"missing schema {path}; run `make schemas`")
         raw = json.loads(path.read_text())
         self._raw[record_name] = raw
-        self._current[record_name] = fastavro.parse_schema(raw)
+        self._current[record_name] = parse_record_schema(raw)
         current_fp = schema_fingerprint(raw)
         self._current_fingerprint[record_name] = current_fp
         for version, hist in history_versions(self.schemas_dir, record_name):
             fp = schema_fingerprint(hist)
-            self._writers[fp] = WriterSchema(record_name, version, fastavro.parse_schema(hist), hist)
+            self._writers[fp] = WriterSchema(record_name, version, parse_record_schema(hist), hist)
             if fp == current_fp:
                 self._current_version[record_name] = version
         if record_name not in self._current_version:
             raise SchemaError(f"schema {path.name} is not in schemas/history; run `make schemas`")
 
-    def raw(self, record_name: str) -> dict:
+    def raw(self, record_name: str) -> dict[str, Any]:
         """The current schema as committed JSON (not fastavro's parsed form)."""
         return self._raw[record_name]
 
-    def reader(self, record_name: str) -> dict:
+    def reader(self, record_name: str) -> dict[str, Any]:
         return self._current[record_name]
 
     def fingerprint(self, record_name: str) -> bytes:
@@ -161,7 +170,7 @@ class SchemaStore:
         return ""
 
 
-def history_versions(schemas_dir: Path, record_name: str) -> list[tuple[int, dict]]:
+def history_versions(schemas_dir: Path, record_name: str) -> list[tuple[int, dict[str, Any]]]:
     folder = Path(schemas_dir) / "history" / record_name
     versions = []
     for path in folder.glob("v*.avsc"):
