@@ -37,23 +37,25 @@ from services.oona.avro import (
     compile_validator,
     single_object_fingerprint,
 )
-from services.oona.schema_store import SchemaStore
+from services.oona.schema_store import SchemaStore, WriterSchema
 from services.oona.topic_registry import TopicSpec
 
 
 class Codec(Protocol):
-    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes: ...
+    def encode(self, spec: TopicSpec, message: OonaMessage[Any]) -> bytes: ...
 
-    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage: ...
+    def decode(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
+        """The message in ``data``, a record's value (None for a tombstone); DecodeError if there is none."""
+        ...
 
 
-def message_to_record(message: OonaMessage) -> dict[str, Any]:
+def message_to_record(message: OonaMessage[Any]) -> dict[str, Any]:
     # mode="python" keeps datetimes (fastavro writes timestamp-micros) and str-enum
     # members, which compare equal to their symbols.
     return message.model_dump(mode="python")
 
 
-def record_to_message(spec: TopicSpec, record: dict[str, Any]) -> OonaMessage:
+def record_to_message(spec: TopicSpec, record: dict[str, Any]) -> OonaMessage[Any]:
     try:
         return spec.message_type.model_validate(record)
     except ValidationError as exc:
@@ -80,11 +82,11 @@ class SingleObjectCodec:
         if not any(log is schema_log for log in self._schema_logs):
             self._schema_logs.append(schema_log)
 
-    def writer_schema(self, record_name: str) -> tuple[int, dict]:
+    def writer_schema(self, record_name: str) -> tuple[int, dict[str, Any]]:
         """(version, schema) that ``encode`` writes ``record_name`` with: what a producer publishes first."""
         return self.store.version(record_name), self.store.raw(record_name)
 
-    def _writer(self, fingerprint: bytes):
+    def _writer(self, fingerprint: bytes) -> WriterSchema:
         writer = self.store.writer(fingerprint)
         if writer is None and self._schema_logs:
             for schema_log in self._schema_logs:
@@ -107,13 +109,13 @@ class SingleObjectCodec:
             self._encoders[record_name] = encoder
         return encoder
 
-    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes:
+    def encode(self, spec: TopicSpec, message: OonaMessage[Any]) -> bytes:
         try:
             return self._encoder(spec.record_name)(message)
         except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
             raise EncodeError(spec.name, f"{type(exc).__name__}: {exc}") from None
 
-    def decode_record(self, spec: TopicSpec, data: bytes) -> dict[str, Any]:
+    def decode_record(self, spec: TopicSpec, data: bytes | None) -> dict[str, Any]:
         if data is None:
             raise DecodeError("message has no value (tombstone or null)")
         fingerprint = single_object_fingerprint(data)
@@ -138,9 +140,11 @@ class SingleObjectCodec:
             raise DecodeError(f"corrupt Avro body for {spec.record_name}: {type(exc).__name__}: {exc}") from None
         if body.tell() != len(data):
             raise DecodeError(f"{len(data) - body.tell()} trailing bytes after the {spec.record_name} body")
+        if not isinstance(record, dict):  # a record schema reads as a dict (fastavro types any datum): never taken
+            raise DecodeError(f"{spec.record_name} body did not read as a record")
         return record
 
-    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage:
+    def decode(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
         return record_to_message(spec, self.decode_record(spec, data))
 
 
@@ -152,7 +156,8 @@ class ConfluentCodec:
     Subjects follow the default TopicNameStrategy: ``<topic>-value``.
     """
 
-    def __init__(self, registry_url: str, store: SchemaStore | None = None, registry_config: dict | None = None) -> None:
+    def __init__(self, registry_url: str, store: SchemaStore | None = None,
+                 registry_config: dict[str, Any] | None = None) -> None:
         import json
 
         from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -196,22 +201,24 @@ class ConfluentCodec:
             self._deserializers[spec.name] = de
         return de
 
-    def encode(self, spec: TopicSpec, message: OonaMessage) -> bytes:
+    def encode(self, spec: TopicSpec, message: OonaMessage[Any]) -> bytes:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
         from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
         record = message_to_record(message)
         record["schema_version"] = self.store.version(spec.record_name)
         try:
-            return self._serializer(spec)(record, SerializationContext(spec.name, MessageField.VALUE))
+            encoded: bytes = self._serializer(spec)(record, SerializationContext(spec.name, MessageField.VALUE))
+            return encoded
         except SchemaRegistryError as exc:
-            raise ConfigurationError(f"schema registry at {self._registry_url} refused {spec.record_name}: {exc}") from None
+            raise ConfigurationError(
+                f"schema registry at {self._registry_url} refused {spec.record_name}: {exc}") from None
         except SerializationError as exc:
             raise EncodeError(spec.name, str(exc)) from None
         except Exception as exc:  # connection errors surface as requests/httpx exceptions
             raise ConfigurationError(f"schema registry at {self._registry_url} unreachable: {exc}") from None
 
-    def decode(self, spec: TopicSpec, data: bytes) -> OonaMessage:
+    def decode(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
         from confluent_kafka.serialization import MessageField, SerializationContext
 
         if not data or data[0] != 0 or len(data) < 5:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -59,6 +59,7 @@ from services.oona.codec import Codec
 from services.oona.dlq_records import Header, dead_letter_headers
 from services.oona.isolation import failure_reason, is_record_failure
 from services.oona.log_reader import ReadToEnds, scan_range
+from services.oona.messages import headers_of, position_of
 from services.oona.producer import OonaProducer
 from services.oona.schema_log import schema_log_reader
 from services.oona.settings import KafkaSettings
@@ -89,7 +90,7 @@ class Delivered:
     partition: int
     offset: int
     key: bytes | None
-    message: OonaMessage
+    message: OonaMessage[Any]
     value: bytes = b""  # the original bytes, so a semantically rejected event can be dead-lettered whole
     headers: tuple[Header, ...] = ()  # the original headers, kept by its dead letter
 
@@ -104,7 +105,7 @@ class OonaConsumer:
         topics: Sequence[TopicSpec],
         dead_letters: OonaProducer,
         dlq_topic: str = TopicName.DLQ.value,
-        config: dict | None = None,
+        config: dict[str, Any] | None = None,
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
@@ -165,7 +166,8 @@ class OonaConsumer:
                     raise FatalError(f"consumer {self.group_id} failed: {error.str()}")
                 log.warning("consume error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
                 continue
-            spec = self._specs[msg.topic()]
+            topic, partition, offset = position_of(msg)
+            spec = self._specs[topic]
             value = msg.value()
             try:
                 if value is not None and len(value) > self.max_event_bytes:
@@ -179,16 +181,17 @@ class OonaConsumer:
             except Exception as exc:  # a decoder bug on these bytes: still this record's, not the service's
                 if not is_record_failure(exc):
                     raise
-                self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), value,
-                                  failure_reason(exc), type(exc).__name__, msg.headers())
+                self._dead_letter(topic, partition, offset, msg.key(), value,
+                                  failure_reason(exc), type(exc).__name__, headers_of(msg))
                 continue
-            delivered.append(Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(), message, value,
-                                       tuple(msg.headers() or ())))
+            # ``or b""`` for the type only: every codec rejects a record without a value.
+            delivered.append(Delivered(topic, partition, offset, msg.key(), message, value or b"",
+                                       tuple(headers_of(msg) or ())))
         return delivered
 
     def dead_letter(self, msg: Message, exc: DecodeError) -> None:
-        self._dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                          exc.reason, type(exc).__name__, msg.headers())
+        self._dead_letter(*position_of(msg), msg.key(), msg.value(),
+                          exc.reason, type(exc).__name__, headers_of(msg))
 
     def reject(self, delivered: Delivered, reason: str, error_type: str = "RejectedEvent") -> None:
         """Dead-letter an event that decoded fine but cannot be acted on (e.g. a command for an unknown seed)."""
@@ -261,13 +264,14 @@ class OonaConsumer:
         found: dict[tuple[str, int], set[int]] = {}
         for chunk in scan_range(self._settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
             for msg in chunk:
-                headers = dict(msg.headers() or ())
+                headers = dict(headers_of(msg) or ())
                 source = headers.get(DLQ_HEADER_TOPIC)
                 if headers.get(DLQ_HEADER_GROUP) != group or source is None or source.decode() not in self._specs:
                     continue
                 try:
-                    found.setdefault((source.decode(), int(headers[DLQ_HEADER_PARTITION])), set()).add(
-                        int(headers[DLQ_HEADER_OFFSET]))
+                    # A header without a value reads as b"": a ValueError, as any malformed number.
+                    found.setdefault((source.decode(), int(headers[DLQ_HEADER_PARTITION] or b"")), set()).add(
+                        int(headers[DLQ_HEADER_OFFSET] or b""))
                 except (KeyError, TypeError, ValueError):  # not a dead letter of ours after all
                     continue
         log.info("dead letters read group=%s records=%d", self.group_id, sum(map(len, found.values())))
@@ -324,7 +328,8 @@ class OonaConsumer:
     def positions(self) -> list[TopicPartition]:
         return self._consumer.position(self._consumer.assignment())
 
-    def group_metadata(self):
+    def group_metadata(self) -> object:
+        """The group's metadata, opaque: for ``OonaProducer.send_offsets_to_transaction``."""
         return self._consumer.consumer_group_metadata()
 
     def rewind_to_committed(self, timeout_s: float = 10.0) -> None:
@@ -349,7 +354,7 @@ class OonaConsumer:
 
 def dead_letter_from_message(msg: Message) -> DeadLetter:
     """Rebuild the DeadLetter record from a message read off ``esper.dlq``."""
-    headers = {k: v for k, v in (msg.headers() or [])}
+    headers = {k: v for k, v in (headers_of(msg) or [])}
 
     def text(name: str, default: str = "") -> str:
         value = headers.get(name)
@@ -364,5 +369,6 @@ def dead_letter_from_message(msg: Message) -> DeadLetter:
         consumer_group=text(DLQ_HEADER_GROUP),
         original_key=msg.key(),
         original_value=msg.value(),
-        failed_at=datetime.fromisoformat(text(DLQ_HEADER_FAILED_AT)) if DLQ_HEADER_FAILED_AT in headers else datetime.now(UTC),
+        failed_at=(datetime.fromisoformat(text(DLQ_HEADER_FAILED_AT)) if DLQ_HEADER_FAILED_AT in headers
+                   else datetime.now(UTC)),
     )

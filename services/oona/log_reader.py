@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from services.core.errors import FatalError
 from services.oona import clients
+from services.oona.messages import position_of
 from services.oona.settings import KafkaSettings
 
 Partition = tuple[str, int]
@@ -62,8 +64,13 @@ class ReadToEnds:
         return moved
 
 
+def _before_end(msg: Message, todo: Ranges) -> bool:
+    topic, partition, offset = position_of(msg)
+    return offset < todo[(topic, partition)][1]
+
+
 def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, timeout_s: float = 60.0,
-               config: dict | None = None, on_position: Callable[[int], None] | None = None
+               config: dict[str, Any] | None = None, on_position: Callable[[int], None] | None = None
                ) -> Iterator[list[Message]]:
     """Committed messages with ``start <= offset < end``, in chunks of at most ``chunk`` (offset order
     within each partition).
@@ -88,7 +95,7 @@ def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, ti
                 left = sum(1 for key, end in progress.ends.items() if progress.reached[key] < end)
                 raise FatalError(f"could not read {left} partition range(s) within {timeout_s:g}s")
             messages = consumer.consume(chunk, 0.5)
-            good = [m for m in messages if m.error() is None and m.offset() < todo[(m.topic(), m.partition())][1]]
+            good = [m for m in messages if m.error() is None and _before_end(m, todo)]
             if good:
                 yield good
             moved = progress.advance(consumer)

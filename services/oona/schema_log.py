@@ -23,14 +23,16 @@ import logging
 import threading
 import time
 import uuid
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from contracts import TopicName
 from services.core.errors import BrokerUnavailableError, DeliveryError, SchemaError
 from services.oona import clients
 from services.oona.admin import ensure_topics
 from services.oona.log_reader import ReadToEnds
+from services.oona.messages import position_of
 from services.oona.published_schemas import publication, read_publication
 from services.oona.schema_store import learn_published, published_writer
 from services.oona.settings import KafkaSettings
@@ -61,7 +63,7 @@ class SchemaLogWriter:
         self._published: set[bytes] = set()
         self._lock = threading.Lock()
 
-    def publish(self, record_name: str, version: int, schema: dict) -> None:
+    def publish(self, record_name: str, version: int, schema: dict[str, Any]) -> None:
         """Put ``schema`` on the schema log and wait for the broker's ack (a no-op once done)."""
         key, value = publication(record_name, version, schema)
         with self._lock:
@@ -86,7 +88,7 @@ class SchemaLogWriter:
         """Produce one record and wait for it: None once acknowledged, else the error."""
         failures: list[KafkaError] = []
 
-        def delivered(error: KafkaError | None, _msg) -> None:
+        def delivered(error: KafkaError | None, _msg: object) -> None:
             if error is not None:
                 failures.append(error)
 
@@ -181,28 +183,31 @@ class SchemaLogReader:
                     raise BrokerUnavailableError(self.settings.bootstrap_servers,
                                                  f"schema log {self.topic} not read within {self.timeout_s:g}s")
                 for msg in consumer.consume(500, 0.2):
-                    if msg.error() is not None:
-                        if msg.error().fatal():
-                            raise BrokerUnavailableError(self.settings.bootstrap_servers, msg.error().str())
+                    error = msg.error()
+                    if error is not None:
+                        if error.fatal():
+                            raise BrokerUnavailableError(self.settings.bootstrap_servers, error.str())
                         continue
                     self._learn(msg)
-                    self._next[msg.partition()] = msg.offset() + 1
+                    _, partition, offset = position_of(msg)
+                    self._next[partition] = offset + 1
                 progress.advance(consumer)
             for (_, partition), reached in progress.reached.items():
                 self._next[partition] = max(self._next.get(partition, 0), reached)
             consumer.unassign()
 
-    def _learn(self, msg) -> None:
+    def _learn(self, msg: Message) -> None:
+        key = msg.key()
         try:
-            writer = read_publication(msg.key(), msg.value())
+            writer = read_publication(key, msg.value())
         except SchemaError as exc:
             self.rejected += 1
             log.warning("schema-log record rejected topic=%s[%d] offset=%d reason=%s", msg.topic(),
                         msg.partition(), msg.offset(), exc)
             return
-        if learn_published(writer):
+        if learn_published(writer) and key is not None:  # never None: read_publication refuses that
             log.info("schema learned record=%s version=%d fingerprint=%s", writer.record_name, writer.version,
-                     msg.key().decode())
+                     key.decode())
 
     def close(self) -> None:
         if self._consumer is not None:
