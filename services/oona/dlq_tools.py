@@ -11,11 +11,11 @@ re-drive that ever committed, and no dead letter is re-driven twice, whoever run
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer
 
 from contracts import TopicName
 from services.core.errors import DeliveryError, EsperError
@@ -71,8 +71,8 @@ class _Deliveries:
         self.done: dict[int, str] = {}
         self.failed: list[str] = []
 
-    def callback(self, index: int):
-        def report(error: KafkaError | None, msg) -> None:
+    def callback(self, index: int) -> Callable[[KafkaError | None, Message], None]:
+        def report(error: KafkaError | None, msg: Message) -> None:
             if error is not None:
                 self.failed.append(f"{msg.topic()}: {error.str()}")
             else:
@@ -122,8 +122,12 @@ def _redrive_chunk(producer: Producer, dlq: str, letters: Sequence[DlqRecord], t
     producer.begin_transaction()
     try:
         for i, letter in enumerate(letters):
-            producer.produce(letter.source_topic, value=letter.value, key=letter.key,
-                             partition=letter.source_partition, headers=redrive_headers(letter, dlq),
+            partition = letter.source_partition
+            if partition is None:  # never: _check_sources refused the selection before anything was produced
+                raise DeadLetterError(f"dead letter {letter.partition}:{letter.offset} names no source partition")
+            producer.produce(letter.source_topic, value=letter.value, key=letter.key, partition=partition,
+                             # list[Header]: the stub's invariant list of str | bytes | None refuses it.
+                             headers=redrive_headers(letter, dlq),  # type: ignore[arg-type]
                              on_delivery=deliveries.callback(i))
         producer.flush(timeout_s)  # the offsets they got, for the markers
         if deliveries.failed or len(deliveries.done) != len(letters):
@@ -132,7 +136,7 @@ def _redrive_chunk(producer: Producer, dlq: str, letters: Sequence[DlqRecord], t
         now = datetime.now(UTC)
         for i, letter in enumerate(letters):
             producer.produce(dlq, value=None, key=marker_key(letter), partition=letter.partition,
-                             headers=marker_headers(letter, deliveries.done[i], now))
+                             headers=marker_headers(letter, deliveries.done[i], now))  # type: ignore[arg-type]
         producer.commit_transaction(timeout_s)
     except Exception:  # nothing of a chunk stands unless all of it does
         producer.abort_transaction(timeout_s)

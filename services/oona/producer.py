@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from contracts import OonaMessage
 from services.core.errors import DeliveryError, EncodeError
 from services.oona import clients
 from services.oona.codec import Codec
+from services.oona.dlq_records import Header
 from services.oona.schema_log import SchemaLogWriter
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
@@ -44,7 +46,7 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 }
 
 
-def message_key(spec: TopicSpec, message: OonaMessage) -> bytes:
+def message_key(spec: TopicSpec, message: OonaMessage[Any]) -> bytes:
     if spec.key == "run_id":
         value = message.run_id
     else:
@@ -63,7 +65,7 @@ class OonaProducer:
         codec: Codec,
         *,
         transactional_id: str | None = None,
-        config: dict | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         transactional = {"transactional.id": transactional_id} if transactional_id else {}
         self._producer = clients.producer(settings, PRODUCER_DEFAULTS, config or {}, transactional)
@@ -75,7 +77,7 @@ class OonaProducer:
         self._schema_log: SchemaLogWriter | None = None
 
     # -- callbacks -------------------------------------------------------------------------
-    def _on_delivery(self, error: KafkaError | None, msg) -> None:
+    def _on_delivery(self, error: KafkaError | None, msg: Message) -> None:
         if error is not None:
             with self._lock:
                 self._failures.append(f"{msg.topic()}: {error.str()}")
@@ -93,27 +95,29 @@ class OonaProducer:
         self._announced.add(spec.record_name)
 
     # -- producing -------------------------------------------------------------------------
-    def publish(self, spec: TopicSpec | str, message: OonaMessage, headers: dict[str, bytes] | None = None) -> None:
+    def publish(self, spec: TopicSpec | str, message: OonaMessage[Any],
+                headers: dict[str, bytes] | None = None) -> None:
         self.produce_raw(*self.encode(spec, message), headers)
 
-    def encode(self, spec: TopicSpec | str, message: OonaMessage) -> tuple[str, bytes, bytes]:
+    def encode(self, spec: TopicSpec | str, message: OonaMessage[Any]) -> tuple[str, bytes, bytes]:
         """(topic, value, key) of ``message``, produced by nothing yet: ``produce_raw(*encoded)`` sends it."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
         self.announce(spec)
         return spec.name, self.codec.encode(spec, message), message_key(spec, message)
 
-    def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage]) -> int:
+    def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage[Any]]) -> int:
         """Encode and enqueue a batch in one call into librdkafka (no headers)."""
         spec = topic_spec(spec) if isinstance(spec, str) else spec
         self.announce(spec)
         encode = self.codec.encode
-        pending = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
+        # produce_batch puts each message's delivery error under "_error".
+        pending: list[dict[str, Any]] = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
         count = len(pending)
         while pending:
             self._producer.produce_batch(spec.name, pending, on_delivery=self._on_delivery)
             retry = []
             for item in pending:
-                error = item.pop("_error", None)
+                error: KafkaError | None = item.pop("_error", None)
                 if error is None:
                     continue
                 if error.code() != KafkaError._QUEUE_FULL:
@@ -126,12 +130,16 @@ class OonaProducer:
         return count
 
     def produce_raw(
-        self, topic: str, value: bytes | None, key: bytes | None = None, headers: dict[str, bytes] | list | None = None
+        self, topic: str, value: bytes | None, key: bytes | None = None,
+        headers: dict[str, bytes] | list[Header] | None = None,
     ) -> None:
         while True:
             try:
                 with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
-                    self._producer.produce(topic, value=value, key=key, headers=headers,
+                    self._producer.produce(topic, value=value, key=key,
+                                           # The stub's dict and list take str | bytes | None values; being
+                                           # invariant, they refuse ours (bytes | None), which librdkafka takes.
+                                           headers=headers,  # type: ignore[arg-type]
                                            on_delivery=self._on_delivery)
                 break
             except BufferError:  # local queue full: let librdkafka drain it
@@ -161,7 +169,8 @@ class OonaProducer:
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
 
-    def send_offsets_to_transaction(self, offsets: Iterable, group_metadata, timeout_s: float = 30.0) -> None:
+    def send_offsets_to_transaction(self, offsets: Iterable[TopicPartition], group_metadata: object,
+                                    timeout_s: float = 30.0) -> None:
         self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout_s)
 
     def commit_transaction(self, timeout_s: float = 30.0) -> None:

@@ -35,10 +35,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from contracts import OonaMessage
+from contracts import OonaMessage, TopicName
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered, OonaConsumer
 from services.oona.isolation import is_record_failure
@@ -48,7 +49,7 @@ from services.oona.topic_registry import TopicSpec
 
 log = logging.getLogger(__name__)
 
-Output = tuple[TopicSpec, OonaMessage]
+Output = tuple[TopicSpec, OonaMessage[Any]]
 Handler = Callable[[Delivered], Iterable[Output]]
 Encoded = tuple[str, bytes, bytes]  # topic, value, key
 
@@ -64,7 +65,7 @@ class ExactlyOnceProcessor:
         inputs: Sequence[TopicSpec],
         handler: Handler,
         dlq_topic: str | None = None,
-        consumer_config: dict | None = None,
+        consumer_config: dict[str, Any] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         after_batch: Callable[[list[Delivered]], Iterable[Output]] | None = None,
     ) -> None:
@@ -73,10 +74,9 @@ class ExactlyOnceProcessor:
         self.producer = OonaProducer(settings, codec, transactional_id=transactional_id,
                                      config={"transaction.timeout.ms": 15000})
         self.producer.init_transactions()
-        extra = {"dlq_topic": dlq_topic} if dlq_topic else {}
         self.consumer = OonaConsumer(
             settings, codec, group_id=group_id, topics=inputs, dead_letters=self.producer,
-            config=consumer_config, on_assign=on_assign, **extra,
+            dlq_topic=dlq_topic or TopicName.DLQ.value, config=consumer_config, on_assign=on_assign,
         )
         self.handler = handler
         self.after_batch = after_batch
