@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,10 +38,13 @@ FEATURES: tuple[str, ...] = (
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
 _STATE_INDEX = {state: i for i, state in enumerate(STATES)}
+_ACTIVE = np.array([_STATE_INDEX[s] for s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)])
 
 
-@dataclass(frozen=True)
-class SeedNode:
+class SeedNode(NamedTuple):
+    """A seed slot's node and what the decider reads of it (a named tuple: built for every slot at every
+    decision, it must be cheap to make)."""
+
     node: int
     layer_id: int
     seed_idx: int
@@ -130,6 +134,9 @@ class _Topology:
     edge_index: torch.Tensor  # (2, E) int64
     node_layers: list[str]
     slots: list[tuple[int, int, str]]  # (layer_id, seed_idx, layer_name) of each seed, in session order
+    slot_layer_ids: list[int]
+    slot_seed_idxs: list[int]
+    slot_layer_names: list[str]
     seeds_of_slot: dict[tuple[int, int], list[int]]
 
 
@@ -166,6 +173,9 @@ def _topology(run: RunState) -> _Topology:
         edge_index=torch.tensor([sources, targets], dtype=torch.long).view(2, -1),
         node_layers=[layer.name for layer in layers] + [name for _, _, name in slots],
         slots=slots,
+        slot_layer_ids=[layer_id for layer_id, _, _ in slots],
+        slot_seed_idxs=[seed_idx for _, seed_idx, _ in slots],
+        slot_layer_names=[name for _, _, name in slots],
         seeds_of_slot=seeds_of_slot,
     )
     return topology
@@ -182,8 +192,9 @@ def _trend(values: np.ndarray, count: np.ndarray) -> np.ndarray:
                     np.where(count == 3, (values[:, 0] - values[:, 2]) / 2, 0.0))
 
 
-def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarray, list[SeedNode]]:
-    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, and the seeds' nodes."""
+def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarray, list[SeedNode], int]:
+    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, the seeds' nodes, and how many of them
+    are active (germinated, training or grafting)."""
     count_seeds = len(topology.slots)
     state = np.zeros(count_seeds, dtype=np.int64)  # index in STATES; DORMANT unless a transition says otherwise
     since = np.zeros(count_seeds, dtype=np.int64)
@@ -211,11 +222,12 @@ def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarr
     rows[np.arange(count_seeds), 12 + state] = 1.0
     rows[:, 12 + len(STATES)] = np.minimum(epoch - since, 20) / 10
     rows[:, 13 + len(STATES)] = ready
-    base = topology.layer_count
-    nodes = [SeedNode(base + i, layer_id, seed_idx, layer_name, STATES[s], entered, r, e)
-             for i, ((layer_id, seed_idx, layer_name), s, entered, r, e) in enumerate(zip(
-                 topology.slots, state.tolist(), since.tolist(), ready.tolist(), errors.astype(np.int64).tolist()))]
-    return rows, nodes
+    nodes = list(map(SeedNode._make, zip(
+        range(topology.layer_count, topology.layer_count + count_seeds), topology.slot_layer_ids,
+        topology.slot_seed_idxs, topology.slot_layer_names, map(STATES.__getitem__, state.tolist()), since.tolist(),
+        ready.tolist(), errors.astype(np.int64).tolist())))
+    active = int(np.isin(state, _ACTIVE).sum())
+    return rows, nodes, active
 
 
 def build_graph(run: RunState, epoch: int) -> GraphView:
@@ -227,7 +239,7 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     allowed, budget_left = germination_allowed(run, epoch)
     accuracies = [e.validation_accuracy for e in history[-4:]]
 
-    rows, seed_nodes = _seed_rows(run, topology, epoch)
+    rows, seed_nodes, active = _seed_rows(run, topology, epoch)
     width = rows.shape[1]
     seed_x = torch.from_numpy(rows).to(torch.float32)
 
@@ -242,7 +254,6 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
             [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
     layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, topology.conv
 
-    active = sum(1 for n in seed_nodes if n.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING))
     context = torch.tensor([
         current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
         current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
