@@ -7,6 +7,13 @@ seed -> its layer (a seed's output joins its layer's). Every node has the same
 
 Shapes: ``x`` (N, len(FEATURES)) float32, ``edge_index`` (2, E) int64.
 
+Built as array work, no loop over seeds: what the session fixes (node order, static features,
+``edge_index``) is built once per session and kept in ``RunState.views``; the seed rows come from
+the run's health table (``health_table``: every slot's last three signals at once) and its seed
+states, in float64, cast to float32 once, exactly the values the per-seed version computed (a
+test keeps that version as its reference). The same ``edge_index`` tensor is handed out at every
+epoch, which lets the policy keep what it derives from it.
+
 Building the graph never raises on what a valid session allows (no seeds, seeds on layers the
 session does not declare); a value that cannot be a feature (infinite, NaN, negative under a
 logarithm, beyond float32) becomes a non-finite entry, which ``GraphView.non_finite`` names so
