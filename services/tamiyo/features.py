@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -45,7 +46,7 @@ FEATURES: tuple[str, ...] = (
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
 _STATE_INDEX = {state: i for i, state in enumerate(STATES)}
-_ACTIVE = np.array([_STATE_INDEX[s] for s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)])
+_ACTIVE = np.array([s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING) for s in STATES])
 
 
 class SeedNode(NamedTuple):
@@ -229,11 +230,12 @@ def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarr
     rows[np.arange(count_seeds), 12 + state] = 1.0
     rows[:, 12 + len(STATES)] = np.minimum(epoch - since, 20) / 10
     rows[:, 13 + len(STATES)] = ready
-    nodes = list(map(SeedNode._make, zip(
+    # tuple.__new__ straight from the zipped columns: no Python frame per seed.
+    nodes = list(map(partial(tuple.__new__, SeedNode), zip(
         range(topology.layer_count, topology.layer_count + count_seeds), topology.slot_layer_ids,
         topology.slot_seed_idxs, topology.slot_layer_names, map(STATES.__getitem__, state.tolist()), since.tolist(),
         ready.tolist(), errors.astype(np.int64).tolist())))
-    active = int(np.isin(state, _ACTIVE).sum())
+    active = int(_ACTIVE[state].sum())
     return rows, nodes, active
 
 
