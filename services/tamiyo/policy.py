@@ -60,8 +60,11 @@ class Adjacency:
 
     @classmethod
     def of(cls, edge_index: Tensor, nodes: int) -> Adjacency:
-        source, target = edge_index[0].contiguous(), edge_index[1].contiguous()
-        degree = torch.bincount(target, minlength=nodes).clamp_min(1).to(torch.float32).unsqueeze(1)
+        # Normal tensors even when first met in ``decide``: a kept inference tensor could not be saved for
+        # backward when the same graph is trained on later (``teacher``, ``training``).
+        with torch.inference_mode(False):
+            source, target = edge_index[0].clone(), edge_index[1].clone()
+            degree = torch.bincount(target, minlength=nodes).clamp_min(1).to(torch.float32).unsqueeze(1)
         return cls(nodes, source, target, degree)
 
 

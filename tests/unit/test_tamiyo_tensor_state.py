@@ -315,3 +315,17 @@ def test_decisions_match_the_reference_on_randomized_runs(seed):
         gf, wf = g.pop("features"), w.pop("features")
         assert gf.keys() == wf.keys() and all(gf[k] == pytest.approx(wf[k], abs=1e-5) for k in gf)
         assert g == w
+
+
+def test_a_graph_decided_on_can_then_be_trained_on():
+    # The policy keeps what it derives from an edge_index; met first under inference_mode, it must still
+    # serve a forward that autograd records (the teacher and the trainer reuse their graphs).
+    policy, _ = load_policy()
+    x = torch.randn(40, policy.encoder[0].in_features, generator=torch.Generator().manual_seed(1))
+    edge_index = torch.randint(0, 40, (2, 120), generator=torch.Generator().manual_seed(2))
+    decided = policy.decide(x, edge_index).node_scores
+    policy.train()
+    trained = policy(x, edge_index).node_scores
+    trained.sum().backward()
+    assert policy.node_head.weight.grad is not None
+    torch.testing.assert_close(trained.detach(), decided, rtol=1e-5, atol=1e-6)
