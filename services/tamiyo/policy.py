@@ -35,10 +35,11 @@ class PolicyOutput:
     value: Tensor
 
 
-# One intra-op thread: a decision's forward on a model graph (1,000 nodes: about a millisecond of
-# arithmetic) is too small to gain from splitting across threads, and on a shared machine OpenMP's
-# spinning workers compete with the Kafka client's threads and the other services (measured on the
-# 2-core bench machine: 2 threads were several times slower under load, never faster when quiet).
+# One intra-op thread: a decision's forward on a model graph (1,000 nodes: a few milliseconds of small
+# matrix products and scatters) gains little from splitting, and on a shared machine OpenMP's spinning
+# workers compete with the Kafka client's threads and the other services. Measured on the 2-core bench
+# machine under load (1,000 nodes, the previous code): 2 threads 95 ms p50 per decision, 1 thread 34 ms.
+# Larger graphs on a quiet many-core machine may gain from more; this is the one place to say so.
 INFERENCE_THREADS = 1
 
 
