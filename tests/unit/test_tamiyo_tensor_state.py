@@ -14,6 +14,7 @@ import math
 import random
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,7 @@ from services.tamiyo import decider as decider_module
 from services.tamiyo.decider import Decider, record
 from services.tamiyo.features import STATES, GraphView, SeedNode, _health_features, _log1p, build_graph, \
     germination_allowed, slope
+from services.tamiyo.health_table import HEALTH_FIELDS, HealthTable
 from services.tamiyo.policy import PolicyOutput, TamiyoPolicy
 from services.tamiyo.policy_store import load_policy
 from services.tamiyo.run_state import RejectedEvent, RunState
@@ -329,3 +331,18 @@ def test_a_graph_decided_on_can_then_be_trained_on():
     trained.sum().backward()
     assert policy.node_head.weight.grad is not None
     torch.testing.assert_close(trained.detach(), decided, rtol=1e-5, atol=1e-6)
+
+
+def test_the_health_table_answers_the_last_signals_per_slot_as_of_an_epoch():
+    table = HealthTable()
+    width = len(HEALTH_FIELDS)
+    assert table.add(0, 0, (0.1,) * width) and table.add(0, 2, (0.3,) * width)
+    table.latest(np.array([0]), 2)  # block 2 written with one row
+    assert table.add(5, 2, (0.5,) * width)  # a slot seen later: the block grows
+    assert not table.add(5, 2, (0.9,) * width) and not table.add(0, 2, (0.9,) * width)  # staged / written twice
+    assert table.add(0, 3, (0.4,) * width) and table.add(0, 5, (0.6,) * width)
+    values, epochs, count = table.latest(np.array([0, 5, 7]), 4)
+    assert count.tolist() == [3, 1, 0]
+    assert epochs.tolist() == [[3, 2, 0], [2, -1, -1], [-1, -1, -1]]
+    assert values[0, :, 0].tolist() == [0.4, 0.3, 0.1] and values[1, 0, 0] == 0.5 and not values[2].any()
+    assert table.latest(np.array([0]), 1)[1].tolist() == [[0, -1, -1]]  # the epoch-5 signal is not seen at 1
