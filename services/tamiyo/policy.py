@@ -80,7 +80,6 @@ class _MessagePassing(nn.Module):
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, h: Tensor, adjacency: Adjacency, scatter: ScatterBackend) -> Tensor:
-        # Messages are relu'd (>= 0): the max of none is 0, as the backends give for a node without in-edges.
         messages = torch.relu(self.message(h)).index_select(0, adjacency.source)
         n = adjacency.nodes
         mean = scatter.sum(messages, adjacency.target, n).div_(adjacency.degree.to(messages.dtype))
