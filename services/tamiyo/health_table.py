@@ -1,8 +1,8 @@
 """Seed health signals of one run as arrays: one block per epoch, one row per seed slot.
 
-A signal is staged when it is folded (a dict write: cheaper per event than any numpy write)
-and the staged signals of an epoch are written into that epoch's block in one vectorized
-step the next time the table is read. ``latest`` answers, for every slot at once, "the last
+A signal is staged when it is folded (the object itself, in a dict: cheaper per event than any
+numpy write or even reading its fields) and the staged signals of an epoch are written into that
+epoch's block in one step the next time the table is read (their fields read by one C-level getter). ``latest`` answers, for every slot at once, "the last
 ``last`` signals of epochs <= ``epoch``", which is what the features need: no loop over seeds,
 only over epochs, newest first, and that loop stops as soon as every slot has its ``last``
 signals (after ``last`` epochs when every slot reports every epoch, as Tolaria's do).
@@ -16,6 +16,9 @@ Shapes: a block is (rows, len(HEALTH_FIELDS)) float64; ``latest`` returns values
 
 from __future__ import annotations
 
+from itertools import chain
+from operator import attrgetter
+
 import numpy as np
 
 HEALTH_FIELDS: tuple[str, ...] = (
@@ -23,6 +26,7 @@ HEALTH_FIELDS: tuple[str, ...] = (
     "execution_latency", "error_count", "is_ready_for_transition",
 )
 COLUMN = {name: i for i, name in enumerate(HEALTH_FIELDS)}
+_FIELDS_OF = attrgetter(*HEALTH_FIELDS)
 
 
 class HealthTable:
@@ -31,11 +35,11 @@ class HealthTable:
     def __init__(self) -> None:
         self._blocks: dict[int, np.ndarray] = {}  # epoch -> (capacity, F) float64
         self._present: dict[int, np.ndarray] = {}  # epoch -> (capacity,) bool
-        self._staged: dict[int, dict[int, tuple]] = {}  # epoch -> row -> values, not written yet
+        self._staged: dict[int, dict[int, object]] = {}  # epoch -> row -> signal, not written yet
 
-    def add(self, row: int, epoch: int, values: tuple) -> bool:
-        """Stage one signal (``values`` in ``HEALTH_FIELDS`` order); False if the slot already has one for
-        ``epoch`` (the table is unchanged)."""
+    def add(self, row: int, epoch: int, signal: object) -> bool:
+        """Stage one signal (an object with the ``HEALTH_FIELDS`` attributes, numbers); False if the slot
+        already has one for ``epoch`` (the table is unchanged)."""
         staged = self._staged.get(epoch)
         if staged is None:
             staged = self._staged[epoch] = {}
@@ -44,7 +48,7 @@ class HealthTable:
         present = self._present.get(epoch)
         if present is not None and row < present.shape[0] and present[row]:
             return False
-        staged[row] = values
+        staged[row] = signal
         return True
 
     def _write_staged(self) -> None:
@@ -52,7 +56,8 @@ class HealthTable:
             if not staged:
                 continue
             rows = np.fromiter(staged.keys(), dtype=np.int64, count=len(staged))
-            values = np.array(list(staged.values()), dtype=np.float64).reshape(len(staged), len(HEALTH_FIELDS))
+            values = np.fromiter(chain.from_iterable(map(_FIELDS_OF, staged.values())), dtype=np.float64,
+                                 count=len(staged) * len(HEALTH_FIELDS)).reshape(len(staged), len(HEALTH_FIELDS))
             block, present = self._block(epoch, int(rows.max()) + 1)
             block[rows] = values
             present[rows] = True

@@ -130,9 +130,7 @@ class RunState:
         row = self.slot_rows.get(slot)
         if row is None:
             row = self.slot_rows[slot] = len(self.slot_rows)
-        values = (signal.health_score, signal.activation_variance, signal.dead_neuron_ratio, signal.avg_correlation,
-                  signal.gradient_norm, signal.execution_latency, signal.error_count, signal.is_ready_for_transition)
-        if not self.health.add(row, signal.epoch, values):
+        if not self.health.add(row, signal.epoch, signal):
             raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
         self.health_per_epoch[signal.epoch] += 1
 

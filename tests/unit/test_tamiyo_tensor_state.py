@@ -13,6 +13,7 @@ import bisect
 import math
 import random
 from itertools import pairwise
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -335,12 +336,14 @@ def test_a_graph_decided_on_can_then_be_trained_on():
 
 def test_the_health_table_answers_the_last_signals_per_slot_as_of_an_epoch():
     table = HealthTable()
-    width = len(HEALTH_FIELDS)
-    assert table.add(0, 0, (0.1,) * width) and table.add(0, 2, (0.3,) * width)
+
+    def signal(value: float) -> SimpleNamespace:
+        return SimpleNamespace(**dict.fromkeys(HEALTH_FIELDS, value))
+    assert table.add(0, 0, signal(0.1)) and table.add(0, 2, signal(0.3))
     table.latest(np.array([0]), 2)  # block 2 written with one row
-    assert table.add(5, 2, (0.5,) * width)  # a slot seen later: the block grows
-    assert not table.add(5, 2, (0.9,) * width) and not table.add(0, 2, (0.9,) * width)  # staged / written twice
-    assert table.add(0, 3, (0.4,) * width) and table.add(0, 5, (0.6,) * width)
+    assert table.add(5, 2, signal(0.5))  # a slot seen later: the block grows
+    assert not table.add(5, 2, signal(0.9)) and not table.add(0, 2, signal(0.9))  # staged / written twice
+    assert table.add(0, 3, signal(0.4)) and table.add(0, 5, signal(0.6))
     values, epochs, count = table.latest(np.array([0, 5, 7]), 4)
     assert count.tolist() == [3, 1, 0]
     assert epochs.tolist() == [[3, 2, 0], [2, -1, -1], [-1, -1, -1]]
