@@ -7,6 +7,13 @@ seed -> its layer (a seed's output joins its layer's). Every node has the same
 
 Shapes: ``x`` (N, len(FEATURES)) float32, ``edge_index`` (2, E) int64.
 
+Built as array work, no loop over seeds: what the session fixes (node order, static features,
+``edge_index``) is built once per session and kept in ``RunState.views``; the seed rows come from
+the run's health table (``health_table``: every slot's last three signals at once) and its seed
+states, in float64, cast to float32 once, exactly the values the per-seed version computed (a
+test keeps that version as its reference). The same ``edge_index`` tensor is handed out at every
+epoch, which lets the policy keep what it derives from it.
+
 Building the graph never raises on what a valid session allows (no seeds, seeds on layers the
 session does not declare); a value that cannot be a feature (infinite, NaN, negative under a
 logarithm, beyond float32) becomes a non-finite entry, which ``GraphView.non_finite`` names so
@@ -17,10 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from contracts import HealthSignal, SeedState
+from services.tamiyo.health_table import COLUMN
 from services.tamiyo.run_state import RunState
 
 STATES = tuple(SeedState)
@@ -34,10 +45,14 @@ FEATURES: tuple[str, ...] = (
     "budget_left", "can_germinate", "progress", "active_fraction", "depth",
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
+_STATE_INDEX = {state: i for i, state in enumerate(STATES)}
+_ACTIVE = np.array([s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING) for s in STATES])
 
 
-@dataclass(frozen=True)
-class SeedNode:
+class SeedNode(NamedTuple):
+    """A seed slot's node and what the decider reads of it (a named tuple: built for every slot at every
+    decision, it must be cheap to make)."""
+
     node: int
     layer_id: int
     seed_idx: int
@@ -115,69 +130,144 @@ def germination_allowed(run: RunState, epoch: int) -> tuple[bool, float]:
     return left > 0 and cooled, left
 
 
-def build_graph(run: RunState, epoch: int) -> GraphView:
-    """The graph of ``run`` as of the end of ``epoch`` (only events of epochs <= ``epoch``)."""
+@dataclass(frozen=True)
+class _Topology:
+    """What the session alone fixes, built once per session: node order, static features, edges."""
+
+    layer_count: int
+    seed_layer: torch.Tensor  # (S,) int64: the layer node of each seed (0 for a slot on an undeclared layer)
+    seed_conv: np.ndarray  # (S,) float64: is_conv of that layer
+    conv: torch.Tensor  # (L,) float32
+    node_depth: torch.Tensor  # (N,) float32
+    edge_index: torch.Tensor  # (2, E) int64
+    node_layers: list[str]
+    slots: list[tuple[int, int, str]]  # (layer_id, seed_idx, layer_name) of each seed, in session order
+    slot_layer_ids: list[int]
+    slot_seed_idxs: list[int]
+    slot_layer_names: list[str]
+    seeds_of_slot: dict[tuple[int, int], list[int]]
+
+
+def _topology(run: RunState) -> _Topology:
+    cached = run.views.get("graph_topology")
+    if cached is not None:
+        return cached
     layers = run.layers()
-    seeds = run.seeds()
-    history = run.epochs_until(epoch)
-    current = history[-1]
-    spec = run.session.training_config
-    allowed, budget_left = germination_allowed(run, epoch)
-    accuracies = [e.validation_accuracy for e in history[-4:]]
+    slots = run.seeds()
     position = {layer.layer_id: i for i, layer in enumerate(layers)}
     conv = [1.0 if layer.kind == "conv2d" else 0.0 for layer in layers]
     depth = [i / max(1, len(layers) - 1) for i in range(len(layers))]
-
-    # Seed rows: everything up to "ready"; the run-wide context is appended to every node below.
-    states = run.seed_states(epoch)
-    seed_nodes: list[SeedNode] = []
-    seed_rows: list[list[float]] = []
-    seed_layer: list[int] = []
-    for i, (layer_id, seed_idx, layer_name) in enumerate(seeds):
-        state, since = states.get((layer_id, seed_idx), (SeedState.DORMANT, 0))
-        health = run.health_until(layer_id, seed_idx, epoch)
-        ready = bool(health and health[-1].epoch == epoch and health[-1].is_ready_for_transition)
-        errors = health[-1].error_count if health else 0
-        at = position.get(layer_id, 0)
-        seed_rows.append([0.0, 1.0, conv[at] if layers else 0.0, *_health_features(health),
-                          *(1.0 if state is s else 0.0 for s in STATES), min(epoch - since, 20) / 10,
-                          1.0 if ready else 0.0])
-        seed_layer.append(at)
-        seed_nodes.append(SeedNode(len(layers) + i, layer_id, seed_idx, layer_name, state, since, ready, errors))
-    width = 3 + 9 + len(STATES) + 2
-    seed_x = torch.tensor(seed_rows, dtype=torch.float32).view(-1, width)
-
-    # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
-    index = torch.tensor(seed_layer, dtype=torch.long)
-    counts = torch.zeros(len(layers)).index_add_(0, index, torch.ones(len(seed_layer)))
-    layer_x = torch.zeros(len(layers), width).index_add_(0, index, seed_x) / counts.clamp_min(1).unsqueeze(1)
-    empty = counts == 0
-    if bool(empty.any()):
-        layer_x[empty] = torch.tensor(
-            [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
-    layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, torch.tensor(conv)
-
-    active = sum(1 for n in seed_nodes if n.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING))
-    context = torch.tensor([
-        current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
-        current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
-        budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(seeds)),
-    ])
-    node_depth = torch.tensor(depth + [depth[at] for at in seed_layer] if layers else [0.0] * len(seeds))
-    nodes = torch.cat([layer_x, seed_x])
-    x = torch.cat([nodes, context.expand(nodes.shape[0], -1), node_depth.unsqueeze(1)], dim=1)
-
+    seed_layer = [position.get(layer_id, 0) for layer_id, _, _ in slots]
     by_name = {layer.name: i for i, layer in enumerate(layers)}
     sources, targets = [], []
     for edge in run.topology():
         if edge.source in by_name and edge.target in by_name:
             sources.append(by_name[edge.source])
             targets.append(by_name[edge.target])
-    for node in seed_nodes:
-        layer_node = position.get(node.layer_id)
+    for i, (layer_id, _, _) in enumerate(slots):
+        layer_node = position.get(layer_id)
         if layer_node is not None:
-            sources += [layer_node, node.node]
-            targets += [node.node, layer_node]
-    edge_index = torch.tensor([sources, targets], dtype=torch.long).view(2, -1)
-    node_layers = [layer.name for layer in layers] + [n.layer_name for n in seed_nodes]
-    return GraphView(epoch, x, edge_index, seed_nodes, node_layers, allowed)
+            sources += [layer_node, len(layers) + i]
+            targets += [len(layers) + i, layer_node]
+    seeds_of_slot: dict[tuple[int, int], list[int]] = {}
+    for i, (layer_id, seed_idx, _) in enumerate(slots):
+        seeds_of_slot.setdefault((layer_id, seed_idx), []).append(i)
+    topology = run.views["graph_topology"] = _Topology(
+        layer_count=len(layers),
+        seed_layer=torch.tensor(seed_layer, dtype=torch.long),
+        seed_conv=np.array([conv[at] if layers else 0.0 for at in seed_layer], dtype=np.float64),
+        conv=torch.tensor(conv),
+        node_depth=torch.tensor(depth + [depth[at] for at in seed_layer] if layers else [0.0] * len(slots)),
+        edge_index=torch.tensor([sources, targets], dtype=torch.long).view(2, -1),
+        node_layers=[layer.name for layer in layers] + [name for _, _, name in slots],
+        slots=slots,
+        slot_layer_ids=[layer_id for layer_id, _, _ in slots],
+        slot_seed_idxs=[seed_idx for _, seed_idx, _ in slots],
+        slot_layer_names=[name for _, _, name in slots],
+        seeds_of_slot=seeds_of_slot,
+    )
+    return topology
+
+
+def _log1p_array(values: np.ndarray) -> np.ndarray:
+    """``_log1p`` on every entry: NaN for anything not >= 0."""
+    return np.log1p(np.where(values >= 0, values, np.nan))
+
+
+def _trend(values: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``slope`` of the last ``count`` (<= 3) values, given newest first: (S, 3) -> (S,)."""
+    return np.where(count == 2, values[:, 0] - values[:, 1],
+                    np.where(count == 3, (values[:, 0] - values[:, 2]) / 2, 0.0))
+
+
+def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarray, list[SeedNode], int]:
+    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, the seeds' nodes, and how many of them
+    are active (germinated, training or grafting)."""
+    count_seeds = len(topology.slots)
+    state = np.zeros(count_seeds, dtype=np.int64)  # index in STATES; DORMANT unless a transition says otherwise
+    since = np.zeros(count_seeds, dtype=np.int64)
+    for slot, (seed_state, entered) in run.seed_states(epoch).items():
+        for i in topology.seeds_of_slot.get(slot, ()):
+            state[i], since[i] = _STATE_INDEX[seed_state], entered
+    values, epochs, count = run.health.latest(run.seed_rows(), epoch)
+    newest = values[:, 0]
+    has = count > 0
+    ready = has & (epochs[:, 0] == epoch) & (newest[:, COLUMN["is_ready_for_transition"]] != 0)
+    errors = newest[:, COLUMN["error_count"]]
+    rows = np.zeros((count_seeds, 3 + 9 + len(STATES) + 2), dtype=np.float64)
+    with np.errstate(all="ignore"):  # non-finite inputs become non-finite features, as with math
+        rows[:, 1] = 1.0
+        rows[:, 2] = topology.seed_conv
+        rows[:, 3] = np.where(has, newest[:, COLUMN["health_score"]], 1.0)
+        rows[:, 4] = _log1p_array(newest[:, COLUMN["activation_variance"]])
+        rows[:, 5] = newest[:, COLUMN["dead_neuron_ratio"]]
+        rows[:, 6] = newest[:, COLUMN["avg_correlation"]]
+        rows[:, 7] = _log1p_array(newest[:, COLUMN["gradient_norm"]])
+        rows[:, 8] = _log1p_array(newest[:, COLUMN["execution_latency"]])
+        rows[:, 9] = errors != 0
+        rows[:, 10] = _trend(values[:, :, COLUMN["health_score"]], count)
+        rows[:, 11] = _trend(values[:, :, COLUMN["dead_neuron_ratio"]], count)
+    rows[np.arange(count_seeds), 12 + state] = 1.0
+    rows[:, 12 + len(STATES)] = np.minimum(epoch - since, 20) / 10
+    rows[:, 13 + len(STATES)] = ready
+    # tuple.__new__ straight from the zipped columns: no Python frame per seed.
+    nodes = list(map(partial(tuple.__new__, SeedNode), zip(
+        range(topology.layer_count, topology.layer_count + count_seeds), topology.slot_layer_ids,
+        topology.slot_seed_idxs, topology.slot_layer_names, map(STATES.__getitem__, state.tolist()), since.tolist(),
+        ready.tolist(), errors.astype(np.int64).tolist())))
+    active = int(_ACTIVE[state].sum())
+    return rows, nodes, active
+
+
+def build_graph(run: RunState, epoch: int) -> GraphView:
+    """The graph of ``run`` as of the end of ``epoch`` (only events of epochs <= ``epoch``)."""
+    topology = _topology(run)
+    history = run.epochs_until(epoch)
+    current = history[-1]
+    spec = run.session.training_config
+    allowed, budget_left = germination_allowed(run, epoch)
+    accuracies = [e.validation_accuracy for e in history[-4:]]
+
+    rows, seed_nodes, active = _seed_rows(run, topology, epoch)
+    width = rows.shape[1]
+    seed_x = torch.from_numpy(rows).to(torch.float32)
+
+    # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
+    index = topology.seed_layer
+    layers = topology.layer_count
+    counts = torch.zeros(layers).index_add_(0, index, torch.ones(index.shape[0]))
+    layer_x = torch.zeros(layers, width).index_add_(0, index, seed_x) / counts.clamp_min(1).unsqueeze(1)
+    empty = counts == 0
+    if bool(empty.any()):
+        layer_x[empty] = torch.tensor(
+            [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
+    layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, topology.conv
+
+    context = torch.tensor([
+        current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
+        current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
+        budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(seed_nodes)),
+    ])
+    nodes = torch.cat([layer_x, seed_x])
+    x = torch.cat([nodes, context.expand(nodes.shape[0], -1), topology.node_depth.unsqueeze(1)], dim=1)
+    return GraphView(epoch, x, topology.edge_index, seed_nodes, topology.node_layers, allowed)

@@ -5,8 +5,14 @@ Shapes:
     edge_index: (2, E) int64, row 0 = source node, row 1 = target node (data flow)
     outputs:    adapt_probability (), node_scores (N,), blueprint_probabilities (B,), urgency (), value ()
 
-Every aggregation (mean + max of incoming messages, mean + max readout) goes through a
-``ScatterBackend``, so native torch and torch-scatter are interchangeable.
+Every aggregation of incoming messages (sum, then mean by the in-degree, and max) goes through a
+``ScatterBackend``, so native torch and torch-scatter are interchangeable. The readout (mean + max over
+all nodes of the one graph) is a plain reduction.
+
+Latency: what depends only on the graph's edges (the in-degrees, the source and target rows) is
+computed once per ``edge_index`` and kept (``Adjacency``; Tamiyo builds one ``edge_index`` per
+session and topology, see ``features``), so a decision's forward is the layers' own work. The
+threads torch uses are set once by the service (``INFERENCE_THREADS``, with the reasons).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from services.tamiyo.scatter import NativeScatter, ScatterBackend
@@ -29,6 +36,43 @@ class PolicyOutput:
     value: Tensor
 
 
+# One intra-op thread: a decision's forward on a model graph (1,000 nodes: a few milliseconds of small
+# matrix products and scatters) gains little from splitting, and on a shared machine OpenMP's spinning
+# workers compete with the Kafka client's threads and the other services. Measured on the 2-core bench
+# machine under load (1,000 nodes, the previous code): 2 threads 95 ms p50 per decision, 1 thread 34 ms.
+# Larger graphs on a quiet many-core machine may gain from more; this is the one place to say so.
+INFERENCE_THREADS = 1
+
+
+def use_inference_threads(threads: int = INFERENCE_THREADS) -> None:
+    """Set torch's intra-op threads for this process (call once, at service start)."""
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Adjacency:
+    """What message passing needs of one graph's edges, computed once per ``edge_index``.
+
+    Shapes: ``source``/``target`` (E,) int64; ``degree`` (N, 1) float32, the in-degree clamped to >= 1."""
+
+    nodes: int
+    source: Tensor
+    target: Tensor
+    degree: Tensor
+
+    @classmethod
+    def of(cls, edge_index: Tensor, nodes: int) -> Adjacency:
+        # Normal tensors even when first met in ``decide``: a kept inference tensor could not be saved for
+        # backward when the same graph is trained on later (``teacher``, ``training``).
+        with torch.inference_mode(False):
+            source, target = edge_index[0].clone(), edge_index[1].clone()
+            degree = torch.bincount(target, minlength=nodes).clamp_min(1).to(torch.float32).unsqueeze(1)
+        return cls(nodes, source, target, degree)
+
+
+ADJACENCIES_KEPT = 16  # graphs whose adjacency is kept (one per run being decided)
+
+
 class _MessagePassing(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
@@ -36,12 +80,20 @@ class _MessagePassing(nn.Module):
         self.update = nn.Linear(3 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, edge_index: Tensor, scatter: ScatterBackend) -> Tensor:
-        source, target = edge_index
-        messages = torch.relu(self.message(h)).index_select(0, source)
-        n = h.shape[0]
-        aggregated = torch.cat([scatter.mean(messages, target, n), scatter.max(messages, target, n)], dim=1)
-        return self.norm(h + torch.relu(self.update(torch.cat([h, aggregated], dim=1))))
+    def forward(self, h: Tensor, adjacency: Adjacency, scatter: ScatterBackend) -> Tensor:
+        # The submodules' functions on their parameters (_linear, F.layer_norm): the same arithmetic without a
+        # module call per sublayer, which at these sizes costs as much as the small ops themselves.
+        messages = torch.relu(_linear(self.message, h)).index_select(0, adjacency.source)
+        n = adjacency.nodes
+        mean = scatter.sum(messages, adjacency.target, n).div_(adjacency.degree.to(messages.dtype))
+        aggregated = torch.cat([h, mean, scatter.max(messages, adjacency.target, n)], dim=1)
+        norm = self.norm
+        return F.layer_norm(h + torch.relu(_linear(self.update, aggregated)), norm.normalized_shape, norm.weight,
+                            norm.bias, norm.eps)
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    return F.linear(x, layer.weight, layer.bias)
 
 
 class TamiyoPolicy(nn.Module):
@@ -57,30 +109,50 @@ class TamiyoPolicy(nn.Module):
         self.blueprint_head = nn.Linear(2 * hidden, blueprints)
         self.urgency_head = nn.Linear(2 * hidden, 1)
         self.value_head = nn.Linear(2 * hidden, 1)
+        self._adjacencies: dict[tuple, tuple[Tensor, Adjacency]] = {}
+
+    def adjacency(self, edge_index: Tensor, nodes: int) -> Adjacency:
+        """The graph's ``Adjacency``, kept for the latest few ``edge_index`` tensors (by identity: Tamiyo
+        never changes one in place once built)."""
+        key = (id(edge_index), nodes, edge_index.device)
+        cached = self._adjacencies.get(key)
+        if cached is not None and cached[0] is edge_index:
+            return cached[1]
+        adjacency = Adjacency.of(edge_index, nodes)
+        self._adjacencies[key] = (edge_index, adjacency)
+        while len(self._adjacencies) > ADJACENCIES_KEPT:
+            self._adjacencies.pop(next(iter(self._adjacencies)))
+        return adjacency
 
     def forward(self, x: Tensor, edge_index: Tensor) -> PolicyOutput:
-        h = self.encoder(x)
+        adjacency = self.adjacency(edge_index, x.shape[0])
+        first, _, second = self.encoder  # Linear, ReLU, Linear
+        h = _linear(second, torch.relu(_linear(first, x)))
         for layer in self.layers:
-            h = layer(h, edge_index, self.scatter)
-        graph = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
-        readout = torch.cat([self.scatter.mean(h, graph, 1), self.scatter.max(h, graph, 1)], dim=1)[0]
+            h = layer(h, adjacency, self.scatter)
+        if h.shape[0]:
+            readout = torch.cat([h.mean(dim=0), h.amax(dim=0)])
+        else:  # no node: the empty mean and max are 0, as a scatter over no row gives
+            readout = h.new_zeros(2 * self.hidden)
         return PolicyOutput(
-            adapt_probability=torch.sigmoid(self.adapt_head(readout))[0],
-            node_scores=self.node_head(h).squeeze(1),
-            blueprint_probabilities=torch.softmax(self.blueprint_head(readout), dim=0),
-            urgency=torch.sigmoid(self.urgency_head(readout))[0],
-            value=self.value_head(readout)[0],
+            adapt_probability=torch.sigmoid(_linear(self.adapt_head, readout))[0],
+            node_scores=_linear(self.node_head, h).squeeze(1),
+            blueprint_probabilities=torch.softmax(_linear(self.blueprint_head, readout), dim=0),
+            urgency=torch.sigmoid(_linear(self.urgency_head, readout))[0],
+            value=_linear(self.value_head, readout)[0],
         )
 
     def decide(self, x: Tensor, edge_index: Tensor) -> PolicyOutput:
         """Inference: eval mode, no autograd, deterministic."""
         was_training = self.training
-        self.eval()
+        if was_training:
+            self.eval()
         try:
             with torch.inference_mode():
                 return self(x, edge_index)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def version(self) -> str:
         """A content hash of the weights: the policy version recorded with every decision."""

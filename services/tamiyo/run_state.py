@@ -1,4 +1,4 @@
-"""What Tamiyo knows about each run, rebuilt from the log: pure, no Kafka, no torch.
+"""What Tamiyo knows about each run, rebuilt from the log: pure, no Kafka, no torch (numpy arrays).
 
 Events are folded in arrival order. A run's events of one kind arrive in the order Tolaria
 produced them (one key, one partition), but the kinds arrive interleaved in any order. So
@@ -14,6 +14,9 @@ per run in a window of the latest ``EVENT_WINDOW``, so memory stays bounded howe
 is; a duplicate older than that is folded again and meets the fold's own checks (a second
 health signal or EpochCompleted for one epoch is rejected).
 
+Health signals are kept as arrays (``health_table``: one block per epoch, one row per seed slot), so
+that the features of every seed are read at once at decision time, without a loop over seeds.
+
 Memory: a run is forgotten once it is done (completed and every epoch decided) or failed and
 nothing is left to read (``Runs.forget_failed``); its id stays in a bounded set of finished
 runs, so that late events of it are skipped instead of waiting for a session that came long ago.
@@ -21,12 +24,13 @@ runs, so that late events of it are skipped instead of waiting for a session tha
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from contracts import (
@@ -42,6 +46,7 @@ from contracts import (
     TrainingSessionEvent,
 )
 from services.core.errors import EsperError
+from services.tamiyo.health_table import HealthTable
 
 EVENT_WINDOW = 20_000  # event ids remembered per run for duplicate detection (about 2 MB at most)
 FINISHED_WINDOW = 100_000  # ids of forgotten runs remembered (late events of them are skipped)
@@ -73,8 +78,9 @@ class RunState:
     run_id: str
     session: TrainingSession | None = None
     epochs: dict[int, EpochCompleted] = field(default_factory=dict)
-    # Per seed: its signals' epochs (sorted) and the signals in the same order.
-    health: dict[tuple[int, int], tuple[list[int], list[HealthSignal]]] = field(default_factory=dict)
+    # Health signals by epoch and slot row; a slot gets its row when first seen (signal or session).
+    health: HealthTable = field(default_factory=HealthTable, compare=False, repr=False)
+    slot_rows: dict[tuple[int, int], int] = field(default_factory=dict)
     transitions: list[SeedTransition] = field(default_factory=list)
     reports: list[FieldReport] = field(default_factory=list)
     health_per_epoch: Counter = field(default_factory=Counter)
@@ -86,6 +92,9 @@ class RunState:
     finished: bool = False
     # The latest event ids of the run and their content digests, oldest first.
     event_ids: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    # Views derived from the session alone (topology, rows of its slots), built once by the modules that read
+    # them (``features``) and dropped when the session changes.
+    views: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # -- event identity ----------------------------------------------------------------------------
     def admit(self, event_id: str, digest: bytes, window: int = EVENT_WINDOW) -> bool:
@@ -111,16 +120,19 @@ class RunState:
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)
+            self.views.clear()
         self.finished = event.session.status.value in ("completed", "failed")
 
     def apply_health(self, signal: HealthSignal) -> None:
-        self._check_slot(signal.layer_id, signal.seed_idx)
-        epochs, signals = self.health.setdefault((signal.layer_id, signal.seed_idx), ([], []))
-        at = bisect.bisect_left(epochs, signal.epoch)
-        if at < len(epochs) and epochs[at] == signal.epoch:
+        # The hot path of the fold (one call per seed per epoch): plain dict work, no per-event numpy.
+        slot = (signal.layer_id, signal.seed_idx)
+        if self.session is not None and slot not in self.slots:
+            self._check_slot(*slot)
+        row = self.slot_rows.get(slot)
+        if row is None:
+            row = self.slot_rows[slot] = len(self.slot_rows)
+        if not self.health.add(row, signal.epoch, signal):
             raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
-        epochs.insert(at, signal.epoch)
-        signals.insert(at, signal)
         self.health_per_epoch[signal.epoch] += 1
 
     def apply_epoch(self, event: EpochCompleted) -> None:
@@ -193,11 +205,14 @@ class RunState:
                 states[(t.layer_id, t.seed_idx)] = (t.to_state, t.epoch)
         return states
 
-    def health_until(self, layer_id: int, seed_idx: int, epoch: int, last: int = 3) -> list[HealthSignal]:
-        """The seed's last ``last`` health signals of epochs <= ``epoch``, oldest first."""
-        epochs, signals = self.health.get((layer_id, seed_idx), ((), ()))
-        end = bisect.bisect_right(epochs, epoch)
-        return list(signals[max(0, end - last):end])
+    def seed_rows(self) -> np.ndarray:
+        """The health-table row of every slot, in session order (int64, built once per session)."""
+        rows = self.views.get("seed_rows")
+        if rows is None:
+            rows = self.views["seed_rows"] = np.fromiter(
+                (self.slot_rows.setdefault((s.layer_id, s.seed_idx), len(self.slot_rows)) for s in self.session.seeds),
+                dtype=np.int64, count=len(self.session.seeds))
+        return rows
 
     def epochs_until(self, epoch: int) -> list[EpochCompleted]:
         return [self.epochs[k] for k in sorted(self.epochs) if k <= epoch]

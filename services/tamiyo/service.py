@@ -42,6 +42,7 @@ from services.oona.transactions import ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
 from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
 from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
+from services.tamiyo.policy import use_inference_threads
 from services.tamiyo.policy_store import INITIAL_POLICY, load_policy
 from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
 from services.tamiyo.scatter import select_backend
@@ -94,6 +95,7 @@ class Tamiyo:
                  instance: str = "1", scatter: str = "auto", device: str = "cpu",
                  orphan_timeout_s: float = ORPHAN_TIMEOUT_S) -> None:
         self.policy, self.record = load_policy(policy_path or INITIAL_POLICY)  # PolicyError before connecting
+        use_inference_threads()  # before timing the backends: they are timed as they will run
         backend, timings = select_backend(torch.device(device), scatter)
         self.policy.scatter = backend
         log.info("tamiyo policy=%s scatter=%s timings=%s", self.record.version, backend.name, timings)

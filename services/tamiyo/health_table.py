@@ -1,0 +1,102 @@
+"""Seed health signals of one run as arrays: one block per epoch, one row per seed slot.
+
+A signal is staged when it is folded (the object itself, in a dict: cheaper per event than any
+numpy write or even reading its fields) and the staged signals of an epoch are written into that
+epoch's block in one step the next time the table is read (their fields read by one C-level getter). ``latest`` answers, for every slot at once, "the last
+``last`` signals of epochs <= ``epoch``", which is what the features need: no loop over seeds,
+only over epochs, newest first, and that loop stops as soon as every slot has its ``last``
+signals (after ``last`` epochs when every slot reports every epoch, as Tolaria's do).
+
+Values are kept as float64, exactly as they came (the features are computed from them in
+float64 and cast to float32 once, as before). Pure: numpy only, no torch.
+
+Shapes: a block is (rows, len(HEALTH_FIELDS)) float64; ``latest`` returns values
+(S, last, F) newest first, their epochs (S, last) (-1 where none) and the count (S,).
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+from operator import attrgetter
+
+import numpy as np
+
+HEALTH_FIELDS: tuple[str, ...] = (
+    "health_score", "activation_variance", "dead_neuron_ratio", "avg_correlation", "gradient_norm",
+    "execution_latency", "error_count", "is_ready_for_transition",
+)
+COLUMN = {name: i for i, name in enumerate(HEALTH_FIELDS)}
+_FIELDS_OF = attrgetter(*HEALTH_FIELDS)
+
+
+class HealthTable:
+    """Health signals by (epoch, row); a row is a seed slot (numbered by the caller)."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, np.ndarray] = {}  # epoch -> (capacity, F) float64
+        self._present: dict[int, np.ndarray] = {}  # epoch -> (capacity,) bool
+        self._staged: dict[int, dict[int, object]] = {}  # epoch -> row -> signal, not written yet
+
+    def add(self, row: int, epoch: int, signal: object) -> bool:
+        """Stage one signal (an object with the ``HEALTH_FIELDS`` attributes, numbers); False if the slot
+        already has one for ``epoch`` (the table is unchanged)."""
+        staged = self._staged.get(epoch)
+        if staged is None:
+            staged = self._staged[epoch] = {}
+        elif row in staged:
+            return False
+        present = self._present.get(epoch)
+        if present is not None and row < present.shape[0] and present[row]:
+            return False
+        staged[row] = signal
+        return True
+
+    def _write_staged(self) -> None:
+        for epoch, staged in self._staged.items():
+            if not staged:
+                continue
+            rows = np.fromiter(staged.keys(), dtype=np.int64, count=len(staged))
+            values = np.fromiter(chain.from_iterable(map(_FIELDS_OF, staged.values())), dtype=np.float64,
+                                 count=len(staged) * len(HEALTH_FIELDS)).reshape(len(staged), len(HEALTH_FIELDS))
+            block, present = self._block(epoch, int(rows.max()) + 1)
+            block[rows] = values
+            present[rows] = True
+        self._staged.clear()
+
+    def _block(self, epoch: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        block, present = self._blocks.get(epoch), self._present.get(epoch)
+        if block is None or block.shape[0] < rows:
+            capacity = max(rows, 2 * block.shape[0] if block is not None else rows)
+            grown = np.zeros((capacity, len(HEALTH_FIELDS)), dtype=np.float64)
+            grown_present = np.zeros(capacity, dtype=bool)
+            if block is not None:
+                grown[:block.shape[0]] = block
+                grown_present[:present.shape[0]] = present
+            block, present = self._blocks[epoch], self._present[epoch] = grown, grown_present
+        return block, present
+
+    def latest(self, rows: np.ndarray, epoch: int, last: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each of ``rows``: its last ``last`` signals of epochs <= ``epoch``, newest first.
+
+        Returns (values (S, last, F), epochs (S, last) with -1 where there is none, count (S,))."""
+        self._write_staged()
+        n = rows.shape[0]
+        values = np.zeros((n, last, len(HEALTH_FIELDS)), dtype=np.float64)
+        epochs = np.full((n, last), -1, dtype=np.int64)
+        count = np.zeros(n, dtype=np.int64)
+        if n == 0:
+            return values, epochs, count
+        for k in sorted((k for k in self._blocks if k <= epoch), reverse=True):
+            present = self._present[k]
+            inside = rows < present.shape[0]
+            have = np.zeros(n, dtype=bool)
+            have[inside] = present[rows[inside]]
+            take = np.flatnonzero(have & (count < last))
+            if take.size:
+                at = count[take]
+                values[take, at] = self._blocks[k][rows[take]]
+                epochs[take, at] = k
+                count[take] = at + 1
+                if int(count.min()) >= last:
+                    break
+        return values, epochs, count
