@@ -39,12 +39,17 @@ $(VENV)/.installed-$(LOCK_HASH): $(DEPS_VENV)/.scatter pyproject.toml
 	touch $@
 
 # torch-scatter (the optional scatter backend) has no wheels on PyPI: build it once from
-# source against the venv's torch (~10 min on 2 cores) and keep the wheel outside the clone.
+# source against the venv's torch and keep the wheel outside the clone. Its setup.py turns ninja off, so the
+# parallelism is setuptools' own (one job per extension module, `build_ext --parallel`), asked for through
+# DIST_EXTRA_CONFIG with every core.
 TORCH_SCATTER ?= torch-scatter==2.1.2
 WHEELS := $(ESPER_CACHE)/wheels
+BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 $(DEPS_VENV)/.scatter: $(DEPS_VENV)/.installed
 	@$(DEPS_VENV)/bin/pip install -q --no-index --find-links $(WHEELS) "$(TORCH_SCATTER)" 2>/dev/null || { \
-	  echo "building $(TORCH_SCATTER) from source (once; cached in $(WHEELS))"; \
+	  echo "building $(TORCH_SCATTER) from source with $(BUILD_JOBS) jobs (once; cached in $(WHEELS))"; \
+	  mkdir -p $(WHEELS) && printf "[build_ext]\nparallel = %s\n" $(BUILD_JOBS) > $(ESPER_CACHE)/build_ext.cfg && \
+	  DIST_EXTRA_CONFIG=$(ESPER_CACHE)/build_ext.cfg \
 	  $(DEPS_VENV)/bin/pip wheel -q --no-build-isolation --no-deps -w $(WHEELS) "$(TORCH_SCATTER)" && \
 	  $(DEPS_VENV)/bin/pip install -q --no-index --find-links $(WHEELS) "$(TORCH_SCATTER)"; }
 	touch $@
