@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from services.core.errors import EsperError
 from services.tolaria.config import RunConfig
 
 if TYPE_CHECKING:
     from services.oona.consumer import Delivered
 
 CHECKPOINT_VERSION = 1
-
-from services.core.errors import EsperError
 
 
 class CheckpointError(EsperError):
