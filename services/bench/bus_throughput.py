@@ -103,7 +103,9 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
 
 def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> BenchResult:
     codec = SingleObjectCodec()
-    dlq = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.dlq", topic_spec("esper.dlq").payload, "source", partitions=1, raw=True)
+    dlq = TopicSpec(
+        f"bench.{uuid.uuid4().hex[:8]}.dlq", topic_spec("esper.dlq").payload, "source", partitions=1, raw=True
+    )
     ensure_topics(settings, [dlq])
     producer = OonaProducer(settings, codec)
     consumer = OonaConsumer(settings, codec, group_id=f"bench-{uuid.uuid4().hex[:8]}", topics=[spec],

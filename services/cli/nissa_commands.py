@@ -7,9 +7,9 @@
     esper archive [--out DIR]                                 every topic to Parquet, incrementally
     esper report RUN_ID [--compare RUN_ID] [--out report.html] [--db PATH]
 
-``add_commands(subparsers)`` registers ``sql``, ``runs``, ``replay``, ``archive`` and ``report``; ``add_serve_arguments(parser)``
-adds the sink's options to ``esper serve`` and ``cmd_serve_nissa(args)`` runs it. Errors are
-EsperError subclasses, which ``esper`` prints as one line.
+``add_commands(subparsers)`` registers ``sql``, ``runs``, ``replay``, ``archive`` and ``report``;
+``add_serve_arguments(parser)`` adds the sink's options to ``esper serve`` and ``cmd_serve_nissa(args)`` runs
+it. Errors are EsperError subclasses, which ``esper`` prints as one line.
 """
 
 from __future__ import annotations

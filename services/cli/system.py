@@ -116,7 +116,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_system_commands(sub) -> None:
-    p = sub.add_parser("up", help="start the broker (unless an external one is set), topics and the supervised services")
+    p = sub.add_parser(
+        "up", help="start the broker (unless an external one is set), topics and the supervised services"
+    )
     p.add_argument("--no-services", action="store_true", help="only the broker and the topics")
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the services and the local broker; data is kept")

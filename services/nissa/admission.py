@@ -134,7 +134,9 @@ class Admission:
             self.seen.add(keys)
         return written
 
-    def _valid(self, checks: TableChecks, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]) -> pa.Table:
+    def _valid(
+        self, checks: TableChecks, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]
+    ) -> pa.Table:
         rejected = {r.row: r.reason for r in checks.rejections(part)}
         if checks.exact:
             for row in range(part.num_rows):

@@ -193,8 +193,10 @@ def _value_rules(annotation, metadata: list, owner: type[BaseModel], where: str,
                        for w, m, c in _value_rules(value, [], owner, where + "{}", label))
     elif isinstance(kind, type) and issubclass(kind, BaseModel):
         for name, info in kind.model_fields.items():
-            out.extend((w, m, _field(name, c))
-                       for w, m, c in _value_rules(info.annotation, list(info.metadata), kind, f"{where}.{name}", label))
+            out.extend(
+                (w, m, _field(name, c))
+                for w, m, c in _value_rules(info.annotation, list(info.metadata), kind, f"{where}.{name}", label)
+            )
     elif kind is AwareDatetime or isinstance(kind, type) and issubclass(kind, (bool, Enum, datetime)):
         pass  # the Avro type is the whole constraint (enums: the reader schema's symbols are the contract's)
     else:

@@ -118,7 +118,9 @@ class RunState:
         epochs, signals = self.health.setdefault((signal.layer_id, signal.seed_idx), ([], []))
         at = bisect.bisect_left(epochs, signal.epoch)
         if at < len(epochs) and epochs[at] == signal.epoch:
-            raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
+            raise RejectedEvent(
+                f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}"
+            )
         epochs.insert(at, signal.epoch)
         signals.insert(at, signal)
         self.health_per_epoch[signal.epoch] += 1

@@ -85,8 +85,15 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
     for i in range(n_layers):
         conv = conv_net and i < n_layers - 1
         width = rng.choice([8, 16, 32, 64])
-        layers.append(LayerSpec(name=f"body.{2 * i}", layer_id=1000 + i, kind="conv2d" if conv else "linear",
-                                input_shape=[4, 8, 8] if conv else [width], output_shape=[8, 8, 8] if conv else [width]))
+        layers.append(
+            LayerSpec(
+                name=f"body.{2 * i}",
+                layer_id=1000 + i,
+                kind="conv2d" if conv else "linear",
+                input_shape=[4, 8, 8] if conv else [width],
+                output_shape=[8, 8, 8] if conv else [width],
+            )
+        )
     epochs = rng.randint(6, 30)
     budget = rng.randint(0, 4)
     session = TrainingSession(
@@ -123,8 +130,15 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
     for seed in session.seeds:
         if rng.random() < 0.25:
             when = rng.randint(0, at)
-            run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
-                                                from_state=SeedState.DORMANT, to_state=SeedState.GERMINATED, epoch=when))
+            run.apply_transition(
+                SeedTransition(
+                    layer_id=seed.layer_id,
+                    seed_idx=seed.seed_idx,
+                    from_state=SeedState.DORMANT,
+                    to_state=SeedState.GERMINATED,
+                    epoch=when,
+                )
+            )
             final = rng.choice([SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED, SeedState.CULLED])
             run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
                                                 from_state=SeedState.GERMINATED, to_state=final, epoch=when))

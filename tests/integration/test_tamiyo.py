@@ -54,7 +54,9 @@ def tamiyo_running(kafka: KafkaSettings, instance: str = "t1", **options):
 
 
 def publish_slot_kernels(kafka: KafkaSettings, input_shape: list[int], output_shape: list[int]) -> list[str]:
-    return [publish_characterised_kernel(kafka, bp, prefix=kafka.topic_prefix) for bp in for_slot(input_shape, output_shape)]
+    return [
+        publish_characterised_kernel(kafka, bp, prefix=kafka.topic_prefix) for bp in for_slot(input_shape, output_shape)
+    ]
 
 
 def run_messages(kafka: KafkaSettings, topic: TopicName, run_id: str) -> list:

@@ -44,7 +44,9 @@ def stored(path, tables=TABLES) -> NissaStore:
     store = NissaStore(path, tables)
     store.create_schema()
     batch = new_batch()
-    batch.add(decision_messages() + [FakeMessage(EPOCHS.name, 0, 0, CODEC.encode(EPOCHS, message_for(EPOCHS, run_id=RUN)))])
+    batch.add(
+        decision_messages() + [FakeMessage(EPOCHS.name, 0, 0, CODEC.encode(EPOCHS, message_for(EPOCHS, run_id=RUN)))]
+    )
     store.write(batch.drain(), {})
     store.close()
     return store
