@@ -246,8 +246,9 @@ class SeedManager:
         params: list[nn.Parameter] = []
         for slot in self.slots.values():
             for idx in range(slot.num_seeds):
-                if slot.state(idx) is SeedState.TRAINING and slot.kernel(idx) is not None:
-                    params += [p for p in slot.kernel(idx).parameters() if p.requires_grad]
+                kernel = slot.kernel(idx)
+                if slot.state(idx) is SeedState.TRAINING and kernel is not None:
+                    params += [p for p in kernel.parameters() if p.requires_grad]
         return params
 
     @contextmanager
@@ -322,8 +323,8 @@ class SeedManager:
         for slot in self.slots.values():
             slot.refresh()
             for idx in range(slot.num_seeds):
-                state = slot.state(idx)
-                if state in HAS_KERNEL and slot.kernel(idx) is None:
+                state, kernel = slot.state(idx), slot.kernel(idx)
+                if state in HAS_KERNEL and kernel is None:
                     raise KasminaError(f"checkpoint has seed {slot.layer_id}:{idx} {state.value} but no kernel record")
-                if state is SeedState.FOSSILIZED:
-                    slot.kernel(idx).requires_grad_(False)
+                if state is SeedState.FOSSILIZED and kernel is not None:  # a fossil has one (HAS_KERNEL, above)
+                    kernel.requires_grad_(False)

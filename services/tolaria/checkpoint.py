@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -24,7 +24,7 @@ from services.tolaria.config import RunConfig
 if TYPE_CHECKING:
     from services.oona.consumer import Delivered
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION: Final = 1
 
 
 class CheckpointError(EsperError):
