@@ -86,12 +86,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for column in ("service", "state", "pid", "restarts", "last exit", "lag (events)"):
         table.add_column(column)
     for s in services:
-        lag = "-"
+        lag_text = "-"
         if broker_up and s["has_lag"]:
-            lag = str(s["lag"]) if s["lag"] is not None else "?"
-            lag += f" ({s['lag_detail']})" if s["lag_detail"] else ""
+            lag_text = str(s["lag"]) if s["lag"] is not None else "?"
+            lag_text += f" ({s['lag_detail']})" if s["lag_detail"] else ""
         table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
-                      str(s["last_exit"] if s["last_exit"] is not None else "-"), lag)
+                      str(s["last_exit"] if s["last_exit"] is not None else "-"), lag_text)
     Console().print(table)
     return code
 

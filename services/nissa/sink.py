@@ -268,9 +268,9 @@ class NissaSink:
     # -- the loop ------------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.2) -> int:
         """Consume up to ``batch_rows`` messages (flushing when due); returns the messages read."""
-        assert self._consumer is not None, "start() first"
+        assert self._consumer is not None and self._committer is not None, "start() first"
         messages = self._consumer.consume(min(self.batch_rows, 20_000), timeout_s)
-        errors = [m.error() for m in messages if m.error() is not None]
+        errors = [error for m in messages if (error := m.error()) is not None]
         good = [m for m in messages if m.error() is None] if errors else messages
         for error in errors:
             if error.fatal():
@@ -294,6 +294,7 @@ class NissaSink:
 
         With ``wait``, return once everything queued is committed.
         """
+        assert self._consumer is not None and self._committer is not None, "start() first"
         if self.batch.size:
             positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(self._assignment)
                          if tp.offset >= 0}
@@ -303,6 +304,7 @@ class NissaSink:
 
     def run_until_caught_up(self, timeout_s: float = 60.0) -> int:
         """Ingest until every partition reached the end offsets it had when called; returns messages read."""
+        assert self._consumer is not None, "start() first"
         ends = end_offsets(admin_client(self.settings), [(tp.topic, tp.partition) for tp in self._assignment])
         # A partition nothing was read from since assign() has no position yet: it is where it started.
         progress = ReadToEnds(ends, self._start)
