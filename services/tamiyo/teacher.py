@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -147,7 +148,7 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
 
 def synthetic_dataset(samples: int, seed: int = 0) -> list[tuple[GraphView, Label]]:
     rng = random.Random(seed)
-    data = []
+    data: list[tuple[GraphView, Label]] = []
     while len(data) < samples:
         run, epoch = synthetic_run(rng)
         graph = build_graph(run, epoch)
@@ -201,7 +202,8 @@ def bootstrap_policy(samples: int = 3000, epochs: int = 6, seed: int = 0, hidden
         policy.train()
         for start in range(0, len(order), batch):
             optimizer.zero_grad()
-            loss = sum(imitation_loss(policy, *data[i]) for i in order[start:start + batch]) / batch
+            # A sum of (at least one) tensors is a tensor; ``sum`` is typed for its int start.
+            loss = cast(torch.Tensor, sum(imitation_loss(policy, *data[i]) for i in order[start:start + batch])) / batch
             loss.backward()
             optimizer.step()
         if progress is not None:
