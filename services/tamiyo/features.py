@@ -106,6 +106,7 @@ def _health_features(history: list[HealthSignal]) -> list[float]:
 
 def germination_allowed(run: RunState, epoch: int) -> tuple[bool, float]:
     """(budget and cooldown allow a germination now, fraction of the budget left)."""
+    assert run.session is not None  # the graph is built for runs that have a session
     spec = run.session.training_config
     if not spec.adaptation_enabled or spec.adaptation_budget <= 0:
         return False, 0.0
@@ -121,6 +122,7 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     seeds = run.seeds()
     history = run.epochs_until(epoch)
     current = history[-1]
+    assert run.session is not None
     spec = run.session.training_config
     allowed, budget_left = germination_allowed(run, epoch)
     accuracies = [e.validation_accuracy for e in history[-4:]]

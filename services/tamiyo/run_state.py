@@ -165,6 +165,7 @@ class RunState:
 
     # -- the view at one epoch --------------------------------------------------------------------
     def layers(self) -> list[LayerSpec]:
+        assert self.session is not None  # the view is asked of runs that have a session
         model = self.session.training_model_config
         if model.layers:
             return list(model.layers)
@@ -176,6 +177,7 @@ class RunState:
         return list(seen.values())
 
     def topology(self) -> list[LayerEdge]:
+        assert self.session is not None
         model = self.session.training_model_config
         if model.topology:
             return list(model.topology)
@@ -184,6 +186,7 @@ class RunState:
 
     def seeds(self) -> list[tuple[int, int, str]]:
         """(layer_id, seed_idx, layer_name) of every slot, in session order."""
+        assert self.session is not None
         return [(s.layer_id, s.seed_idx, s.layer_name) for s in self.session.seeds]
 
     def seed_states(self, epoch: int) -> dict[tuple[int, int], tuple[SeedState, int]]:
