@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.core.errors import FatalError
 from services.nissa.admission import Admission, dead_letter_row
@@ -129,7 +129,7 @@ class Committer:
             written = self._bisect(records, exc)
             return written + self.admission.write({}, {}, offsets)  # then the batch's own end positions
 
-    def _bisect(self, records: list[tuple[str, object]], error: Exception) -> int:
+    def _bisect(self, records: list[tuple[str, Message]], error: Exception) -> int:
         """Store ``records`` (which failed together with ``error``) in halves; dead-letter the one that fails."""
         if len(records) == 1:
             return self._dead_letter(records[0][1], error)
@@ -175,12 +175,14 @@ class Committer:
         self._thread.join()
 
 
-def _ends(records: list[tuple[str, object]]) -> dict[tuple[str, int], int]:
+def _ends(records: list[tuple[str, Message]]) -> dict[tuple[str, int], int]:
     """The position right after the last of ``records`` in each of their partitions."""
     ends: dict[tuple[str, int], int] = {}
     for topic, message in records:
-        key = (topic, message.partition())
-        ends[key] = max(ends.get(key, 0), message.offset() + 1)
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None  # every record read has its place
+        key = (topic, partition)
+        ends[key] = max(ends.get(key, 0), offset + 1)
     return ends
 
 

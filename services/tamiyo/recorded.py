@@ -59,7 +59,9 @@ def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[
     runs: dict[str, RecordedRun] = {}
     seen: set[tuple[str | None, str]] = set()
     for msg in sorted(messages, key=lambda m: (m.topic(), m.partition(), m.offset())):
-        name, spec = specs[msg.topic()]
+        topic = msg.topic()
+        assert topic is not None  # every record read has its topic
+        name, spec = specs[topic]
         try:
             message = codec.decode(spec, msg.value())
         except DecodeError:
