@@ -47,7 +47,11 @@ def blueprint() -> Blueprint:
         architecture=BlueprintArchitecture(
             input_shape=[32],
             output_shape=[32],
-            layers=[OpSpec(op=BlueprintOp.LINEAR, width=16), OpSpec(op=BlueprintOp.RELU), OpSpec(op=BlueprintOp.LINEAR, width=32)],
+            layers=[
+                OpSpec(op=BlueprintOp.LINEAR, width=16),
+                OpSpec(op=BlueprintOp.RELU),
+                OpSpec(op=BlueprintOp.LINEAR, width=32),
+            ],
         ),
         hyperparameters={"lr_scale": 0.5},
         performance_metrics={"accuracy": 0.91},
@@ -79,7 +83,12 @@ def training_session() -> TrainingSession:
         name="digits-mlp",
         description="sample session",
         training_model_config=ModelSpec(
-            architecture="mlp", input_shape=[64], num_classes=10, hidden_sizes=[32], target_layers=["body.0"], seeds_per_layer=2
+            architecture="mlp",
+            input_shape=[64],
+            num_classes=10,
+            hidden_sizes=[32],
+            target_layers=["body.0"],
+            seeds_per_layer=2,
         ),
         training_config=TrainingSpec(dataset="digits", epochs=5, batch_size=64, learning_rate=1e-3),
         seeds=[Seed(layer_id=7, position=0, state=SeedState.TRAINING, layer_name="body.0", metadata={"k": "v"})],
@@ -117,14 +126,22 @@ def payload_for(spec: TopicSpec):
         )
     if name == "SeedTransition":
         return SeedTransition(
-            layer_id=7, seed_idx=0, layer_name="body.0", from_state=SeedState.GRAFTING, to_state=SeedState.FOSSILIZED,
-            epoch=9, reason="counterfactual gate passed", gates=[GateResult(name="counterfactual", passed=True, value=0.02, threshold=0.0)],
+            layer_id=7,
+            seed_idx=0,
+            layer_name="body.0",
+            from_state=SeedState.GRAFTING,
+            to_state=SeedState.FOSSILIZED,
+            epoch=9,
+            reason="counterfactual gate passed",
+            gates=[GateResult(name="counterfactual", passed=True, value=0.02, threshold=0.0)],
         )
     if name == "BlueprintSubmitted":
         bp = blueprint()
         return BlueprintSubmitted(blueprint_id=bp.blueprint_id, submitted_by="karn", blueprint=bp)
     if name == "KernelReady":
-        return KernelReady(blueprint_id="bp-x", outcome=CompilationOutcome.READY, kernel=kernel_metadata(), compile_seconds=0.3)
+        return KernelReady(
+            blueprint_id="bp-x", outcome=CompilationOutcome.READY, kernel=kernel_metadata(), compile_seconds=0.3
+        )
     if name == "KernelCharacterized":
         return KernelCharacterized(
             kernel_id="k-1", blueprint_id="bp-x", device="cpu", latency_ms_p50=0.01, latency_ms_p95=0.02,

@@ -36,7 +36,7 @@ def session(*, budget: int = 2, cooldown: int = 0, auto_advance: bool = False, e
         session_id="run-1", name="t", description="test run",
         training_model_config=ModelSpec(architecture="mlp", input_shape=[2], num_classes=3, layers=layers,
                                         topology=[LayerEdge(source=a.name, target=b.name)
-                                                  for a, b in zip(layers, layers[1:])]),
+                                                  for a, b in zip(layers, layers[1:], strict=False)]),
         training_config=TrainingSpec(dataset="spirals", epochs=epochs, batch_size=32, learning_rate=1e-3,
                                      adaptation_budget=budget, cooldown_epochs=cooldown, auto_advance=auto_advance,
                                      adaptation_enabled=enabled),

@@ -89,7 +89,8 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
     sample = messages[:BASELINE_EVENTS // 4]
     start = time.perf_counter()
     for m in sample:
-        naive_producer.produce(naive_topic.name, m.model_dump_json().encode(), key=m.run_id.encode())
+        key = m.run_id.encode() if m.run_id else None
+        naive_producer.produce(naive_topic.name, m.model_dump_json().encode(), key=key)
         naive_producer.flush()
     naive = _rate(len(sample), time.perf_counter() - start)
     delete_topics(settings, [naive_topic.name])
@@ -103,7 +104,9 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
 
 def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> BenchResult:
     codec = SingleObjectCodec()
-    dlq = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.dlq", topic_spec("esper.dlq").payload, "source", partitions=1, raw=True)
+    dlq = TopicSpec(
+        f"bench.{uuid.uuid4().hex[:8]}.dlq", topic_spec("esper.dlq").payload, "source", partitions=1, raw=True
+    )
     ensure_topics(settings, [dlq])
     producer = OonaProducer(settings, codec)
     consumer = OonaConsumer(settings, codec, group_id=f"bench-{uuid.uuid4().hex[:8]}", topics=[spec],
@@ -123,7 +126,7 @@ def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> Be
     raw = clients.consumer(settings, {"group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
                                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
     raw.subscribe([spec.name])
-    json_bodies = []
+    json_bodies: list[str] = []
     while len(json_bodies) < BASELINE_EVENTS:
         msg = raw.poll(1.0)
         if msg is not None and msg.error() is None:

@@ -57,7 +57,7 @@ def bench_ingest(settings: KafkaSettings, events: int = 200_000) -> BenchResult:
             sink.close()
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             with duckdb.connect(str(db), read_only=True) as con:
-                stored = con.execute("SELECT count(*) FROM health_signal").fetchone()[0]
+                stored = con.execute("SELECT count(*) FROM health_signal").fetchall()[0][0]
             if stored != events:
                 raise RuntimeError(f"nissa bench: {stored} rows in DuckDB for {events} events produced")
             naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")

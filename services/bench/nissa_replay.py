@@ -44,8 +44,8 @@ def bench_replay(settings: KafkaSettings, events: int = 1_000_000) -> BenchResul
     spec = topic_spec("telemetry.seed.health", prefix)
     codec = SingleObjectCodec()
     producer = OonaProducer(kafka, codec)
-    for start in range(0, events, 50_000):
-        producer.publish_many(spec, telemetry_batch(spec, min(50_000, events - start), runs=1))
+    for first in range(0, events, 50_000):
+        producer.publish_many(spec, telemetry_batch(spec, min(50_000, events - first), runs=1))
     other = telemetry_batch(spec, OTHER_RUN_EVENTS, runs=1)
     producer.publish_many(spec, [m.model_copy(update={"run_id": "bench-other"}) for m in other])
     producer.flush()
@@ -57,8 +57,8 @@ def bench_replay(settings: KafkaSettings, events: int = 1_000_000) -> BenchResul
             result = replay_from_kafka(kafka, RUN_ID, db)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             with duckdb.connect(str(db), read_only=True) as con:
-                stored = con.execute("SELECT count(*) FROM health_signal WHERE run_id = ?", [RUN_ID]).fetchone()[0]
-                others = con.execute("SELECT count(*) FROM health_signal WHERE run_id <> ?", [RUN_ID]).fetchone()[0]
+                stored = con.execute("SELECT count(*) FROM health_signal WHERE run_id = ?", [RUN_ID]).fetchall()[0][0]
+                others = con.execute("SELECT count(*) FROM health_signal WHERE run_id <> ?", [RUN_ID]).fetchall()[0][0]
             if stored != events or others:
                 raise RuntimeError(f"replay bench: {stored} rows of the run ({events} produced), {others} of others")
             naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")

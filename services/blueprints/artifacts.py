@@ -54,7 +54,9 @@ def load_artifact(data: bytes, arch: BlueprintArchitecture, checksum: str | None
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise ArtifactError(f"artifact does not fit its blueprint: {(str(exc).splitlines() or [''])[0][:300]}") from None
+        raise ArtifactError(
+            f"artifact does not fit its blueprint: {(str(exc).splitlines() or [''])[0][:300]}"
+        ) from None
     return module
 
 

@@ -37,7 +37,9 @@ def compile_blueprint(bp: Blueprint, *, init_seed: int = 0, max_parameters: int 
     try:
         out = probe(module, bp.architecture.input_shape, batch=PROBE_BATCH)
     except (RuntimeError, ValueError) as exc:  # torch reports shape and memory failures as these
-        raise BlueprintError(f"probe failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}") from None
+        raise BlueprintError(
+            f"probe failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        ) from None
     if list(out.shape[1:]) != list(bp.architecture.output_shape):
         raise BlueprintError(f"probe output shape {list(out.shape[1:])} != {bp.architecture.output_shape}")
     if not bool(torch.isfinite(out).all()):

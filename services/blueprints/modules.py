@@ -32,6 +32,8 @@ class _Bottleneck(nn.Module):
 
     def __init__(self, shape: list[int], width: int) -> None:
         super().__init__()
+        self.down: nn.Module
+        self.up: nn.Module
         if len(shape) == 1:
             self.down, self.up = nn.Linear(shape[0], width), nn.Linear(width, shape[0])
         else:

@@ -15,10 +15,15 @@ def _bp(name: str, description: str, in_shape: list[int], out_shape: list[int], 
 def mlp_adapter(in_features: int, out_features: int, hidden: int = 32) -> Blueprint:
     """A two-layer side path: the classic capacity-adding seed for a Linear slot."""
     return _bp(
-        f"mlp-{in_features}-{hidden}-{out_features}", f"Linear({in_features},{hidden}) + ReLU + Linear -> {out_features}",
-        [in_features], [out_features],
-        [OpSpec(op=BlueprintOp.LINEAR, width=hidden), OpSpec(op=BlueprintOp.RELU),
-         OpSpec(op=BlueprintOp.LINEAR, width=out_features)],
+        f"mlp-{in_features}-{hidden}-{out_features}",
+        f"Linear({in_features},{hidden}) + ReLU + Linear -> {out_features}",
+        [in_features],
+        [out_features],
+        [
+            OpSpec(op=BlueprintOp.LINEAR, width=hidden),
+            OpSpec(op=BlueprintOp.RELU),
+            OpSpec(op=BlueprintOp.LINEAR, width=out_features),
+        ],
     )
 
 

@@ -53,7 +53,8 @@ def _read(settings) -> list[DlqRecord]:
 
     wait_for_broker(settings.kafka)
     with map_exceptions(lambda reason: _error(f"cannot read the DLQ: {reason}")):
-        return read_dlq(settings.kafka)
+        records = read_dlq(settings.kafka)
+    return records
 
 
 def _when(value) -> str:

@@ -39,7 +39,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     broker = LocalKafka(settings.local_broker())
     if args.action == "start":
         if settings.external_cluster:
-            print(f"an external cluster is configured ({settings.kafka.bootstrap_servers}); not starting a local broker")
+            print(
+                f"an external cluster is configured ({settings.kafka.bootstrap_servers}); not starting a local broker"
+            )
             return 0
         pid = broker.start()
         print(f"kafka running pid={pid} bootstrap={broker.cfg.bootstrap_servers} log={broker.log_file}")
@@ -91,10 +93,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("a CONFIG file is required (or --resume RUN_ID)")
         cfg = load_config(args.config)
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
-    print(f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
-          f"params={result.parameter_count} (seeds {result.seed_parameter_count}) "
-          f"events={result.events_emitted} skipped_as_already_on_log={result.events_skipped} "
-          f"seeds={result.seed_states}")
+    print(
+        f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
+        f"params={result.parameter_count} (seeds {result.seed_parameter_count}) "
+        f"events={result.events_emitted} skipped_as_already_on_log={result.events_skipped} "
+        f"seeds={result.seed_states}"
+    )
     return 0
 
 

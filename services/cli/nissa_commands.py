@@ -7,9 +7,9 @@
     esper archive [--out DIR]                                 every topic to Parquet, incrementally
     esper report RUN_ID [--compare RUN_ID] [--out report.html] [--db PATH]
 
-``add_commands(subparsers)`` registers ``sql``, ``runs``, ``replay``, ``archive`` and ``report``; ``add_serve_arguments(parser)``
-adds the sink's options to ``esper serve`` and ``cmd_serve_nissa(args)`` runs it. Errors are
-EsperError subclasses, which ``esper`` prints as one line.
+``add_commands(subparsers)`` registers ``sql``, ``runs``, ``replay``, ``archive`` and ``report``;
+``add_serve_arguments(parser)`` adds the sink's options to ``esper serve`` and ``cmd_serve_nissa(args)`` runs
+it. Errors are EsperError subclasses, which ``esper`` prints as one line.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.archive:
         result = replay_from_archive(Path(args.archive), args.run_id, out, **options)
     else:
-        result = replay_from_kafka(settings.kafka, args.run_id, out, **options)
+        result = replay_from_kafka((settings or _settings()).kafka, args.run_id, out, **options)
     tables = ", ".join(f"{name} {rows}" for name, rows in sorted(result.rows.items()) if rows)
     print(f"replayed {result.run_events} events of run {result.run_id} ({result.events} with the shared topics) "
           f"into {result.db} in {result.seconds:.2f}s: {tables}")

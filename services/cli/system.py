@@ -86,12 +86,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for column in ("service", "state", "pid", "restarts", "last exit", "lag (events)"):
         table.add_column(column)
     for s in services:
-        lag = "-"
+        lag_text = "-"
         if broker_up and s["has_lag"]:
-            lag = str(s["lag"]) if s["lag"] is not None else "?"
-            lag += f" ({s['lag_detail']})" if s["lag_detail"] else ""
+            lag_text = str(s["lag"]) if s["lag"] is not None else "?"
+            lag_text += f" ({s['lag_detail']})" if s["lag_detail"] else ""
         table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
-                      str(s["last_exit"] if s["last_exit"] is not None else "-"), lag)
+                      str(s["last_exit"] if s["last_exit"] is not None else "-"), lag_text)
     Console().print(table)
     return code
 
@@ -116,7 +116,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_system_commands(sub) -> None:
-    p = sub.add_parser("up", help="start the broker (unless an external one is set), topics and the supervised services")
+    p = sub.add_parser(
+        "up", help="start the broker (unless an external one is set), topics and the supervised services"
+    )
     p.add_argument("--no-services", action="store_true", help="only the broker and the topics")
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the services and the local broker; data is kept")

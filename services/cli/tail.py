@@ -40,7 +40,8 @@ def tail(topic: str, *, max_events: int = 0, from_beginning: bool = False, timeo
                 continue
             idle_since = time.monotonic()
             for delivered in batch:
-                # An event that cannot be shown is dead-lettered; writing stays outside (a closed pipe is not its fault).
+                # An event that cannot be shown is dead-lettered; writing stays outside (a closed pipe is not
+                # its fault).
                 line = consumer.handle_isolated(delivered, lambda d: d.message.model_dump_json())
                 if line is None:
                     continue

@@ -29,7 +29,9 @@ def tamiyo_service(args: argparse.Namespace, settings, codec):
 
 
 def add_policy_command(sub) -> None:
-    p = sub.add_parser("policy", help="Tamiyo's policies: show one, bootstrap the initial one, train from recorded runs")
+    p = sub.add_parser(
+        "policy", help="Tamiyo's policies: show one, bootstrap the initial one, train from recorded runs"
+    )
     p.add_argument("action", choices=["show", "bootstrap", "train"])
     p.add_argument("path", nargs="?", type=Path, help="show: the policy (default: the shipped initial policy)")
     p.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="train: recorded runs to learn from")

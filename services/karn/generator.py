@@ -91,7 +91,9 @@ def mutate(parent: Blueprint, rng: random.Random) -> Blueprint | None:
     kind = rng.choice(kinds)
     if kind in ("widen", "narrow"):
         i = rng.choice(hidden)
-        width = layers[i].width * 2 if kind == "widen" else max(1, layers[i].width // 2)
+        old = layers[i].width
+        assert old is not None  # ``hidden`` holds the layers that have a width
+        width = old * 2 if kind == "widen" else max(1, old // 2)
         layers[i] = layers[i].model_copy(update={"width": min(MAX_WIDTH, width)})
     elif kind == "activation":
         acts = [i for i, op in enumerate(layers) if op.op in _ACTIVATIONS]

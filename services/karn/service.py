@@ -44,7 +44,9 @@ def submit(settings: KafkaSettings, codec: Codec, blueprints: list[Blueprint], s
 
 
 class Karn:
-    def __init__(self, settings: KafkaSettings, codec: Codec, starter: list[Blueprint], worker: str | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, codec: Codec, starter: list[Blueprint], worker: str | None = None
+    ) -> None:
         prefix = settings.topic_prefix
         self.submitted = topic_spec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, prefix)
         reports = topic_spec(TopicName.INNOVATION_FIELD_REPORTS.value, prefix)

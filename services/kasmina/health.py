@@ -57,7 +57,7 @@ class HealthAccumulator:
         if units.dim() == 4:
             units = units.mean(dim=(2, 3))
         units = units.float()
-        if self._sum is None:
+        if self._sum is None or self._sumsq is None or self._active is None:  # all three are set together
             self._sum = units.sum(0)
             self._sumsq = (units * units).sum(0)
             self._active = (units > 0).sum(0)
@@ -86,7 +86,7 @@ class HealthAccumulator:
 
     def summary(self) -> list[ChunkHealth] | None:
         """Per-seed health since the last summary, or None when nothing was observed."""
-        if self._sum is None or self._rows == 0:
+        if self._sum is None or self._sumsq is None or self._active is None or self._rows == 0:
             return None
         n = float(self._rows)
         mean = (self._sum / n).cpu()

@@ -66,7 +66,8 @@ class SeedManager:
     def slot(self, seed: SeedId) -> SeedSlot:
         slot = self._by_layer.get(seed.layer_id)
         if slot is None or seed.seed_idx >= slot.num_seeds:
-            raise KasminaError(f"unknown seed {seed} (layers: {', '.join(f'{s.layer_name}={s.layer_id}' for s in self.slots.values())})")
+            layers = ", ".join(f"{s.layer_name}={s.layer_id}" for s in self.slots.values())
+            raise KasminaError(f"unknown seed {seed} (layers: {layers})")
         return slot
 
     def state(self, seed: SeedId) -> SeedState:
@@ -111,9 +112,13 @@ class SeedManager:
         events = [self._move(seed, SeedState.GERMINATED, epoch, "kernel loaded", command_id=command_id)]
         gate = self._probe_gate(slot, kernel)
         if gate.passed:
-            events.append(self._move(seed, SeedState.TRAINING, epoch, "kernel probe passed", command_id=command_id, gates=[gate]))
+            events.append(
+                self._move(seed, SeedState.TRAINING, epoch, "kernel probe passed", command_id=command_id, gates=[gate])
+            )
             return events, []
-        cull_events, reports = self.cull(seed, epoch, "kernel probe failed", command_id=command_id, gates=[gate], metric=pre_metric)
+        cull_events, reports = self.cull(
+            seed, epoch, "kernel probe failed", command_id=command_id, gates=[gate], metric=pre_metric
+        )
         return events + cull_events, reports
 
     def _probe_gate(self, slot: SeedSlot, kernel: nn.Module) -> GateResult:
@@ -124,8 +129,16 @@ class SeedManager:
             ok = False
         return GateResult(name="kernel_probe", passed=ok, value=1.0 if ok else 0.0, threshold=1.0)
 
-    def cull(self, seed: SeedId, epoch: int, reason: str, *, command_id: str | None = None,
-             gates: list[GateResult] | None = None, metric: float = 0.0) -> tuple[list[SeedTransition], list[FieldReport]]:
+    def cull(
+        self,
+        seed: SeedId,
+        epoch: int,
+        reason: str,
+        *,
+        command_id: str | None = None,
+        gates: list[GateResult] | None = None,
+        metric: float = 0.0,
+    ) -> tuple[list[SeedTransition], list[FieldReport]]:
         slot = self.slot(seed)
         state = slot.state(seed.seed_idx)
         if state not in CULLABLE:
@@ -156,8 +169,14 @@ class SeedManager:
         gate = GateResult(name="counterfactual_contribution", passed=contribution > self.settings.min_contribution,
                           value=contribution, threshold=self.settings.min_contribution)
         if not gate.passed:
-            return self.cull(seed, epoch, f"counterfactual contribution {contribution:+.4f} not above "
-                             f"{self.settings.min_contribution:+.4f}", command_id=command_id, gates=[gate], metric=current)
+            return self.cull(
+                seed,
+                epoch,
+                f"counterfactual contribution {contribution:+.4f} not above {self.settings.min_contribution:+.4f}",
+                command_id=command_id,
+                gates=[gate],
+                metric=current,
+            )
         event = self._move(seed, SeedState.FOSSILIZED, epoch, f"counterfactual contribution {contribution:+.4f}",
                            command_id=command_id, gates=[gate])
         slot.set_alpha(seed.seed_idx, 1.0)
@@ -227,8 +246,9 @@ class SeedManager:
         params: list[nn.Parameter] = []
         for slot in self.slots.values():
             for idx in range(slot.num_seeds):
-                if slot.state(idx) is SeedState.TRAINING and slot.kernel(idx) is not None:
-                    params += [p for p in slot.kernel(idx).parameters() if p.requires_grad]
+                kernel = slot.kernel(idx)
+                if slot.state(idx) is SeedState.TRAINING and kernel is not None:
+                    params += [p for p in kernel.parameters() if p.requires_grad]
         return params
 
     @contextmanager
@@ -261,8 +281,10 @@ class SeedManager:
             active = sum(1 for i in range(slot.num_seeds) if slot.state(i) in ACTIVE)
             for idx, chunk in enumerate(chunks):
                 state = slot.state(idx)
-                ready = (state is SeedState.TRAINING and int(slot.seed_epochs_in_state[idx]) + 1 >= self.settings.training_epochs) or (
-                    state is SeedState.GRAFTING and slot.alpha(idx) >= 1.0)
+                ready = (
+                    state is SeedState.TRAINING
+                    and int(slot.seed_epochs_in_state[idx]) + 1 >= self.settings.training_epochs
+                ) or (state is SeedState.GRAFTING and slot.alpha(idx) >= 1.0)
                 signals.append(HealthSignal(
                     layer_id=slot.layer_id, seed_idx=idx, layer_name=slot.layer_name, chunk_id=idx, epoch=epoch,
                     activation_variance=chunk.activation_variance, dead_neuron_ratio=chunk.dead_neuron_ratio,
@@ -301,8 +323,8 @@ class SeedManager:
         for slot in self.slots.values():
             slot.refresh()
             for idx in range(slot.num_seeds):
-                state = slot.state(idx)
-                if state in HAS_KERNEL and slot.kernel(idx) is None:
+                state, kernel = slot.state(idx), slot.kernel(idx)
+                if state in HAS_KERNEL and kernel is None:
                     raise KasminaError(f"checkpoint has seed {slot.layer_id}:{idx} {state.value} but no kernel record")
-                if state is SeedState.FOSSILIZED:
-                    slot.kernel(idx).requires_grad_(False)
+                if state is SeedState.FOSSILIZED and kernel is not None:  # a fossil has one (HAS_KERNEL, above)
+                    kernel.requires_grad_(False)

@@ -34,6 +34,18 @@ class KasminaError(EsperError, ValueError):
 
 
 class SeedSlot(nn.Module):
+    # The buffers registered in ``__init__`` (declared so that they type as tensors, not ``Tensor | Module``).
+    seed_state: torch.Tensor
+    seed_alpha: torch.Tensor
+    seed_kernel_digest: torch.Tensor
+    seed_epochs_in_state: torch.Tensor
+    seed_graft_step: torch.Tensor
+    seed_graft_total: torch.Tensor
+    seed_embargo_left: torch.Tensor
+    seed_pre_metric: torch.Tensor
+    seed_errors: torch.Tensor
+    seed_germinated_epoch: torch.Tensor
+
     def __init__(self, host: nn.Module, layer_name: str, num_seeds: int, sample_every: int = 4) -> None:
         super().__init__()
         if not isinstance(host, (nn.Linear, nn.Conv2d)):

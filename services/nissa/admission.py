@@ -18,6 +18,7 @@ the batch give a dead letter its key and original bytes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,7 +32,8 @@ from services.nissa.event_ids import SeenKeys, event_keys, resolve_ids
 from services.nissa.store import NissaStore
 from services.nissa.tables import arrow_batch, dead_letters_table
 from services.nissa.validity import TableChecks, checks_for
-from services.oona.codec import SINGLE_OBJECT_MAGIC, SingleObjectCodec
+from services.oona.avro import SINGLE_OBJECT_MAGIC
+from services.oona.codec import SingleObjectCodec
 from services.oona.topic_registry import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -86,21 +88,22 @@ class Admission:
         self.seen: SeenKeys | None = None
         self.duplicates = 0
 
-    def load(self) -> None:
+    def load(self) -> SeenKeys:
         """Read every stored event id (one scan of the tables' ``event_id`` columns), unless done already."""
         if self.seen is not None:
-            return
+            return self.seen
         seen = SeenKeys()
         for table in self.checks:
             for chunk in self.store.event_ids(table):
                 seen.add(event_keys(chunk))
         log.info("nissa event ids loaded count=%d", len(seen))
         self.seen = seen
+        return seen
 
     def write(self, pending: Mapping[str, list], decoded: Mapping[str, list[pa.Table]],
               offsets: Mapping[tuple[str, int], int]) -> int:
         """Screen ``decoded`` (rows of ``pending``), write it with ``offsets``; returns the rows written."""
-        self.load()
+        seen = self.load()
         messages = Messages(pending)
         out: dict[str, list[pa.Table]] = {}
         dead: list[tuple] = []
@@ -117,7 +120,7 @@ class Admission:
                 continue
             merged = _concat(valid)
             keys = event_keys(merged.column("event_id"))
-            verdicts = resolve_ids(merged, keys, self.seen, topic, lambda ids, n=name: self.store.stored_events(n, ids))
+            verdicts = resolve_ids(merged, keys, seen, topic, functools.partial(self.store.stored_events, name))
             for row, reason in verdicts.conflicts:
                 dead.append(dead_letter_row(messages.get(topic, *_place(merged, row)), reason, "EventIdConflict"))
             self.duplicates += verdicts.duplicates
@@ -131,10 +134,12 @@ class Admission:
             out.setdefault(dead_letters_table().name, []).append(arrow_batch(dead_letters_table(), dead))
         written = self.store.write(out, offsets)
         for keys in new_keys:
-            self.seen.add(keys)
+            seen.add(keys)
         return written
 
-    def _valid(self, checks: TableChecks, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]) -> pa.Table:
+    def _valid(
+        self, checks: TableChecks, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]
+    ) -> pa.Table:
         rejected = {r.row: r.reason for r in checks.rejections(part)}
         if checks.exact:
             for row in range(part.num_rows):

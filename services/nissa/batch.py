@@ -175,6 +175,7 @@ class Batch:
 
     def _columnar(self, decoders: WriterDecoders, table: Table, messages: list, values: list,
                   dead: list[tuple]) -> list[pa.Table]:
+        assert decoders.columnar is not None  # the caller's choice
         try:
             arrays, ok = decoders.columnar.decode(values)
         except DecodeError as exc:  # not expected; the row decoder then gives every value its own verdict

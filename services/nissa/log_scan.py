@@ -39,8 +39,9 @@ def _list_offsets(settings: KafkaSettings, partitions: list[tuple[str, int]], sp
                                   isolation_level=IsolationLevel.READ_COMMITTED,
                                   request_timeout=settings.connect_timeout_s)
     with clients.map_exceptions(lambda reason: FatalError(f"could not list offsets: {reason}")):
-        return {(tp.topic, tp.partition): f.result(timeout=settings.connect_timeout_s).offset
-                for tp, f in futures.items()}
+        offsets = {(tp.topic, tp.partition): f.result(timeout=settings.connect_timeout_s).offset
+                   for tp, f in futures.items()}
+    return offsets
 
 
 def log_ranges(settings: KafkaSettings, topics: list[str], *, from_offset: int | None = None,

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass, field
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -50,8 +51,9 @@ def accuracy_plot(runs: list[RunData]) -> Plot:
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         (val,) = ax.plot(run.epochs, run.validation_accuracy, color=colour, label=f"{run.run_id} validation")
         ax.plot(run.epochs, run.train_accuracy, color=colour, linestyle="--", alpha=0.6, label=f"{run.run_id} train")
-        drawn[f"{run.run_id}:points"] = len(val.get_xdata())
-        drawn[f"{run.run_id}:final_validation"] = round(float(val.get_ydata()[-1]), 4) if len(run.epochs) else ""
+        drawn[f"{run.run_id}:points"] = len(np.asarray(val.get_xdata()))
+        drawn[f"{run.run_id}:final_validation"] = (round(float(np.asarray(val.get_ydata())[-1]), 4)
+                                                   if len(run.epochs) else "")
         by_epoch = dict(zip(run.epochs, run.validation_accuracy, strict=True))
         markers = 0
         for kind in EVENT_KINDS:
@@ -77,8 +79,8 @@ def parameter_plot(runs: list[RunData]) -> Plot:
         colour = RUN_COLOURS[i % len(RUN_COLOURS)]
         (total,) = ax.plot(run.epochs, run.parameter_count, color=colour, label=f"{run.run_id} total")
         ax.plot(run.epochs, run.seed_parameter_count, color=colour, linestyle=":", label=f"{run.run_id} seeds")
-        drawn[f"{run.run_id}:points"] = len(total.get_xdata())
-        drawn[f"{run.run_id}:final_parameters"] = int(total.get_ydata()[-1]) if len(run.epochs) else ""
+        drawn[f"{run.run_id}:points"] = len(np.asarray(total.get_xdata()))
+        drawn[f"{run.run_id}:final_parameters"] = int(np.asarray(total.get_ydata())[-1]) if len(run.epochs) else ""
     ax.set_xlabel("epoch")
     ax.set_ylabel("parameters")
     ax.grid(alpha=0.3)

@@ -124,12 +124,13 @@ class ReplayWriter:
             self.committer.stop()
             self.store.close()
         with duckdb.connect(str(self.db), read_only=True) as con:
-            return {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in self.store.tables}
+            return {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] for name in self.store.tables}
 
 
 def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], Iterator[list]], total: int,
             offsets: dict[tuple[str, int], int], *, prefix: str, policy: Path | None, progress: bool,
             registry_url: str | None = None, schema_log: Any = None) -> ReplayResult:
+    keep: tuple[str, ...]
     loaded, keep = None, ()
     if policy is not None:  # fail on a bad policy file before the long part
         from services.tamiyo import replay_api  # torch: only for a counterfactual replay
@@ -153,7 +154,7 @@ def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], It
         with duckdb.connect(str(out)) as con:
             write_counterfactual(con, run_id, decisions)
             agree, compared = con.execute("SELECT count(*) FILTER (WHERE same), count(*) FROM decision_comparison"
-                                          ).fetchone()
+                                          ).fetchall()[0]
         result.policy_version, result.counterfactual = version, len(decisions)
         result.agreeing_epochs, result.compared_epochs = agree, compared
         result.seconds = time.perf_counter() - start

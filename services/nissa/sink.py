@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.core.errors import FatalError
 from services.nissa.admission import Admission, dead_letter_row
@@ -129,7 +129,7 @@ class Committer:
             written = self._bisect(records, exc)
             return written + self.admission.write({}, {}, offsets)  # then the batch's own end positions
 
-    def _bisect(self, records: list[tuple[str, object]], error: Exception) -> int:
+    def _bisect(self, records: list[tuple[str, Message]], error: Exception) -> int:
         """Store ``records`` (which failed together with ``error``) in halves; dead-letter the one that fails."""
         if len(records) == 1:
             return self._dead_letter(records[0][1], error)
@@ -175,12 +175,14 @@ class Committer:
         self._thread.join()
 
 
-def _ends(records: list[tuple[str, object]]) -> dict[tuple[str, int], int]:
+def _ends(records: list[tuple[str, Message]]) -> dict[tuple[str, int], int]:
     """The position right after the last of ``records`` in each of their partitions."""
     ends: dict[tuple[str, int], int] = {}
     for topic, message in records:
-        key = (topic, message.partition())
-        ends[key] = max(ends.get(key, 0), message.offset() + 1)
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None  # every record read has its place
+        key = (topic, partition)
+        ends[key] = max(ends.get(key, 0), offset + 1)
     return ends
 
 
@@ -268,9 +270,9 @@ class NissaSink:
     # -- the loop ------------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.2) -> int:
         """Consume up to ``batch_rows`` messages (flushing when due); returns the messages read."""
-        assert self._consumer is not None, "start() first"
+        assert self._consumer is not None and self._committer is not None, "start() first"
         messages = self._consumer.consume(min(self.batch_rows, 20_000), timeout_s)
-        errors = [m.error() for m in messages if m.error() is not None]
+        errors = [error for m in messages if (error := m.error()) is not None]
         good = [m for m in messages if m.error() is None] if errors else messages
         for error in errors:
             if error.fatal():
@@ -294,6 +296,7 @@ class NissaSink:
 
         With ``wait``, return once everything queued is committed.
         """
+        assert self._consumer is not None and self._committer is not None, "start() first"
         if self.batch.size:
             positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(self._assignment)
                          if tp.offset >= 0}
@@ -303,6 +306,7 @@ class NissaSink:
 
     def run_until_caught_up(self, timeout_s: float = 60.0) -> int:
         """Ingest until every partition reached the end offsets it had when called; returns messages read."""
+        assert self._consumer is not None, "start() first"
         ends = end_offsets(admin_client(self.settings), [(tp.topic, tp.partition) for tp in self._assignment])
         # A partition nothing was read from since assign() has no position yet: it is where it started.
         progress = ReadToEnds(ends, self._start)

@@ -99,7 +99,8 @@ class NissaStore:
             if offsets:
                 con.executemany(
                     "INSERT INTO nissa_offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()",
+                    "ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()",
                     [(topic, partition, offset) for (topic, partition), offset in offsets.items()],
                 )
             con.execute("COMMIT")

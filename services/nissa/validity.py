@@ -138,15 +138,16 @@ def _unwrap(annotation) -> tuple[typing.Any, list]:
             args = typing.get_args(annotation)
             annotation, metadata = args[0], metadata + list(args[1:])
         elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
+            members = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
                 raise SchemaError(f"only 'X | None' unions are supported, got {annotation}")
-            annotation = args[0]
+            annotation = members[0]
         else:
             return annotation, metadata
 
 
-def _value_rules(annotation, metadata: list, owner: type[BaseModel], where: str, label: str):
+def _value_rules(annotation, metadata: list, owner: type[BaseModel], where: str,
+                 label: str) -> list[tuple[str, str, Check]]:
     """(where, message, check) for one value of type ``annotation`` with constraints ``metadata``."""
     kind, inner = _unwrap(annotation)
     metadata = metadata + inner
@@ -169,7 +170,7 @@ def _value_rules(annotation, metadata: list, owner: type[BaseModel], where: str,
         else:
             raise SchemaError(f"{label}: no vectorised check for the constraint {item!r}")
     origin = typing.get_origin(kind)
-    out = []
+    out: list[tuple[str, str, Check]] = []
     if kind is float:
         if not allow_inf_nan:
             out.append((where, "must be a finite number", _not_finite))
@@ -193,8 +194,10 @@ def _value_rules(annotation, metadata: list, owner: type[BaseModel], where: str,
                        for w, m, c in _value_rules(value, [], owner, where + "{}", label))
     elif isinstance(kind, type) and issubclass(kind, BaseModel):
         for name, info in kind.model_fields.items():
-            out.extend((w, m, _field(name, c))
-                       for w, m, c in _value_rules(info.annotation, list(info.metadata), kind, f"{where}.{name}", label))
+            out.extend(
+                (w, m, _field(name, c))
+                for w, m, c in _value_rules(info.annotation, list(info.metadata), kind, f"{where}.{name}", label)
+            )
     elif kind is AwareDatetime or isinstance(kind, type) and issubclass(kind, (bool, Enum, datetime)):
         pass  # the Avro type is the whole constraint (enums: the reader schema's symbols are the contract's)
     else:

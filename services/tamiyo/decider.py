@@ -133,9 +133,10 @@ class Decider:
 
     # -- lifecycle rules ----------------------------------------------------------------------------
     def _lifecycle(self, run: RunState, graph: GraphView) -> list[Action]:
+        assert run.session is not None  # decide() answers runs that have a session
         auto = run.session.training_config.auto_advance
         busy = {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
-        actions = []
+        actions: list[Action] = []
         for seed in graph.seeds:
             if (seed.layer_id, seed.seed_idx) in busy:
                 continue
@@ -226,6 +227,7 @@ class Decider:
         )
         command = None
         if action is not None and seed is not None:
+            assert command_id is not None  # set whenever there is an action
             command = KasminaCommand(
                 command_id=command_id, action=action, layer_id=seed.layer_id, seed_idx=seed.seed_idx,
                 layer_name=seed.layer_name, blueprint_id=decision.blueprint_id, kernel_id=decision.kernel_id,

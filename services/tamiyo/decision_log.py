@@ -96,7 +96,11 @@ class DecisionLogReader:
         deadline = time.monotonic() + budget_s
         while self._consumer is not None and not self.done and not got:
             for msg in self._consumer.consume(chunk, min(0.5, budget_s)):
-                if msg.error() is None and msg.offset() < self.ends.get(msg.partition(), 0):
+                if msg.error() is not None:
+                    continue
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None  # every record read has its place
+                if offset < self.ends.get(partition, 0):
                     got.append(msg)
             self._progress.advance(self._consumer)
             if time.monotonic() > deadline:

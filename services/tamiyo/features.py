@@ -121,6 +121,7 @@ def _health_features(history: list[HealthSignal]) -> list[float]:
 
 def germination_allowed(run: RunState, epoch: int) -> tuple[bool, float]:
     """(budget and cooldown allow a germination now, fraction of the budget left)."""
+    assert run.session is not None  # the graph is built for runs that have a session
     spec = run.session.training_config
     if not spec.adaptation_enabled or spec.adaptation_budget <= 0:
         return False, 0.0

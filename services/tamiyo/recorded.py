@@ -57,20 +57,24 @@ def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[
     ends = end_offsets(client, partitions_of(client, list(specs)))
     messages = read_range(settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
     runs: dict[str, RecordedRun] = {}
-    seen: set[tuple[str | None, str]] = set()
+    seen: set[tuple[str, str]] = set()
     for msg in sorted(messages, key=lambda m: (m.topic(), m.partition(), m.offset())):
-        name, spec = specs[msg.topic()]
+        topic = msg.topic()
+        assert topic is not None  # every record read has its topic
+        name, spec = specs[topic]
         try:
             message = codec.decode(spec, msg.value())
         except DecodeError:
             continue  # dead-lettered by the services that consumed it
-        if wanted is not None and message.run_id not in wanted:
+        run_id = message.run_id
+        if not run_id:
+            continue  # the live service dead-letters an event without a run_id: no run folds it
+        if wanted is not None and run_id not in wanted:
             continue
-        if (message.run_id, message.event_id) in seen:
+        if (run_id, message.event_id) in seen:
             continue  # the live service skips a duplicate and dead-letters a conflict: neither is folded
-        seen.add((message.run_id, message.event_id))
-        runs.setdefault(message.run_id, RecordedRun(message.run_id)).events.setdefault(name, []).append(
-            message.payload)
+        seen.add((run_id, message.event_id))
+        runs.setdefault(run_id, RecordedRun(run_id)).events.setdefault(name, []).append(message.payload)
     missing = sorted((wanted or set()) - set(runs))
     if missing:
         raise UnknownRunError(f"no events on the log for run(s) {', '.join(missing)}")

@@ -132,7 +132,9 @@ class RunState:
         if row is None:
             row = self.slot_rows[slot] = len(self.slot_rows)
         if not self.health.add(row, signal.epoch, signal):
-            raise RejectedEvent(f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}")
+            raise RejectedEvent(
+                f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}"
+            )
         self.health_per_epoch[signal.epoch] += 1
 
     def apply_epoch(self, event: EpochCompleted) -> None:
@@ -175,6 +177,7 @@ class RunState:
 
     # -- the view at one epoch --------------------------------------------------------------------
     def layers(self) -> list[LayerSpec]:
+        assert self.session is not None  # the view is asked of runs that have a session
         model = self.session.training_model_config
         if model.layers:
             return list(model.layers)
@@ -186,6 +189,7 @@ class RunState:
         return list(seen.values())
 
     def topology(self) -> list[LayerEdge]:
+        assert self.session is not None
         model = self.session.training_model_config
         if model.topology:
             return list(model.topology)
@@ -194,6 +198,7 @@ class RunState:
 
     def seeds(self) -> list[tuple[int, int, str]]:
         """(layer_id, seed_idx, layer_name) of every slot, in session order."""
+        assert self.session is not None
         return [(s.layer_id, s.seed_idx, s.layer_name) for s in self.session.seeds]
 
     def seed_states(self, epoch: int) -> dict[tuple[int, int], tuple[SeedState, int]]:

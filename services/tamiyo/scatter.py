@@ -105,4 +105,4 @@ def select_backend(device: torch.device, preference: str = "auto") -> tuple[Scat
             raise ValueError(f"scatter backend {preference!r} is not available (have: {', '.join(backends)})")
         return backends[preference], {}
     timings = {name: time_backend(b, device) for name, b in backends.items()}
-    return backends[min(timings, key=timings.get)], timings
+    return backends[min(timings, key=timings.__getitem__)], timings

@@ -24,8 +24,9 @@ import logging
 import statistics
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
@@ -56,7 +57,7 @@ INPUTS = (
     TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
     TopicName.LIFECYCLE_SEED_TRANSITIONS, TopicName.INNOVATION_FIELD_REPORTS,
 )
-_FOLD = {
+_FOLD: dict[str, Callable[[RunState, Any], object]] = {
     TopicName.TRAINING_SESSIONS.value: RunState.apply_session,
     TopicName.TELEMETRY_SEED_HEALTH.value: RunState.apply_health,
     TopicName.SYSTEM_EVENTS_EPOCH.value: RunState.apply_epoch,
@@ -182,6 +183,7 @@ class Tamiyo:
     def _load_step(self) -> None:
         """One chunk of our own past decisions on the assigned partitions: what is already decided and commanded."""
         loader = self._loading
+        assert loader is not None, "_start_loading() first"
         start = time.perf_counter()
         messages = loader.step(chunk=self.load_chunk)
         for msg in messages:
@@ -337,7 +339,7 @@ class Tamiyo:
             self._report()
         return handled
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, int | float]:
         lat = sorted(self.latencies_ms)
         return {
             "runs": len(self.runs.runs), "finished_runs": len(self.runs.finished), "epochs_decided": self.decided,

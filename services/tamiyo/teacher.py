@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -85,8 +86,15 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
     for i in range(n_layers):
         conv = conv_net and i < n_layers - 1
         width = rng.choice([8, 16, 32, 64])
-        layers.append(LayerSpec(name=f"body.{2 * i}", layer_id=1000 + i, kind="conv2d" if conv else "linear",
-                                input_shape=[4, 8, 8] if conv else [width], output_shape=[8, 8, 8] if conv else [width]))
+        layers.append(
+            LayerSpec(
+                name=f"body.{2 * i}",
+                layer_id=1000 + i,
+                kind="conv2d" if conv else "linear",
+                input_shape=[4, 8, 8] if conv else [width],
+                output_shape=[8, 8, 8] if conv else [width],
+            )
+        )
     epochs = rng.randint(6, 30)
     budget = rng.randint(0, 4)
     session = TrainingSession(
@@ -123,8 +131,15 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
     for seed in session.seeds:
         if rng.random() < 0.25:
             when = rng.randint(0, at)
-            run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
-                                                from_state=SeedState.DORMANT, to_state=SeedState.GERMINATED, epoch=when))
+            run.apply_transition(
+                SeedTransition(
+                    layer_id=seed.layer_id,
+                    seed_idx=seed.seed_idx,
+                    from_state=SeedState.DORMANT,
+                    to_state=SeedState.GERMINATED,
+                    epoch=when,
+                )
+            )
             final = rng.choice([SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED, SeedState.CULLED])
             run.apply_transition(SeedTransition(layer_id=seed.layer_id, seed_idx=seed.seed_idx,
                                                 from_state=SeedState.GERMINATED, to_state=final, epoch=when))
@@ -133,7 +148,7 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
 
 def synthetic_dataset(samples: int, seed: int = 0) -> list[tuple[GraphView, Label]]:
     rng = random.Random(seed)
-    data = []
+    data: list[tuple[GraphView, Label]] = []
     while len(data) < samples:
         run, epoch = synthetic_run(rng)
         graph = build_graph(run, epoch)
@@ -187,7 +202,8 @@ def bootstrap_policy(samples: int = 3000, epochs: int = 6, seed: int = 0, hidden
         policy.train()
         for start in range(0, len(order), batch):
             optimizer.zero_grad()
-            loss = sum(imitation_loss(policy, *data[i]) for i in order[start:start + batch]) / batch
+            # A sum of (at least one) tensors is a tensor; ``sum`` is typed for its int start.
+            loss = cast(torch.Tensor, sum(imitation_loss(policy, *data[i]) for i in order[start:start + batch])) / batch
             loss.backward()
             optimizer.step()
         if progress is not None:

@@ -62,12 +62,12 @@ def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int])
                                (d.layer_id, d.seed_idx, d.kernel_id)), None)
                 node = next((s.node for s in graph.seeds if (s.layer_id, s.seed_idx) == (d.layer_id, d.seed_idx)
                              and s.state is SeedState.DORMANT), None)
-                family = d.family
-                if report is None or node is None or family not in FAMILIES:
+                family, kernel_id = d.family, d.kernel_id  # kernel_id: set on every one of ``grows``
+                if report is None or node is None or kernel_id is None or family is None or family not in FAMILIES:
                     continue  # the seed's life did not end in this run, or the record is incomplete
                 gain = (report.eval_metrics.get("contribution", 0.0) if report.outcome is FieldReportOutcome.FOSSILIZED
                         else CULL_REWARD)
-                reward = gain - PARAMETER_CHARGE * parameters_of(d.kernel_id) / host
+                reward = gain - PARAMETER_CHARGE * parameters_of(kernel_id) / host
                 out.append(Sample(graph, node, FAMILIES.index(family), reward))
         for d in mine:
             record(run, d)

@@ -13,19 +13,18 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from services.core.errors import EsperError
 from services.tolaria.config import RunConfig
 
 if TYPE_CHECKING:
     from services.oona.consumer import Delivered
 
-CHECKPOINT_VERSION = 1
-
-from services.core.errors import EsperError
+CHECKPOINT_VERSION: Final = 1
 
 
 class CheckpointError(EsperError):

@@ -98,7 +98,7 @@ class CommandApplier:
             module = self.library.load_module(kernel)  # content addresses verified, IR checked before building
         except (KernelNotFoundError, ArtifactError) as exc:
             raise CommandRejected(str(exc)) from None
-        info = KernelInfo(kernel.kernel_id, kernel.blueprint_id, kernel.architecture)
+        info = KernelInfo(kernel.kernel_id, kernel.blueprint_id, arch)
         result = self.manager.germinate(seed, module, info, epoch, current, command.command_id)
         self.budget.germinations += 1
         self.budget.last_germination_epoch = epoch

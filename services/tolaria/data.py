@@ -113,7 +113,9 @@ def _folder(folder: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
     images = [_find(folder, f"{p}-images-idx3-ubyte") for p in ("train", "t10k")]
     labels = [_find(folder, f"{p}-labels-idx1-ubyte") for p in ("train", "t10k")]
     if images[0] is None or labels[0] is None:
-        raise DataError(f"{folder} has neither data.npz nor train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]")
+        raise DataError(
+            f"{folder} has neither data.npz nor train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]"
+        )
     xs = [_read_idx(p) for p in images if p is not None]
     ys = [_read_idx(p) for p in labels if p is not None]
     x = np.concatenate(xs).astype(np.float32) / 255.0

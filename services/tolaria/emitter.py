@@ -74,10 +74,11 @@ class RunEmitter:
         specs = {spec.name: spec for spec in self.topics.values()}
         key = self.run_id.encode()
         for msg in read_range(self.settings, {k: (starts[k], ends[k]) for k in starts}):
-            if msg.key() != key:
+            topic = msg.topic()
+            if msg.key() != key or topic is None:  # (every record read has its topic)
                 continue
             try:
-                self.already_on_log.add(self.codec.decode(specs[msg.topic()], msg.value()).event_id)
+                self.already_on_log.add(self.codec.decode(specs[topic], msg.value()).event_id)
             except DecodeError:
                 continue
         log.info("read back run_id=%s events_on_log=%d", self.run_id, len(self.already_on_log))

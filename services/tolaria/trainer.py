@@ -33,7 +33,9 @@ def pick_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, manager: SeedManager, data: Dataset, cfg: RunConfig, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, manager: SeedManager, data: Dataset, cfg: RunConfig, device: torch.device
+    ) -> None:
         self.model = model.to(device)
         self.manager = manager
         self.cfg = cfg

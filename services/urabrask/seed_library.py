@@ -20,6 +20,7 @@ def publish_characterised_kernel(settings: KafkaSettings, blueprint: Blueprint, 
                                  prefix: str = "") -> str:
     """The submission, the kernel on the library, KernelReady and KernelCharacterized; returns the kernel id."""
     kernel, seconds = compile_blueprint(blueprint, init_seed=init_seed)
+    assert kernel.artifact is not None  # compile_blueprint makes inline kernels
     measured = characterize(load_artifact(kernel.artifact, blueprint.architecture), kernel.metadata,
                             torch.device("cpu"), blueprint.architecture)
     producer = OonaProducer(settings, SingleObjectCodec())

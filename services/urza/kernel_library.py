@@ -32,7 +32,8 @@ class KernelNotFoundError(EsperError, LookupError):
 
 
 class KernelLoader:
-    """Library entries (verified when taken) turned into modules: artifact bytes (inline or blob), LRU of loaded kernels."""
+    """Library entries (verified when taken) turned into modules: artifact bytes (inline or blob), LRU of loaded
+    kernels."""
 
     def __init__(self, blob_dir: Path | None = None, cache_size: int = 32) -> None:
         self.blobs = BlobStore(Path(blob_dir)) if blob_dir is not None else None

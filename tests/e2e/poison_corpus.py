@@ -83,8 +83,10 @@ class CorpusBuilder:
         # a kernel whose id and checksum are its artifact's.
         self.good_payloads = {
             TopicName.COMPILATION_KERNEL_READY.value: KernelReady(
-                blueprint_id="bp-" + hashlib.sha256(marker.encode()).hexdigest()[:32], outcome=CompilationOutcome.FAILED,
-                failure_reason="soak"),
+                blueprint_id="bp-" + hashlib.sha256(marker.encode()).hexdigest()[:32],
+                outcome=CompilationOutcome.FAILED,
+                failure_reason="soak",
+            ),
             TopicName.LIBRARY_KERNELS.value: genuine_kernel,
         }
 

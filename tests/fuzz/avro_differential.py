@@ -355,7 +355,7 @@ class Differential:
 
     def _codec(self, spec: TopicSpec, values: list[bytes], expected: list) -> None:
         fig = self.figures
-        for value, (target, want) in zip(values, expected, strict=True):
+        for value, (_target, want) in zip(values, expected, strict=True):
             fig.cases["codec"] += 1
             try:
                 got = self.codec.decode_record(spec, value)

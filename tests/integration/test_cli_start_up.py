@@ -33,7 +33,9 @@ def test_bus_commands_and_a_kafka_replay_do_not_import_torch(esper_settings, tmp
         assert not torch, f"esper {' '.join(args)} imported torch"
         stdout[" ".join(args[:2])] = done.stdout
     assert "already present" in stdout["topics create"] and "telemetry.seed.health" in stdout["topics list"]
-    tailed = json.loads(next(line for line in stdout["tail telemetry.seed.health"].splitlines() if line.startswith("{")))
+    tailed = json.loads(
+        next(line for line in stdout["tail telemetry.seed.health"].splitlines() if line.startswith("{"))
+    )
     assert tailed["payload"]["layer_id"] == sample.payload.layer_id
     with duckdb.connect(str(out), read_only=True) as con:
         assert con.execute("SELECT run_id, layer_id FROM health_signal").fetchall() == [

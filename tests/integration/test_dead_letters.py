@@ -49,7 +49,8 @@ def test_poison_messages_are_dead_lettered_and_nothing_is_lost(
 
     assert [d.message.event_id for d in got] == [m.event_id for m in good], "every good message, in order"
     assert consumer.dead_lettered == len(poison)
-    assert [d.error_type for d in dead] == ["DecodeError", "UnknownSchemaError", "ContractViolationError", "OversizedMessageError"]
+    assert [d.error_type for d in dead] == ["DecodeError", "UnknownSchemaError", "ContractViolationError",
+                                            "OversizedMessageError"]
 
     letters = read_raw(kafka_settings, dlq.name, len(poison))
     assert len(letters) == len(poison)
@@ -256,7 +257,9 @@ def test_tamiyo_rebuilding_or_restarted_does_not_dead_letter_a_poison_input_agai
     producer.produce_raw(health.name, b"\x00not a health signal", run_id.encode(), [("traceparent", b"t-1")])
     producer.flush()
     publish_runs(kafka, {run_id: plateau_run(epochs=3)})
-    mine = lambda: [m for m in whole_topic(kafka, dlq.name) if dict(m.headers())[DLQ_HEADER_TOPIC] == health.name.encode()]  # noqa: E731
+
+    def mine():
+        return [m for m in whole_topic(kafka, dlq.name) if dict(m.headers())[DLQ_HEADER_TOPIC] == health.name.encode()]
 
     service = Tamiyo(kafka, SingleObjectCodec(), instance="poison", scatter="native")
     try:

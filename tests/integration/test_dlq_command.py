@@ -88,7 +88,8 @@ def test_dead_letters_are_listed_shown_and_redriven_once_after_a_fix(esper_setti
     assert "[bold]x[/]" in shown.stdout, "bus strings are printed, not read as markup"
     assert '"error_count": 3' in shown.stdout and "HealthSignalMessage (valid)" in shown.stdout
     at = dict(first.headers())
-    source = f"{TopicName.TELEMETRY_SEED_HEALTH.value}:{at['esper.dlq.partition'].decode()}:{at['esper.dlq.offset'].decode()}"
+    partition, offset = at["esper.dlq.partition"].decode(), at["esper.dlq.offset"].decode()
+    source = f"{TopicName.TELEMETRY_SEED_HEALTH.value}:{partition}:{offset}"
     assert esper("show", "--source", source).stdout == shown.stdout
     garbage = esper("show", str(next(m for m in letters if m.key() == b"k").offset()))
     assert "hex (" in garbage.stdout and "[red]" not in garbage.stdout  # hex of the bytes, not the text
@@ -103,7 +104,9 @@ def test_dead_letters_are_listed_shown_and_redriven_once_after_a_fix(esper_setti
     assert len(whole_topic(kafka, spec.name)) == total, "a dry run produces nothing"
 
     redriven = esper("redrive", "--reason", "error_count")
-    assert redriven.returncode == 0 and "re-drove 3 dead letter(s)" in redriven.stdout, redriven.stdout + redriven.stderr
+    assert redriven.returncode == 0 and "re-drove 3 dead letter(s)" in redriven.stdout, (
+        redriven.stdout + redriven.stderr
+    )
     again = esper("redrive", "--reason", "error_count")
     assert again.returncode == 0, again.stderr
     assert "nothing to re-drive: 3 selected dead letter(s) were re-driven before" in again.stdout

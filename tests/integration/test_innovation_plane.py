@@ -99,7 +99,9 @@ def test_submitted_blueprints_become_characterised_kernels_that_tolaria_can_grow
     library = _all(kafka, codec, TopicName.LIBRARY_KERNELS.value)
     assert [m.payload.kernel_id for m in library] == [entry.metadata.kernel_id]
     assert library[0].payload.artifact is None and library[0].payload.binary_ref.startswith("blob:")
-    listed = _cli(esper_settings, "kernels", "list", "--input-shape", "2", "--output-shape", "8", "--max-latency-ms", "50")
+    listed = _cli(
+        esper_settings, "kernels", "list", "--input-shape", "2", "--output-shape", "8", "--max-latency-ms", "50"
+    )
     assert entry.metadata.kernel_id in listed.stdout and "1 kernel(s)" in listed.stdout, listed.stderr
     out = tmp_path / "kernel.safetensors"
     fetched = _cli(esper_settings, "kernels", "fetch", entry.metadata.kernel_id, "--out", str(out))

@@ -177,7 +177,8 @@ def wait_for_commit(process: subprocess.Popen, timeout_s: float = 60.0) -> int:
 
 def test_a_second_sink_on_the_same_database_exits_with_one_line_and_nothing_is_stored_twice(
         esper_settings, producer_factory, tmp_path):
-    """Issue 11: `esper serve nissa` beside a running sink (or an orphan of a killed supervisor) stored every row twice."""
+    """Issue 11: `esper serve nissa` beside a running sink (or an orphan of a killed supervisor) stored every row
+    twice."""
     from services.nissa.writer_lock import WriterLockedError
 
     prefix = esper_settings.kafka.topic_prefix

@@ -14,6 +14,7 @@ from services.blueprints.starter import for_slot
 from services.oona.admin import admin_client, end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
+from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.tamiyo.decider import Decider
@@ -24,6 +25,7 @@ from services.tolaria.config import load_config
 from services.tolaria.run import start_run
 from services.urabrask.seed_library import publish_characterised_kernel
 from services.urza.catalog import load_catalog
+from tests.samples import message_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"
 
@@ -54,7 +56,9 @@ def tamiyo_running(kafka: KafkaSettings, instance: str = "t1", **options):
 
 
 def publish_slot_kernels(kafka: KafkaSettings, input_shape: list[int], output_shape: list[int]) -> list[str]:
-    return [publish_characterised_kernel(kafka, bp, prefix=kafka.topic_prefix) for bp in for_slot(input_shape, output_shape)]
+    return [
+        publish_characterised_kernel(kafka, bp, prefix=kafka.topic_prefix) for bp in for_slot(input_shape, output_shape)
+    ]
 
 
 def run_messages(kafka: KafkaSettings, topic: TopicName, run_id: str) -> list:
@@ -108,3 +112,18 @@ def test_tamiyo_drives_the_whole_lifecycle_and_a_replay_decides_the_same(esper_s
     replayed = replay_decisions(recorded, Decider(policy, record.version,
                                                   CatalogChooser(load_catalog(kafka, SingleObjectCodec()))))
     assert comparable(replayed) == comparable(recorded.decisions)
+
+
+def test_recorded_runs_leave_out_an_event_without_a_run_id_as_the_live_service_does(esper_settings):
+    """The live service dead-letters a run-scoped event without a run_id; a recorded run must not fold it either."""
+    kafka = esper_settings.kafka
+    codec = SingleObjectCodec()
+    spec = topic_spec(TopicName.TELEMETRY_SEED_HEALTH.value, kafka.topic_prefix)
+    producer = OonaProducer(kafka, codec)
+    try:
+        producer.produce_raw(spec.name, codec.encode(spec, message_for(spec, run_id=None)), b"no-run")
+        producer.publish(spec, message_for(spec, run_id="run-with-id"))
+        producer.flush()
+    finally:
+        producer.close()
+    assert set(load_recorded_runs(kafka, codec)) == {"run-with-id"}

@@ -100,8 +100,11 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_
     runs = {f"kill-{i:02d}-{uuid.uuid4().hex[:4]}": plateau_run(epochs=25, budget=3) for i in range(40)}
     produced = publish_runs(kafka, runs)
     total = len(runs) * 25
-    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
-                    ESPER_STATE_DIR=str(tmp_path / "state"))
+    env = esper_env(
+        ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
+        ESPER_STATE_DIR=str(tmp_path / "state"),
+    )
     watcher = DecisionWatcher(kafka)
     first = serve(env, tmp_path / "tamiyo.log")
     try:
@@ -145,14 +148,23 @@ def test_two_instances_share_the_runs_and_one_takes_over_when_the_other_is_kille
     publish_slot_kernels(kafka, [8], [8])
     runs = {f"pair-{i:02d}-{uuid.uuid4().hex[:4]}": plateau_run(epochs=25, budget=3) for i in range(30)}
     total = len(runs) * 25
-    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
-                    ESPER_STATE_DIR=str(tmp_path / "state"))
+    env = esper_env(
+        ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        ESPER_KAFKA__TOPIC_PREFIX=kafka.topic_prefix,
+        ESPER_STATE_DIR=str(tmp_path / "state"),
+    )
     watcher = DecisionWatcher(kafka)
     processes = {name: serve(env, tmp_path / f"{name}.log", name) for name in ("a", "b")}
     try:
         # Both in the group, the partitions split between them (range: 2 + 1), before any run starts.
-        watcher.wait(lambda w: all(re.search(r"rebuilding partitions=\[\d(, \d)?\]\n", (tmp_path / f"{n}.log").read_text())
-                                   for n in ("a", "b")), 120, "the group to split the partitions")
+        watcher.wait(
+            lambda w: all(
+                re.search(r"rebuilding partitions=\[\d(, \d)?\]\n", (tmp_path / f"{n}.log").read_text())
+                for n in ("a", "b")
+            ),
+            120,
+            "the group to split the partitions",
+        )
         publish_runs(kafka, runs)
         watcher.wait(lambda w: {m.sender_id for m in w.seen} == {"tamiyo-a", "tamiyo-b"}, 120,
                      "both instances deciding (the runs spread over the partitions)")
@@ -193,15 +205,29 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
         producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, run_id=rid, payload=payload))
     # An exact duplicate (same event id) is skipped silently; bytes that are not an event are dead-lettered.
     epoch0 = next(p for t, p in events if isinstance(p, EpochCompleted))
-    producer.publish(epochs_topic, epochs_topic.message_type(event_id=f"{run_id}-{events.index(('system.events.epoch', epoch0))}",
-                                                             sender_id="tests", topic=epochs_topic.name, run_id=run_id,
-                                                             payload=epoch0))
+    producer.publish(
+        epochs_topic,
+        epochs_topic.message_type(
+            event_id=f"{run_id}-{events.index(('system.events.epoch', epoch0))}",
+            sender_id="tests",
+            topic=epochs_topic.name,
+            run_id=run_id,
+            payload=epoch0,
+        ),
+    )
     producer.produce_raw(telemetry.name, b"\x00not avro", key=run_id.encode())
     # An id seen before with other content is a conflict: dead-lettered as one, the first event stands.
     first = next(i for i, (t, p) in enumerate(events) if t == telemetry.name[len(prefix):])
-    producer.publish(telemetry, telemetry.message_type(event_id=f"{run_id}-{first}", sender_id="tests",
-                                                       topic=telemetry.name, run_id=run_id,
-                                                       payload=events[first][1].model_copy(update={"health_score": 0.1})))
+    producer.publish(
+        telemetry,
+        telemetry.message_type(
+            event_id=f"{run_id}-{first}",
+            sender_id="tests",
+            topic=telemetry.name,
+            run_id=run_id,
+            payload=events[first][1].model_copy(update={"health_score": 0.1}),
+        ),
+    )
     bad.append((telemetry, run_id, None, f"event id conflict: {run_id}-{first}"))
     producer.flush()
     with tamiyo_running(kafka, instance="bad", orphan_timeout_s=1.0) as tamiyo:

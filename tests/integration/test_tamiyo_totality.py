@@ -75,9 +75,16 @@ def header(msg, name: str) -> str:
 
 
 def past_decision(run_id: str, epoch: int) -> AdaptationDecision:
-    return AdaptationDecision(decision_id=f"{run_id}-past-{epoch}", layer_name="-", adaptation_type=AdaptationType.NO_OP,
-                              confidence=1.0, urgency=0.0, epoch=epoch, policy_version="older",
-                              metadata={"command_id": "", "action": "", "family": ""})  # as v1 wrote it
+    return AdaptationDecision(
+        decision_id=f"{run_id}-past-{epoch}",
+        layer_name="-",
+        adaptation_type=AdaptationType.NO_OP,
+        confidence=1.0,
+        urgency=0.0,
+        epoch=epoch,
+        policy_version="older",
+        metadata={"command_id": "", "action": "", "family": ""},
+    )  # as v1 wrote it
 
 
 def test_undecodable_records_on_its_decisions_topic_are_dead_lettered_once_and_skipped(esper_settings):

@@ -81,7 +81,9 @@ def test_kill_9_then_resume_completes_without_duplicates(kafka_bootstrap, tmp_pa
         assert [i for i, n in ids.items() if n > 1] == [], "no event is on the log twice"
         epochs = [m.payload.state.epoch for t, m in events if t.endswith("system.events.epoch")]
         assert sorted(epochs) == list(range(EPOCHS))
-        health = Counter((m.payload.epoch, m.payload.seed_idx) for t, m in events if t.endswith("telemetry.seed.health"))
+        health = Counter(
+            (m.payload.epoch, m.payload.seed_idx) for t, m in events if t.endswith("telemetry.seed.health")
+        )
         assert set(health) == {(e, i) for e in range(EPOCHS) for i in range(2)} and set(health.values()) == {1}
         phases = [m.payload.session.status.value for t, m in events if t.endswith("training.sessions")]
         assert phases[0] == "running" and phases[-1] == "completed" and phases.count("completed") == 1

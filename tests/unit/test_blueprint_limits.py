@@ -106,8 +106,13 @@ def test_every_starter_and_example_blueprint_is_within_the_limits_and_planned_ex
 
 
 _OPS = st.sampled_from(list(BlueprintOp))
-_OP_SPECS = st.builds(lambda op, width, k, heads: OpSpec(op=op, width=width, kernel_size=k, heads=heads),
-                      _OPS, st.none() | st.integers(1, 12), st.none() | st.integers(1, 7), st.none() | st.integers(1, 4))
+_OP_SPECS = st.builds(
+    lambda op, width, k, heads: OpSpec(op=op, width=width, kernel_size=k, heads=heads),
+    _OPS,
+    st.none() | st.integers(1, 12),
+    st.none() | st.integers(1, 7),
+    st.none() | st.integers(1, 4),
+)
 _SHAPES = st.one_of(st.lists(st.integers(1, 12), min_size=1, max_size=1),
                     st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)).map(list),
                     st.lists(st.integers(1, 6), min_size=2, max_size=2))

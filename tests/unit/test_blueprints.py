@@ -19,8 +19,11 @@ def arch(in_shape, out_shape, *ops):
     return BlueprintArchitecture(input_shape=in_shape, output_shape=out_shape, layers=[OpSpec(**o) for o in ops])
 
 
-@pytest.mark.parametrize("blueprint", for_slot([16], [8]) + for_slot([4, 6, 6], [8, 6, 6]) + for_slot([4, 8, 8], [8, 4, 4]),
-                         ids=lambda b: b.name)
+@pytest.mark.parametrize(
+    "blueprint",
+    for_slot([16], [8]) + for_slot([4, 6, 6], [8, 6, 6]) + for_slot([4, 8, 8], [8, 4, 4]),
+    ids=lambda b: b.name,
+)
 def test_starter_blueprints_build_and_fit_their_slot(blueprint):
     module = build_module(blueprint.architecture)
     out = probe(module, blueprint.architecture.input_shape)

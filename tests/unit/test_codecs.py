@@ -46,7 +46,9 @@ def test_fast_encoder_writes_exactly_what_fastavro_writes(spec, message):
     assert fast(message) == reference.getvalue()
 
 
-@pytest.mark.parametrize("n", [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**21, 2**28, 2**35, -2**40, 2**62, 2**63 - 1, -2**63])
+@pytest.mark.parametrize(
+    "n", [0, 1, -1, 63, 64, -64, -65, 8191, 8192, 2**21, 2**28, 2**35, -(2**40), 2**62, 2**63 - 1, -(2**63)]
+)
 def test_varints_match_fastavro(n):
     out = io.BytesIO()
     fastavro.schemaless_writer(out, {"type": "long"}, n)
@@ -65,7 +67,9 @@ def test_varints_match_fastavro_on_random_values():
 BOUNDARY_SIGNALS = [
     dict(dead_neuron_ratio=0.0, avg_correlation=-1.0, health_score=0.0, activation_variance=0.0),
     dict(dead_neuron_ratio=1.0, avg_correlation=1.0, health_score=1.0, activation_variance=1e300),
-    dict(dead_neuron_ratio=0.5, avg_correlation=0.0, health_score=0.5, activation_variance=5e-324, layer_name="é/ü" * 40),
+    dict(
+        dead_neuron_ratio=0.5, avg_correlation=0.0, health_score=0.5, activation_variance=5e-324, layer_name="é/ü" * 40
+    ),
 ]
 
 

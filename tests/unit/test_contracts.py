@@ -62,7 +62,9 @@ def test_validate_seed_id_rejects(value, error):
 
 def test_seed_identity_is_the_same_everywhere():
     seed = Seed(layer_id=4, position=1)
-    signal = HealthSignal(layer_id=4, seed_id=1, epoch=0, activation_variance=0.1, dead_neuron_ratio=0, avg_correlation=0)
+    signal = HealthSignal(
+        layer_id=4, seed_id=1, epoch=0, activation_variance=0.1, dead_neuron_ratio=0, avg_correlation=0
+    )
     assert seed.seed_id == signal.seed_id == SeedId.model_validate((4, 1))
     assert seed.position == seed.seed_idx == signal.seed_idx == 1
     assert hash(seed.seed_id) == hash(SeedId(layer_id=4, seed_idx=1))
@@ -105,7 +107,9 @@ def test_naive_timestamps_are_rejected_and_aware_ones_become_utc():
 
 # -- bounds, as a table ----------------------------------------------------------------------------
 HS = dict(layer_id=0, seed_idx=0, epoch=0, activation_variance=0.0, dead_neuron_ratio=0.0, avg_correlation=0.0)
-SSP = dict(epoch=0, total_seeds=0, active_seeds=0, training_loss=0.0, validation_loss=0.0, system_load=0.0, memory_usage=0.0)
+SSP = dict(
+    epoch=0, total_seeds=0, active_seeds=0, training_loss=0.0, validation_loss=0.0, system_load=0.0, memory_usage=0.0
+)
 AD = dict(layer_name="l", adaptation_type="add_seed", confidence=0.0, urgency=0.0)
 
 
@@ -148,7 +152,9 @@ def test_blueprint_text_limits(field, length):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("score, status", [(1.0, "Healthy"), (0.8, "Healthy"), (0.79, "Warning"), (0.6, "Warning"), (0.59, "Critical")])
+@pytest.mark.parametrize(
+    "score, status", [(1.0, "Healthy"), (0.8, "Healthy"), (0.79, "Warning"), (0.6, "Warning"), (0.59, "Critical")]
+)
 def test_health_status(score, status):
     assert HealthSignal(**HS, health_score=score).health_status() == status
 
@@ -207,9 +213,14 @@ def test_blueprint_helpers_and_content_id():
 
 def test_session_helpers():
     session = training_session()
-    session.seeds = [Seed(layer_id=1, position=i, state=s) for i, s in enumerate([SeedState.TRAINING, SeedState.DORMANT, SeedState.GRAFTING])]
+    session.seeds = [
+        Seed(layer_id=1, position=i, state=s)
+        for i, s in enumerate([SeedState.TRAINING, SeedState.DORMANT, SeedState.GRAFTING])
+    ]
     assert session.get_active_seed_count() == 2
-    assert session.get_session_summary() == "Session 'digits-mlp': 3 seeds (2 active), 1 blueprints, status: initialized"
+    assert (
+        session.get_session_summary() == "Session 'digits-mlp': 3 seeds (2 active), 1 blueprints, status: initialized"
+    )
     with pytest.raises(ValidationError):
         TrainingSession.model_validate({**session.model_dump(), "status": "exploded"})
 
@@ -224,4 +235,6 @@ def test_legacy_blueprint_status_maps_to_the_one_vocabulary():
 
 
 def test_adaptation_types_keep_the_original_four():
-    assert {"add_seed", "remove_seed", "modify_architecture", "optimize_parameters"} <= {t.value for t in AdaptationType}
+    assert {"add_seed", "remove_seed", "modify_architecture", "optimize_parameters"} <= {
+        t.value for t in AdaptationType
+    }

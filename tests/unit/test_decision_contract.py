@@ -43,7 +43,9 @@ def test_the_action_tells_advance_from_fossilize_where_the_adaptation_type_canno
 
 
 def test_a_v1_link_in_metadata_is_read_into_the_typed_fields():
-    old = AdaptationDecision(**BASE, metadata={"command_id": "c-1", "action": "fossilize", "family": "conv", "why": "x"})
+    old = AdaptationDecision(
+        **BASE, metadata={"command_id": "c-1", "action": "fossilize", "family": "conv", "why": "x"}
+    )
     assert (old.command_id, old.action, old.family) == ("c-1", CommandAction.FOSSILIZE, "conv")
     assert old.metadata == {"why": "x"}
     none = AdaptationDecision(**BASE, metadata={"command_id": "", "action": "", "family": ""})
@@ -91,8 +93,16 @@ def test_a_v1_decision_off_the_wire_rebuilds_tamiyos_issued_commands():
     assert [(i.command_id, i.action, i.layer_id, i.seed_idx, i.epoch) for i in run.issued] == \
         [("c-old", CommandAction.GERMINATE, 7, 0, 3)]
     assert run.germinations(3) == [4]  # a pending germination of ours, as before the upgrade
-    noop = codec.decode(SPEC, v1_decision_bytes(SPEC, decision_id="d-noop", epoch=4, adaptation_type=AdaptationType.NO_OP,
-                                                 metadata={"command_id": "", "action": "", "family": ""})).payload
+    noop = codec.decode(
+        SPEC,
+        v1_decision_bytes(
+            SPEC,
+            decision_id="d-noop",
+            epoch=4,
+            adaptation_type=AdaptationType.NO_OP,
+            metadata={"command_id": "", "action": "", "family": ""},
+        ),
+    ).payload
     record(run, noop)
     assert len(run.issued) == 1 and run.decided == {3, 4}
 

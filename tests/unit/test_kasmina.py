@@ -94,7 +94,9 @@ def test_nested_paths_are_wrapped_and_ids_come_from_the_path():
 
 
 def test_unknown_layer_path_lists_the_seedable_ones():
-    with pytest.raises(KasminaError, match=r"unknown layer path\(s\) encoder\.9; seedable layers: encoder\.0\.0, encoder\.1, head"):
+    with pytest.raises(
+        KasminaError, match=r"unknown layer path\(s\) encoder\.9; seedable layers: encoder\.0\.0, encoder\.1, head"
+    ):
         wrap_layers(Nested(), ["encoder.9"], 1)
     with pytest.raises(KasminaError, match="unknown layer path"):
         wrap_layers(Nested(), ["encoder.0"], 1)  # a Sequential is not seedable
@@ -217,7 +219,9 @@ def test_a_failing_kernel_is_switched_off_and_culled(failure):
     assert torch.isfinite(out).all(), "the failure never reaches the model's output"
     transitions, reports = manager.end_of_epoch(1, lambda: 0.5, 0.5)
     assert [t.to_state for t in transitions] == [SeedState.CULLED]
-    assert {"raise": "kernel raised RuntimeError", "nan": "non-finite", "shape": "shape"}[failure] in transitions[0].reason
+    assert {"raise": "kernel raised RuntimeError", "nan": "non-finite", "shape": "shape"}[failure] in transitions[
+        0
+    ].reason
     assert int(slot.seed_errors[0]) == 1 and reports[0].outcome.value == "culled"
 
 
@@ -244,7 +248,8 @@ def test_checkpoint_round_trip_with_seeds_in_every_state():
     x = torch.randn(4, 6)
     model(x)
     ids = {name: [SeedId(layer_id=s.layer_id, seed_idx=i) for i in range(2)] for name, s in slots.items()}
-    # encoder.0.0: [TRAINING, GRAFTING(alpha .5)], encoder.1: [FOSSILIZED, CULLED], head: [GERMINATED-less DORMANT, DORMANT]
+    # encoder.0.0: [TRAINING, GRAFTING(alpha .5)], encoder.1: [FOSSILIZED, CULLED],
+    # head: [GERMINATED-less DORMANT, DORMANT]
     germinate(manager, slots, "encoder.0.0", 0, seed=1)
     g = germinate(manager, slots, "encoder.0.0", 1, seed=2)[0]
     manager.advance(g, 0, "t")

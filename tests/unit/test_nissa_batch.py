@@ -113,7 +113,9 @@ def test_views_join_the_adaptation_history(tmp_path):
         for i in range(1, 4)]
     transitions = topic_spec("lifecycle.seed.transitions")
     sample = message_for(transitions)
-    with_kernel = sample.model_copy(update={"payload": sample.payload.model_copy(update={"kernel_id": "k-1", "epoch": 7})})
+    with_kernel = sample.model_copy(
+        update={"payload": sample.payload.model_copy(update={"kernel_id": "k-1", "epoch": 7})}
+    )
     messages.append(FakeMessage(transitions.name, 0, 1, encoded(transitions, with_kernel)))
     batch.add(messages)
     store.write(batch.drain(), {})

@@ -44,7 +44,9 @@ def stored(path, tables=TABLES) -> NissaStore:
     store = NissaStore(path, tables)
     store.create_schema()
     batch = new_batch()
-    batch.add(decision_messages() + [FakeMessage(EPOCHS.name, 0, 0, CODEC.encode(EPOCHS, message_for(EPOCHS, run_id=RUN)))])
+    batch.add(
+        decision_messages() + [FakeMessage(EPOCHS.name, 0, 0, CODEC.encode(EPOCHS, message_for(EPOCHS, run_id=RUN)))]
+    )
     store.write(batch.drain(), {})
     store.close()
     return store
@@ -93,6 +95,7 @@ def test_a_database_written_before_v2_gains_the_columns_and_keeps_its_rows(tmp_p
         schema=v1_table.arrow_schema)
     with duckdb.connect(str(path)) as con:  # the table as the sink of v1 created and filled it
         con.execute(v1_table.ddl())
+        con.register("old_row", old_row)
         con.execute(f"INSERT INTO {v1_table.name} SELECT * FROM old_row")
         con.execute("CREATE VIEW adaptation_history AS SELECT decision_id, metadata FROM adaptation_decision")
 

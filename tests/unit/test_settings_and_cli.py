@@ -72,10 +72,21 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     "args, env, fragment",
     [
         (("tail", "no.such.topic"), {}, "esper: error: unknown topic 'no.such.topic'"),
-        (("topics", "create"), {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ESPER_KAFKA__CONNECT_TIMEOUT_S": "1"},
-         "esper: error: no Kafka broker answered at 127.0.0.1:9"),
-        (("topics", "list"), {"KAFKA_BOOTSTRAP_SERVERS": "oops"}, "esper: error: invalid setting KAFKA_BOOTSTRAP_SERVERS"),
-        (("tail", "telemetry.seed.health"), {"SCHEMA_REGISTRY_URL": "registry"}, "esper: error: invalid setting SCHEMA_REGISTRY_URL"),
+        (
+            ("topics", "create"),
+            {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "ESPER_KAFKA__CONNECT_TIMEOUT_S": "1"},
+            "esper: error: no Kafka broker answered at 127.0.0.1:9",
+        ),
+        (
+            ("topics", "list"),
+            {"KAFKA_BOOTSTRAP_SERVERS": "oops"},
+            "esper: error: invalid setting KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        (
+            ("tail", "telemetry.seed.health"),
+            {"SCHEMA_REGISTRY_URL": "registry"},
+            "esper: error: invalid setting SCHEMA_REGISTRY_URL",
+        ),
         (("broker", "status"), {"ESPER_BROKER__HEAP": "lots"}, "esper: error: invalid setting ESPER_BROKER__HEAP"),
     ],
 )
@@ -87,11 +98,17 @@ def test_bad_input_gives_one_line_and_non_zero_exit(args, env, fragment):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config, fragment", [
-    ("seeds: {target_layers: [body.7]}\n", "seeds.target_layers: unknown layer path(s) body.7; seedable layers: body.0, head"),
-    ("epochs: -1\n", "epochs: Input should be greater than or equal to 1"),
-    ("model: {kind: cnn}\ndata: {dataset: spirals}\n", "data: the spirals task is 2-D points"),
-])
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        (
+            "seeds: {target_layers: [body.7]}\n",
+            "seeds.target_layers: unknown layer path(s) body.7; seedable layers: body.0, head",
+        ),
+        ("epochs: -1\n", "epochs: Input should be greater than or equal to 1"),
+        ("model: {kind: cnn}\ndata: {dataset: spirals}\n", "data: the spirals task is 2-D points"),
+    ],
+)
 def test_bad_run_configs_fail_before_touching_the_cluster(tmp_path, config, fragment):
     path = tmp_path / "run.yaml"
     path.write_text(config)

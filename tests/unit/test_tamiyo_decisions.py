@@ -118,7 +118,9 @@ def test_the_policy_grows_in_the_slot_it_scores_highest_with_a_kernel_of_its_fam
 
 def test_budget_cooldown_and_pending_commands_limit_germinations():
     # Commands that never take effect count as pending for two epochs, then as lost.
-    actions = decide_all(fold_all(plateau_run(epochs=6, budget=2, cooldown=3)), Decider(ScriptedPolicy(), "v", FixedChooser()))
+    actions = decide_all(
+        fold_all(plateau_run(epochs=6, budget=2, cooldown=3)), Decider(ScriptedPolicy(), "v", FixedChooser())
+    )
     grown = [a.decision.epoch for a in actions if a.command and a.command.action is CommandAction.GERMINATE]
     assert grown == [0, 2, 4]
     assert all(a.decision.adaptation_type is AdaptationType.NO_OP for a in actions if a.decision.epoch in (1, 3, 5))
@@ -160,7 +162,10 @@ def test_lifecycle_is_driven_by_readiness_when_kasmina_does_not_auto_advance():
                for lid in (11, 22) for k in (0, 1)]
     fold_all(ready + signals + [(TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(1, 0.5, transitions=2))], run)
     (action,) = decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
-    assert action.command.action is CommandAction.ADVANCE and (action.command.layer_id, action.command.seed_idx) == (22, 0)
+    assert action.command.action is CommandAction.ADVANCE and (action.command.layer_id, action.command.seed_idx) == (
+        22,
+        0,
+    )
 
     auto = fold_all(plateau_run(epochs=1, budget=0, auto_advance=True))
     fold_all(ready + signals + [(TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(1, 0.5, transitions=2))], auto)
