@@ -27,6 +27,7 @@ from services.nissa.tables import row_from_record, table_for
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.codec import SingleObjectCodec, message_to_record
 from services.oona.log_reader import read_range
+from services.oona.messages import position_of
 from services.oona.producer import OonaProducer
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import all_topics, topic_spec
@@ -78,7 +79,7 @@ def naive_insert_rate(kafka: KafkaSettings, spec, codec: SingleObjectCodec, db: 
     insert = f'INSERT INTO "{table.name}" VALUES ({", ".join("?" for _ in table.columns)})'
     start = time.perf_counter()
     raw = read_range(kafka, {(spec.name, 0): (0, BASELINE_EVENTS)})
-    rows = [row_from_record(table, message_to_record(codec.decode(spec, m.value())), m.partition(), m.offset())
+    rows = [row_from_record(table, message_to_record(codec.decode(spec, m.value())), *position_of(m)[1:])
             for m in raw]
     con.executemany(insert, rows)
     seconds = time.perf_counter() - start

@@ -198,6 +198,11 @@ class OonaConsumer:
         self._dead_letter(delivered.topic, delivered.partition, delivered.offset, delivered.key, delivered.value,
                           reason, error_type, delivered.headers)
 
+    def reject_raw(self, msg: Message, reason: str, error_type: str) -> None:
+        """Dead-letter a record read outside this consumer (e.g. by a log reader): its bytes and headers as read."""
+        topic, partition, offset = position_of(msg)
+        self._dead_letter(topic, partition, offset, msg.key(), msg.value(), reason, error_type, headers_of(msg))
+
     def dead_letter_failure(self, delivered: Delivered, exc: BaseException) -> None:
         """Dead-letter an event whose handling raised: the reason and error type name the exception."""
         log.error("handling failed topic=%s[%d] offset=%d group=%s", delivered.topic, delivered.partition,

@@ -235,7 +235,7 @@ def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarr
     nodes = list(map(partial(tuple.__new__, SeedNode), zip(
         range(topology.layer_count, topology.layer_count + count_seeds), topology.slot_layer_ids,
         topology.slot_seed_idxs, topology.slot_layer_names, map(STATES.__getitem__, state.tolist()), since.tolist(),
-        ready.tolist(), errors.astype(np.int64).tolist())))
+        ready.tolist(), errors.astype(np.int64).tolist(), strict=True)))
     active = int(_ACTIVE[state].sum())
     return rows, nodes, active
 
@@ -245,6 +245,7 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     topology = _topology(run)
     history = run.epochs_until(epoch)
     current = history[-1]
+    assert run.session is not None
     spec = run.session.training_config
     allowed, budget_left = germination_allowed(run, epoch)
     accuracies = [e.validation_accuracy for e in history[-4:]]

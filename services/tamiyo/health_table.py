@@ -2,10 +2,11 @@
 
 A signal is staged when it is folded (the object itself, in a dict: cheaper per event than any
 numpy write or even reading its fields) and the staged signals of an epoch are written into that
-epoch's block in one step the next time the table is read (their fields read by one C-level getter). ``latest`` answers, for every slot at once, "the last
-``last`` signals of epochs <= ``epoch``", which is what the features need: no loop over seeds,
-only over epochs, newest first, and that loop stops as soon as every slot has its ``last``
-signals (after ``last`` epochs when every slot reports every epoch, as Tolaria's do).
+epoch's block in one step the next time the table is read (their fields read by one C-level getter).
+``latest`` answers, for every slot at once, "the last ``last`` signals of epochs <= ``epoch``", which
+is what the features need: no loop over seeds, only over epochs, newest first, and that loop stops as
+soon as every slot has its ``last`` signals (after ``last`` epochs when every slot reports every epoch,
+as Tolaria's do).
 
 Values are kept as float64, exactly as they came (the features are computed from them in
 float64 and cast to float32 once, as before). Pure: numpy only, no torch.
@@ -65,11 +66,11 @@ class HealthTable:
 
     def _block(self, epoch: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
         block, present = self._blocks.get(epoch), self._present.get(epoch)
-        if block is None or block.shape[0] < rows:
+        if block is None or present is None or block.shape[0] < rows:
             capacity = max(rows, 2 * block.shape[0] if block is not None else rows)
             grown = np.zeros((capacity, len(HEALTH_FIELDS)), dtype=np.float64)
             grown_present = np.zeros(capacity, dtype=bool)
-            if block is not None:
+            if block is not None and present is not None:  # set together, always
                 grown[:block.shape[0]] = block
                 grown_present[:present.shape[0]] = present
             block, present = self._blocks[epoch], self._present[epoch] = grown, grown_present

@@ -127,6 +127,7 @@ class TamiyoPolicy(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor) -> PolicyOutput:
         adjacency = self.adjacency(edge_index, x.shape[0])
         first, _, second = self.encoder  # Linear, ReLU, Linear
+        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
         h = _linear(second, torch.relu(_linear(first, x)))
         for layer in self.layers:
             h = layer(h, adjacency, self.scatter)

@@ -214,9 +214,11 @@ class RunState:
         """The health-table row of every slot, in session order (int64, built once per session)."""
         rows = self.views.get("seed_rows")
         if rows is None:
+            assert self.session is not None, "seed rows exist once the session is known"
+            seeds = self.session.seeds
             rows = self.views["seed_rows"] = np.fromiter(
-                (self.slot_rows.setdefault((s.layer_id, s.seed_idx), len(self.slot_rows)) for s in self.session.seeds),
-                dtype=np.int64, count=len(self.session.seeds))
+                (self.slot_rows.setdefault((s.layer_id, s.seed_idx), len(self.slot_rows)) for s in seeds),
+                dtype=np.int64, count=len(seeds))
         return rows
 
     def epochs_until(self, epoch: int) -> list[EpochCompleted]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from contracts import AdaptationDecision, OonaMessage, TopicName
 from services.core.errors import EsperError, FatalError, KafkaClientError
@@ -37,6 +37,7 @@ from services.oona import clients
 from services.oona.admin import admin_client, end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
+from services.oona.messages import position_of
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
@@ -115,7 +116,7 @@ class Tamiyo:
         self._reload: list[int] | None = None
         self._loading: DecisionLogReader | None = None
         self._held: list[Delivered] = []  # input events that arrived while our decisions were being read
-        self._bad_decisions: list[tuple[Delivered, str]] = []  # to dead-letter in the next transaction
+        self._bad_decisions: list[tuple[Message, str]] = []  # to dead-letter in the next transaction
         self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
         self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
         self._rebuild = False
@@ -189,12 +190,12 @@ class Tamiyo:
         for msg in messages:
             parsed = parse_decision(self.codec, self.decisions, msg.value())
             if isinstance(parsed, str):
-                if msg.offset() >= self._examined.get(msg.partition(), 0):
-                    self._bad_decisions.append((Delivered(msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                                                          None, msg.value()), f"tamiyo: {parsed}"))
+                topic, partition, offset = position_of(msg)
+                if offset >= self._examined.get(partition, 0):
+                    self._bad_decisions.append((msg, f"tamiyo: {parsed}"))
                 else:  # dead-lettered when it was first examined
-                    log.info("tamiyo skipped a record again topic=%s[%d] offset=%d reason=%s", msg.topic(),
-                             msg.partition(), msg.offset(), parsed)
+                    log.info("tamiyo skipped a record again topic=%s[%d] offset=%d reason=%s", topic, partition,
+                             offset, parsed)
                 continue
             record(self.runs.get(parsed.run_id), parsed.decision)
             self.past_decisions += 1
@@ -284,8 +285,8 @@ class Tamiyo:
         self.catalog.refresh()
         if self._loading is None and self._reload is None:
             bad, self._bad_decisions = self._bad_decisions, []
-            for delivered, reason in bad:
-                self.processor.consumer.reject(delivered, reason, "UndecodableDecision")
+            for msg, reason in bad:
+                self.processor.consumer.reject_raw(msg, reason, "UndecodableDecision")
             if self._examined_now:  # committed with those dead letters, or neither is
                 examined, self._examined_now = self._examined_now, {}
                 self.processor.producer.send_offsets_to_transaction(

@@ -35,8 +35,16 @@ from contracts import (
 )
 from services.tamiyo import decider as decider_module
 from services.tamiyo.decider import Decider, record
-from services.tamiyo.features import STATES, GraphView, SeedNode, _health_features, _log1p, build_graph, \
-    germination_allowed, slope
+from services.tamiyo.features import (
+    STATES,
+    GraphView,
+    SeedNode,
+    _health_features,
+    _log1p,
+    build_graph,
+    germination_allowed,
+    slope,
+)
 from services.tamiyo.health_table import HEALTH_FIELDS, HealthTable
 from services.tamiyo.policy import PolicyOutput, TamiyoPolicy
 from services.tamiyo.policy_store import load_policy
@@ -298,8 +306,8 @@ def _decisions(events, policy, reference: bool) -> list[dict]:
             for epoch in run.ready_epochs():
                 for action in decider.decide(run, epoch):
                     record(run, action.decision)
-                    out.append(action.decision.model_dump(exclude={"timestamp"}) |
-                               {"command": action.command.model_dump(exclude={"timestamp"}) if action.command else None})
+                    command = action.command.model_dump(exclude={"timestamp"}) if action.command else None
+                    out.append(action.decision.model_dump(exclude={"timestamp"}) | {"command": command})
     finally:
         decider_module.build_graph = original
     return out
