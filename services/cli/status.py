@@ -18,7 +18,8 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
 from contracts import TopicName
 from services.core.errors import KafkaClientError
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.clients import map_exceptions, reason
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import data_topics, topic_spec
@@ -54,7 +55,7 @@ class Lag:
 
 def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) -> Lag:
     prefix = settings.topic_prefix
-    client = admin_client(settings)
+    client = clients.admin(settings)
     partitions = partitions_of(client, [topic_spec(t.value, prefix).name for t in GROUP_INPUTS[service]])
     ends = end_offsets(client, partitions, timeout_s=timeout_s)
     request = ConsumerGroupTopicPartitions(f"{prefix}{service}", [TopicPartition(t, p) for t, p in partitions])
@@ -82,7 +83,7 @@ def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
                   .fetchall()}
     finally:
         con.close()
-    client = admin_client(settings)
+    client = clients.admin(settings)
     names = [spec.name for spec in data_topics(settings.topic_prefix)]  # what the sink reads (not the schema log)
     ends = end_offsets(client, partitions_of(client, names))
     return Lag("nissa", sum(max(0, end - stored.get(key, 0)) for key, end in ends.items()))

@@ -18,7 +18,7 @@ from confluent_kafka.admin import OffsetSpec
 
 from services.core.errors import FatalError
 from services.oona import clients
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.log_reader import Ranges, scan_range
 from services.oona.settings import KafkaSettings
 
@@ -34,7 +34,7 @@ SCAN_CONFIG: dict[str, str | int | bool] = {
 
 
 def _list_offsets(settings: KafkaSettings, partitions: list[tuple[str, int]], spec: OffsetSpec) -> dict:
-    client = admin_client(settings)
+    client = clients.admin(settings)
     futures = client.list_offsets({TopicPartition(t, p): spec for t, p in partitions},
                                   isolation_level=IsolationLevel.READ_COMMITTED,
                                   request_timeout=settings.connect_timeout_s)
@@ -47,10 +47,10 @@ def _list_offsets(settings: KafkaSettings, partitions: list[tuple[str, int]], sp
 def log_ranges(settings: KafkaSettings, topics: list[str], *, from_offset: int | None = None,
                from_time: datetime | None = None) -> Ranges:
     """``(start, end)`` per partition of ``topics`` (those that exist); empty ranges are kept."""
-    partitions = partitions_of(admin_client(settings), topics, timeout_s=settings.connect_timeout_s)
+    partitions = partitions_of(clients.admin(settings), topics, timeout_s=settings.connect_timeout_s)
     if not partitions:
         return {}
-    ends = end_offsets(admin_client(settings), partitions, timeout_s=settings.connect_timeout_s)
+    ends = end_offsets(clients.admin(settings), partitions, timeout_s=settings.connect_timeout_s)
     earliest = _list_offsets(settings, partitions, OffsetSpec.earliest())
     starts = {key: max(earliest[key], from_offset or 0) for key in partitions}
     if from_time is not None:

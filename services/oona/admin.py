@@ -19,14 +19,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def admin_client(settings: KafkaSettings) -> AdminClient:
-    return clients.admin(settings)
-
-
 def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> int:
     """Block until the cluster answers a metadata request; returns the broker count."""
     timeout_s = settings.connect_timeout_s if timeout_s is None else timeout_s
-    client = admin_client(settings)
+    client = clients.admin(settings)
     deadline = time.monotonic() + timeout_s
     failures: list[KafkaError] = []
     while True:
@@ -49,7 +45,7 @@ def ensure_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Idempotent."""
     specs = list(specs)
-    client = admin_client(settings)
+    client = clients.admin(settings)
     with clients.map_exceptions(lambda reason: BrokerUnavailableError(settings.bootstrap_servers, reason)):
         existing = client.list_topics(timeout=timeout_s).topics
     for spec in specs:
@@ -128,7 +124,7 @@ def partitions_of(client: AdminClient, topics: Iterable[str], timeout_s: float =
 def delete_topics(settings: KafkaSettings, names: list[str], timeout_s: float = 30.0) -> None:
     if not names:
         return
-    client = admin_client(settings)
+    client = clients.admin(settings)
     for _, future in client.delete_topics(names, request_timeout=timeout_s).items():
         with clients.suppress({KafkaError.UNKNOWN_TOPIC_OR_PART}):  # gone already
             future.result(timeout=timeout_s)
@@ -149,7 +145,7 @@ class OffsetReader:
     def _call(self, fn: Callable[[AdminClient], T], timeout_s: float) -> T:
         def call() -> T:
             if self._client is None:
-                self._client = admin_client(self.settings)
+                self._client = clients.admin(self.settings)
             return fn(self._client)
 
         def drop_client(_exc: BaseException) -> None:

@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer
 from contracts import TopicName
 from services.core.errors import DeliveryError, EsperError
 from services.oona import clients
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.dlq_records import (
     DlqRecord,
     RedrivePlan,
@@ -51,7 +51,7 @@ def dlq_topic(settings: KafkaSettings) -> str:
 def read_dlq(settings: KafkaSettings, timeout_s: float = 120.0) -> list[DlqRecord]:
     """Every committed record of the DLQ (dead letters and re-drive markers), in offset order."""
     name = dlq_topic(settings)
-    admin = admin_client(settings)
+    admin = clients.admin(settings)
     partitions = partitions_of(admin, [name])
     if not partitions:
         raise DeadLetterError(f"topic {name} does not exist (run `esper topics create`)")
@@ -109,7 +109,7 @@ def redrive(settings: KafkaSettings, selection: Selection, *, dry_run: bool = Fa
 def _check_sources(settings: KafkaSettings, letters: Sequence[DlqRecord]) -> None:
     """Every source topic and partition exists: otherwise say which, before producing anything."""
     wanted = {(r.source_topic, r.source_partition) for r in letters}
-    existing = set(partitions_of(admin_client(settings), sorted({t for t, _ in wanted})))
+    existing = set(partitions_of(clients.admin(settings), sorted({t for t, _ in wanted})))
     missing = sorted(f"{t}:{'-' if p is None else p}" for t, p in wanted if (t, p) not in existing)
     if missing:
         raise DeadLetterError(f"cannot re-drive to {', '.join(missing[:5])}: no such topic partition "

@@ -149,15 +149,15 @@ class OonaProducer:
     def poll(self, timeout_s: float = 0.0) -> int:
         return self._producer.poll(timeout_s)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout_s: float = 30.0) -> None:
         """Wait for every queued message; raise DeliveryError if any was refused."""
-        remaining = self._producer.flush(timeout)
+        remaining = self._producer.flush(timeout_s)
         with self._lock:
             failures, self._failures = self._failures, []
         if failures:
             raise DeliveryError(failures[0].split(":", 1)[0], f"{len(failures)} failed, first: {failures[0]}")
         if remaining:
-            raise DeliveryError("*", f"{remaining} messages still queued after {timeout:g}s")
+            raise DeliveryError("*", f"{remaining} messages still queued after {timeout_s:g}s")
 
     def pending(self) -> int:
         return len(self._producer)

@@ -16,7 +16,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationDecision, TopicName
 from services.core.errors import DecodeError, EsperError
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import Codec
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
@@ -53,7 +54,7 @@ def load_recorded_runs(settings: KafkaSettings, codec: Codec, run_ids: Iterable[
     wanted = set(run_ids) if run_ids is not None else None
     specs = {topic_spec(t.value, settings.topic_prefix).name: (t.value, topic_spec(t.value, settings.topic_prefix))
              for t in RUN_TOPICS}
-    client = admin_client(settings)
+    client = clients.admin(settings)
     ends = end_offsets(client, partitions_of(client, list(specs)))
     messages = read_range(settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
     runs: dict[str, RecordedRun] = {}

@@ -34,7 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from contracts import AdaptationDecision, OonaMessage, TopicName
 from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
-from services.oona.admin import admin_client, end_offsets
+from services.oona.admin import end_offsets
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.messages import position_of
@@ -172,7 +172,7 @@ class Tamiyo:
     def _start_loading(self) -> None:
         partitions, self._reload = self._reload or [], None
         wanted = [(self.decisions.name, p) for p in partitions]
-        ends = end_offsets(admin_client(self.settings), wanted) if wanted else {}
+        ends = end_offsets(clients.admin(self.settings), wanted) if wanted else {}
         self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
                                           partitions)
         self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
@@ -352,7 +352,7 @@ class Tamiyo:
 
     def lag(self) -> int:
         positions = [tp for tp in self.processor.consumer.positions() if tp.offset >= 0]
-        ends = end_offsets(admin_client(self.settings), [(tp.topic, tp.partition) for tp in positions])
+        ends = end_offsets(clients.admin(self.settings), [(tp.topic, tp.partition) for tp in positions])
         return sum(max(0, ends[(tp.topic, tp.partition)] - tp.offset) for tp in positions)
 
     def _report(self) -> None:

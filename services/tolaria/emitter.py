@@ -55,7 +55,7 @@ class RunEmitter:
         return message
 
     def flush(self) -> None:
-        self.producer.flush(timeout=BROKER_OUTAGE_S)
+        self.producer.flush(timeout_s=BROKER_OUTAGE_S)
 
     def log_positions(self) -> LogPositions:
         """End offsets of every partition of the run's topics (call after ``flush``)."""

@@ -98,9 +98,9 @@ class KernelLibrary(KernelLoader):
         super().__init__(blob_dir)
         self._view = TopicView(settings, codec, kernels)
 
-    def poll(self, timeout: float = 0.2) -> int:
+    def poll(self, timeout_s: float = 0.2) -> int:
         """Apply what arrived since the last poll; returns how many records were read."""
-        new = self._view.poll(timeout)
+        new = self._view.poll(timeout_s)
         for message in new:
             self.add(message.payload)
         return len(new)

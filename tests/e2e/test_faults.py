@@ -26,7 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from services.cli.supervisor import SERVICES
 from services.nissa.tables import table_name
 from services.oona import clients
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
@@ -84,7 +84,7 @@ def log_events(kafka: KafkaSettings, run_id: str) -> dict[str, list[str]]:
     """Event ids of ``run_id`` per run-scoped topic, as committed on the log."""
     codec = SingleObjectCodec()
     specs = {spec.name: spec for spec in TOPICS if spec.name in RUN_TOPICS}
-    client = admin_client(kafka)
+    client = clients.admin(kafka)
     ends = end_offsets(client, partitions_of(client, list(specs)))
     out: dict[str, list[str]] = {name: [] for name in specs}
     for msg in read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
@@ -123,7 +123,7 @@ def declared_counts(kafka: KafkaSettings, run_id: str) -> dict[str, int]:
     """What the run's EpochCompleted events declare it published before each of them, summed per topic."""
     codec = SingleObjectCodec()
     spec = next(s for s in TOPICS if s.name == "system.events.epoch")
-    client = admin_client(kafka)
+    client = clients.admin(kafka)
     ends = end_offsets(client, partitions_of(client, [spec.name]))
     totals = dict.fromkeys(DECLARED, 0)
     for msg in read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
@@ -156,7 +156,7 @@ def assert_exactly_once(kafka: KafkaSettings, run_id: str, epochs: int, output: 
 
 def published_epochs(kafka: KafkaSettings, run_id: str) -> int:
     """Epochs of ``run_id`` committed on system.events.epoch so far."""
-    client = admin_client(kafka)
+    client = clients.admin(kafka)
     ends = end_offsets(client, partitions_of(client, ["system.events.epoch"]))
     return sum(1 for msg in read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
                if msg.key() == run_id.encode())
@@ -184,7 +184,7 @@ class EpochWatch:
         self._consumer = clients.consumer(kafka, {
             "group.id": f"epoch-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
-        client = admin_client(kafka)
+        client = clients.admin(kafka)
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING)
                                for t, p in partitions_of(client, ["system.events.epoch"])])
 

@@ -28,7 +28,8 @@ from confluent_kafka import Producer
 from services.blueprints.compiler import compile_blueprint
 from services.cli.supervisor import SERVICES
 from services.nissa.tables import table_name
-from services.oona.admin import admin_client, end_offsets
+from services.oona import clients
+from services.oona.admin import end_offsets
 from services.oona.log_reader import read_range
 from services.oona.topic_registry import topic_spec
 from tests.e2e.conftest import vm_rss_kib
@@ -77,7 +78,7 @@ def produce(system, records: list[Record]) -> dict[int, Source]:
 def dlq_letters(system, start: int) -> dict[Source, dict[str, tuple[str, str]]]:
     """Dead letters on `esper.dlq` from ``start``: (source topic, partition, offset) -> group -> (error type,
     reason)."""
-    end = end_offsets(admin_client(system.kafka), [(DLQ, 0)])[(DLQ, 0)]
+    end = end_offsets(clients.admin(system.kafka), [(DLQ, 0)])[(DLQ, 0)]
     out: dict[Source, dict[str, tuple[str, str]]] = defaultdict(dict)
     for msg in read_range(system.kafka, {(DLQ, 0): (start, end)}):
         headers = {k: (v or b"").decode("utf-8", "replace") for k, v in msg.headers() or []}
@@ -174,7 +175,7 @@ def test_poison_soak_every_topic_no_restart_nothing_lost(system):
     pids = {name: before[name]["pid"] for name in SERVICES}
     assert all(pids.values()), f"a service is down before the soak: {before}"
     rss_before = {name: vm_rss_kib(pid) for name, pid in pids.items()}
-    dlq_start = end_offsets(admin_client(system.kafka), [(DLQ, 0)])[(DLQ, 0)]
+    dlq_start = end_offsets(clients.admin(system.kafka), [(DLQ, 0)])[(DLQ, 0)]
 
     kernel, _ = compile_blueprint(blueprint())  # a genuine kernel: its id and checksum are its bytes'
     builder = CorpusBuilder(uuid.uuid4().hex[:8], kernel)

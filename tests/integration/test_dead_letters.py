@@ -7,6 +7,7 @@ import time
 import uuid
 
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEADER_TOPIC
+from services.oona import clients
 from services.oona.consumer import dead_letter_from_message
 from tests.integration.conftest import consume_until, read_raw
 from tests.samples import message_for
@@ -128,7 +129,6 @@ def test_a_record_whose_decoding_or_handling_raises_is_dead_lettered_and_the_con
 def _committed(kafka_settings, group, topic):
     from confluent_kafka import TopicPartition
 
-    from services.oona import clients
 
     consumer = clients.consumer(kafka_settings, {"group.id": group, "enable.auto.commit": False})
     try:
@@ -286,9 +286,9 @@ def whole_topic(kafka_settings, topic: str) -> list:
     """Every committed record of ``topic`` up to its end now (raw: bytes and headers)."""
     from confluent_kafka import OFFSET_BEGINNING
 
-    from services.oona.admin import admin_client, end_offsets, partitions_of
+    from services.oona.admin import end_offsets, partitions_of
     from services.oona.log_reader import read_range
 
-    admin = admin_client(kafka_settings)
+    admin = clients.admin(kafka_settings)
     ends = end_offsets(admin, partitions_of(admin, [topic]))
     return read_range(kafka_settings, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})

@@ -19,7 +19,7 @@ from contracts.dead_letter import (
     DLQ_HEADER_TOPIC,
 )
 from services.oona import clients
-from services.oona.admin import admin_client, end_offsets
+from services.oona.admin import end_offsets
 from services.oona.consumer import OonaConsumer
 from services.oona.transactions import ExactlyOnceProcessor
 from tests.integration.conftest import consume_until, read_raw
@@ -91,7 +91,7 @@ def test_outputs_and_offsets_commit_together(kafka_settings, codec, topic_factor
 
 
 def _end_offsets(kafka_settings, topic, partitions=1):
-    return end_offsets(admin_client(kafka_settings), [(topic, p) for p in range(partitions)], committed_only=False)
+    return end_offsets(clients.admin(kafka_settings), [(topic, p) for p in range(partitions)], committed_only=False)
 
 
 def _committed(kafka_settings, group, topic, partitions):

@@ -14,7 +14,8 @@ from contracts.dead_letter import DLQ_HEADER_OFFSET, DLQ_HEADER_REASON, DLQ_HEAD
 from services.core.paths import REPO_ROOT
 from services.nissa.queries import run_query
 from services.nissa.sink import NissaSink
-from services.oona.admin import admin_client, end_offsets
+from services.oona import clients
+from services.oona.admin import end_offsets
 from services.oona.topic_registry import all_topics, topic_spec
 from tests.esper_cli import ESPER, esper_env
 from tests.samples import T0, health_signal, message_for
@@ -128,7 +129,7 @@ def test_kill_9_mid_ingest_then_restart_gives_no_duplicate_and_no_gap(esper_sett
     assert con.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)
     stored = dict(((t, p), o) for t, p, o in con.execute("SELECT topic, partition, next_offset FROM nissa_offsets"
                                                          ).fetchall())
-    ends = end_offsets(admin_client(esper_settings.kafka), [(spec.name, p) for p in range(spec.partitions)])
+    ends = end_offsets(clients.admin(esper_settings.kafka), [(spec.name, p) for p in range(spec.partitions)])
     assert {k: v for k, v in stored.items() if k[0] == spec.name} == {k: v for k, v in ends.items() if v > 0}
 
 

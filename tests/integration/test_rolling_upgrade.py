@@ -17,7 +17,7 @@ from pydantic import create_model
 from contracts import HealthSignal
 from services.nissa.replay import replay_from_kafka
 from services.nissa.sink import NissaSink
-from services.oona import schema_log, schema_store
+from services.oona import clients, schema_log, schema_store
 from services.oona.codec import SingleObjectCodec
 from services.oona.consumer import OonaConsumer
 from services.oona.producer import OonaProducer
@@ -120,7 +120,7 @@ def test_producers_first_then_consumers(esper_settings, tmp_path, monkeypatch):
 def test_the_first_producer_creates_a_missing_schema_log_compacted(kafka_settings):
     from confluent_kafka.admin import ConfigResource
 
-    from services.oona.admin import admin_client, delete_topics
+    from services.oona.admin import delete_topics
     from services.oona.schema_log import SchemaLogReader
 
     kafka = kafka_settings.model_copy(update={"topic_prefix": f"sl.{uuid.uuid4().hex[:8]}."})
@@ -132,7 +132,7 @@ def test_the_first_producer_creates_a_missing_schema_log_compacted(kafka_setting
         producer.announce(health)  # once per record type
         [record] = read_raw(kafka, topic, 1)
         assert read_publication(record.key(), record.value()).record_name == RECORD
-        client = admin_client(kafka)
+        client = clients.admin(kafka)
         [future] = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
         assert future.result(timeout=30)["cleanup.policy"].value == "compact"
         reader = SchemaLogReader(kafka)

@@ -11,7 +11,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationType, CommandAction, SeedState, TopicName
 from services.blueprints.starter import for_slot
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
@@ -63,7 +64,7 @@ def publish_slot_kernels(kafka: KafkaSettings, input_shape: list[int], output_sh
 
 def run_messages(kafka: KafkaSettings, topic: TopicName, run_id: str) -> list:
     spec = topic_spec(topic.value, kafka.topic_prefix)
-    admin = admin_client(kafka)
+    admin = clients.admin(kafka)
     ends = end_offsets(admin, partitions_of(admin, [spec.name]), committed_only=False)
     codec = SingleObjectCodec()
     messages = read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})

@@ -11,7 +11,8 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import EpochCompleted, TopicName
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
@@ -47,7 +48,6 @@ class DecisionWatcher:
     def __init__(self, kafka: KafkaSettings) -> None:
         from confluent_kafka import TopicPartition
 
-        from services.oona import clients
 
         self.spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
         self.codec = SingleObjectCodec()
@@ -80,7 +80,7 @@ class DecisionWatcher:
 
 def decisions_on_log(kafka: KafkaSettings) -> list:
     spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
-    admin = admin_client(kafka)
+    admin = clients.admin(kafka)
     ends = end_offsets(admin, partitions_of(admin, [spec.name]))  # committed transactions only
     codec = SingleObjectCodec()
     return [codec.decode(spec, m.value()) for m in

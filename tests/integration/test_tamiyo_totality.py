@@ -15,7 +15,8 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationDecision, AdaptationType, SessionStatus, TopicName
 from services.core.errors import DecodeError
-from services.oona.admin import admin_client, end_offsets, partitions_of
+from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.log_reader import read_range
 from services.oona.producer import OonaProducer
@@ -42,7 +43,7 @@ def step_until(service: Tamiyo, condition: Callable[[], bool], timeout_s: float,
 def dead_letters(kafka: KafkaSettings) -> list:
     """Every committed record of the DLQ, raw (headers hold source and reason)."""
     name = topic_spec(TopicName.DLQ.value, kafka.topic_prefix).name
-    admin = admin_client(kafka)
+    admin = clients.admin(kafka)
     ends = end_offsets(admin, partitions_of(admin, [name]))
     return read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
 
@@ -59,7 +60,7 @@ def publish(kafka: KafkaSettings, run_id: str, events: list, tag: str) -> None:
 def decisions_on_log(kafka: KafkaSettings) -> list:
     """The committed decisions on the log (records that are not decisions left out)."""
     spec = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, kafka.topic_prefix)
-    admin = admin_client(kafka)
+    admin = clients.admin(kafka)
     ends = end_offsets(admin, partitions_of(admin, [spec.name]))
     codec, found = SingleObjectCodec(), []
     for msg in read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()}):
