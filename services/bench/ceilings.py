@@ -7,8 +7,8 @@ of what the machine allows at that moment:
     produce_rate(...)       pre-encoded values through a producer with the services' settings
                             (idempotent, acks=all, lz4): ``produce`` in a loop and one flush,
                             the fewest Python calls librdkafka takes from Python
-    consume_rate(...)       raw ``consume(num_messages=1000)`` from the beginning, no decoding,
-                            timed from the first batch (as the figures it bounds)
+    consume_rate(...)       raw ``consume(num_messages=1000)`` of every partition from its
+                            beginning, no decoding, timed from ``assign``
     arrow_insert_rate(...)  one DuckDB ``INSERT ... SELECT`` of a pre-built Arrow table into a
                             fresh file: what storing the rows costs once they are columns
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
 
 from services.nissa.tables import Table
 from services.oona import clients
@@ -66,22 +66,25 @@ class CeilingProducer:
 
 def consume_rate(settings: KafkaSettings, topics: list[str], expected: int, config: Mapping[str, Any],
                  timeout_s: float = 300.0) -> float:
-    """Messages/s of reading ``expected`` messages of ``topics`` from the beginning with a fresh group."""
+    """Messages/s of reading ``expected`` messages of ``topics`` from the beginning, timed from ``assign``.
+
+    Every partition is assigned at its beginning (no group to join, as the sink and replay do):
+    the time covers the first fetches too, not only the messages already prefetched.
+    """
     consumer = clients.consumer(settings, config, {
-        "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}", "auto.offset.reset": "earliest",
-        "enable.auto.commit": False})
-    consumer.subscribe(topics)
-    got, start = 0, None
-    deadline = time.monotonic() + timeout_s
+        "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False})
     try:
+        metadata = consumer.list_topics(timeout=settings.connect_timeout_s).topics
+        partitions = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in metadata[t].partitions]
+        got = 0
+        deadline = time.monotonic() + timeout_s
+        start = time.perf_counter()
+        consumer.assign(partitions)
         while got < expected:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ceiling consume of {topics}: {got} of {expected} messages in {timeout_s:.0f} s")
-            batch = consumer.consume(num_messages=CONSUME_BATCH, timeout=1.0)
-            if batch and start is None:
-                start = time.perf_counter() - 1e-9
-            got += len(batch)
-        seconds = time.perf_counter() - (start or time.perf_counter())
+            got += len(consumer.consume(num_messages=CONSUME_BATCH, timeout=1.0))
+        seconds = time.perf_counter() - start
     finally:
         consumer.close()
     return got / seconds if seconds > 0 else 0.0

@@ -102,22 +102,22 @@ def _verdict(met: bool | None) -> str:
     return "" if met is None else " [green]met[/]" if met else " [red]missed[/]"
 
 
-def ceiling_cells(result: BenchResult) -> tuple[str, str]:
-    """The table's "ceiling" and "of ceiling" cells: one line per ceiling."""
-    values = [f"{c.value:,.1f} ({c.name})" for c in result.ceilings]
-    fractions = []
+def ceiling_rows(result: BenchResult) -> list[tuple[str, str, str, str, str]]:
+    """The table's rows under a figure, one per ceiling: its name, value, the figure's fraction, its target."""
+    rows = []
     for c in result.ceilings:
-        wanted = "" if c.min_fraction is None else f" (>= {c.min_fraction:.0%})"
-        fractions.append(f"{result.fraction_of(c):.1%}{wanted}{_verdict(result.meets_ceiling(c))}")
-    return "\n".join(values), "\n".join(fractions)
+        wanted = "" if c.min_fraction is None else f">= {c.min_fraction:.0%} of it{_verdict(result.meets_ceiling(c))}"
+        rows.append((f"  ceiling: {c.name}", f"{c.value:,.1f} {result.unit}", "",
+                     f"{result.fraction_of(c):.1%}", wanted))
+    return rows
 
 
 def print_table(results: list[BenchResult]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="esper bench")
-    for column in ("benchmark", "value", "baseline", "ratio", "ceiling", "of ceiling", "target"):
+    table = Table(title="esper bench (ratio: figure / baseline; under a figure, its ceilings: figure / ceiling)")
+    for column in ("benchmark", "value", "baseline", "ratio", "target"):
         table.add_column(column, justify="left" if column == "benchmark" else "right")
     for r in results:
         verdict = _verdict(r.meets_absolute_target)
@@ -127,9 +127,10 @@ def print_table(results: list[BenchResult]) -> None:
             target = f"{'>=' if r.higher_is_better else '<='} {r.target:,.0f}{verdict}"
         else:
             target = ""
-        ceiling, fraction = ceiling_cells(r)
         table.add_row(r.name, f"{r.value:,.1f} {r.unit}", f"{r.baseline:,.1f} ({r.baseline_name})",
-                      f"{r.ratio:,.1f}x", ceiling, fraction, target)
+                      f"{r.ratio:,.1f}x", target)
+        for row in ceiling_rows(r):
+            table.add_row(*row, style="dim")
     Console().print(table)
 
 

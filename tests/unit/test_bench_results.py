@@ -11,7 +11,7 @@ import pytest
 
 from services.bench.bus_throughput import telemetry_batch
 from services.bench.ceilings import arrow_insert_rate, stored_rows
-from services.bench.results import BenchResult, Ceiling, ceiling_cells, write_json
+from services.bench.results import BenchResult, Ceiling, ceiling_rows, write_json
 from services.nissa.tables import arrow_batch, row_from_record, table_for
 from services.oona.codec import SingleObjectCodec, message_to_record
 from services.oona.topic_registry import topic_spec
@@ -89,11 +89,12 @@ def test_a_figure_without_ceiling_keeps_its_old_fields():
     assert entry["baseline"] == 4.0 and entry["ratio"] == 0.5 and entry["meets_target"] is None
 
 
-def test_table_cells_one_line_per_ceiling_with_its_verdict():
+def test_table_rows_one_per_ceiling_with_its_verdict():
     result = rate(100_000, Ceiling("raw consume", 400_000, 0.4), Ceiling("arrow insert", 1_000_000))
-    values, fractions = ceiling_cells(result)
-    assert values.splitlines() == ["400,000.0 (raw consume)", "1,000,000.0 (arrow insert)"]
-    assert fractions.splitlines() == ["25.0% (>= 40%) [red]missed[/]", "10.0%"]
+    assert ceiling_rows(result) == [
+        ("  ceiling: raw consume", "400,000.0 events/s", "", "25.0%", ">= 40% of it [red]missed[/]"),
+        ("  ceiling: arrow insert", "1,000,000.0 events/s", "", "10.0%", ""),
+    ]
 
 
 def test_the_insert_ceiling_stores_every_row_it_times(tmp_path):
