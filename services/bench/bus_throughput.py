@@ -3,6 +3,11 @@
 Baselines, measured in the same run: per-message pydantic JSON, produced with a
 flush after every message (what a naive service does), and read back one
 ``poll()`` at a time with JSON parsing and pydantic validation.
+
+Ceilings (``services.bench.ceilings``), measured in the same run: encode+produce against
+produce of the same values pre-encoded, repeat by repeat (so the machine's load weighs on
+both alike), to a topic of its own; consume+decode against a raw ``consume(1000)`` of the
+same topic with the services' consumer settings.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import uuid
 from datetime import UTC, datetime
 
 from contracts import HealthSignal, OonaMessage
-from services.bench.results import BenchResult
+from services.bench.ceilings import CONSUME_CEILING, PRODUCE_CEILING, CeilingProducer, consume_rate
+from services.bench.results import BenchResult, Ceiling
 from services.oona import clients
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.codec import SingleObjectCodec
-from services.oona.consumer import OonaConsumer
-from services.oona.producer import OonaProducer
+from services.oona.consumer import CONSUMER_DEFAULTS, OonaConsumer
+from services.oona.producer import OonaProducer, message_key
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 
 BASELINE_EVENTS = 2000
 REPEATS = 3
+# The issue's targets, as fractions of the ceilings measured beside the figures.
+PRODUCE_MIN_FRACTION = 0.80
+CONSUME_MIN_FRACTION = 0.25
 
 
 def telemetry_batch(spec: TopicSpec, n: int, runs: int = 8, seeds_per_epoch: int = 256) -> list[OonaMessage]:
@@ -71,18 +80,23 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
     base = topic_spec("telemetry.seed.health")
     spec = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.telemetry", base.payload, base.key, partitions=6)
     naive_topic = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.naive", base.payload, base.key, partitions=6)
-    ensure_topics(settings, [spec, naive_topic])
+    ceiling_topic = TopicSpec(f"bench.{uuid.uuid4().hex[:8]}.ceiling", base.payload, base.key, partitions=6)
+    ensure_topics(settings, [spec, naive_topic, ceiling_topic])
     codec = SingleObjectCodec()
     messages = telemetry_batch(spec, events)
     producer = OonaProducer(settings, codec)
+    ceiling_producer = CeilingProducer(settings)
+    encoded = [codec.encode(spec, m) for m in messages]
+    keys = [message_key(spec, m) for m in messages]
     chunk = 10_000
-    rates = []
+    rates, ceilings = [], []
     for _ in range(REPEATS):  # the machine is shared: report the median of several runs
         start = time.perf_counter()
         for i in range(0, events, chunk):
             producer.publish_many(spec, messages[i : i + chunk])
         producer.flush()
         rates.append(_rate(events, time.perf_counter() - start))
+        ceilings.append(ceiling_producer.rate(ceiling_topic.name, encoded, keys))
     fast = statistics.median(rates)
 
     naive_producer = clients.producer(settings)  # the baseline: librdkafka's defaults, nothing of ours
@@ -93,10 +107,14 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
         naive_producer.produce(naive_topic.name, m.model_dump_json().encode(), key=key)
         naive_producer.flush()
     naive = _rate(len(sample), time.perf_counter() - start)
-    delete_topics(settings, [naive_topic.name])
+    delete_topics(settings, [naive_topic.name, ceiling_topic.name])
     return (
         BenchResult("encode+produce HealthSignal to Kafka", "events/s", fast, "JSON + flush per message", naive,
-                    target=150_000, details={"events": events, "runs": ", ".join(f"{r:,.0f}" for r in rates)}),
+                    target=150_000, details={"events": events, "runs": ", ".join(f"{r:,.0f}" for r in rates),
+                             "ceiling_runs": ", ".join(f"{r:,.0f}" for r in ceilings),
+                             "fraction_runs": ", ".join(f"{r / c:.1%}" for r, c in zip(rates, ceilings, strict=True)),
+                             "value_bytes": round(sum(map(len, encoded)) / len(encoded), 1)},
+                    ceilings=[Ceiling(PRODUCE_CEILING, statistics.median(ceilings), PRODUCE_MIN_FRACTION)]),
         spec,
         messages,
     )
@@ -122,6 +140,7 @@ def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> Be
         got += len(batch)
     fast = _rate(got, time.perf_counter() - (start or time.perf_counter()))
     consumer.close()
+    ceiling = consume_rate(settings, [spec.name], expected, CONSUMER_DEFAULTS)
 
     raw = clients.consumer(settings, {"group.id": f"bench-naive-{uuid.uuid4().hex[:8]}",
                                     "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -138,4 +157,5 @@ def bench_consume(settings: KafkaSettings, spec: TopicSpec, expected: int) -> Be
     naive = _rate(len(json_bodies), time.perf_counter() - start)
     delete_topics(settings, [spec.name, dlq.name])
     return BenchResult("consume+decode HealthSignal from Kafka", "events/s", fast,
-                       "pydantic JSON decode only", naive, details={"events": got})
+                       "pydantic JSON decode only", naive, details={"events": got},
+                       ceilings=[Ceiling(CONSUME_CEILING, ceiling, CONSUME_MIN_FRACTION)])

@@ -5,7 +5,9 @@ prefix (one partition per topic), plus a few hundred of another run that the rep
 ``replay_from_kafka`` rebuilds the run into a fresh DuckDB file, timed from the call (offset
 lookups, schema, scan, decode, insert) to the closed file, and the row count is checked.
 Baseline, measured in the same run on a sample: read + ``codec.decode`` + one INSERT per
-row (``nissa_ingest``'s naive sink), scaled to events/s.
+row (``nissa_ingest``'s naive sink), scaled to events/s. Ceilings, in the same run: a raw
+``consume(1000)`` of the topic with the sink's consumer settings (all of it: the other run's
+events too), and one DuckDB insert of the run's rows as a pre-built Arrow table.
 
     esper bench --only replay [--events N]
 """
@@ -21,9 +23,12 @@ from pathlib import Path
 import duckdb
 
 from services.bench.bus_throughput import telemetry_batch
+from services.bench.ceilings import CONSUME_CEILING, INSERT_CEILING, arrow_insert_rate, consume_rate, stored_rows
 from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
-from services.bench.results import BenchResult
+from services.bench.results import BenchResult, Ceiling
 from services.nissa.replay import replay_from_kafka
+from services.nissa.sink import SINK_CONSUMER_CONFIG
+from services.nissa.tables import table_for
 from services.oona.admin import delete_topics, ensure_topics
 from services.oona.codec import SingleObjectCodec
 from services.oona.producer import OonaProducer
@@ -62,10 +67,14 @@ def bench_replay(settings: KafkaSettings, events: int = 1_000_000) -> BenchResul
             if stored != events or others:
                 raise RuntimeError(f"replay bench: {stored} rows of the run ({events} produced), {others} of others")
             naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
+            consume_ceiling = consume_rate(kafka, [spec.name], events + OTHER_RUN_EVENTS, SINK_CONSUMER_CONFIG)
+            table = table_for(spec, codec.store)
+            insert_ceiling = arrow_insert_rate(table, stored_rows(db, table), Path(tmp) / "ceiling.duckdb")
     finally:
         delete_topics(kafka, [s.name for s in specs])
     return BenchResult("Kafka -> fresh DuckDB replay of one run", "events/s", events / seconds,
                        "decode + row-by-row INSERT", naive, target=TARGET_EVENTS_PER_S,
+                       ceilings=[Ceiling(CONSUME_CEILING, consume_ceiling), Ceiling(INSERT_CEILING, insert_ceiling)],
                        details={"events": events, "seconds": round(seconds, 3), "read": result.events,
                                 "cpu_seconds": round(cpu_seconds, 3),
                                 "seconds_for_1M_at_this_rate": round(1_000_000 * seconds / events, 2)})
