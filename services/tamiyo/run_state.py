@@ -92,6 +92,11 @@ class RunState:
     finished: bool = False
     # The latest event ids of the run and their content digests, oldest first.
     event_ids: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+    # Health signals and transitions folded before the session named the run's slots: checked when it arrives.
+    unchecked: list[HealthSignal | SeedTransition] = field(default_factory=list, repr=False)
+    # What that check refused, as (kind "health" | "transition", layer_id, seed_idx, epoch): not counted
+    # towards any epoch's completeness; the service dead-letters their records.
+    refused_before_session: list[tuple[str, int, int, int]] = field(default_factory=list)
     # Views derived from the session alone (topology, rows of its slots), built once by the modules that read
     # them (``features``) and dropped when the session changes.
     views: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -121,7 +126,24 @@ class RunState:
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)
             self.views.clear()
+            self._check_unchecked()
         self.finished = event.session.status.value in ("completed", "failed")
+
+    def _check_unchecked(self) -> None:
+        """Events of slots the session does not have, folded before it arrived, stop counting (an epoch must
+        not look complete because of them) and are reported in ``refused_before_session``."""
+        unchecked, self.unchecked = self.unchecked, []
+        for event in unchecked:
+            if (event.layer_id, event.seed_idx) in self.slots:
+                continue
+            if isinstance(event, HealthSignal):
+                self.health_per_epoch[event.epoch] -= 1  # its row stays in the table, never read: no session slot
+                kind = "health"
+            else:
+                self.transitions.remove(event)
+                self.transitions_per_epoch[event.epoch] -= 1
+                kind = "transition"
+            self.refused_before_session.append((kind, event.layer_id, event.seed_idx, event.epoch))
 
     def apply_health(self, signal: HealthSignal) -> None:
         # The hot path of the fold (one call per seed per epoch): plain dict work, no per-event numpy.
@@ -136,6 +158,8 @@ class RunState:
                 f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}"
             )
         self.health_per_epoch[signal.epoch] += 1
+        if self.session is None:
+            self.unchecked.append(signal)
 
     def apply_epoch(self, event: EpochCompleted) -> None:
         epoch = event.state.epoch
@@ -147,13 +171,15 @@ class RunState:
         self._check_slot(transition.layer_id, transition.seed_idx)
         self.transitions.append(transition)
         self.transitions_per_epoch[transition.epoch] += 1
+        if self.session is None:
+            self.unchecked.append(transition)
 
     def apply_report(self, report: FieldReport) -> None:
         self.reports.append(report)
 
     def _check_slot(self, layer_id: int, seed_idx: int) -> None:
         if self.session is None:
-            return  # checked when the session arrives (see unknown_slots)
+            return  # checked when the session arrives (``_check_unchecked``)
         if (layer_id, seed_idx) not in self.slots:
             raise RejectedEvent(f"run {self.run_id} has no seed slot {layer_id}:{seed_idx}")
 

@@ -87,6 +87,11 @@ def _fatal(exc: Exception) -> bool:
     return isinstance(exc, FatalError) or clients.is_fatal(exc)
 
 
+# The run-scoped events that name a seed slot (``RunState.refused_before_session`` kinds).
+_SLOT_EVENT_KINDS = {TopicName.TELEMETRY_SEED_HEALTH.value: "health",
+                     TopicName.LIFECYCLE_SEED_TRANSITIONS.value: "transition"}
+
+
 def fold(run: RunState, topic: str, payload) -> None:
     """Apply one input event (``topic`` without prefix) to its run; RejectedEvent if unusable."""
     _FOLD[topic](run, payload)
@@ -249,8 +254,22 @@ class Tamiyo:
         if run.session is None:
             self.orphans.setdefault(run.run_id, (time.monotonic(), []))[1].append(delivered)
             return
-        self.orphans.pop(run.run_id, None)
+        held = self.orphans.pop(run.run_id, None)
+        if run.refused_before_session:
+            self._reject_refused(run, held[1] if held is not None else [])
         yield from self._decide_ready(run, message.event_id)
+
+    def _reject_refused(self, run: RunState, held: list[Delivered]) -> None:
+        """Dead-letter the events of slots the session turned out not to have (folded while it was unknown)."""
+        refused = set(run.refused_before_session)
+        run.refused_before_session.clear()
+        for delivered in held:
+            kind = _SLOT_EVENT_KINDS.get(delivered.topic[len(self.prefix):])
+            payload = delivered.message.payload
+            if kind is not None and (kind, payload.layer_id, payload.seed_idx, payload.epoch) in refused:
+                self.processor.consumer.reject(
+                    delivered, f"tamiyo: run {run.run_id} has no seed slot {payload.layer_id}:{payload.seed_idx}",
+                    "RejectedEvent")
 
     def _decide_ready(self, run: RunState, trace_id: str) -> Iterator[Output]:
         for epoch in run.ready_epochs():

@@ -195,13 +195,21 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
     telemetry = topic_spec(TopicName.TELEMETRY_SEED_HEALTH.value, prefix)
     epochs_topic = topic_spec(TopicName.SYSTEM_EVENTS_EPOCH.value, prefix)
     producer = OonaProducer(kafka, SingleObjectCodec())
-    publish_runs(kafka, {run_id: events})
+    # A signal of a slot the session will not have, logged before the session: checked when the session arrives.
+    early_id = f"early-{uuid.uuid4().hex[:6]}"
+    producer.publish(telemetry, telemetry.message_type(sender_id="tests", topic=telemetry.name, run_id=early_id,
+                                                       payload=health(0, 999, 1)))
+    producer.flush()
+    publish_runs(kafka, {run_id: events, early_id: plateau_run(epochs=1)})
     bad: list[tuple] = [
+        (telemetry, early_id, None, "no seed slot 999:1"),  # published above, before its run's session
         (telemetry, "ghost-run", health(0, 11, 0), "unknown run ghost-run"),        # no session ever
         (telemetry, run_id, health(1, 999, 0), "no seed slot 999:0"),              # unknown layer
         (telemetry, run_id, health(1, 11, 0), "second health signal"),              # conflicting duplicate
     ]
     for spec, rid, payload, _ in bad:
+        if payload is None:
+            continue
         producer.publish(spec, spec.message_type(sender_id="tests", topic=spec.name, run_id=rid, payload=payload))
     # An exact duplicate (same event id) is skipped silently; bytes that are not an event are dead-lettered.
     epoch0 = next(p for t, p in events if isinstance(p, EpochCompleted))
@@ -231,10 +239,10 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
     bad.append((telemetry, run_id, None, f"event id conflict: {run_id}-{first}"))
     producer.flush()
     with tamiyo_running(kafka, instance="bad", orphan_timeout_s=1.0) as tamiyo:
-        dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 5, timeout_s=60)
+        dlq = read_raw(kafka, topic_spec(TopicName.DLQ.value, prefix).name, 6, timeout_s=60)
         watcher = DecisionWatcher(kafka)
         try:
-            watcher.wait(lambda w: (run_id, 2) in w.epochs(), 60, "epoch 2 decided")
+            watcher.wait(lambda w: {(run_id, 2), (early_id, 0)} <= w.epochs(), 60, "epoch 2 and the early run decided")
         finally:
             watcher.close()
         decisions = decisions_on_log(kafka)
@@ -243,7 +251,7 @@ def test_bad_input_goes_to_the_dead_letter_queue_and_the_run_is_still_decided(es
     print("dead letters:", reasons, "stats:", stats)
     for _, _, _, reason in bad:
         assert any(reason in r for r in reasons), (reason, reasons)
-    assert len(dlq) == 5 and stats["duplicates_skipped"] >= 1
+    assert len(dlq) == 6 and stats["duplicates_skipped"] >= 1
     mine = [m.payload for m in decisions if m.run_id == run_id]
     assert sorted({d.epoch for d in mine}) == [0, 1, 2] and len({d.decision_id for d in mine}) == len(mine)
     assert not [m for m in decisions if m.run_id == "ghost-run"]
