@@ -12,6 +12,7 @@ that did reach the log are found by reading the log back and are not published a
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -167,6 +168,10 @@ class _RunLoop:
         lr = trainer.set_epoch_lr(epoch)
         stats = trainer.train_epoch(epoch, self.reporter.batch_callback(epoch))
         val_loss, val_acc = trainer.evaluate("val")
+        if not (math.isfinite(stats.train_loss) and math.isfinite(val_loss)):
+            # Nothing of this epoch can be reported (the contracts refuse non-finite numbers), nor trained on.
+            raise TolariaError(f"run {self.run_id} diverged in epoch {epoch}: training loss {stats.train_loss}, "
+                               f"validation loss {val_loss} (try a lower optimizer.lr than {lr:g})")
         result = EpochResult(epoch, stats, val_loss, val_acc, lr)
 
         outcome = self.boundary.step(result, pending + self.intake.poll(epoch), system_load())

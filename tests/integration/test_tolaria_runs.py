@@ -91,3 +91,19 @@ def test_no_adapt_keeps_seeds_dormant_and_rejects_germination(esper_settings):
     assert started.payload.session.training_config.adaptation_enabled is False
     [letter] = read_raw(kafka, prefix + "esper.dlq", 1, timeout_s=15)
     assert "adaptation is disabled for this run" in dict(letter.headers())[DLQ_HEADER_REASON].decode()
+
+
+def test_a_diverging_run_fails_with_one_clear_line_and_its_session_says_so(esper_settings):
+    from services.core.errors import EsperError
+
+    run_id = f"it-nan-{uuid.uuid4().hex[:8]}"
+    cfg = parse_config({**SPIRALS, "epochs": 3, "optimizer": {"lr": 1e30}})
+    try:
+        start_run(cfg, esper_settings, run_id=run_id, no_adapt=True, progress=False)
+    except EsperError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("a run with lr=1e30 did not diverge")
+    assert f"run {run_id} diverged in epoch 0" in message and "lower optimizer.lr" in message, message
+    last = [m.payload for t, m in run_events(esper_settings.kafka, run_id) if t.endswith("training.sessions")][-1]
+    assert last.session.status.value == "failed" and "diverged in epoch 0" in (last.error or ""), last
