@@ -13,6 +13,8 @@ at the end), produced with ``OonaProducer.publish_many``. Then, on that log:
   instance) reads those decisions back and the inputs again, and decides nothing again: the start-up of
   a service that was running all along. The restart is the headline; the first start is in ``details``.
 
+Every size runs in one warm process: a small untimed log goes first (see ``bench_start_up_curves``).
+
 Growth: the exponent between two sizes is log(t2/t1) / log(n2/n1): 1.0 is linear, below it a fixed cost
 (group join, policy load) still weighs; above it the start-up grows worse than linearly. The result's
 value is the rate at the largest size, its baseline (and target) the rate at the smallest: met when the
@@ -64,6 +66,7 @@ SLOTS = LAYERS * SEEDS_PER_LAYER
 EVENTS_PER_RUN = 2 + EPOCHS * (SLOTS + 1)
 PRODUCE_CHUNK = 20_000
 CATCH_UP_TIMEOUT_S = 1800.0
+WARM_UP_EVENTS = 2_000
 
 
 # -- the curve (pure) ------------------------------------------------------------------------------------
@@ -305,6 +308,9 @@ def parse_sizes(text: str | None) -> tuple[int, ...]:
 
 def bench_start_up_curves(settings: KafkaSettings, sizes: Sequence[int] | None = None) -> list[BenchResult]:
     sizes = parse_sizes(os.environ.get(SIZES_VARIABLE)) if sizes is None else sizes
+    # Untimed: what a process pays once (generated decoders, first connections, lazy imports) would weigh on
+    # the smallest size alone and flatter the curve.
+    measure_size(settings, WARM_UP_EVENTS, log=lambda line: None)
     timings = [measure_size(settings, n) for n in sorted(sizes)]
     common: dict[str, float | int | str] = {"events_per_run": EVENTS_PER_RUN, "seed_slots_per_run": SLOTS}
     for t in timings:
