@@ -18,7 +18,9 @@ Every size runs in one warm process: a small untimed log goes first (see ``bench
 Growth: the exponent between two sizes is log(t2/t1) / log(n2/n1): 1.0 is linear, below it a fixed cost
 (group join, policy load) still weighs; above it the start-up grows worse than linearly. The result's
 value is the rate at the largest size, its baseline (and target) the rate at the smallest: met when the
-largest log loads at least as fast per event as the smallest (overall exponent <= 1).
+largest log loads at least as fast per event as the smallest (overall exponent <= 1). Beside the wall
+clock, ``details`` carry the same curve in CPU seconds of the process (``cpu_*``): on a shared machine the
+neighbours' load moves the wall clock, not the work done.
 
     esper bench --only startup-curve
     ESPER_BENCH_START_UP_SIZES=10000,100000,300000 esper bench --only startup-curve   # other sizes
