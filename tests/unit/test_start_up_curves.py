@@ -61,6 +61,11 @@ def test_worse_than_linear_is_said() -> None:
     assert "exponent_100k_to_300k" in details
 
 
+def test_linear_within_the_measured_precision_is_linear() -> None:
+    assert curve_details([Point(10_000, 1.0), Point(100_000, 10.05)])["no_worse_than_linear"] == "yes"
+    assert curve_details([Point(10_000, 1.0), Point(100_000, 10.3)])["no_worse_than_linear"] == "no"
+
+
 def test_a_curve_needs_two_sizes() -> None:
     with pytest.raises(ValueError):
         curve_details([Point(10_000, 1.0)])
