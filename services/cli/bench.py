@@ -9,6 +9,7 @@ from services.bench import (
     nissa_ingest,
     nissa_replay,
     start_up,
+    start_up_curves,
     system_load,
     tamiyo_latency,
     training_overhead,
@@ -18,7 +19,7 @@ from services.cli.cluster import ensure_cluster
 from services.cli.settings import load_settings
 from services.core.paths import REPO_ROOT
 
-NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay")
+NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay", "curve")
 
 
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
@@ -32,6 +33,8 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     results: list[BenchResult] = []
     if wanted("start-up"):
         results.extend(start_up.bench_start_up(REPO_ROOT))
+    if wanted("startup-curve"):
+        results.extend(start_up_curves.bench_start_up_curves(settings.kafka))
     if wanted("encode"):
         results.append(bus_throughput.bench_encode(events))
     if wanted("produce") or wanted("consume"):
