@@ -198,8 +198,34 @@ class RunState:
                 and len(self.reports) >= self._declared(epoch, "field_reports"))
 
     def ready_epochs(self) -> list[int]:
-        """Complete epochs not decided yet, oldest first."""
-        return sorted(e for e in self.epochs if e not in self.decided and self.complete(e))
+        """Complete epochs not decided yet, oldest first: ``complete(e)`` for every epoch, in one pass.
+
+        Asked after every folded event, so it keeps running sums instead of re-summing every epoch's
+        declared and seen counts (which made a long log's first start grow faster than linearly).
+        """
+        if self.session is None:
+            return []
+        health, transitions = sorted(self.health_per_epoch.items()), sorted(self.transitions_per_epoch.items())
+        at_health = at_transitions = 0
+        seen_health = seen_transitions = declared_health = declared_transitions = declared_reports = 0
+        ready = []
+        for position, epoch in enumerate(sorted(self.epochs)):
+            if epoch != position:
+                break  # an earlier epoch is still missing: this one and every later one wait
+            event = self.epochs[epoch]
+            declared_health += event.health_signals
+            declared_transitions += event.seed_transitions
+            declared_reports += event.field_reports
+            while at_health < len(health) and health[at_health][0] <= epoch:
+                seen_health += health[at_health][1]
+                at_health += 1
+            while at_transitions < len(transitions) and transitions[at_transitions][0] <= epoch:
+                seen_transitions += transitions[at_transitions][1]
+                at_transitions += 1
+            if (epoch not in self.decided and seen_health >= declared_health
+                    and seen_transitions >= declared_transitions and len(self.reports) >= declared_reports):
+                ready.append(epoch)
+        return ready
 
     # -- the view at one epoch --------------------------------------------------------------------
     def layers(self) -> list[LayerSpec]:
