@@ -54,7 +54,9 @@ $(DEPS_VENV)/.scatter: $(DEPS_VENV)/.installed
 	  $(DEPS_VENV)/bin/pip install -q --no-index --find-links $(WHEELS) "$(TORCH_SCATTER)"; }
 	touch $@
 
-$(DEPS_VENV)/.installed: requirements.lock
+# No prerequisite: the folder's name is the lock's hash, so a changed lock is another folder. (A prerequisite on the
+# file would reinstall into the shared venv from every fresh clone, whose lock is always newer than the stamp.)
+$(DEPS_VENV)/.installed:
 	@echo "setting up $(DEPS_VENV) (first time: torch is a large download)"
 	$(PYTHON) -m venv $(DEPS_VENV)
 	$(DEPS_VENV)/bin/pip install -q --upgrade pip
