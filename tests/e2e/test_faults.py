@@ -35,6 +35,7 @@ from services.oona.topic_registry import TOPICS, avro_topics
 from tests.e2e.poison_corpus import SERVICE_GROUPS
 from tests.esper_cli import ESPER, REPO
 from tests.fixtures.write_fixture_logs import LOGS_DIR, read_fixture_log
+from tests.waiting import wait_until
 
 EXAMPLE = REPO / "examples" / "spirals-tamiyo.yaml"
 RUN_TOPICS = ("training.sessions", "telemetry.seed.health", "system.events.epoch", "lifecycle.seed.transitions",
@@ -385,7 +386,14 @@ def outage(system, broker, run: subprocess.Popen, run_id: str, tmp_path: Path, e
     run_log = tmp_path / f"{run_id}.log"
     noticed = ("transient Kafka error", "code=_TRANSPORT", "_ALL_BROKERS_DOWN")
     while not any(marker in run_log.read_text() for marker in noticed):
-        assert time.monotonic() - killed < 120 and run.poll() is None, "the run never noticed the broker was gone"
+        if time.monotonic() - killed >= 120 and run.poll() is None:
+            # Rare here (once in many runs): say where the run is. `kill -USR1` makes it print every
+            # thread's stack into its log (faulthandler, registered by `esper`).
+            os.kill(run.pid, signal.SIGUSR1)
+            wait_until(lambda: "most recent call first" in run_log.read_text(), 30, "the run's thread stacks")
+            raise AssertionError("the run never noticed the broker was gone; its log ends:\n"
+                                 + run_log.read_text()[-6000:])
+        assert run.poll() is None, "the run ended during the outage"
     restarted = system.esper("broker", "start", timeout=180)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     print(f"broker down {time.monotonic() - killed:.1f}s")
