@@ -15,3 +15,9 @@ class TrainingSessionEvent(Contract):
     error: str | None = Field(default=None, max_length=2000)
     final_validation_accuracy: float | None = Field(default=None, ge=0, le=1)
     final_test_accuracy: float | None = Field(default=None, ge=0, le=1)
+    # v3: a run started by `esper experiment` names its experiment and arm (the random seed is
+    # ``session.training_config.random_seed``); absent for a plain `esper run`.
+    experiment_id: str | None = Field(default=None, max_length=80, description="Experiment this run is an arm of")
+    experiment_arm: str | None = Field(
+        default=None, max_length=40, description="adaptive, no_adapt, static_final or static_width"
+    )

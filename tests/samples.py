@@ -101,7 +101,8 @@ def training_session() -> TrainingSession:
 def payload_for(spec: TopicSpec):
     name = spec.payload.__name__
     if name == "TrainingSessionEvent":
-        return TrainingSessionEvent(session=training_session(), final_validation_accuracy=1.0)
+        return TrainingSessionEvent(session=training_session(), final_validation_accuracy=1.0,
+                                    experiment_id="exp-1", experiment_arm="adaptive")
     if name == "HealthSignal":
         return health_signal()
     if name == "EpochCompleted":

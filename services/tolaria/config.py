@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contracts import BlueprintArchitecture
 from services.core.config_files import read_document
 from services.core.errors import InputError
 
@@ -16,13 +17,19 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["digits", "spirals", "folder"] = "digits"
+    dataset: Literal["digits", "spirals", "checkerboard", "parity", "folder"] = "digits"
     path: str | None = Field(default=None, description="folder with MNIST-style IDX files or data.npz (x, y)")
     val_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     spiral_arms: int = Field(default=3, ge=2, le=10)
     spiral_points: int = Field(default=400, ge=20, description="points per arm")
     spiral_noise: float = Field(default=0.25, ge=0)
+    checkerboard_cells: int = Field(default=4, ge=2, le=16, description="cells per side of the board")
+    checkerboard_points: int = Field(default=600, ge=10, description="points per class")
+    checkerboard_noise: float = Field(default=0.05, ge=0, le=1, description="jitter, in cell sides")
+    parity_bits: int = Field(default=6, ge=2, le=16)
+    parity_points: int = Field(default=600, ge=10, description="vectors per class")
+    parity_noise: float = Field(default=0.3, ge=0, le=2, description="Gaussian noise added to each +-1 bit")
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
@@ -31,10 +38,22 @@ class DataConfig(_Strict):
         return self
 
 
+class BranchConfig(_Strict):
+    """A static side branch on a host layer: ``y = layer(x) + branch(x)``, trained from epoch 0.
+
+    It is a fossilized seed's function without its lifecycle: what the ``static_final`` arm of an
+    experiment builds from the adaptive arm's fossils (``services/tolaria/experiment_plan.py``).
+    """
+
+    layer: str = Field(min_length=1, max_length=255, description="module path of the host layer")
+    architecture: BlueprintArchitecture
+
+
 class ModelConfig(_Strict):
     kind: Literal["mlp", "cnn"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [16], description="mlp: hidden widths")
     channels: list[int] = Field(default_factory=lambda: [8, 16], description="cnn: conv channels")
+    branches: list[BranchConfig] = Field(default_factory=list, description="static side branches on host layers")
 
 
 class SeedsConfig(_Strict):
@@ -77,6 +96,16 @@ class TelemetryConfig(_Strict):
     every_epochs: int = Field(default=1, ge=1, description="publish HealthSignals every n epochs (and at the end)")
 
 
+ARMS = ("adaptive", "no_adapt", "static_final", "static_width")
+
+
+class ExperimentTag(_Strict):
+    """Set by ``esper experiment`` on each arm's run: which experiment and arm the run is (its session says so)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,60}$")
+    arm: Literal["adaptive", "no_adapt", "static_final", "static_width"]
+
+
 class RunConfig(_Strict):
     name: str = Field(default="run", min_length=1, max_length=100)
     description: str = Field(default="an Esper run", min_length=1, max_length=1000)
@@ -92,6 +121,7 @@ class RunConfig(_Strict):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     checkpoint_every_epochs: int = Field(default=1, ge=1)
+    experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")
 
 
 class ConfigError(InputError):

@@ -1,4 +1,16 @@
-"""Datasets: scikit-learn's bundled digits, synthetic spirals, or MNIST-style files from a folder."""
+"""Datasets: scikit-learn's bundled digits, MNIST-style files from a folder, or the synthetic task suite.
+
+The synthetic tasks are generated from the run's seed (no download), each with its own shape of
+difficulty for an under-capacity host:
+
+* ``spirals``: interleaved spirals, one class per arm (a smooth but winding boundary);
+* ``checkerboard``: points in the cells of a k x k board, class = colour of the cell (many
+  axis-aligned pieces of boundary: a one-hidden-layer ReLU net needs about one unit per
+  boundary line, so a narrow layer lacks *width*);
+* ``parity``: noisy +-1 bit vectors, class = parity of the bits (every bit matters to every
+  label: a compositional XOR-of-XORs that narrow or shallow hosts learn poorly).
+Every synthetic task has exactly the same number of samples in each class.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +55,13 @@ def load_dataset(cfg: DataConfig, seed: int, image: bool) -> Dataset:
         if image:
             raise DataError("the spirals task is 2-D points: use model.kind mlp")
         x, y, shape = _spirals(cfg.spiral_arms, cfg.spiral_points, cfg.spiral_noise, seed)
+    elif cfg.dataset in ("checkerboard", "parity"):
+        if image:
+            raise DataError(f"the {cfg.dataset} task is vectors: use model.kind mlp")
+        if cfg.dataset == "checkerboard":
+            x, y, shape = checkerboard(cfg.checkerboard_cells, cfg.checkerboard_points, cfg.checkerboard_noise, seed)
+        else:
+            x, y, shape = parity(cfg.parity_bits, cfg.parity_points, cfg.parity_noise, seed)
     else:
         x, y, shape = _folder(Path(cfg.path or ""))
     if not image:
@@ -70,6 +89,35 @@ def _spirals(arms: int, points: int, noise: float, seed: int) -> tuple[np.ndarra
         xs.append(np.stack([r * np.cos(theta), r * np.sin(theta)], 1) + rng.normal(0, noise * 0.05, (points, 2)))
         ys.append(np.full(points, arm))
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), [2]
+
+
+def checkerboard(cells: int, points: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``points`` per class, uniform in the cells of their colour on a ``cells`` x ``cells`` board over [-1, 1]^2;
+    ``noise``: Gaussian jitter in units of a cell's side (points may cross into a neighbour's cell)."""
+    rng = np.random.default_rng(seed)
+    side = 2.0 / cells
+    xs, ys = [], []
+    for label in (0, 1):
+        # The cells of this colour: (i + j) % 2 == label; each point picks one, then a place inside it.
+        ij = np.array([(i, j) for i in range(cells) for j in range(cells) if (i + j) % 2 == label])
+        pick = ij[rng.integers(0, len(ij), points)]
+        inside = rng.random((points, 2))
+        xy = -1.0 + side * (pick + inside) + rng.normal(0, noise * side, (points, 2))
+        xs.append(xy)
+        ys.append(np.full(points, label))
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), [2]
+
+
+def parity(bits: int, points: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``points`` per class of ``bits``-long +-1 vectors plus Gaussian ``noise``; class = parity of the 1 bits."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for label in (0, 1):
+        b = rng.integers(0, 2, (points, bits))
+        b[:, -1] = (b[:, :-1].sum(1) + label) % 2  # the last bit sets the parity to the label
+        xs.append(2.0 * b - 1.0 + rng.normal(0, noise, (points, bits)))
+        ys.append(np.full(points, label))
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64), [bits]
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -55,5 +55,7 @@ def session_event(run_id: str, cfg: RunConfig, setup: TrainingSetup, adapt: bool
         ),
         seeds=seeds, status=status,
     )
+    tag = cfg.experiment
     return TrainingSessionEvent(session=session, error=error, final_validation_accuracy=final_val,
-                                final_test_accuracy=final_test)
+                                final_test_accuracy=final_test, experiment_id=tag.id if tag else None,
+                                experiment_arm=tag.arm if tag else None)
