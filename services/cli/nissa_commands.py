@@ -6,6 +6,7 @@
     esper replay RUN_ID [--out PATH] [--from-offset N | --from-time ISO8601] [--policy PATH] [--archive DIR]
     esper archive [--out DIR]                                 every topic to Parquet, incrementally
     esper report RUN_ID [--compare RUN_ID] [--out report.html] [--db PATH]
+    esper report --experiment ID [--out report.html] [--db PATH]   an experiment's arms (mean ± 95 % CI)
 
 ``add_commands(subparsers)`` registers ``sql``, ``runs``, ``replay``, ``archive`` and ``report``;
 ``add_serve_arguments(parser)`` adds the sink's options to ``esper serve`` and ``cmd_serve_nissa(args)`` runs
@@ -19,7 +20,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from services.core.errors import EsperError
+from services.core.errors import EsperError, UsageError
 
 PROMPT = "nissa> "
 # Also in services/nissa/queries.py (not imported here: building the parser must not load DuckDB).
@@ -147,6 +148,19 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if (args.run_id is None) == (args.experiment is None):
+        raise UsageError("give a RUN_ID or --experiment ID (one of them)")
+    if args.experiment is not None:
+        from services.nissa.experiment_report import text_table, write_experiment_report
+
+        if args.compare:
+            raise UsageError("--compare is for run reports; an experiment report compares its arms")
+        out = Path(args.out or f"report-{args.experiment}.html")
+        data = write_experiment_report(_db_path(args), args.experiment, out)
+        print(f"experiment {data.experiment_id} ({data.arms[0].dataset if data.arms else '?'}):")
+        print(text_table(data))
+        print(f"wrote {out}")
+        return 0
     from services.nissa.report import write_report
 
     out = Path(args.out or f"report-{args.run_id}.html")
@@ -190,10 +204,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_progress(p)
     p.set_defaults(func=cmd_archive)
 
-    p = sub.add_parser("report", help="HTML report of a run (curves, adaptation events, seed timeline, health)")
-    p.add_argument("run_id")
+    p = sub.add_parser("report", help="HTML report of a run (curves, adaptation events, seed timeline, health), "
+                                      "or of an experiment's arms (--experiment ID)")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--experiment", metavar="ID", help="report an experiment (the experiments view) instead of a run")
     p.add_argument("--compare", metavar="RUN_ID", help="overlay a second run (e.g. the --no-adapt baseline)")
-    p.add_argument("--out", help="HTML file to write (default: report-RUN_ID.html)")
+    p.add_argument("--out", help="HTML file to write (default: report-RUN_ID.html / report-EXPERIMENT.html)")
     p.add_argument("--db", help="the DuckDB file (default: STATE_DIR/nissa/esper.duckdb)")
     p.set_defaults(func=cmd_report)
 

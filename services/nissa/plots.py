@@ -125,3 +125,25 @@ def health_plot(run: RunData) -> Plot:
     ax.set_xlabel("epoch")
     return Plot(f"health-{run.run_id}", f"Layer health — {run.run_id}", _png(fig),
                 {"layers": len(layers), "epochs": len(epochs)})
+
+
+def experiment_plot(experiment_id: str, arms: list[tuple[str, float | None, float | None, float | None]]) -> Plot:
+    """Mean validation accuracy (± 95 % CI bars) against mean parameters: one point per arm
+    ``(arm, parameters, val_mean, val_ci95)``."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn: dict[str, float | int | str] = {}
+    for i, (arm, params, mean, ci) in enumerate(arms):
+        if params is None or mean is None:
+            continue
+        ax.errorbar([params], [mean], yerr=[ci or 0.0], fmt="o", capsize=4, color=RUN_COLOURS[i % len(RUN_COLOURS)],
+                    label=arm)
+        drawn[f"{arm}:val_mean"] = round(float(mean), 4)
+        drawn[f"{arm}:parameters"] = round(float(params), 1)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (mean over seeds, log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(experiment_id)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(loc="lower right")
+    return Plot("experiment", "Validation accuracy against parameters (mean ± 95 % CI per arm)", _png(fig), drawn)

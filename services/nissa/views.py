@@ -14,6 +14,13 @@
   activation, dead-neuron, correlation and gradient statistics.
 * ``runs``: per run: last status, name, dataset, epochs completed, seeds germinated /
   fossilized / culled, final validation accuracy (the session's, else the last epoch's).
+* ``experiment_runs``: one row per run that ``esper experiment`` started: experiment id, arm,
+  random seed, dataset, last status, final validation and test accuracy (the session's), the
+  parameter count of the last epoch and the training seconds (sum over epochs).
+* ``experiments``: per experiment and arm, over its completed runs: n, mean and 95 % CI
+  half-width (Student's t, ``services/nissa/confidence.py``) of validation and test accuracy,
+  mean parameters and training seconds, and the gain per 1k added parameters against the
+  experiment's ``no_adapt`` arm: (mean val acc - no_adapt's) / ((parameters - no_adapt's) / 1000).
 * ``dlq_summary``: per source topic, error type and origin: count, first / last failure and
   one example reason.
 """
@@ -21,6 +28,8 @@
 from __future__ import annotations
 
 import duckdb
+
+from services.nissa.confidence import t_critical_sql
 
 
 def decision_action_sql(alias: str = "") -> str:
@@ -132,6 +141,43 @@ SELECT run_id, s.name, s.dataset, coalesce(s.status, 'unknown') AS status,
 FROM sessions s
 FULL OUTER JOIN epochs e USING (run_id)
 LEFT JOIN seeds t USING (run_id)
+""",
+    "experiment_runs": """
+WITH sessions AS (
+  SELECT run_id, any_value(experiment_id) AS experiment_id, any_value(experiment_arm) AS arm,
+         arg_max(session_training_config_random_seed, timestamp) AS seed,
+         arg_max(session_training_config_dataset, timestamp) AS dataset,
+         arg_max(session_status, timestamp) AS status,
+         arg_max(final_validation_accuracy, timestamp) AS validation_accuracy,
+         arg_max(final_test_accuracy, timestamp) AS test_accuracy
+  FROM training_session_event WHERE experiment_id IS NOT NULL GROUP BY run_id
+), per_epoch AS (  -- one row per epoch, however often it was read
+  SELECT run_id, state_epoch, any_value(parameter_count) AS parameter_count, any_value(epoch_seconds) AS seconds
+  FROM epoch_completed WHERE run_id IN (SELECT run_id FROM sessions) GROUP BY run_id, state_epoch
+), epochs AS (
+  SELECT run_id, arg_max(parameter_count, state_epoch) AS parameters, sum(seconds) AS train_seconds
+  FROM per_epoch GROUP BY run_id
+)
+SELECT s.experiment_id, s.arm, s.seed, s.run_id, s.dataset, s.status, s.validation_accuracy, s.test_accuracy,
+       e.parameters, e.train_seconds
+FROM sessions s LEFT JOIN epochs e USING (run_id)
+""",
+    "experiments": """
+WITH arms AS (
+  SELECT experiment_id, arm, any_value(dataset) AS dataset, count(*) AS n,
+         avg(validation_accuracy) AS val_mean, stddev_samp(validation_accuracy) AS val_sd,
+         avg(test_accuracy) AS test_mean, stddev_samp(test_accuracy) AS test_sd,
+         avg(parameters) AS parameters, avg(train_seconds) AS train_seconds
+  FROM experiment_runs WHERE status = 'completed' GROUP BY experiment_id, arm
+)
+SELECT a.experiment_id, a.arm, a.dataset, a.n,
+       a.val_mean, """ + t_critical_sql("(a.n - 1)") + """ * a.val_sd / sqrt(a.n) AS val_ci95,
+       a.test_mean, """ + t_critical_sql("(a.n - 1)") + """ * a.test_sd / sqrt(a.n) AS test_ci95,
+       a.parameters, a.train_seconds,
+       CASE WHEN a.arm <> 'no_adapt' THEN (a.val_mean - b.val_mean) / nullif((a.parameters - b.parameters) / 1000.0, 0)
+       END AS gain_per_1k_params
+FROM arms a
+LEFT JOIN arms b ON b.experiment_id = a.experiment_id AND b.arm = 'no_adapt'
 """,
     "dlq_summary": """
 SELECT source_topic, error_type, origin, count(*) AS dead_letters,

@@ -102,7 +102,7 @@ ARMS = ("adaptive", "no_adapt", "static_final", "static_width")
 class ExperimentTag(_Strict):
     """Set by ``esper experiment`` on each arm's run: which experiment and arm the run is (its session says so)."""
 
-    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,60}$")
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,56}$")
     arm: Literal["adaptive", "no_adapt", "static_final", "static_width"]
 
 

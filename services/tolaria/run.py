@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import torch
 
-from contracts import SessionStatus
+from contracts import BlueprintArchitecture, SeedState, SessionStatus
 from services.core.errors import EsperError
 from services.oona.consumer import Delivered
 from services.tolaria.checkpoint import (
@@ -65,6 +65,8 @@ class RunResult:
     events_emitted: int
     events_skipped: int
     seed_states: dict[str, int] = field(default_factory=dict)
+    # (host layer path, kernel architecture) of every seed fossilized at the end: the grown network
+    fossils: list[tuple[str, BlueprintArchitecture]] = field(default_factory=list)
 
 
 def new_run_id(name: str) -> str:
@@ -150,9 +152,12 @@ class _RunLoop:
             test_loss, test_acc = setup.trainer.evaluate("test")
             self._publish_session(SessionStatus.COMPLETED, "completed", final_val=val_acc, final_test=test_acc)
             self._checkpoint(self.cfg.epochs, pending, CheckpointStatus.COMPLETED)
-            counts = {s.value: n for s, n in setup.manager.counts().items() if n}
+            manager = setup.manager
+            counts = {s.value: n for s, n in manager.counts().items() if n}
+            fossils = [(manager.slot(s).layer_name, manager.kernel_info[s].architecture) for s in manager.seed_ids()
+                       if manager.state(s) is SeedState.FOSSILIZED and s in manager.kernel_info]
             return RunResult(self.run_id, self.cfg.epochs, val_acc, test_acc, parameter_count(setup.model),
-                             setup.manager.seed_parameter_count(), emitter.emitted, emitter.skipped, counts)
+                             manager.seed_parameter_count(), emitter.emitted, emitter.skipped, counts, fossils)
         except KeyboardInterrupt:
             self._publish_session(SessionStatus.PAUSED, "paused", error="interrupted; resume with --resume")
             raise

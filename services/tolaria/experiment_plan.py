@@ -1,0 +1,99 @@
+"""The arms of an experiment, planned from a run config (pure: no Kafka, no training).
+
+Per random seed, ``esper experiment`` runs up to four arms of one config, each a normal run:
+
+* ``adaptive``: the config as it is (Tamiyo, or whoever commands the run, grows seeds);
+* ``no_adapt``: the same config, seeds dormant (``esper run --no-adapt``);
+* ``static_final``: the adaptive arm's final network trained from scratch. Its fossilized
+  seeds become plain static branches (``model.branches``: ``y = layer(x) + branch(x)``, the
+  fossil's function with alpha 1), freshly initialised from the arm's seed and trained with the
+  host from epoch 0, with no seed slots and no lifecycle. Germinating the same kernels at epoch
+  0 instead would still run them through TRAINING / GRAFTING (host frozen, alpha ramp) and the
+  counterfactual gate, which may cull them: that is the adaptive arm with another schedule,
+  not "the final architecture trained from scratch";
+* ``static_width``: the host's family (same depth, no seed slots) with every width scaled up
+  together until it has at least as many parameters as the adaptive arm's final network.
+The static arms need the adaptive arm of the same seed: they run after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from contracts import BlueprintArchitecture
+from services.tolaria.config import ARMS, BranchConfig, ConfigError, ExperimentTag, ModelConfig, RunConfig
+
+STATIC_ARMS = ("static_final", "static_width")
+MAX_WIDENING_STEPS = 4096
+
+
+@dataclass(frozen=True)
+class Fossil:
+    """A fossilized seed of the adaptive arm: the host layer it sits on and its kernel's architecture."""
+
+    layer: str
+    architecture: BlueprintArchitecture
+
+
+@dataclass(frozen=True)
+class Grown:
+    """What the adaptive arm of one seed ended with."""
+
+    parameter_count: int
+    fossils: tuple[Fossil, ...]
+
+
+def ordered_arms(arms: Sequence[str]) -> list[str]:
+    """The arms to run, in running order (adaptive first); a one-line ConfigError for a bad list."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ConfigError(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    if not arms:
+        raise ConfigError(f"no arms given; arms: {', '.join(ARMS)}")
+    if any(a in STATIC_ARMS for a in arms) and "adaptive" not in arms:
+        raise ConfigError("static_final and static_width are sized from the adaptive arm: add the adaptive arm")
+    return [a for a in ARMS if a in arms]
+
+
+def arm_config(base: RunConfig, experiment_id: str, arm: str, seed: int, grown: Grown | None,
+               count_parameters: Callable[[ModelConfig], int] | None = None) -> RunConfig:
+    """The run config of ``arm`` for random ``seed``. Static arms need ``grown`` (the adaptive arm of the seed)
+    and ``count_parameters`` (static_width: the parameters of a host built from a ModelConfig)."""
+    cfg = base.model_copy(update={"seed": seed, "name": f"{base.name}-{arm}"[:100],
+                                  "experiment": ExperimentTag(id=experiment_id, arm=arm)})  # type: ignore[arg-type]
+    if arm in ("adaptive", "no_adapt"):
+        return cfg
+    if grown is None:
+        raise ConfigError(f"arm {arm} needs the adaptive arm's result")
+    if arm == "static_final":
+        branches = [BranchConfig(layer=f.layer, architecture=f.architecture) for f in grown.fossils]
+        model = base.model.model_copy(update={"branches": [*base.model.branches, *branches]})
+    else:
+        if count_parameters is None:
+            raise ConfigError("static_width needs a parameter counter")
+        model = widened(base.model, grown.parameter_count, count_parameters)
+    static = {"model": model, "seeds": base.seeds.model_copy(update={"target_layers": []}),
+              "adaptation": base.adaptation.model_copy(update={"enabled": False})}
+    return cfg.model_copy(update=static)
+
+
+def scaled_widths(widths: list[int], first: int) -> list[int]:
+    """``widths`` scaled so that the first becomes ``first`` (the others in proportion, rounded up)."""
+    return [max(1, math.ceil(w * first / widths[0])) for w in widths]
+
+
+def widened(model: ModelConfig, min_parameters: int, count_parameters: Callable[[ModelConfig], int]) -> ModelConfig:
+    """The narrowest scaling of the host's widths (mlp hidden / cnn channels, all together) with at least
+    ``min_parameters`` parameters; the host itself when it already has that many."""
+    key = "hidden" if model.kind == "mlp" else "channels"
+    widths: list[int] = list(getattr(model, key))
+    if not widths:
+        raise ConfigError(f"static_width: the host has no model.{key} to widen")
+    for first in range(widths[0], widths[0] + MAX_WIDENING_STEPS):
+        candidate = model.model_copy(update={key: scaled_widths(widths, first)})
+        if count_parameters(candidate) >= min_parameters:
+            return candidate
+    raise ConfigError(f"static_width: no width up to {widths[0] + MAX_WIDENING_STEPS} reaches "
+                      f"{min_parameters} parameters")
