@@ -1,0 +1,78 @@
+"""The synthetic task suite: generated from the seed (same seed, same data), right shapes, balanced classes,
+one-line errors for what cannot be, and an example config with an under-capacity host for every task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.tolaria.config import ConfigError, DataConfig, load_config, parse_config
+from services.tolaria.data import DataError, checkerboard, load_dataset, parity
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TASKS = {"spirals": 3, "checkerboard": 2, "parity": 2}
+
+
+@pytest.mark.parametrize("task, classes", TASKS.items())
+def test_tasks_are_fixed_by_the_seed_and_differ_between_seeds(task, classes):
+    a, b = (load_dataset(DataConfig(dataset=task), seed=3, image=False) for _ in range(2))
+    c = load_dataset(DataConfig(dataset=task), seed=4, image=False)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(getattr(a, split).x.numpy(), getattr(b, split).x.numpy())
+        assert np.array_equal(getattr(a, split).y.numpy(), getattr(b, split).y.numpy())
+    assert not np.array_equal(a.train.x.numpy(), c.train.x.numpy())
+    assert a.num_classes == classes
+
+
+@pytest.mark.parametrize("generate, args, features", [
+    (checkerboard, (4, 250, 0.05), 2),
+    (checkerboard, (6, 31, 0.0), 2),
+    (parity, (6, 250, 0.3), 6),
+    (parity, (9, 31, 0.0), 9),
+])
+def test_shapes_and_exact_class_balance(generate, args, features):
+    x, y, shape = generate(*args, seed=0)
+    points = args[1]
+    assert x.shape == (2 * points, features) and shape == [features] and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [points, points]
+
+
+def test_checkerboard_labels_are_the_colour_of_the_cell():
+    cells = 5
+    x, y, _ = checkerboard(cells, 400, 0.0, seed=1)  # no jitter: every point inside its own cell
+    ij = np.floor((x + 1.0) / (2.0 / cells)).astype(int)
+    assert (x >= -1).all() and (x <= 1).all()
+    assert np.array_equal(ij.sum(1) % 2, y)
+
+
+def test_parity_labels_are_the_parity_of_the_bits():
+    x, y, _ = parity(7, 300, 0.0, seed=2)
+    assert set(np.unique(x).tolist()) == {-1.0, 1.0}
+    assert np.array_equal(((x > 0).sum(1) % 2), y)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data": {"dataset": "xor"}}, "data.dataset: Input should be 'digits', 'spirals', 'checkerboard', 'parity'"),
+    ({"data": {"dataset": "checkerboard", "checkerboard_cells": 1}}, "data.checkerboard_cells: Input should be"),
+    ({"data": {"dataset": "parity", "parity_bits": 40}}, "data.parity_bits: Input should be less than"),
+])
+def test_bad_task_names_and_parameters_are_one_line(raw, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_config(raw)
+    assert "\n" not in str(caught.value)
+
+
+def test_vector_tasks_refuse_a_cnn():
+    with pytest.raises(DataError, match="parity task is vectors: use model.kind mlp"):
+        load_dataset(DataConfig(dataset="parity"), seed=0, image=True)
+
+
+def test_every_task_has_an_example_with_an_under_capacity_host_and_a_budget():
+    configs = [load_config(p) for p in sorted(EXAMPLES.glob("*.yaml"))]
+    tasks = {c.data.dataset for c in configs}
+    assert {"digits", "spirals", "checkerboard", "parity"} <= tasks
+    for task in ("checkerboard", "parity"):
+        cfg = next(c for c in configs if c.data.dataset == task)
+        assert cfg.model.hidden and max(cfg.model.hidden) <= 8 and cfg.adaptation.budget >= 1
