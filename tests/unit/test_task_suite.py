@@ -76,3 +76,35 @@ def test_every_task_has_an_example_with_an_under_capacity_host_and_a_budget():
     for task in ("checkerboard", "parity"):
         cfg = next(c for c in configs if c.data.dataset == task)
         assert cfg.model.hidden and max(cfg.model.hidden) <= 8 and cfg.adaptation.budget >= 1
+
+
+def _validation_accuracy(cfg_path: Path, hidden: list[int], epochs: int = 20) -> float:
+    """Train a plain MLP of ``hidden`` widths on the example's task (no bus, no seeds); validation accuracy."""
+    import torch
+
+    cfg = load_config(cfg_path)
+    torch.manual_seed(0)
+    data = load_dataset(cfg.data, 0, image=False)
+    from services.tolaria.config import ModelConfig
+    from services.tolaria.models import build_host
+
+    model = build_host(ModelConfig(hidden=hidden), data.sample_shape, data.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(data.train.y), generator=generator).split(32):
+            loss = torch.nn.functional.cross_entropy(model(data.train.x[idx]), data.train.y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        return float((model(data.val.x).argmax(1) == data.val.y).float().mean())
+
+
+@pytest.mark.parametrize("example, wide", [("checkerboard-adaptive.yaml", [64, 64]), ("parity-adaptive.yaml", [64])])
+def test_the_example_hosts_are_under_capacity(example, wide):
+    """The science the suite rests on: the example's host is far from what a wider net of its family reaches."""
+    cfg = load_config(EXAMPLES / example)
+    host = _validation_accuracy(EXAMPLES / example, cfg.model.hidden)
+    big = _validation_accuracy(EXAMPLES / example, wide)
+    assert big >= 0.8 and big - host >= 0.2, (host, big)
