@@ -19,7 +19,7 @@ import duckdb
 
 from services.nissa.errors import UnknownRunError
 from services.nissa.plots import Plot, experiment_plot
-from services.nissa.report import STYLE, _figure, _table
+from services.nissa.report import STYLE, html_figure, html_table
 from services.nissa.sandbox import snapshot
 
 ARM_ORDER = ("adaptive", "no_adapt", "static_final", "static_width")
@@ -103,8 +103,8 @@ def render(data: ExperimentData) -> tuple[str, Plot]:
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')} from Nissa (view experiments)</p>"
-            f"<h2>Arms</h2>{_table(COLUMNS, table_rows(data))}{_figure(plot)}"
-            f"<h2>Runs</h2>{_table(RUN_COLUMNS, data.runs)}</body></html>")
+            f"<h2>Arms</h2>{html_table(COLUMNS, table_rows(data))}{html_figure(plot)}"
+            f"<h2>Runs</h2>{html_table(RUN_COLUMNS, data.runs)}</body></html>")
     return page, plot
 
 

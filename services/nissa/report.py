@@ -59,13 +59,13 @@ def _cell(value: object) -> str:
     return html.escape("" if value is None else str(value))
 
 
-def _table(columns: tuple[str, ...] | list[str], rows: list[tuple]) -> str:
+def html_table(columns: tuple[str, ...] | list[str], rows: list[tuple]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figure(plot: Plot) -> str:
+def html_figure(plot: Plot) -> str:
     attributes = " ".join(f'data-{html.escape(k.replace(":", "-").replace("_", "-"))}="{html.escape(str(v))}"'
                           for k, v in plot.drawn.items())
     data = base64.b64encode(plot.png).decode("ascii")
@@ -81,14 +81,14 @@ def render(runs: list[RunData]) -> Report:
     title = "Esper run " + " vs ".join(r.run_id for r in runs)
     decisions = "".join(
         f"<h3>Decisions that acted — {html.escape(r.run_id)}</h3>"
-        + (_table(("epoch", "action", "seed", "reason"), r.decisions) if r.decisions else "<p>none</p>")
+        + (html_table(("epoch", "action", "seed", "reason"), r.decisions) if r.decisions else "<p>none</p>")
         for r in runs)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')} from Nissa</p>"
-            f"<h2>Final numbers</h2>{_table(FINAL_COLUMNS, [final_numbers(r) for r in runs])}"
-            f"<h2>Curves</h2>{''.join(_figure(p) for p in plots[:2])}"
-            f"<h2>Seeds and health</h2>{''.join(_figure(p) for p in plots[2:])}"
+            f"<h2>Final numbers</h2>{html_table(FINAL_COLUMNS, [final_numbers(r) for r in runs])}"
+            f"<h2>Curves</h2>{''.join(html_figure(p) for p in plots[:2])}"
+            f"<h2>Seeds and health</h2>{''.join(html_figure(p) for p in plots[2:])}"
             f"<h2>Decisions</h2>{decisions}</body></html>")
     return Report(page, runs, plots)
 

@@ -19,6 +19,7 @@ from services.tolaria.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from services.tolaria.config import RunConfig
 from services.tolaria.training_setup import build_training, restore
 
 # Written by Tolaria before the metadata had a model or a version (a spirals run killed after epoch 1 of 3,
@@ -42,10 +43,24 @@ def test_a_checkpoint_of_the_first_format_loads_into_the_typed_model():
     assert command.payload.command_id == "cull-later" and command.payload.issued_at_epoch == 50
 
 
+def _same_but_for_added_defaults(written: dict, raw: dict, defaults: dict, where: str = "config") -> None:
+    """``written`` is ``raw``, plus the fields added to the run config since, at their defaults."""
+    assert set(raw) <= set(written), where
+    for key, value in written.items():
+        if key not in raw:
+            assert value == defaults[key], f"{where}.{key} was added with its default"
+        elif isinstance(value, dict) and isinstance(raw[key], dict):
+            _same_but_for_added_defaults(value, raw[key], defaults.get(key) or {}, f"{where}.{key}")
+        else:
+            assert value == raw[key], f"{where}.{key}"
+
+
 def test_the_typed_model_writes_the_first_format_plus_its_version():
     raw = json.loads(torch.load(V1, map_location="cpu", weights_only=True)["meta"])
     assert "version" not in raw
-    assert json.loads(load_checkpoint(V1).meta.to_json()) == {**raw, "version": CHECKPOINT_VERSION}
+    written = json.loads(load_checkpoint(V1).meta.to_json())
+    _same_but_for_added_defaults(written.pop("config"), raw.pop("config"), json.loads(RunConfig().model_dump_json()))
+    assert written == {**raw, "version": CHECKPOINT_VERSION}
 
 
 def test_a_first_format_checkpoint_restores_a_run_without_kafka():
