@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -156,3 +157,25 @@ def test_relative_to_the_best_static_arm_with_no_more_parameters():
     data = ExperimentData("e", [arm("adaptive", 0.76, 1000), arm("static_final", 0.80, 1000),
                                 arm("static_width", 0.95, 1001), arm("no_adapt", 0.5, 40)], [])
     assert data.relative_to_best_static() == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--arms", "adaptive", "gromo"], 1, "unknown arm(s) gromo; arms: adaptive, no_adapt, static_final, static_width"),
+    (["--arms", "static_width"], 1, "sized from the adaptive arm: add the adaptive arm"),
+    (["--seeds", "1", "1"], 2, "--seeds must be distinct non-negative integers"),
+    (["--experiment-id", "a b"], 1, "experiment id 'a b' must be 1-56 letters"),
+])
+def test_experiment_command_errors_are_one_line_before_any_run(args, code, message, capsys):
+    from services.cli.main import main
+
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "parity-adaptive.yaml")
+    assert main(["experiment", example, *args]) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.strip().splitlines()[-1].startswith("esper: error:")
+
+
+def test_report_needs_a_run_or_an_experiment(capsys):
+    from services.cli.main import main
+
+    assert main(["report"]) == 2
+    assert "give a RUN_ID or --experiment ID" in capsys.readouterr().err
