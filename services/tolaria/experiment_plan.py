@@ -8,9 +8,9 @@ Per random seed, ``esper experiment`` runs up to four arms of one config, each a
   seeds become plain static branches (``model.branches``: ``y = layer(x) + branch(x)``, the
   fossil's function with alpha 1), freshly initialised from the arm's seed and trained with the
   host from epoch 0, with no seed slots and no lifecycle. Germinating the same kernels at epoch
-  0 instead would still run them through TRAINING / GRAFTING (host frozen, alpha ramp) and the
-  counterfactual gate, which may cull them: that is the adaptive arm with another schedule,
-  not "the final architecture trained from scratch";
+  0 instead would still run them through TRAINING in isolation, the GRAFTING alpha ramp, the
+  counterfactual gate (which may cull them) and a frozen fossil: that is the adaptive arm with
+  another schedule, not "the final architecture trained from scratch";
 * ``static_width``: the host's family (same depth, no seed slots) with every width scaled up
   together until it has at least as many parameters as the adaptive arm's final network.
 The static arms need the adaptive arm of the same seed: they run after it.
