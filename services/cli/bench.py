@@ -44,7 +44,7 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
     if wanted("ingest"):
         results.extend(nissa_ingest.bench_ingest(settings.kafka, events))
     if wanted("replay"):
-        results.append(nissa_replay.bench_replay(settings.kafka, events))
+        results.extend(nissa_replay.bench_replay(settings.kafka))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
     if wanted("load"):

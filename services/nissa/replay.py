@@ -101,12 +101,26 @@ class ReplayWriter:
 
     def add(self, messages: list) -> None:
         """Keep the run's messages of run-scoped topics and every message of the shared ones."""
+        if not messages:
+            return
         run_topics, key = self._run_topics, self._run_key
-        chosen = [m for m in messages if m.topic() not in run_topics or m.key() == key]
+        topics = [m.topic() for m in messages]
+        first = topics[0]
+        if topics.count(first) == len(topics):  # one topic (a scan of one run's partition): one test per message
+            if first in run_topics:
+                keys = [m.key() for m in messages]
+                chosen = messages if keys.count(key) == len(keys) else [
+                    m for m, k in zip(messages, keys, strict=True) if k == key]
+            else:
+                chosen = messages
+            run_events = len(chosen) if first in run_topics else 0
+        else:
+            chosen = [m for m, t in zip(messages, topics, strict=True) if t not in run_topics or m.key() == key]
+            run_events = sum(1 for m in chosen if m.topic() in run_topics)
         if not chosen:
             return
         self.events += len(chosen)
-        self.run_events += sum(1 for m in chosen if m.topic() in run_topics)
+        self.run_events += run_events
         if self._keep:
             for m in chosen:
                 name = self._keep.get(m.topic())
