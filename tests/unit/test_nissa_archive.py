@@ -177,3 +177,24 @@ def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_p
                                             (4, "DecodeError")]
     assert [v for _, _, v in dead] == [values[1], values[3], b"not avro"]
     assert offsets == [(HEALTH.name, 0, 5)]
+
+
+def test_a_replay_from_the_archive_starts_at_an_offset_or_a_time(tmp_path):
+    from datetime import UTC, datetime
+
+    root = tmp_path / "archive"
+    archived(root, health_messages(["run-a"] * 4))  # timestamps T, T+1 ms, ...
+    archived(root, health_messages(["run-a"], partition=1, start=7))
+
+    def offsets(selection) -> list[tuple[int, int]]:
+        return [(p, o) for _, typed, _ in selection.items(lambda n: None) if typed is not None
+                for p, o in zip(typed.column("kafka_partition").to_pylist(), typed.column("kafka_offset").to_pylist(),
+                                strict=True)]
+
+    reader = ArchiveReader(root)
+    assert offsets(reader.select("run-a")) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 7)]
+    assert offsets(reader.select("run-a", from_offset=3)) == [(0, 3), (1, 7)]
+    since = datetime.fromtimestamp(1_700_000_000.002, UTC)
+    later = reader.select("run-a", from_time=since)
+    assert offsets(later) == [(0, 2), (0, 3)] and later.run_rows == 2 and later.ends == {(HEALTH.name, 0): 4}
+    assert reader.select("run-b").run_rows == 0
