@@ -42,9 +42,9 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         results.append(produced)
         results.append(bus_throughput.bench_consume(settings.kafka, spec, events))
     if wanted("ingest"):
-        results.append(nissa_ingest.bench_ingest(settings.kafka, events))
+        results.extend(nissa_ingest.bench_ingest(settings.kafka, events))
     if wanted("replay"):
-        results.append(nissa_replay.bench_replay(settings.kafka, events))
+        results.extend(nissa_replay.bench_replay(settings.kafka))
     if wanted("tamiyo"):
         results.extend(tamiyo_latency.bench_decision_latency())
     if wanted("load"):

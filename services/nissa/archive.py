@@ -21,8 +21,11 @@ written, so a crash repeats at most that partition's pass, whose files are overw
 under the same names. Offsets retention deleted before they were archived are reported
 as ``lost``.
 
-Reading back needs no broker: ``ArchiveReader.select`` gives the raw messages of one run
-(replay decodes the exact bytes, so schema evolution is handled as on the live log), and
+Reading back needs no broker: ``ArchiveReader.select`` reads one run through DuckDB's own
+Parquet reader: the rows the archive holds decoded come out as Arrow columns of the sink's
+tables (decoded when archived, with the schema log: events of a newer writer schema than this
+code knows are read as archived, not dead-lettered), the rest as raw messages that replay
+decodes from the exact bytes (or dead-letters), and
 ``archive_connection`` is an in-memory DuckDB with a view per sink table over the Parquet
 files (``read_parquet``, ``hive_partitioning=false``: the ``topic=``/``run_id=`` folder
 names would otherwise replace the envelope's own ``topic`` and ``run_id`` columns) and the
@@ -42,13 +45,13 @@ from urllib.parse import quote
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from services.nissa.errors import ArchiveError
 from services.nissa.tables import Table
 from services.oona.schema_log import schema_log_reader
 from services.oona.settings import KafkaSettings
+from services.oona.topic_registry import TopicSpec
 
 MANIFEST = "manifest.json"
 SHARED_RUN = "_shared"
@@ -275,23 +278,71 @@ class ArchivedMessage:
         return None
 
 
+def archived_messages(topic: str, raw: pa.Table) -> list[ArchivedMessage]:
+    """The messages of ``raw`` (RAW_COLUMNS rows of one topic), for the per-message path of batch.py."""
+    columns = [raw.column(name).to_pylist() for name in RAW_COLUMNS]
+    return [ArchivedMessage(topic, p, o, int(ts.timestamp() * 1000) if ts else 0, k, v,
+                            [(x["key"], x["value"]) for x in h] if h else None)
+            for p, o, ts, k, v, h in zip(*columns, strict=True)]
+
+
+@dataclass
+class Source:
+    """One topic's archived rows that a replay reads: a ``read_parquet`` over its files and a filter."""
+
+    spec: TopicSpec
+    table: Table  # the sink's table for the topic (``dead_letters`` for the DLQ)
+    source: str
+    where: str
+    columns: str  # the table's columns as SQL over ``source`` (defaults where older files lack one)
+
+
 @dataclass
 class Selection:
-    """What a replay reads from the archive: ``rows`` messages (``run_rows`` of the run itself)."""
+    """What a replay reads from the archive: ``rows`` messages (``run_rows`` of the run itself).
 
-    tables: dict[str, pa.Table]  # registry topic -> raw rows, (partition, offset) order
+    ``items`` reads them through DuckDB's Parquet reader, per topic in (partition, offset) order:
+    ``(topic, typed, raw)`` with ``typed`` the rows the archive holds decoded, in the sink table's
+    columns, and ``raw`` their RAW_COLUMNS; then ``(topic, None, raw)`` for the rows it could not
+    decode (and every row of the DLQ), which replay decodes (or dead-letters) from the exact bytes.
+    """
+
+    sources: list[Source]
     rows: int
     run_rows: int
     ends: dict[tuple[str, int], int]
+    batch_rows: int = 100_000
 
-    def chunks(self, advance: Callable[[int], None]) -> Iterator[list[ArchivedMessage]]:
-        for topic, table in self.tables.items():
-            for batch in table.to_batches(max_chunksize=CHUNK):
-                columns = [batch.column(name).to_pylist() for name in RAW_COLUMNS]
-                yield [ArchivedMessage(topic, p, o, int(ts.timestamp() * 1000) if ts else 0, k, v,
-                                       [(x["key"], x["value"]) for x in h] if h else None)
-                       for p, o, ts, k, v, h in zip(*columns, strict=True)]
-                advance(batch.num_rows)
+    def items(self, advance: Callable[[int], None]) -> Iterator[tuple[str, pa.Table | None, pa.Table]]:
+        con = duckdb.connect()
+        try:
+            for src in self.sources:
+                order = "ORDER BY kafka_partition, kafka_offset"
+                raw_columns = ", ".join(RAW_COLUMNS)
+                extra = ", ".join(c for c in RAW_COLUMNS if c not in ("kafka_partition", "kafka_offset"))
+                if not src.spec.raw:
+                    typed_names = src.table.column_names
+                    query = f"SELECT {src.columns}, {extra} FROM {src.source} WHERE {src.where} AND decoded {order}"
+                    for batch in _batches(con, query, self.batch_rows):
+                        both = pa.Table.from_batches([batch])
+                        typed = both.select(typed_names).cast(src.table.arrow_schema)
+                        yield src.spec.name, typed, both.select(RAW_COLUMNS)
+                        advance(batch.num_rows)
+                undecoded = "" if src.spec.raw else " AND NOT decoded"
+                query = f"SELECT {raw_columns} FROM {src.source} WHERE {src.where}{undecoded} {order}"
+                for batch in _batches(con, query, CHUNK):
+                    yield src.spec.name, None, pa.Table.from_batches([batch]).cast(pa.schema(RAW_FIELDS))
+                    advance(batch.num_rows)
+        finally:
+            con.close()
+
+
+def _batches(con: duckdb.DuckDBPyConnection, query: str, rows: int) -> Iterator[pa.RecordBatch]:
+    try:
+        reader = con.sql(query).to_arrow_reader(rows)
+        yield from reader
+    except duckdb.Error as exc:
+        raise ArchiveError(f"unreadable archive: {str(exc).splitlines()[0]}") from None
 
 
 class ArchiveReader:
@@ -308,36 +359,55 @@ class ArchiveReader:
     def files(self, topic: str, run_folder_name: str = "*") -> list[Path]:
         return sorted(self.root.glob(f"topic={topic}/{run_folder_name}/*.parquet"))
 
-    def _read(self, paths: list[Path]) -> pa.Table:
-        try:
-            parts = [pq.read_table(p, columns=RAW_COLUMNS) for p in paths]
-        except (OSError, pa.ArrowException) as exc:
-            raise ArchiveError(f"unreadable archive file under {self.root}: {str(exc).splitlines()[0]}") from None
-        table = pa.concat_tables(parts) if parts else pa.schema(RAW_FIELDS).empty_table()
-        return table.sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
-
     def select(self, run_id: str, *, from_offset: int | None = None, from_time: datetime | None = None) -> Selection:
         """The run's rows of run-scoped topics (from an offset / a time) and every row of the shared topics."""
+        from services.nissa.sink import sink_tables
+        from services.nissa.tables import dead_letters_table
         from services.oona.topic_registry import data_topics
 
-        tables, ends, rows, run_rows = {}, {}, 0, 0
+        by_record = {t.record_name: t for t in sink_tables()}
         folder = run_folder(run_id.encode(), True)
-        for spec in data_topics():
-            table = self._read(self.files(spec.name, folder if spec.run_scoped else "*"))
-            if spec.run_scoped and from_offset is not None:
-                table = table.filter(pc.greater_equal(table.column("kafka_offset"), from_offset))
-            if spec.run_scoped and from_time is not None:
-                since = pa.scalar(from_time.astimezone(UTC), pa.timestamp("ms", tz="UTC"))
-                table = table.filter(pc.greater_equal(table.column("kafka_timestamp"), since))
-            if not table.num_rows:
-                continue
-            tables[spec.name] = table
-            rows += table.num_rows
-            run_rows += table.num_rows if spec.run_scoped else 0
-            last = table.group_by("kafka_partition").aggregate([("kafka_offset", "max")])
-            for p, o in zip(last.column(0).to_pylist(), last.column(1).to_pylist(), strict=True):
-                ends[(spec.name, p)] = o + 1
-        return Selection(tables, rows, run_rows, ends)
+        sources, ends, rows, run_rows = [], {}, 0, 0
+        con = duckdb.connect()
+        try:
+            for spec in data_topics():
+                files = self.files(spec.name, folder if spec.run_scoped else "*")
+                if not files:
+                    continue
+                listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+                source = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+                where = ["TRUE"]
+                if spec.run_scoped and from_offset is not None:
+                    where.append(f"kafka_offset >= {int(from_offset)}")
+                if spec.run_scoped and from_time is not None:
+                    since = from_time.astimezone(UTC).isoformat()
+                    where.append(f"kafka_timestamp >= '{since}'::TIMESTAMPTZ")
+                table = dead_letters_table() if spec.raw else by_record[spec.record_name]
+                try:
+                    counts = con.execute(f"SELECT kafka_partition, max(kafka_offset), count(*) FROM {source} "
+                                         f"WHERE {' AND '.join(where)} GROUP BY 1").fetchall()
+                    columns = _typed_columns(con, source, table)
+                except duckdb.Error as exc:
+                    raise ArchiveError(f"unreadable archive file under {self.root}: "
+                                       f"{str(exc).splitlines()[0]}") from None
+                if not counts:
+                    continue
+                sources.append(Source(spec, table, source, " AND ".join(where), columns))
+                for partition, last, count in counts:
+                    ends[(spec.name, partition)] = last + 1
+                    rows += count
+                    run_rows += count if spec.run_scoped else 0
+        finally:
+            con.close()
+        return Selection(sources, rows, run_rows, ends)
+
+
+def _typed_columns(con: duckdb.DuckDBPyConnection, source: str, table: Table) -> str:
+    """``table``'s columns as SQL over ``source``; a column no archived file has (a schema version added it
+    after they were written) is its default."""
+    archived = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    return ", ".join(f'"{c.name}"' if c.name in archived else f'{_literal(c.default)}::{c.sql_type} AS "{c.name}"'
+                     for c in table.columns)
 
 
 def _literal(value: object) -> str:
@@ -370,10 +440,7 @@ def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
         if reader.files(topic):
             pattern = str(reader.root / f"topic={topic}" / "*" / "*.parquet").replace("'", "''")
             source = f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
-            archived = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-            # A column no archived file has (a schema version added it after they were written): its default.
-            columns = ", ".join(f'"{c.name}"' if c.name in archived
-                                else f'{_literal(c.default)}::{c.sql_type} AS "{c.name}"' for c in table.columns)
+            columns = _typed_columns(con, source, table)
             con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded')
         else:
             con.execute(table.ddl())

@@ -22,6 +22,7 @@ a value holds, so no record can stop the sink.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -123,7 +124,7 @@ class Batch:
         pending, self._pending, self.size = self._pending, {}, 0
         return pending
 
-    def decode(self, pending: dict[str, list]) -> dict[str, list[pa.Table]]:
+    def decode(self, pending: Mapping[str, list]) -> dict[str, list[pa.Table]]:
         """Taken messages as Arrow tables by table name (dead letters under ``dead_letters``).
 
         Uses no state but the decoders' cache, so it can run in another thread than ``add``

@@ -26,13 +26,14 @@ rows, and ``decision_comparison`` compares them per epoch. Nothing is sent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from services.core.progress import progress_bar
 from services.nissa.batch import Batch, Decoders
@@ -100,12 +101,26 @@ class ReplayWriter:
 
     def add(self, messages: list) -> None:
         """Keep the run's messages of run-scoped topics and every message of the shared ones."""
+        if not messages:
+            return
         run_topics, key = self._run_topics, self._run_key
-        chosen = [m for m in messages if m.topic() not in run_topics or m.key() == key]
+        topics = [m.topic() for m in messages]
+        first = topics[0]
+        if topics.count(first) == len(topics):  # one topic (a scan of one run's partition): one test per message
+            if first in run_topics:
+                keys = [m.key() for m in messages]
+                chosen = messages if keys.count(key) == len(keys) else [
+                    m for m, k in zip(messages, keys, strict=True) if k == key]
+            else:
+                chosen = messages
+            run_events = len(chosen) if first in run_topics else 0
+        else:
+            chosen = [m for m, t in zip(messages, topics, strict=True) if t not in run_topics or m.key() == key]
+            run_events = sum(1 for m in chosen if m.topic() in run_topics)
         if not chosen:
             return
         self.events += len(chosen)
-        self.run_events += sum(1 for m in chosen if m.topic() in run_topics)
+        self.run_events += run_events
         if self._keep:
             for m in chosen:
                 name = self._keep.get(m.topic())
@@ -114,6 +129,25 @@ class ReplayWriter:
         self.batch.add(chosen)
         if self.batch.size >= self.batch_rows:
             self.committer.submit((self.batch.take(), {}))
+
+    def add_decoded(self, topic: str, typed: pa.Table, raw: pa.Table) -> None:
+        """Rows already decoded (the archive's typed columns, ``typed``) of ``topic``, with their RAW_COLUMNS.
+
+        They go through the same admission (contracts, event ids) and transaction as decoded messages; the
+        messages themselves are built from ``raw`` only if a dead letter or a per-record retry needs them.
+        """
+        from services.nissa.archive import archived_messages
+
+        if not typed.num_rows:
+            return
+        self.events += typed.num_rows
+        self.run_events += typed.num_rows if topic in self._run_topics else 0
+        name = self._keep.get(topic)
+        if name is not None:
+            self.kept[name].extend(raw.column("kafka_value").to_pylist())
+        table = self.batch.routes[topic][1]
+        self.committer.submit((LazyMessages(topic, lambda: archived_messages(topic, raw)), {},
+                               {table.name: [typed]}))
 
     def finish(self, offsets: dict[tuple[str, int], int]) -> dict[str, int]:
         """Write what is pending with the end ``offsets``; close the file; rows per table."""
@@ -127,7 +161,28 @@ class ReplayWriter:
             return {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0] for name in self.store.tables}
 
 
-def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], Iterator[list]], total: int,
+class LazyMessages(Mapping[str, list]):
+    """``{topic: messages}`` whose messages are built on first use (most batches never need them)."""
+
+    def __init__(self, topic: str, build: Callable[[], list]) -> None:
+        self._topic, self._build = topic, build
+        self._messages: list | None = None
+
+    def __getitem__(self, topic: str) -> list:
+        if topic != self._topic:
+            raise KeyError(topic)
+        if self._messages is None:
+            self._messages = self._build()
+        return self._messages
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self._topic,))
+
+    def __len__(self) -> int:
+        return 1
+
+
+def _replay(run_id: str, out: Path, feed: Callable[[ReplayWriter, Callable[[int], None]], None], total: int,
             offsets: dict[tuple[str, int], int], *, prefix: str, policy: Path | None, progress: bool,
             registry_url: str | None = None, schema_log: Any = None) -> ReplayResult:
     keep: tuple[str, ...]
@@ -141,8 +196,7 @@ def _replay(run_id: str, out: Path, chunks: Callable[[Callable[[int], None]], It
                           schema_log=schema_log)
     try:
         with progress_bar(f"replay {run_id}", total, progress) as advance:
-            for messages in chunks(advance):
-                writer.add(messages)
+            feed(writer, advance)
     finally:
         rows = writer.finish(offsets)
     if writer.run_events == 0:
@@ -173,7 +227,11 @@ def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_o
                         from_time=from_time)
     ranges |= log_ranges(settings, [s.name for s in specs if not s.run_scoped])
     total = sum(end - start for start, end in ranges.values())
-    return _replay(run_id, Path(out), lambda advance: scan(settings, ranges, on_position=advance), total,
+    def feed(writer: ReplayWriter, advance: Callable[[int], None]) -> None:
+        for messages in scan(settings, ranges, on_position=advance):
+            writer.add(messages)
+
+    return _replay(run_id, Path(out), feed, total,
                    {key: end for key, (_, end) in ranges.items()}, prefix=settings.topic_prefix, policy=policy,
                    progress=progress, registry_url=settings.schema_registry_url,
                    schema_log=schema_log_reader(settings))
@@ -182,12 +240,25 @@ def replay_from_kafka(settings: KafkaSettings, run_id: str, out: Path, *, from_o
 def replay_from_archive(archive: Path, run_id: str, out: Path, *, from_offset: int | None = None,
                         from_time: datetime | None = None, policy: Path | None = None,
                         progress: bool = False) -> ReplayResult:
-    """Replay ``run_id`` from an ``esper archive`` folder (no broker needed) into a fresh DuckDB file."""
-    from services.nissa.archive import ArchiveReader
+    """Replay ``run_id`` from an ``esper archive`` folder (no broker needed) into a fresh DuckDB file.
+
+    DuckDB's Parquet reader reads the run's files; rows the archive holds decoded go to the tables as
+    Arrow columns (no Avro decoding, and no dead letter for a writer schema newer than this code: it
+    was decoded when archived, with the schema log), the rest are decoded from their exact bytes.
+    """
+    from services.nissa.archive import ArchiveReader, archived_messages
 
     reader = ArchiveReader(archive)
     selection = reader.select(run_id, from_offset=from_offset, from_time=from_time)
     if not selection.run_rows:
         raise UnknownRunError(f"no events of run {run_id!r} in the archive {archive}")
-    return _replay(run_id, Path(out), selection.chunks, selection.rows, selection.ends, prefix="", policy=policy,
+
+    def feed(writer: ReplayWriter, advance: Callable[[int], None]) -> None:
+        for topic, typed, raw in selection.items(advance):
+            if typed is None:
+                writer.add(archived_messages(topic, raw))
+            else:
+                writer.add_decoded(topic, typed, raw)
+
+    return _replay(run_id, Path(out), feed, selection.rows, selection.ends, prefix="", policy=policy,
                    progress=progress)

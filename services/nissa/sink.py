@@ -30,10 +30,11 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from services.core.errors import FatalError
@@ -84,7 +85,7 @@ def sink_tables(store: SchemaStore | None = None) -> list[Table]:
 
 
 class Committer:
-    """The one thread that decodes taken batches and talks to DuckDB: (messages, offsets) items in order."""
+    """The one thread that decodes taken batches and talks to DuckDB: (messages, offsets[, decoded]) items in order."""
 
     def __init__(self, batch: Batch, store: NissaStore, on_commit: Callable[[int], None] | None) -> None:
         self.batch = batch
@@ -108,8 +109,7 @@ class Committer:
                     if item == "release":
                         self.store.release()
                     else:
-                        pending, offsets = item
-                        self.committed_rows += self._commit(pending, offsets)
+                        self.committed_rows += self._commit(*item)
                         if self.on_commit is not None:
                             self.on_commit(self.committed_rows)
             except BaseException as exc:  # handed to the consuming thread, which raises it
@@ -117,9 +117,12 @@ class Committer:
             finally:
                 self._queue.task_done()
 
-    def _commit(self, pending: dict[str, list], offsets: dict[tuple[str, int], int]) -> int:
+    def _commit(self, pending: Mapping[str, list], offsets: dict[tuple[str, int], int],
+                decoded: dict[str, list[pa.Table]] | None = None) -> int:
+        """Admit and write one item: ``pending`` messages, decoded here unless ``decoded`` holds them already
+        (archived rows: ``pending`` then gives their messages only if a dead letter or a retry needs them)."""
         try:
-            return self.admission.write(pending, self.batch.decode(pending), offsets)
+            return self.admission.write(pending, self.batch.decode(pending) if decoded is None else decoded, offsets)
         except Exception as exc:
             if not _isolated(exc):
                 raise

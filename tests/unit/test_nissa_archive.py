@@ -12,6 +12,7 @@ from services.nissa.archive import (
     Manifest,
     archive_connection,
     archive_table,
+    archived_messages,
     load_manifest,
     save_manifest,
     write_archive_files,
@@ -105,7 +106,10 @@ def test_reading_back_a_run_sql_views_and_replay_need_no_broker(tmp_path):
     assert selection.run_rows == 5 and selection.rows == 6  # + the shared DLQ row
     assert selection.ends[(HEALTH.name, 0)] == 4 and selection.ends[(HEALTH.name, 1)] == 8
     later = ArchiveReader(root).select("run-a", from_offset=2)
-    assert later.tables[HEALTH.name].column("kafka_offset").to_pylist() == [2, 3, 7]
+    read = [(topic, typed, raw) for topic, typed, raw in later.items(lambda n: None) if topic == HEALTH.name]
+    assert [typed is None for _, typed, _ in read] == [False]  # every health row was archived decoded
+    assert read[0][1].column("kafka_offset").to_pylist() == [2, 3, 7]  # (partition, offset) order
+    assert read[0][2].column("kafka_offset").to_pylist() == [2, 3, 7]
 
     con = archive_connection(root)
     assert con.execute("SELECT run_id, count(*) FROM health_signal GROUP BY ALL ORDER BY 1").fetchall() == [
@@ -118,8 +122,11 @@ def test_reading_back_a_run_sql_views_and_replay_need_no_broker(tmp_path):
     con.close()
 
     writer = ReplayWriter(tmp_path / "replay.duckdb", "run-a")
-    for chunk in selection.chunks(lambda n: None):
-        writer.add(chunk)
+    for topic, typed, raw in selection.items(lambda n: None):
+        if typed is None:
+            writer.add(archived_messages(topic, raw))
+        else:
+            writer.add_decoded(topic, typed, raw)
     counts = writer.finish(selection.ends)
     assert writer.run_events == 5
     assert (counts["health_signal"], counts["training_session_event"], counts["dead_letters"]) == (4, 1, 1)
@@ -131,3 +138,63 @@ def test_a_missing_or_empty_archive_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArchiveError, match="holds no Parquet files"):
         archive_connection(tmp_path / "empty")
+
+
+def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_path):
+    """Rows the archive holds decoded are stored as archived: one whose bytes this code cannot decode (a newer
+    writer schema, decoded when archived) is kept, one the contract rejects is dead-lettered with its exact
+    bytes, an event id seen before with other content is a conflict; a row the archive could not decode is
+    dead-lettered from its bytes."""
+    import duckdb
+    import pyarrow as pa
+
+    from services.nissa.replay import replay_from_archive
+
+    messages = health_messages(["run-a"] * 4)
+    messages.append(ArchivedMessage(HEALTH.name, 0, 4, 1_700_000_000_004, b"run-a", b"not avro", None))
+    table = BY_RECORD[HEALTH.record_name]
+    typed = new_batch().decode({HEALTH.name: messages})[table.name]
+    rows = archive_table(table, typed, messages)
+    values = rows.column("kafka_value").to_pylist()
+    newer = b"\xc3\x01" + b"\xff" * 8 + values[0][10:]  # a fingerprint this code has never seen
+    values[0] = newer
+    epochs = rows.column("epoch").to_pylist()
+    epochs[1] = -1  # the contract says epoch >= 0
+    ids = rows.column("event_id").to_pylist()
+    ids[3] = ids[2]  # another event (epoch 3, seed 1) under the id of the one before
+    rows = rows.set_column(rows.schema.get_field_index("kafka_value"), "kafka_value", pa.array(values, pa.binary()))
+    rows = rows.set_column(rows.schema.get_field_index("epoch"), "epoch", pa.array(epochs, pa.int64()))
+    rows = rows.set_column(rows.schema.get_field_index("event_id"), "event_id", pa.array(ids, pa.string()))
+    write_archive_files(tmp_path / "archive", HEALTH.name, True, rows)
+
+    result = replay_from_archive(tmp_path / "archive", "run-a", tmp_path / "replay.duckdb")
+    assert result.run_events == 5
+    with duckdb.connect(str(tmp_path / "replay.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT kafka_offset FROM health_signal ORDER BY 1").fetchall() == [(0,), (2,)]
+        dead = con.execute("SELECT source_offset, error_type, original_value FROM dead_letters ORDER BY 1").fetchall()
+        offsets = con.execute("SELECT topic, partition, next_offset FROM nissa_offsets").fetchall()
+    assert [(o, t) for o, t, _ in dead] == [(1, "ContractViolationError"), (3, "EventIdConflict"),
+                                            (4, "DecodeError")]
+    assert [v for _, _, v in dead] == [values[1], values[3], b"not avro"]
+    assert offsets == [(HEALTH.name, 0, 5)]
+
+
+def test_a_replay_from_the_archive_starts_at_an_offset_or_a_time(tmp_path):
+    from datetime import UTC, datetime
+
+    root = tmp_path / "archive"
+    archived(root, health_messages(["run-a"] * 4))  # timestamps T, T+1 ms, ...
+    archived(root, health_messages(["run-a"], partition=1, start=7))
+
+    def offsets(selection) -> list[tuple[int, int]]:
+        return [(p, o) for _, typed, _ in selection.items(lambda n: None) if typed is not None
+                for p, o in zip(typed.column("kafka_partition").to_pylist(), typed.column("kafka_offset").to_pylist(),
+                                strict=True)]
+
+    reader = ArchiveReader(root)
+    assert offsets(reader.select("run-a")) == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 7)]
+    assert offsets(reader.select("run-a", from_offset=3)) == [(0, 3), (1, 7)]
+    since = datetime.fromtimestamp(1_700_000_000.002, UTC)
+    later = reader.select("run-a", from_time=since)
+    assert offsets(later) == [(0, 2), (0, 3)] and later.run_rows == 2 and later.ends == {(HEALTH.name, 0): 4}
+    assert reader.select("run-b").run_rows == 0

@@ -267,15 +267,18 @@ class _State:
     def fixed(self, active: np.ndarray | None, run: list[tuple[int | None, str, int]]
               ) -> Iterator[tuple[int, np.ndarray]]:
         size = sum(s for _, _, s in run)
-        block = self.buf[self.pos[:, None] + np.arange(size)]
-        self._advance(self.pos + size, active)
+        pos = self.pos
+        self._advance(pos + size, active)
         offset = 0
         for column, dtype, width in run:
-            if column is not None:
+            if column is not None:  # one gather of the value's width per column (inside the padding: see _MAX_RUN)
+                at = pos + offset
                 if dtype == "bool":
-                    yield column, block[:, offset] != 0
+                    yield column, self.buf[at] != 0
+                elif width == 8:
+                    yield column, self.words[at].view(dtype)
                 else:
-                    yield column, np.ascontiguousarray(block[:, offset : offset + width]).view(dtype).ravel()
+                    yield column, self.dwords[at].view(dtype)
             offset += width
 
     def string(self, active: np.ndarray | None, build: bool) -> pa.Array | None:
