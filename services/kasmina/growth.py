@@ -49,7 +49,7 @@ def units_of(layer: Layer) -> int:
 
 
 @dataclass(frozen=True)
-class Consumer:
+class NextLayer:
     """The layer a producer's units flow into, and the channel-wise modules on the way."""
 
     path: str
@@ -59,7 +59,7 @@ class Consumer:
     columns_per_unit: int  # a Linear after pooled feature maps reads H*W columns per channel
 
 
-def find_consumer(model: nn.Module, producer: SeedSlot) -> Consumer:
+def find_consumer(model: nn.Module, producer: SeedSlot) -> NextLayer:
     """The next layer after ``producer`` in module order; KasminaError when units could not reach it unchanged."""
     modules = list(model.named_modules())
     names = [name for name, _ in modules]
@@ -74,7 +74,7 @@ def find_consumer(model: nn.Module, producer: SeedSlot) -> Consumer:
             slot = module if isinstance(module, SeedSlot) else None
             layer = module.host if isinstance(module, SeedSlot) else module
             assert isinstance(layer, nn.Linear | nn.Conv2d)  # SeedSlot only wraps these
-            return Consumer(name, layer, slot, tuple(between), _columns_per_unit(producer, layer, name))
+            return NextLayer(name, layer, slot, tuple(between), _columns_per_unit(producer, layer, name))
         if next(module.children(), None) is not None:
             continue  # a container: its children follow in the walk
         if not isinstance(module, _CHANNELWISE):
@@ -116,7 +116,7 @@ class WidthSeed(nn.Module):
         return self.fan_in(x)
 
 
-def _fan_out_shape(consumer: Consumer, units: int) -> tuple[int, ...]:
+def _fan_out_shape(consumer: NextLayer, units: int) -> tuple[int, ...]:
     layer = consumer.layer
     if isinstance(layer, nn.Linear):
         return (layer.out_features, units * consumer.columns_per_unit)
@@ -142,7 +142,7 @@ def check_geometry(producer: SeedSlot, fan_in: Layer) -> None:
 class WidthLink:
     """The running part of a width seed: the producer slot stashes its units, the consumer's hook adds them."""
 
-    def __init__(self, producer: SeedSlot, idx: int, seed: WidthSeed, consumer: Consumer) -> None:
+    def __init__(self, producer: SeedSlot, idx: int, seed: WidthSeed, consumer: NextLayer) -> None:
         self.producer, self.idx, self.seed, self.consumer = producer, idx, seed, consumer
         self.pending: tuple[torch.Tensor, float] | None = None
         self._handle = consumer.layer.register_forward_hook(self._add_units)
@@ -169,7 +169,7 @@ class WidthLink:
         self.pending = None
 
 
-def make_width_seed(model: nn.Module, producer: SeedSlot, fan_in: nn.Module) -> tuple[WidthSeed, Consumer]:
+def make_width_seed(model: nn.Module, producer: SeedSlot, fan_in: nn.Module) -> tuple[WidthSeed, NextLayer]:
     """Wrap a compiled fan-in with a zero fan-out sized for the consumer of ``producer``."""
     consumer = find_consumer(model, producer)
     seed = WidthSeed(fan_in, torch.zeros(0))
@@ -179,7 +179,7 @@ def make_width_seed(model: nn.Module, producer: SeedSlot, fan_in: nn.Module) -> 
     return seed, consumer
 
 
-def gradmax_fan_in(producer: SeedSlot, seed: WidthSeed, consumer: Consumer, loss: torch.Tensor,
+def gradmax_fan_in(producer: SeedSlot, seed: WidthSeed, consumer: NextLayer, loss: torch.Tensor,
                    captured: dict[str, torch.Tensor]) -> bool:
     """GradMax-style fan-in (Evci et al. 2022) for Linear -> Linear: the rows that maximise ``|dL/d fan_out|``.
 
@@ -233,7 +233,7 @@ def _grow(layer: Layer, *, rows: torch.Tensor | None = None, bias: torch.Tensor 
         layer.out_channels, layer.in_channels = layer.weight.shape[:2]
 
 
-def widen(producer: SeedSlot, consumer: Consumer, rows: torch.Tensor, bias: torch.Tensor | None,
+def widen(producer: SeedSlot, consumer: NextLayer, rows: torch.Tensor, bias: torch.Tensor | None,
           columns: torch.Tensor) -> None:
     """Make the new units part of the host: rows of the producer, columns of the consumer; shapes follow."""
     added = rows.shape[0]
