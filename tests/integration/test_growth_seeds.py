@@ -102,7 +102,8 @@ RESUME = {
     "model": {"kind": "mlp", "hidden": [8, 8]},
     "seeds": {"target_layers": ["body.0", "body.2"], "per_layer": 1},
     "optimizer": {"lr": 0.01},
-    "adaptation": {"training_epochs": 2, "grafting_steps": 60, "embargo_epochs": 1, "budget": 2,
+    # 68 steps an epoch: each seed grafts for three epochs, so the second is grafting when the run is killed.
+    "adaptation": {"training_epochs": 2, "grafting_steps": 200, "embargo_epochs": 1, "budget": 2,
                    "min_contribution": -1.0, "kernel_wait_s": 10},
 }
 
@@ -117,7 +118,7 @@ def test_kill_9_with_a_merged_and_a_live_width_seed_then_resume(kafka_bootstrap,
     second = publish_kernel(kafka, width_units([8 + UNITS], [8], 4), prefix=prefix)  # made for the widened body.2
     publish_command(kafka, run_id, CommandAction.GERMINATE, "body.0", 0, kernel_id=first, epoch=0, prefix=prefix,
                     command_id="widen-body0")
-    publish_command(kafka, run_id, CommandAction.GERMINATE, "body.2", 0, kernel_id=second, epoch=3, prefix=prefix,
+    publish_command(kafka, run_id, CommandAction.GERMINATE, "body.2", 0, kernel_id=second, epoch=8, prefix=prefix,
                     command_id="widen-body2")
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(RESUME))
@@ -127,7 +128,7 @@ def test_kill_9_with_a_merged_and_a_live_width_seed_then_resume(kafka_bootstrap,
     try:
         with subprocess.Popen([*cli, str(config), "--run-id", run_id, "-q"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) as proc:
-            wait_for_epoch(kafka, prefix, run_id, 4, proc)
+            wait_for_epoch(kafka, prefix, run_id, 10, proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
@@ -142,7 +143,11 @@ def test_kill_9_with_a_merged_and_a_live_width_seed_then_resume(kafka_bootstrap,
         assert [e.state.epoch for e in epochs] == list(range(RESUME["epochs"]))
         ends = {(m.payload.layer_id, m.payload.to_state) for t, m in events if t.endswith("lifecycle.seed.transitions")}
         assert {(layer_id_for_path(p), SeedState.FOSSILIZED) for p in ("body.0", "body.2")} <= ends
-        host = epochs[0].parameter_count
+        [merged_late] = [m.payload.epoch for t, m in events if t.endswith("lifecycle.seed.transitions")
+                         and m.payload.layer_id == layer_id_for_path("body.2")
+                         and m.payload.to_state is SeedState.FOSSILIZED]
+        assert merged_late > 10, "the second seed was still grafting at the kill (epoch >= 10)"
+        host = (2 * 8 + 8) + (8 * 8 + 8) + (8 * 3 + 3)  # epoch 0 already counts the first seed's
         grown = UNITS * (2 + 1) + 8 * UNITS + 4 * (8 + UNITS + 1) + 3 * 4
         assert epochs[-1].parameter_count == host + grown and epochs[-1].seed_parameter_count == 0
     finally:
