@@ -179,42 +179,67 @@ def make_width_seed(model: nn.Module, producer: SeedSlot, fan_in: nn.Module) -> 
     return seed, consumer
 
 
+GRADMAX_CANDIDATES = 1024
+
+
 def gradmax_fan_in(producer: SeedSlot, seed: WidthSeed, consumer: NextLayer, loss: torch.Tensor,
                    captured: dict[str, torch.Tensor]) -> bool:
-    """GradMax-style fan-in (Evci et al. 2022) for Linear -> Linear: the rows that maximise ``|dL/d fan_out|``.
+    """GradMax-style fan-in (after Evci et al. 2022) for Linear -> Linear: units whose fan-out gradient is large.
 
-    With fan_out = 0 the loss gradient w.r.t. the fan-out is ``E[g a^T]``, g the consumer's output
-    gradient and ``a = path(U x)`` the new units. Through the (piecewise-)linear path this is
-    ``E[g x^T] U^T``, largest for rows of U along the top right-singular vectors of ``E[g x^T]``;
-    each row's sign is the one whose units (after the path) carry the larger gradient, and rows
-    keep the norm of the compiled initialisation. Returns False (fan-in left as compiled) where it
-    does not apply (conv layers, a consumer after feature maps).
+    With the fan-out zero, the loss gradient w.r.t. its column j is ``G^T a_j``: G the consumer's
+    output gradients on the probe batch, ``a_j = path(x u_j + c_j)`` unit j's activity. The pool of
+    candidate units: draws from the layer's own initialisation (uniform in 1/sqrt(fan-in)) and, with
+    bias 0, both signs of the top right-singular vectors of ``G^T X`` (GradMax's answer when the
+    path is linear), at the draws' mean norm. The activity goes through the real path, so the choice
+    holds for ReLU too; ``_diverse_top`` picks k of them greedily. Returns False (the compiled
+    fan-in stays) where it does not apply: conv layers, a Linear after feature maps.
     """
     op = seed.op
     if not isinstance(op, nn.Linear) or not isinstance(consumer.layer, nn.Linear) or consumer.columns_per_unit != 1:
         return False
     (g,) = torch.autograd.grad(loss, captured["out"])
-    x = captured["x"].flatten(1)
+    x = captured["x"].flatten(1).detach()
     g = g.detach().flatten(1)
-    corr = g.T @ x / x.shape[0]  # (out, in)
-    _, _, vh = torch.linalg.svd(corr, full_matrices=False)
-    k = op.out_features
+    fan_in, k = x.shape[1], op.out_features
+    bound = 1.0 / fan_in ** 0.5  # nn.Linear's initialisation: weight and bias uniform in +-bound
+    generator = torch.Generator().manual_seed(0)
+    draws = max(GRADMAX_CANDIDATES, 4 * k)
+    weights = ((torch.rand(draws, fan_in, generator=generator) * 2 - 1) * bound).to(x)
+    biases = ((torch.rand(draws, generator=generator) * 2 - 1) * bound).to(x)
+    _, _, vh = torch.linalg.svd(g.T @ x, full_matrices=False)
+    directions = vh * weights.norm(dim=1).mean()
+    weights = torch.cat([weights, directions, -directions])
+    biases = torch.cat([biases, torch.zeros(2 * directions.shape[0]).to(x)])
+    if op.bias is None:
+        biases = torch.zeros_like(biases)
     with torch.no_grad():
-        norm = op.weight.norm(dim=1).mean()
-        for i in range(min(k, vh.shape[0])):
-            row = vh[i]
-            best, best_value = row, -1.0
-            for candidate in (row, -row):
-                units = (x @ candidate).unsqueeze(1)
-                for module in consumer.between:
-                    units = module(units)
-                value = float((g.T @ units).norm())
-                if value > best_value:
-                    best, best_value = candidate, value
-            op.weight[i] = best * norm
+        activity = x @ weights.T + biases
+        for module in consumer.between:
+            activity = module(activity)
+        best = _diverse_top(g, activity, k)
+        op.weight.copy_(weights[best])
         if op.bias is not None:
-            op.bias.zero_()
+            op.bias.copy_(biases[best])
     return True
+
+
+def _diverse_top(g: torch.Tensor, activity: torch.Tensor, k: int) -> torch.Tensor:
+    """k candidates, greedily: the largest fan-out gradient of what the chosen units do not already do.
+
+    After each pick its activity (over the probe batch) is projected out of the rest, so k copies of
+    one good unit (which the plain top-k would pick: the objective is a sum over units) score low.
+    """
+    rest = activity.clone()
+    chosen: list[int] = []
+    for _ in range(k):
+        score = (g.T @ rest).norm(dim=0)
+        if chosen:
+            score[chosen] = -1.0
+        pick = int(score.argmax())
+        chosen.append(pick)
+        direction = rest[:, pick] / rest[:, pick].norm().clamp_min(1e-12)
+        rest = rest - direction.unsqueeze(1) * (direction @ rest).unsqueeze(0)
+    return torch.tensor(chosen, device=activity.device)
 
 
 def _grow(layer: Layer, *, rows: torch.Tensor | None = None, bias: torch.Tensor | None = None,

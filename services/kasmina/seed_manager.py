@@ -63,8 +63,7 @@ class KernelInfo:
 
 
 class SeedManager:
-    def __init__(self, slots: dict[str, SeedSlot], settings: LifecycleSettings, model: nn.Module | None = None
-                 ) -> None:
+    def __init__(self, slots: dict[str, SeedSlot], settings: LifecycleSettings, model: nn.Module) -> None:
         self.slots = slots
         self.model = model  # width seeds find the layer their units feed in it
         self.settings = settings
@@ -174,8 +173,6 @@ class SeedManager:
                                "it takes no other seed until that one is fossilized or culled")
         if kind != WIDTH:
             return
-        if self.model is None:
-            raise KasminaError("width seeds need the model (SeedManager(model=...))")
         consumer = find_consumer(self.model, slot)
         if consumer.path in busy:
             raise KasminaError(f"{consumer.path} is being widened by seed {busy[consumer.path]}")
@@ -186,8 +183,6 @@ class SeedManager:
 
     def _width_seed(self, slot: SeedSlot, idx: int, fan_in: nn.Module, gradient_probe: GradientProbe | None
                     ) -> tuple[WidthSeed, WidthLink]:
-        if self.model is None:
-            raise KasminaError("width seeds need the model (SeedManager(model=...))")
         width_seed, consumer = make_width_seed(self.model, slot, fan_in)
         if gradient_probe is not None and slot.input_shape is not None:
             captured: dict[str, torch.Tensor] = {}
@@ -403,8 +398,6 @@ class SeedManager:
             self.kernel_info[seed] = KernelInfo(record["kernel_id"], record["blueprint_id"], arch, merged)
             slot = self.slot(seed)
             if merged:
-                if self.model is None:
-                    raise KasminaError("a checkpoint with width seeds needs the model (SeedManager(model=...))")
                 widen_for_resume(self.model, slot, arch)
             elif record["attached"]:
                 kernel = build(arch)
