@@ -137,6 +137,9 @@ def check_geometry(producer: SeedSlot, fan_in: Layer) -> None:
         if mine != theirs:
             raise KasminaError(f"{producer.layer_name}: fan-in geometry (kernel, stride, padding, dilation, groups) "
                                f"{mine} differs from the layer's {theirs}")
+    if fan_in.weight.shape[1:] != host.weight.shape[1:]:
+        raise KasminaError(f"{producer.layer_name}: the fan-in reads {list(fan_in.weight.shape[1:])}, the layer "
+                           f"{list(host.weight.shape[1:])}")
 
 
 class WidthLink:

@@ -31,6 +31,7 @@ from services.kasmina.growth import (
     WidthLink,
     WidthSeed,
     find_consumer,
+    fits_slot,
     gradmax_fan_in,
     make_width_seed,
     merge_width,
@@ -149,7 +150,7 @@ class SeedManager:
 
     def _probe_gate(self, slot: SeedSlot, kernel: nn.Module, arch: BlueprintArchitecture) -> GateResult:
         try:
-            out = probe(kernel, arch.input_shape, batch=4) if slot.input_shape else None
+            out = probe(kernel, arch.input_shape, batch=4) if slot.input_shape and fits_slot(arch, slot) else None
             ok = out is not None and list(out.shape[1:]) == seed_output_shape(arch) \
                 and bool(torch.isfinite(out).all())
         except Exception:

@@ -284,3 +284,19 @@ def test_a_side_branch_blueprint_keeps_its_id():
     import json
     canonical = json.dumps(legacy, sort_keys=True, separators=(",", ":"))
     assert arch.content_hash() == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_a_kernel_of_the_wrong_kind_or_shape_fails_its_probe_and_is_culled():
+    model, slots, manager, _ = host("mlp", ["body.0"])
+    slot = slots["body.0"]  # Linear(4, 6)
+    sid = SeedId(layer_id=slot.layer_id, seed_idx=0)
+    bp = width_units([5], [6], 2)
+    with pytest.raises(KasminaError, match=r"the fan-in reads \[5\], the layer \[4\]"):
+        manager.germinate(sid, build_module(bp.architecture), KernelInfo("k", bp.blueprint_id, bp.architecture), 0, 0)
+    for bp in (depth_block([4], 3), width_units([4], [7], 2)):
+        kernel, info = build_module(bp.architecture), KernelInfo("k", bp.blueprint_id, bp.architecture)
+        events, _ = manager.germinate(sid, kernel, info, 0, 0.5)
+        assert [e.to_state for e in events] == [SeedState.GERMINATED, SeedState.CULLED]
+        assert events[-1].gates[0].name == "kernel_probe" and not events[-1].gates[0].passed
+        manager.end_of_epoch(0, lambda: 0.5, 0.5)  # embargo over: dormant again
+        assert manager.state(sid) is SeedState.DORMANT
