@@ -71,6 +71,10 @@ class BlueprintArchitecture(Contract):
     input_shape: list[int] = Field(min_length=1)
     output_shape: list[int] = Field(min_length=1)
     layers: list[OpSpec] = Field(min_length=1)
+    # Added in schema v2 (BlueprintSubmitted; CompiledKernel v3). None: a side branch added to the
+    # layer's output. "width": the one op is the fan-in of new units of the layer; "depth": a
+    # block inserted after the layer, identity at germination. See ``contracts.blueprint_ir``.
+    kind: str | None = Field(default=None, max_length=20, description="Seed kind: none (side branch), width, depth")
 
     @model_validator(mode="after")
     def _within_ir_limits(self) -> BlueprintArchitecture:
@@ -86,7 +90,8 @@ class BlueprintArchitecture(Contract):
         A field added to the IR later must be left out of this JSON at its default, or every
         blueprint id already on the log would stop matching its content.
         """
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        unset = {"kind"} if self.kind is None else set()
+        canonical = json.dumps(self.model_dump(mode="json", exclude=unset), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -22,6 +22,14 @@ MAX_ACTIVATION_BYTES       32 MiB       activations of ONE sample in a forward p
                                         attention scores included); probes multiply by their batch
 =========================  ===========  ==================================================
 
+Seed kinds (``BlueprintArchitecture.kind``): ``None`` is a side branch, ``y = host(x) + a * kernel(x)``,
+mapping the slot's input shape to its output shape. ``"width"`` adds units to the layer: its one
+op (``linear`` or ``conv2d``, ``width`` = the number of units) is their fan-in, from the slot's
+input to ``[units]`` (``[units, H, W]``); ``output_shape`` is the layer's, and the fan-out into
+the consumer layer is made by Kasmina, which knows the host. ``"depth"`` inserts a block after
+the layer: ``y + a * block(y)`` from the layer's output shape to itself, its last op a ``linear``
+or ``conv2d`` that is built zero, so the block is the identity when it is inserted.
+
 The plan mirrors ``services/blueprints/modules.py`` op by op (a test checks that the
 analytic parameter count equals the built module's for every op and every starter).
 """
@@ -42,6 +50,9 @@ MAX_DEPTH = 8
 MAX_PARAMETERS = 16 * 2**20
 MAX_ACTIVATION_BYTES = 32 * 2**20
 FLOAT_BYTES = 4
+WIDTH = "width"
+DEPTH = "depth"
+SEED_KINDS = (WIDTH, DEPTH)
 
 
 class _Op(Protocol):
@@ -59,6 +70,8 @@ class _Architecture(Protocol):
     def output_shape(self) -> list[int]: ...
     @property
     def layers(self) -> Sequence[_Op]: ...
+    @property
+    def kind(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ def shape_problems(arch: _Architecture) -> list[str]:
     """Bounds that need no planning: ranks, dimensions, op counts, residual depth, op widths."""
     problems = [p for p in (_shape_problem("input_shape", arch.input_shape),
                             _shape_problem("output_shape", arch.output_shape)) if p]
+    if arch.kind is not None and arch.kind not in SEED_KINDS:
+        problems.append(f"kind {arch.kind[:20]!r} is not a seed kind ({', '.join(SEED_KINDS)} or none)")
     if len(arch.layers) > MAX_OPS:
         problems.append(f"{len(arch.layers)} ops, at most {MAX_OPS} are allowed")
     depth = sum(1 for op in arch.layers if op.op == BlueprintOp.RESIDUAL)
@@ -176,10 +191,35 @@ def _plan_op(i: int, op: _Op, shape: tuple[int, ...], target: Sequence[int], fir
     return f"op {kind!r} is not in the whitelist"  # pragma: no cover - the enum is closed
 
 
+def seed_output_shape(arch: _Architecture) -> list[int]:
+    """The shape the kernel module produces: the new units for a width seed, else ``output_shape``."""
+    if arch.kind == WIDTH and arch.layers and arch.layers[0].width is not None:
+        return [arch.layers[0].width, *arch.output_shape[1:]]
+    return list(arch.output_shape)
+
+
+def _kind_problem(arch: _Architecture) -> str | None:
+    if arch.kind == WIDTH:
+        ops = arch.layers
+        if len(ops) != 1 or ops[0].op not in (BlueprintOp.LINEAR, BlueprintOp.CONV2D) or ops[0].width is None:
+            return "a width seed is one linear or conv2d op with its width (the number of new units)"
+        if len(arch.input_shape) != len(arch.output_shape):
+            return f"a width seed maps a layer's input to its units: {arch.input_shape} -> {arch.output_shape}"
+    if arch.kind == DEPTH:
+        if list(arch.input_shape) != list(arch.output_shape):
+            return f"a depth block maps the layer's output to itself, not {arch.input_shape} -> {arch.output_shape}"
+        if not arch.layers or arch.layers[-1].op not in (BlueprintOp.LINEAR, BlueprintOp.CONV2D):
+            return "a depth block ends in a linear or conv2d op (built zero, so the block starts as the identity)"
+    return None
+
+
 def plan(arch: _Architecture) -> IRPlan:
     """Walk the ops as ``build_module`` will, without building anything (call after ``shape_problems``)."""
     result = IRPlan(input_elements=_numel(arch.input_shape))
-    shape, target = tuple(arch.input_shape), list(arch.output_shape)
+    result.problem = _kind_problem(arch)
+    if result.problem is not None:
+        return result
+    shape, target = tuple(arch.input_shape), seed_output_shape(arch)
     first_conv = True
     for i, op in enumerate(arch.layers):
         if op.op == BlueprintOp.RESIDUAL:
@@ -201,7 +241,7 @@ def plan(arch: _Architecture) -> IRPlan:
         shape = step.out_shape
     result.final_shape = shape
     if result.problem is None and list(shape) != target:
-        result.problem = f"blueprint produces shape {list(shape)}, the slot needs {target}"
+        result.problem = f"blueprint produces shape {list(shape)}, the {arch.kind or 'slot'} needs {target}"
     return result
 
 

@@ -32,7 +32,7 @@ def bench_training_overhead(sample_every: int = 4) -> BenchResult:
     plain = _model()
     wrapped = copy.deepcopy(plain)
     slots = wrap_layers(wrapped, ["0", "2", "4"], seeds_per_layer=4, sample_every=sample_every)
-    manager = SeedManager(slots, LifecycleSettings())
+    manager = SeedManager(slots, LifecycleSettings(), wrapped)
     x = torch.randn(128, 784)
     y = torch.randint(0, 10, (128,))
     opt_plain = torch.optim.Adam(plain.parameters(), 1e-3)

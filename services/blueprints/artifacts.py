@@ -65,7 +65,9 @@ def probe(module: nn.Module, input_shape: list[int], batch: int = 4) -> torch.Te
     was_training = module.training
     module.eval()
     try:
+        # On the module's device: Kasmina probes kernels already moved to the host's (a GPU's).
+        device = next(module.parameters(), torch.empty(0)).device
         with torch.inference_mode():
-            return module(torch.randn(batch, *input_shape))
+            return module(torch.randn(batch, *input_shape, device=device))
     finally:
         module.train(was_training)

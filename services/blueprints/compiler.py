@@ -11,6 +11,7 @@ import torch
 
 from contracts import Blueprint, CompiledKernel, KernelMetadata, KernelStatus
 from contracts.assets import blueprint_id_for
+from contracts.blueprint_ir import seed_output_shape
 from services.blueprints.artifacts import kernel_id_for, probe, save_artifact, sha256_hex
 from services.blueprints.modules import BlueprintError, build_module, check_buildable, parameter_count
 
@@ -40,8 +41,9 @@ def compile_blueprint(bp: Blueprint, *, init_seed: int = 0, max_parameters: int 
         raise BlueprintError(
             f"probe failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
         ) from None
-    if list(out.shape[1:]) != list(bp.architecture.output_shape):
-        raise BlueprintError(f"probe output shape {list(out.shape[1:])} != {bp.architecture.output_shape}")
+    expected = seed_output_shape(bp.architecture)  # a width seed's module makes its new units
+    if list(out.shape[1:]) != expected:
+        raise BlueprintError(f"probe output shape {list(out.shape[1:])} != {expected}")
     if not bool(torch.isfinite(out).all()):
         raise BlueprintError("probe output is not finite")
     artifact = save_artifact(module, bp.blueprint_id)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from contracts import BlueprintArchitecture, BlueprintOp
-from contracts.blueprint_ir import OpPlan
+from contracts.blueprint_ir import DEPTH, OpPlan
 from services.blueprints.ir_checks import BlueprintError, check_buildable
 
 __all__ = ["BlueprintError", "build_module", "check_buildable", "parameter_count"]
@@ -95,13 +95,20 @@ def _build_op(step: OpPlan) -> nn.Module:
 
 
 def build_module(arch: BlueprintArchitecture) -> nn.Module:
-    """Build the kernel module of ``arch``; raises BlueprintError (before allocating) when it cannot."""
+    """Build the kernel module of ``arch``; raises BlueprintError (before allocating) when it cannot.
+
+    A depth block's last op is built zero: the block adds nothing, so inserting it is the identity.
+    """
     layers: list[nn.Module] = []
     for step in check_buildable(arch).steps:
         if step.op == BlueprintOp.RESIDUAL:
             layers = [_Residual(nn.Sequential(*layers))]
         else:
             layers.append(_build_op(step))
+    if arch.kind == DEPTH:
+        with torch.no_grad():
+            for p in layers[-1].parameters():
+                p.zero_()
     return nn.Sequential(*layers)
 
 

@@ -51,3 +51,33 @@ def for_slot(input_shape: list[int], output_shape: list[int]) -> list[Blueprint]
             linear_residual(input_shape[0], output_shape[0])
         ]
     return [conv_adapter(input_shape, output_shape, h) for h in (8, 16)]
+
+
+def width_units(in_shape: list[int], out_shape: list[int], units: int = 8, kernel_size: int = 3) -> Blueprint:
+    """A width seed: ``units`` new units of the layer (their fan-in; Kasmina adds the zero fan-out).
+
+    For a conv layer the fan-in must have the layer's kernel size (and padding ``kernel_size // 2``).
+    """
+    op = OpSpec(op=BlueprintOp.LINEAR, width=units) if len(in_shape) == 1 else \
+        OpSpec(op=BlueprintOp.CONV2D, width=units, kernel_size=kernel_size)
+    return Blueprint(
+        name=f"width-{in_shape[0]}-{out_shape[0]}+{units}", description=f"{units} new units of the layer",
+        created_by="karn", architecture=BlueprintArchitecture(
+            input_shape=in_shape, output_shape=out_shape, layers=[op], kind="width"),
+    )
+
+
+def depth_block(shape: list[int], hidden: int | None = None) -> Blueprint:
+    """A depth seed: ``y + up(relu(down(y)))`` after the layer, ``up`` built zero (the identity at first)."""
+    width = hidden or shape[0]
+    if len(shape) == 1:
+        ops = [OpSpec(op=BlueprintOp.LINEAR, width=width), OpSpec(op=BlueprintOp.RELU),
+               OpSpec(op=BlueprintOp.LINEAR, width=shape[0])]
+    else:
+        ops = [OpSpec(op=BlueprintOp.CONV2D, width=width, kernel_size=3), OpSpec(op=BlueprintOp.RELU),
+               OpSpec(op=BlueprintOp.CONV2D, width=shape[0], kernel_size=1)]
+    return Blueprint(
+        name=f"depth-{shape[0]}-{width}", description=f"a residual block of inner width {width} after the layer",
+        created_by="karn", architecture=BlueprintArchitecture(
+            input_shape=shape, output_shape=shape, layers=ops, kind="depth"),
+    )

@@ -25,9 +25,23 @@ from contracts import (
     SeedState,
     SeedTransition,
 )
+from contracts.blueprint_ir import WIDTH, seed_output_shape
 from services.blueprints.artifacts import probe
+from services.kasmina.growth import (
+    WidthLink,
+    WidthSeed,
+    find_consumer,
+    fits_slot,
+    gradmax_fan_in,
+    make_width_seed,
+    merge_width,
+    widen_for_resume,
+)
 from services.kasmina.lifecycle import ACTIVE, CULLABLE, HAS_KERNEL, check_transition
 from services.kasmina.seed_slot import KasminaError, SeedSlot
+
+# A loss on one batch of training data, computed through the model (GradMax reads its gradients).
+GradientProbe = Callable[[], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -46,11 +60,13 @@ class KernelInfo:
     kernel_id: str
     blueprint_id: str
     architecture: BlueprintArchitecture
+    merged: bool = False  # a fossilized width seed whose units are now the host's
 
 
 class SeedManager:
-    def __init__(self, slots: dict[str, SeedSlot], settings: LifecycleSettings) -> None:
+    def __init__(self, slots: dict[str, SeedSlot], settings: LifecycleSettings, model: nn.Module) -> None:
         self.slots = slots
+        self.model = model  # width seeds find the layer their units feed in it
         self.settings = settings
         self._by_layer = {slot.layer_id: slot for slot in slots.values()}
         if len(self._by_layer) != len(slots):
@@ -97,12 +113,23 @@ class SeedManager:
         )
 
     def germinate(self, seed: SeedId, kernel: nn.Module, info: KernelInfo, epoch: int, pre_metric: float,
-                  command_id: str | None = None) -> tuple[list[SeedTransition], list[FieldReport]]:
-        """Load ``kernel`` into a dormant seed; a kernel that fails its probe is culled at once."""
+                  command_id: str | None = None, gradient_probe: GradientProbe | None = None
+                  ) -> tuple[list[SeedTransition], list[FieldReport]]:
+        """Load ``kernel`` into a dormant seed; a kernel that fails its probe is culled at once.
+
+        A width seed gets its zero fan-out here and, given ``gradient_probe``, a GradMax fan-in.
+        """
         slot = self.slot(seed)
         check_transition(slot.state(seed.seed_idx), SeedState.GERMINATED, str(seed))
         idx = seed.seed_idx
-        slot.attach_kernel(idx, kernel)
+        kind = info.architecture.kind
+        self._check_room(slot, idx, kind)
+        link = None
+        if kind == WIDTH:
+            kernel, link = self._width_seed(slot, idx, kernel, gradient_probe)
+        slot.attach_kernel(idx, kernel, kind)
+        if link is not None:
+            slot.width_links[idx] = link
         self.kernel_info[seed] = info
         digest = hashlib.sha256(info.kernel_id.encode()).digest()[:16]
         slot.seed_kernel_digest[idx] = torch.tensor(list(digest), dtype=torch.uint8)
@@ -110,7 +137,7 @@ class SeedManager:
         slot.seed_germinated_epoch[idx] = epoch
         slot.set_alpha(idx, 0.0)
         events = [self._move(seed, SeedState.GERMINATED, epoch, "kernel loaded", command_id=command_id)]
-        gate = self._probe_gate(slot, kernel)
+        gate = self._probe_gate(slot, kernel, info.architecture)
         if gate.passed:
             events.append(
                 self._move(seed, SeedState.TRAINING, epoch, "kernel probe passed", command_id=command_id, gates=[gate])
@@ -121,13 +148,56 @@ class SeedManager:
         )
         return events + cull_events, reports
 
-    def _probe_gate(self, slot: SeedSlot, kernel: nn.Module) -> GateResult:
+    def _probe_gate(self, slot: SeedSlot, kernel: nn.Module, arch: BlueprintArchitecture) -> GateResult:
         try:
-            out = probe(kernel, slot.input_shape or [], batch=4) if slot.input_shape else None
-            ok = out is not None and list(out.shape[1:]) == slot.output_shape and bool(torch.isfinite(out).all())
+            out = probe(kernel, arch.input_shape, batch=4) if slot.input_shape and fits_slot(arch, slot) else None
+            ok = out is not None and list(out.shape[1:]) == seed_output_shape(arch) \
+                and bool(torch.isfinite(out).all())
         except Exception:
             ok = False
         return GateResult(name="kernel_probe", passed=ok, value=1.0 if ok else 0.0, threshold=1.0)
+
+    def _width_links(self) -> dict[str, str]:
+        """Layer path -> the live width seed whose producer or consumer it is."""
+        busy = {}
+        for slot in self.slots.values():
+            for idx, link in slot.width_links.items():
+                assert isinstance(link, WidthLink)
+                busy[slot.layer_name] = busy[link.consumer.path] = f"{slot.layer_id}:{idx}"
+        return busy
+
+    def _check_room(self, slot: SeedSlot, idx: int, kind: str | None) -> None:
+        """A layer being widened takes no other seed, and a width seed needs its two layers to itself."""
+        busy = self._width_links()
+        if slot.layer_name in busy:
+            raise KasminaError(f"{slot.layer_name} is being widened by seed {busy[slot.layer_name]}; "
+                               "it takes no other seed until that one is fossilized or culled")
+        if kind != WIDTH:
+            return
+        consumer = find_consumer(self.model, slot)
+        if consumer.path in busy:
+            raise KasminaError(f"{consumer.path} is being widened by seed {busy[consumer.path]}")
+        for other in (slot, consumer.slot):
+            if other is not None and any(other.kernel(i) is not None for i in range(other.num_seeds) if
+                                         not (other is slot and i == idx)):
+                raise KasminaError(f"{other.layer_name} holds other seeds, which would not fit its new width")
+
+    def _width_seed(self, slot: SeedSlot, idx: int, fan_in: nn.Module, gradient_probe: GradientProbe | None
+                    ) -> tuple[WidthSeed, WidthLink]:
+        width_seed, consumer = make_width_seed(self.model, slot, fan_in)
+        if gradient_probe is not None and slot.input_shape is not None:
+            captured: dict[str, torch.Tensor] = {}
+            hooks = [
+                slot.register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0].detach())),
+                consumer.layer.register_forward_hook(lambda m, args, out: captured.__setitem__("out", out)),
+            ]
+            try:
+                loss = gradient_probe()
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            gradmax_fan_in(slot, width_seed, consumer, loss, captured)
+        return width_seed, WidthLink(slot, idx, width_seed, consumer)
 
     def cull(
         self,
@@ -180,6 +250,12 @@ class SeedManager:
         event = self._move(seed, SeedState.FOSSILIZED, epoch, f"counterfactual contribution {contribution:+.4f}",
                            command_id=command_id, gates=[gate])
         slot.set_alpha(seed.seed_idx, 1.0)
+        link = slot.width_links.get(seed.seed_idx)
+        if isinstance(link, WidthLink):  # the units become the host's own (and train on with it)
+            merge_width(link)
+            slot.detach_kernel(seed.seed_idx)
+            info = self.kernel_info[seed]
+            self.kernel_info[seed] = KernelInfo(info.kernel_id, info.blueprint_id, info.architecture, merged=True)
         kernel = slot.kernel(seed.seed_idx)
         if kernel is not None:
             kernel.requires_grad_(False)
@@ -302,21 +378,35 @@ class SeedManager:
             f"{seed.layer_id}:{seed.seed_idx}": {
                 "kernel_id": info.kernel_id, "blueprint_id": info.blueprint_id,
                 "architecture": info.architecture.model_dump(mode="json"),
-                "attached": self.slot(seed).kernel(seed.seed_idx) is not None,
+                "attached": self.slot(seed).kernel(seed.seed_idx) is not None, "merged": info.merged,
             }
             for seed, info in self.kernel_info.items()
         }, sort_keys=True)
 
     def restore_kernels(self, records: str, build: Callable[[BlueprintArchitecture], nn.Module]) -> None:
-        """Rebuild (empty) kernel modules so that ``load_state_dict`` can fill them."""
-        for key, record in json.loads(records).items():
+        """Rebuild (empty) kernel modules, and the host's widths, so that ``load_state_dict`` can fill them.
+
+        Merged width seeds first: the kernels attached after them were made for the widened host.
+        """
+        loaded = json.loads(records)
+        order = sorted(loaded, key=lambda key: not loaded[key].get("merged", False))
+        for key in order:
+            record = loaded[key]
             layer_id, idx = (int(part) for part in key.split(":"))
             seed = SeedId(layer_id=layer_id, seed_idx=idx)
             arch = BlueprintArchitecture.model_validate(record["architecture"])
-            self.kernel_info[seed] = KernelInfo(record["kernel_id"], record["blueprint_id"], arch)
+            merged = bool(record.get("merged", False))  # checkpoints from before width seeds have no key
+            self.kernel_info[seed] = KernelInfo(record["kernel_id"], record["blueprint_id"], arch, merged)
             slot = self.slot(seed)
-            if record["attached"]:
-                slot.kernels[str(idx)] = build(arch).to(slot.host.weight.device)
+            if merged:
+                widen_for_resume(self.model, slot, arch)
+            elif record["attached"]:
+                kernel = build(arch)
+                if arch.kind == WIDTH:
+                    kernel, link = self._width_seed(slot, idx, kernel, None)
+                    slot.width_links[idx] = link
+                slot.kernels[str(idx)] = kernel.to(slot.host.weight.device)
+                slot.kinds[idx] = arch.kind
 
     def after_load(self) -> None:
         """Call after ``load_state_dict``: re-read buffers, freeze fossils, check every kernel is there."""
@@ -324,7 +414,8 @@ class SeedManager:
             slot.refresh()
             for idx in range(slot.num_seeds):
                 state, kernel = slot.state(idx), slot.kernel(idx)
-                if state in HAS_KERNEL and kernel is None:
+                info = self.kernel_info.get(SeedId(layer_id=slot.layer_id, seed_idx=idx))
+                if state in HAS_KERNEL and kernel is None and not (info is not None and info.merged):
                     raise KasminaError(f"checkpoint has seed {slot.layer_id}:{idx} {state.value} but no kernel record")
                 if state is SeedState.FOSSILIZED and kernel is not None:  # a fossil has one (HAS_KERNEL, above)
                     kernel.requires_grad_(False)

@@ -1,6 +1,8 @@
 """SeedSlot: a host layer plus N seeds whose outputs are blended into the layer's output.
 
-    y = host(x) + sum_i alpha_i * kernel_i(x)
+    y = host(x) + sum_i alpha_i * kernel_i(x)          side branches (the default kind)
+    y = y + alpha_j * block_j(y)                      depth seeds, after every side branch
+    units_w = kernel_w(x), added by the next layer     width seeds (``services.kasmina.growth``)
 
 TRAINING   the seed learns the task in isolation: it adds nothing to the model's
            output (alpha 0, host gradients unchanged); the trainer runs a second,
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from contracts import SeedState, layer_id_for_path
+from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError
 from services.kasmina.health import HealthAccumulator
 from services.kasmina.lifecycle import state_code, state_of
@@ -31,6 +35,14 @@ _CONTRIBUTING = (SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED)
 
 class KasminaError(EsperError, ValueError):
     """A seed slot cannot be made or used as asked."""
+
+
+class WidthLinkLike(Protocol):
+    """What the slot needs of a width seed's link (``services.kasmina.growth.WidthLink``)."""
+
+    pending: tuple[torch.Tensor, float] | None
+
+    def remove(self) -> None: ...
 
 
 class SeedSlot(nn.Module):
@@ -77,6 +89,8 @@ class SeedSlot(nn.Module):
         self._calls = 0
         self._alpha_override: dict[int, float] = {}
         self._failures: dict[int, str] = {}
+        self.kinds: dict[int, str | None] = {}  # seed -> its kernel's kind (None: a side branch)
+        self.width_links: dict[int, WidthLinkLike] = {}  # set by the manager for width seeds
         self.refresh()
 
     # -- python-side mirror of the buffers (read on every forward, so no tensor syncs) ----------
@@ -85,7 +99,9 @@ class SeedSlot(nn.Module):
         self._states = [state_of(c) for c in self.seed_state.tolist()]
         self._alphas = [float(a) for a in self.seed_alpha.tolist()]
         self._disabled: set[int] = set()
-        self._contributing = [i for i, s in enumerate(self._states) if s in _CONTRIBUTING and str(i) in self.kernels]
+        contributing = [i for i, s in enumerate(self._states) if s in _CONTRIBUTING and str(i) in self.kernels]
+        # Depth blocks act on the layer's finished output, so they come after every side branch.
+        self._contributing = sorted(contributing, key=lambda i: self.kinds.get(i) == DEPTH)
 
     def state(self, idx: int) -> SeedState:
         return self._states[idx]
@@ -112,14 +128,19 @@ class SeedSlot(nn.Module):
             self._alpha_override.pop(idx, None)
 
     # -- kernels ------------------------------------------------------------------------------
-    def attach_kernel(self, idx: int, kernel: nn.Module) -> None:
+    def attach_kernel(self, idx: int, kernel: nn.Module, kind: str | None = None) -> None:
         device = self.host.weight.device
         self.kernels[str(idx)] = kernel.to(device)
+        self.kinds[idx] = kind
         self.refresh()
 
     def detach_kernel(self, idx: int) -> None:
         if str(idx) in self.kernels:
             del self.kernels[str(idx)]
+        self.kinds.pop(idx, None)
+        link = self.width_links.pop(idx, None)
+        if link is not None:
+            link.remove()
         self.refresh()
 
     def kernel(self, idx: int) -> nn.Module | None:
@@ -155,19 +176,29 @@ class SeedSlot(nn.Module):
             training = state is SeedState.TRAINING
             if training and not self.probe_training:
                 continue  # alpha 0: isolated from the host
+            alpha = self._alpha_override.get(idx, 1.0 if training else self._alphas[idx])
+            kind = self.kinds.get(idx)
+            if kind == WIDTH and not alpha:
+                continue  # the units add nothing: no need to make them
+            source = y if kind == DEPTH else x
             try:
-                out = self.kernels[str(idx)](x.detach() if training else x)
+                out = self.kernels[str(idx)](source.detach() if training else source)
             except Exception as exc:  # a kernel is data we were given: it must not kill the run
                 self._fail(idx, f"kernel raised {type(exc).__name__}: {exc}")
                 continue
-            if out.shape != y.shape:
-                self._fail(idx, f"kernel output shape {list(out.shape)} != layer output {list(y.shape)}")
+            wrong_shape = (out.shape[:1] + out.shape[2:] != y.shape[:1] + y.shape[2:]) if kind == WIDTH \
+                else out.shape != y.shape
+            if wrong_shape:
+                self._fail(idx, f"kernel output shape {list(out.shape)} does not fit layer output {list(y.shape)}")
                 continue
             if not bool(torch.isfinite(out).all()):
                 self._fail(idx, "kernel produced non-finite values")
                 continue
-            alpha = self._alpha_override.get(idx, 1.0 if training else self._alphas[idx])
-            if alpha:
+            if kind == WIDTH:
+                link = self.width_links.get(idx)
+                if link is not None:
+                    link.pending = (out, alpha)  # the next layer's hook adds them
+            elif alpha:
                 y = y + out if alpha == 1.0 else y + alpha * out
         return y
 

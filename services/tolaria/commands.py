@@ -6,10 +6,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from contracts import CommandAction, FieldReport, KasminaCommand, SeedId, SeedState, SeedTransition
+from contracts.blueprint_ir import DEPTH
 from services.blueprints.artifacts import ArtifactError
 from services.core.errors import EsperError
+from services.kasmina.growth import fits_slot
 from services.kasmina.lifecycle import IllegalTransitionError
-from services.kasmina.seed_manager import KernelInfo, SeedManager
+from services.kasmina.seed_manager import GradientProbe, KernelInfo, SeedManager
 from services.kasmina.seed_slot import KasminaError
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
 
@@ -41,8 +43,10 @@ class AdaptationBudget:
 
 class CommandApplier:
     def __init__(self, manager: SeedManager, library: KernelLibrary | None, budget: AdaptationBudget,
-                 kernel_wait_s: float, on_parameters_changed: Callable[[], None]) -> None:
+                 kernel_wait_s: float, on_parameters_changed: Callable[[], None],
+                 gradient_probe: GradientProbe | None = None) -> None:
         self.manager = manager
+        self.gradient_probe = gradient_probe  # a width seed's GradMax fan-in reads the loss's gradients
         self.library = library
         self.budget = budget
         self.kernel_wait_s = kernel_wait_s
@@ -90,16 +94,18 @@ class CommandApplier:
             arch = kernel.architecture
             if arch is None:
                 raise CommandRejected(f"kernel {kernel.kernel_id} carries no blueprint architecture")
-            if arch.input_shape != slot.input_shape or arch.output_shape != slot.output_shape:
+            if not fits_slot(arch, slot):
+                needs = f"{slot.output_shape} -> {slot.output_shape} (a depth block)" if arch.kind == DEPTH \
+                    else f"{slot.input_shape} -> {slot.output_shape}"
                 raise CommandRejected(
                     f"kernel {kernel.kernel_id} maps {arch.input_shape} -> {arch.output_shape}, "
-                    f"slot {slot.layer_name} needs {slot.input_shape} -> {slot.output_shape}"
+                    f"slot {slot.layer_name} needs {needs}"
                 )
             module = self.library.load_module(kernel)  # content addresses verified, IR checked before building
         except (KernelNotFoundError, ArtifactError) as exc:
             raise CommandRejected(str(exc)) from None
         info = KernelInfo(kernel.kernel_id, kernel.blueprint_id, arch)
-        result = self.manager.germinate(seed, module, info, epoch, current, command.command_id)
+        result = self.manager.germinate(seed, module, info, epoch, current, command.command_id, self.gradient_probe)
         self.budget.germinations += 1
         self.budget.last_germination_epoch = epoch
         return result

@@ -129,7 +129,7 @@ class _RunLoop:
                                     0.0 if self.no_adapt else a.controller_wait_s, decided_epoch=start_epoch - 1)
         trainer = setup.trainer
         applier = CommandApplier(setup.manager, clients.library, setup.budget, a.kernel_wait_s,
-                                 trainer.rebuild_optimizer)
+                                 trainer.rebuild_optimizer, trainer.gradient_probe_loss)
         self.boundary = EpochBoundary(
             self.run_id, setup.model, setup.manager, applier, setup.budget, trainer.val_accuracy,
             trainer.rebuild_optimizer, epochs=self.cfg.epochs, telemetry_every_epochs=self.cfg.telemetry.every_epochs,

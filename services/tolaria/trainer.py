@@ -123,6 +123,19 @@ class Trainer:
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
 
+    def gradient_probe_loss(self, rows: int = 256) -> torch.Tensor:
+        """The loss on the first ``rows`` training samples, with its graph (GradMax reads its gradients).
+
+        In eval mode, so that the probe neither samples health statistics nor moves batch-norm statistics.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                return F.cross_entropy(self.model(self.train_split.x[:rows]), self.train_split.y[:rows])
+        finally:
+            self.model.train(was_training)
+
     @torch.inference_mode()
     def evaluate(self, split: str = "val") -> tuple[float, float]:
         data = {"val": self.val_split, "test": self.test_split, "train": self.train_split}[split]

@@ -56,7 +56,7 @@ def build_training(cfg: RunConfig, adapt: bool) -> TrainingSetup:
     manager = SeedManager(slots, LifecycleSettings(
         training_epochs=a.training_epochs, grafting_steps=a.grafting_steps, embargo_epochs=a.embargo_epochs,
         min_contribution=a.min_contribution, auto_advance=a.auto_advance,
-    ))
+    ), model)
     trainer = Trainer(model, manager, data, cfg, device)
     with torch.no_grad():  # record every slot's shapes (needed to check kernels) with one sample
         model.eval()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from contracts import BlueprintArchitecture, KernelCharacterized, KernelMetadata
+from contracts.blueprint_ir import seed_output_shape
 from services.blueprints.modules import BlueprintError, check_buildable
 from services.core.errors import EsperError
 
@@ -70,7 +71,8 @@ def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.devi
         for hook in hooks:
             hook.remove()
     finite = bool(torch.isfinite(out).all())
-    shape_ok = list(out.shape[1:]) == list(architecture.output_shape)
+    expected = seed_output_shape(architecture)  # a width seed's module makes its new units
+    shape_ok = list(out.shape[1:]) == expected
     times = []
     with torch.inference_mode():
         for i in range(WARMUP + RUNS):
@@ -100,7 +102,7 @@ def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.devi
     if not finite:
         reasons.append("non-finite output")
     if not shape_ok:
-        reasons.append(f"output shape {list(out.shape[1:])} != {architecture.output_shape}")
+        reasons.append(f"output shape {list(out.shape[1:])} != {expected}")
     if p95 > MAX_LATENCY_MS:
         reasons.append(f"p95 latency {p95:.2f} ms over the {MAX_LATENCY_MS:g} ms budget")
     return KernelCharacterized(

@@ -70,7 +70,7 @@ def make(model_cls=Nested, paths=("encoder.0.0", "head"), seeds=2, settings=None
     torch.manual_seed(0)
     model = model_cls()
     slots = wrap_layers(model, list(paths), seeds)
-    manager = SeedManager(slots, settings or LifecycleSettings(grafting_steps=4, embargo_epochs=1))
+    manager = SeedManager(slots, settings or LifecycleSettings(grafting_steps=4, embargo_epochs=1), model)
     return model, slots, manager
 
 
