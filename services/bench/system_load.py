@@ -3,12 +3,16 @@
 Each run is a real `esper run` process (spirals, seeds managed by Tamiyo, bounded wait for
 its decisions) on a fresh topic prefix; Tamiyo runs in this process with a library of
 characterised kernels for the slot. First one run alone (the baseline), then ``runs``
-at once. Reported: Tamiyo's decision latency p95 under load beside the single-run p95, the
-largest consumer lag sampled every 0.5 s, and whether every run completed.
+at once. Reported: Tamiyo's control loop per decision, p99 under load beside the single run's
+(the event completing an epoch created -> its decision committed, ``Tamiyo.loop_breakdown``
+stage by stage: wait, fold, decide, produce, send_offsets, commit, and the batch sizes), the
+decide step alone (its p99 is the CPU the training processes leave to Tamiyo), the largest
+consumer lag sampled every 0.5 s, and whether every run completed.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,11 +26,12 @@ import yaml
 from services.bench.results import BenchResult
 from services.core.paths import DEFAULT_RUN_CONFIG, REPO_ROOT
 
+# The issue's target: under load the p99 of a decision's loop within 3x that of one run alone.
+MAX_P99_RATIO = 3.0
+
 
 def _run_all(kafka, prefix: str, config: Path, count: int, workdir: Path, tamiyo) -> tuple[float, int, int]:
     """Start ``count`` runs at once; returns (seconds, runs completed, max lag seen)."""
-    import os
-
     env = dict(os.environ, ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=prefix,
                ESPER_STATE_DIR=str(workdir / "state"), PYTHONPATH=str(REPO_ROOT))
     start = time.monotonic()
@@ -70,20 +75,31 @@ def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
             raw["epochs"] = epochs
             config = workdir / "run.yaml"
             config.write_text(yaml.safe_dump(raw))
+            load = [os.getloadavg()[0]]
             _run_all(kafka, prefix, config, 1, workdir, tamiyo)
-            single = tamiyo.stats()["decision_ms_p99"]
+            single, single_stages = tamiyo.stats(), tamiyo.loop_breakdown()
             tamiyo.latencies_ms.clear()
+            tamiyo.loop_stages.clear()
+            load.append(os.getloadavg()[0])
             seconds, completed, max_lag = _run_all(kafka, prefix, config, runs, workdir, tamiyo)
-            loaded = tamiyo.stats()
+            loaded, loaded_stages = tamiyo.stats(), tamiyo.loop_breakdown()
+            load.append(os.getloadavg()[0])
     finally:
         stop.set()
         thread.join(timeout=30)
         tamiyo.close()
         delete_topics(kafka, [t.name for t in topics])
     return BenchResult(
-        f"Tamiyo decision under load: {runs} concurrent runs", "ms p99", loaded["decision_ms_p99"],
-        "one run alone", single, higher_is_better=False,
+        f"Tamiyo control loop under load: {runs} concurrent runs (event -> decision committed)", "ms p99",
+        loaded["loop_ms_p99"], "one run alone", single["loop_ms_p99"], higher_is_better=False,
+        max_overhead=MAX_P99_RATIO - 1,
         details={"runs_completed": completed, "runs": runs, "epochs_per_run": epochs, "wall_seconds": round(seconds, 1),
-                 "decision_p50_ms": round(loaded["decision_ms_p50"], 2), "max_consumer_lag_events": max_lag,
-                 "epochs_decided": loaded["epochs_decided"]},
+                 "p99_over_single": round(loaded["loop_ms_p99"] / single["loop_ms_p99"], 2),
+                 "loop_p50_ms": loaded["loop_ms_p50"], "single_loop_p50_ms": single["loop_ms_p50"],
+                 "decide_p99_ms": round(loaded["decision_ms_p99"], 2),
+                 "single_decide_p99_ms": round(single["decision_ms_p99"], 2),
+                 "decide_p50_ms": round(loaded["decision_ms_p50"], 2),
+                 "stages_ms": loaded_stages, "single_stages_ms": single_stages,
+                 "max_consumer_lag_events": max_lag, "epochs_decided": loaded["epochs_decided"],
+                 "load_average_1m": " -> ".join(f"{x:.2f}" for x in load)},
     )
