@@ -38,7 +38,7 @@ class BenchResult:
     target: float | None = None
     # For costs measured against a baseline: the largest acceptable relative overhead (0.05 = 5%).
     max_overhead: float | None = None
-    details: dict[str, float | int | str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # JSON values: numbers, strings, nested tables
     # The first is the primary one (``ceiling_name``, ``ceiling``, ``fraction_of_ceiling`` in the JSON).
     ceilings: list[Ceiling] = field(default_factory=list)
 

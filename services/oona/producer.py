@@ -75,6 +75,7 @@ class OonaProducer:
         self._lock = threading.Lock()
         self._announced: set[str] = set()  # record names whose writer schema is on the schema log
         self._schema_log: SchemaLogWriter | None = None
+        self.transaction_writes = 0  # messages and offsets sent in the current transaction
 
     # -- callbacks -------------------------------------------------------------------------
     def _on_delivery(self, error: KafkaError | None, msg: Message) -> None:
@@ -126,6 +127,7 @@ class OonaProducer:
             pending = retry
             if pending:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.05)
+        self.transaction_writes += count
         self._producer.poll(0)
         return count
 
@@ -144,6 +146,7 @@ class OonaProducer:
                 break
             except BufferError:  # local queue full: let librdkafka drain it
                 self._producer.poll(0.05)
+        self.transaction_writes += 1
         self._producer.poll(0)
 
     def poll(self, timeout_s: float = 0.0) -> int:
@@ -168,10 +171,12 @@ class OonaProducer:
 
     def begin_transaction(self) -> None:
         self._producer.begin_transaction()
+        self.transaction_writes = 0
 
     def send_offsets_to_transaction(self, offsets: Iterable[TopicPartition], group_metadata: object,
                                     timeout_s: float = 30.0) -> None:
         self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout_s)
+        self.transaction_writes += 1
 
     def commit_transaction(self, timeout_s: float = 30.0) -> None:
         self._producer.commit_transaction(timeout_s)

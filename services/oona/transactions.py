@@ -24,6 +24,19 @@ Consequences for handlers:
 - what a handler produced itself (``consumer.reject``) before it raised stays in the
   transaction.
 
+Batching: a transaction is committed when it has something to publish, never to fill a batch.
+A batch that wrote nothing (no output, no dead letter: telemetry folded into state, waiting for
+its epoch's end) leaves the transaction open and its offsets unsent; they go with the next
+transaction that writes, with the first empty poll (the service is idle: the commit is free), or
+after ``max_deferred_s``. Nothing is registered with the broker until the first write, so an open
+transaction without writes costs nothing there, and a crash meanwhile only means those records
+are read again (they produced nothing). Under load a poll returns what accumulated during the
+previous commit, so the batch (and the work one commit carries) grows by itself; when idle a
+batch of one commits at once.
+
+``times`` holds where the last batch's time went (``BatchTimes``: consume, handle, produce,
+send_offsets, commit) for the benches and the health log.
+
 ``after_batch`` (work not tied to one record, e.g. timeouts) is treated the same way: when
 it raises the record's-fault kind of exception, the error is logged with its traceback and
 counted (``after_batch_failures``), its outputs are dropped and the batch commits without
@@ -34,7 +47,9 @@ dead-lettered, and stopping would only meet the same failure after the restart.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -52,6 +67,25 @@ log = logging.getLogger(__name__)
 Output = tuple[TopicSpec, OonaMessage[Any]]
 Handler = Callable[[Delivered], Iterable[Output]]
 Encoded = tuple[str, bytes, bytes]  # topic, value, key
+
+# Offsets of batches that wrote nothing wait at most this long for a transaction to ride with.
+MAX_DEFERRED_S = 1.0
+
+
+@dataclass
+class BatchTimes:
+    """Where one ``process_batch`` call's wall time went (seconds), and when (``time.time()``)."""
+
+    consume_s: float = 0.0  # waiting for the batch and decoding it
+    handle_s: float = 0.0  # the handlers, their outputs encoded
+    after_batch_s: float = 0.0  # the after_batch hook, its outputs encoded
+    produce_s: float = 0.0  # handing the encoded outputs to the producer
+    send_offsets_s: float = 0.0  # send_offsets_to_transaction (0 when deferred)
+    commit_s: float = 0.0  # commit_transaction (0 when deferred)
+    records: int = 0
+    committed: bool = False  # False: the transaction stays open, its offsets deferred
+    consumed_at: float = 0.0
+    committed_at: float = 0.0
 
 
 class ExactlyOnceProcessor:
@@ -82,27 +116,58 @@ class ExactlyOnceProcessor:
         self.after_batch = after_batch
         self.failed = 0  # records dead-lettered because their handler raised
         self.after_batch_failures = 0
+        self.max_deferred_s = MAX_DEFERRED_S
+        self.times = BatchTimes()
+        self._open = False  # a transaction is begun and not ended
+        # monotonic time of the first record consumed (or dead-lettered) whose offsets are in no
+        # transaction yet; None: there is none
+        self._unsent_since: float | None = None
 
     def process_batch(self, max_messages: int = 500, timeout_s: float = 1.0, gather_s: float = 0.0) -> int:
-        """Consume, handle and commit one batch atomically; returns the events handled or dead-lettered."""
-        self.producer.begin_transaction()
+        """Consume and handle one batch; commit it with any deferred before it in one transaction, or,
+        when it wrote nothing, leave the transaction open (see the module's docstring). Returns the
+        events handled or dead-lettered."""
+        times = self.times = BatchTimes()
+        if not self._open:
+            self.producer.begin_transaction()  # local: nothing reaches the broker before the first write
+            self._open = True
         try:
             failed_before = self.consumer.dead_lettered + self.consumer.already_dead_lettered
+            start = time.perf_counter()
             batch = self.consumer.consume(max_messages, timeout_s, gather_s)
-            consumed = bool(batch) or self.consumer.dead_lettered + self.consumer.already_dead_lettered != failed_before
+            times.consumed_at, times.records = time.time(), len(batch)
+            times.consume_s = time.perf_counter() - start
+            if self._unsent_since is None and (
+                    batch or self.consumer.dead_lettered + self.consumer.already_dead_lettered != failed_before):
+                self._unsent_since = time.monotonic()
             for delivered in batch:
-                self._produce(self._outputs(delivered))
-            self._produce(self._after_batch(batch))
-            positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if consumed else []
-            if positions:  # nothing consumed: the committed offsets stand, no round trip
-                self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
-            self.producer.commit_transaction()
+                self._produce(self._outputs(delivered), times)
+            middle = time.perf_counter()
+            times.handle_s = middle - start - times.consume_s - times.produce_s
+            outputs = self._after_batch(batch)
+            times.after_batch_s = time.perf_counter() - middle
+            self._produce(outputs, times)
+            if not self.producer.transaction_writes and (self._unsent_since is None or (
+                    batch and time.monotonic() - self._unsent_since < self.max_deferred_s)):
+                return len(batch)  # nothing to publish: the offsets wait for the next write or an idle poll
+            self._commit(times)
         except BaseException:
-            log.exception("transaction aborted group=%s", self.consumer.group_id)
-            self.producer.abort_transaction()
-            self.consumer.rewind_to_committed()
+            self._abort()
             raise
         return len(batch)
+
+    def _commit(self, times: BatchTimes, timeout_s: float = 30.0) -> None:
+        start = time.perf_counter()
+        unsent = self._unsent_since is not None
+        positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if unsent else []
+        if positions:  # nothing consumed: the committed offsets stand, no round trip
+            self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata(), timeout_s)
+        middle = time.perf_counter()
+        self.producer.commit_transaction(timeout_s)
+        end = time.perf_counter()
+        self._open, self._unsent_since = False, None
+        times.send_offsets_s, times.commit_s = middle - start, end - middle
+        times.committed, times.committed_at = True, time.time()
 
     def _outputs(self, delivered: Delivered) -> list[Encoded]:
         """The record's outputs, all encoded (an output that cannot be encoded is the record's failure
@@ -129,10 +194,25 @@ class ExactlyOnceProcessor:
                       exc_info=exc)
             return []
 
-    def _produce(self, outputs: list[Encoded]) -> None:
+    def _abort(self) -> None:
+        log.exception("transaction aborted group=%s", self.consumer.group_id)
+        self._open, self._unsent_since = False, None
+        self.producer.abort_transaction()
+        self.consumer.rewind_to_committed()
+
+    def _produce(self, outputs: list[Encoded], times: BatchTimes) -> None:
+        start = time.perf_counter()
         for topic, value, key in outputs:
             self.producer.produce_raw(topic, value, key)
+        times.produce_s += time.perf_counter() - start
 
     def close(self) -> None:
+        if self._open and self._unsent_since is not None:
+            # Deferred offsets: what was read and wrote nothing need not be read again after a restart.
+            # Briefly: a transaction without writes leaves nothing on the broker, so failing is harmless.
+            try:
+                self._commit(BatchTimes(), timeout_s=5.0)
+            except Exception as exc:
+                log.warning("deferred offsets not committed at close group=%s: %s", self.consumer.group_id, exc)
         self.consumer.close()
         self.producer.close()

@@ -13,9 +13,11 @@
   once and skipped (``decision_log``). Deciding never raises (``decider``).
 - Memory: runs are forgotten when done or failed (``run_state``); a failed run resumed after it
   was forgotten makes the instance rebuild, since its history is needed to decide again.
-- Each batch is one Kafka transaction: decisions, commands, dead letters and the consumed
-  offsets commit together. After ``kill -9`` the restarted instance (same ``--instance``,
-  hence same transactional id) aborts the dangling transaction and rebuilds.
+- Each batch that decides is one Kafka transaction: decisions, commands, dead letters and the
+  consumed offsets commit together (every run whose epoch completed in the batch, one commit);
+  a batch of telemetry alone defers its offsets to the next (``transactions``). After ``kill -9``
+  the restarted instance (same ``--instance``, hence same transactional id) aborts the dangling
+  transaction and rebuilds.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ from services.urza.catalog import Catalog, CatalogFollower
 log = logging.getLogger(__name__)
 
 ORPHAN_TIMEOUT_S = 10.0
+
+# A decision's control loop: the event completing its epoch waits (created -> consumed: the sender's
+# linger, the broker, the fetch, the batch before it), the batch's events are folded, it is decided,
+# the batch's housekeeping (``after_batch``: the catalogue's refresh) done, the outputs produced,
+# its offsets sent and the transaction committed; total: created -> committed. Per batch: records
+# consumed and decisions made.
+LOOP_STAGES = ("wait", "fold", "decide", "after_batch", "produce", "send_offsets", "commit", "total", "batch_records",
+               "batch_decisions")
 
 INPUTS = (
     TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
@@ -142,7 +152,10 @@ class Tamiyo:
         self.past_decisions = 0
         self.load_chunk = DECISIONS_CHUNK  # records of our decisions topic read per step at most
         self.load_steps: list[tuple[int, float]] = []  # the last (re)build's steps: (records, seconds)
-        self.latencies_ms: deque[float] = deque(maxlen=10_000)  # the latest decisions' latencies
+        self.latencies_ms: deque[float] = deque(maxlen=10_000)  # the latest decisions' latencies (decide alone)
+        # The latest decisions' control loop, stage by stage (ms; see LOOP_STAGES).
+        self.loop_stages: deque[dict[str, float]] = deque(maxlen=10_000)
+        self._batch_decisions: list[tuple[float, float]] = []  # this batch's: (trigger created at, decide s)
         self._last_report = time.monotonic()
 
     # -- (re)building -----------------------------------------------------------------------------
@@ -257,7 +270,7 @@ class Tamiyo:
         held = self.orphans.pop(run.run_id, None)
         if run.refused_before_session:
             self._reject_refused(run, held[1] if held is not None else [])
-        yield from self._decide_ready(run, message.event_id)
+        yield from self._decide_ready(run, message.event_id, message.timestamp.timestamp())
 
     def _reject_refused(self, run: RunState, held: list[Delivered]) -> None:
         """Dead-letter the events of slots the session turned out not to have (folded while it was unknown)."""
@@ -271,11 +284,14 @@ class Tamiyo:
                     delivered, f"tamiyo: run {run.run_id} has no seed slot {payload.layer_id}:{payload.seed_idx}",
                     "RejectedEvent")
 
-    def _decide_ready(self, run: RunState, trace_id: str) -> Iterator[Output]:
+    def _decide_ready(self, run: RunState, trace_id: str, created_at: float) -> Iterator[Output]:
+        """Decide the run's complete epochs; ``created_at``: when the event that completed them was made."""
         for epoch in run.ready_epochs():
             start = time.perf_counter()
             actions = self.decider.decide(run, epoch)
-            self.latencies_ms.append((time.perf_counter() - start) * 1000)
+            took = time.perf_counter() - start
+            self.latencies_ms.append(took * 1000)
+            self._batch_decisions.append((created_at, took))
             for action in actions:
                 record(run, action.decision)
                 yield from self._outputs(run.run_id, action, trace_id)
@@ -344,8 +360,9 @@ class Tamiyo:
             # gather: an epoch's telemetry and its EpochCompleted usually arrive within a few ms of
             # each other; one transaction for both saves a commit round trip on the control loop.
             with clients.map_exceptions():
-                handled = self.processor.process_batch(max_messages=500, timeout_s=0.2, gather_s=0.005)
+                handled = self.processor.process_batch(max_messages=500, timeout_s=0.2)
         except EsperError as exc:
+            self._batch_decisions.clear()
             if _fatal(exc):  # e.g. fenced by a newer instance with our transactional id: stop, be restarted
                 raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
@@ -353,11 +370,38 @@ class Tamiyo:
             log.warning("tamiyo instance=%s batch failed (%s); rebuilding", self.instance, exc)
             self.rebuild()
             return 0
+        self._record_loop()
         if self._rebuild:  # a forgotten run came back: rebuild from the log (what the batch committed stands)
             self.rebuild()
         if time.monotonic() - self._last_report > 30:
             self._report()
         return handled
+
+    def _record_loop(self) -> None:
+        """The stages of the batch's decisions: from the completing event's creation to their commit."""
+        decisions, self._batch_decisions = self._batch_decisions, []
+        times = self.processor.times
+        if not decisions or not times.committed:
+            return
+        fold_s = max(0.0, times.handle_s - sum(took for _, took in decisions))
+        for created_at, took in decisions:
+            self.loop_stages.append({
+                "wait": (times.consumed_at - created_at) * 1000, "fold": fold_s * 1000, "decide": took * 1000,
+                "after_batch": times.after_batch_s * 1000, "produce": times.produce_s * 1000,
+                "send_offsets": times.send_offsets_s * 1000,
+                "commit": times.commit_s * 1000, "total": (times.committed_at - created_at) * 1000,
+                "batch_records": times.records, "batch_decisions": len(decisions),
+            })
+
+    def loop_breakdown(self) -> dict[str, dict[str, float]]:
+        """p50 / p95 / p99 of each stage of the latest decisions' control loop (ms, or counts per batch)."""
+        breakdown = {}
+        for stage in LOOP_STAGES:
+            values = sorted(s[stage] for s in self.loop_stages)
+            if values:
+                breakdown[stage] = {f"p{q}": round(values[min(len(values) - 1, len(values) * q // 100)], 3)
+                                    for q in (50, 95, 99)}
+        return breakdown
 
     def stats(self) -> dict[str, int | float]:
         lat = sorted(self.latencies_ms)
@@ -367,6 +411,7 @@ class Tamiyo:
             "dead_lettered": self.processor.consumer.dead_lettered,
             "decision_ms_p50": statistics.median(lat) if lat else 0.0,
             "decision_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0,
+            **{f"loop_ms_{q}": v for q, v in self.loop_breakdown().get("total", {}).items()},
         }
 
     def lag(self) -> int:

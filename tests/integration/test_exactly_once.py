@@ -24,6 +24,7 @@ from services.oona.consumer import OonaConsumer
 from services.oona.transactions import ExactlyOnceProcessor
 from tests.integration.conftest import consume_until, read_raw
 from tests.samples import message_for
+from tests.waiting import wait_until
 
 
 def _decide(out_spec):
@@ -172,6 +173,59 @@ def test_a_record_whose_handler_raises_is_dead_lettered_and_the_processor_goes_o
     processor.close()
     assert seen == [sentinel.event_id], "the failing record is neither handled nor dead-lettered again"
     assert _end_offsets(kafka_settings, dlq.name) == {(dlq.name, 0): 2}, "one dead letter and its commit marker"
+
+
+def test_a_batch_that_writes_nothing_defers_its_offsets_to_the_next_write_or_the_idle_poll(
+    kafka_settings, codec, topic_factory, producer_factory, consumer_factory
+):
+    source = topic_factory("telemetry.seed.health", partitions=1)
+    sink = topic_factory("control.tamiyo.decisions")
+    dlq = topic_factory("esper.dlq")
+    producer = producer_factory()
+    decide = _decide(sink)
+
+    def handler(delivered):  # telemetry of run "quiet" is only folded; run "loud" completes an epoch
+        return decide(delivered) if delivered.message.run_id == "loud" else ()
+
+    group = f"eos-{uuid.uuid4().hex[:8]}"
+    processor = ExactlyOnceProcessor(kafka_settings, codec, group_id=group, transactional_id=f"{group}-0",
+                                     inputs=[source], handler=handler, dlq_topic=dlq.name)
+    processor.max_deferred_s = 600.0  # the age bound plays no part here
+    quiet = [message_for(source, run_id="quiet") for _ in range(3)]
+    producer.publish_many(source, quiet)
+    producer.flush()
+    handled = 0
+    for _ in range(60):
+        handled += processor.process_batch(max_messages=50, timeout_s=0.5)
+        assert not processor.times.committed, "nothing written: no transaction ended"
+        if handled == len(quiet):
+            break
+    assert handled == len(quiet)
+    assert _committed(kafka_settings, group, source.name, 1)[(source.name, 0)] < 0, "the offsets wait"
+
+    loud = message_for(source, run_id="loud")
+    producer.publish(source, loud)
+    producer.flush()
+    while not processor.process_batch(max_messages=50, timeout_s=0.5):
+        pass
+    assert processor.times.committed, "a batch that writes commits at once"
+    # The offsets of a committed transaction become readable once its markers are written (asynchronously).
+    wait_until(lambda: _committed(kafka_settings, group, source.name, 1) == {(source.name, 0): 4},
+               what="the deferred offsets committed with the write")
+    reader = consumer_factory([sink], dlq)
+    assert [d.message.trace_id for d in consume_until(reader, 1, timeout_s=20)] == [loud.event_id]
+
+    more = message_for(source, run_id="quiet")
+    producer.publish(source, more)
+    producer.flush()
+    while not processor.process_batch(max_messages=50, timeout_s=0.5):
+        pass
+    assert not processor.times.committed
+    assert processor.process_batch(max_messages=50, timeout_s=0.1) == 0
+    assert processor.times.committed, "idle: the deferred offsets commit"
+    wait_until(lambda: _committed(kafka_settings, group, source.name, 1) == {(source.name, 0): 5},
+               what="the deferred offsets committed when idle")
+    processor.close()
 
 
 def test_read_uncommitted_shows_aborted_writes_read_committed_hides_them(
