@@ -412,3 +412,29 @@ def test_the_decider_chooses_as_the_per_seed_reference_on_the_same_graphs(seed):
                     decided[name].append(_plain(action))
     assert decided["new"] == decided["reference"]
     assert decided["new"]
+
+
+def test_the_weights_kept_for_inference_follow_the_parameters():
+    # The arranged weights are kept between decisions; a parameter written in place (an optimizer step,
+    # load_state_dict) must be seen by the next decision.
+    policy, _ = load_policy()
+    reference = ReferencePolicy(policy)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(30, policy.encoder[0].in_features, generator=generator)
+    edge_index = torch.randint(0, 30, (2, 90), generator=generator)
+
+    def assert_as_reference() -> None:
+        got, want = policy.decide(x, edge_index), reference.decide(x, edge_index)
+        for name in ("adapt_probability", "node_scores", "blueprint_probabilities", "urgency", "value"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6)
+
+    assert_as_reference()
+    before = policy.decide(x, edge_index).node_scores
+    with torch.no_grad():
+        policy.layers[1].update.weight.mul_(0.5)
+        policy.adapt_head.bias.add_(1.0)
+    assert not torch.equal(policy.decide(x, edge_index).node_scores, before)
+    assert_as_reference()
+    policy.load_state_dict(TamiyoPolicy(policy.encoder[0].in_features, hidden=policy.hidden,
+                                        blueprints=policy.blueprints).state_dict())
+    assert_as_reference()
