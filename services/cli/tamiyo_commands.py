@@ -41,6 +41,8 @@ def add_policy_command(sub) -> None:
     p.add_argument("--samples", type=int, default=4000, help="bootstrap: synthetic runs")
     p.add_argument("--epochs", type=int, default=10, help="training epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=None, metavar="WIDTH",
+                   help="bootstrap: the policy's hidden width (default: the shipped policy's)")
     p.set_defaults(func=_cmd_policy)
 
 
@@ -57,10 +59,13 @@ def _cmd_policy(args: argparse.Namespace) -> int:
     out = args.out or load_settings().state_dir / "policies"
     bar = sys.stderr.isatty()
     if args.action == "bootstrap":
-        from services.tamiyo.teacher import bootstrap_policy
+        from services.tamiyo.teacher import BOOTSTRAP_HIDDEN, bootstrap_policy
 
+        if args.hidden is not None and args.hidden < 1:
+            raise UsageError(f"--hidden must be at least 1 (got {args.hidden})")
         with progress_bar("bootstrap (synthetic runs vs the heuristic teacher)", args.epochs, bar) as advance:
             policy, metrics = bootstrap_policy(samples=args.samples, epochs=args.epochs, seed=args.seed,
+                                               hidden=args.hidden or BOOTSTRAP_HIDDEN,
                                                progress=lambda done, total: advance(1))
         trained_on = f"synthetic teacher ({args.samples} runs, {args.epochs} epochs, seed {args.seed})"
     else:

@@ -14,6 +14,10 @@ Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is do
 decision history is complete and a replay can compare it decision by decision. A decision's
 ``action`` (the command it issues) is what was decided; its ``adaptation_type`` is derived.
 
+Deciding is array work over every seed at once (masks for the lifecycle rules, the dormant and busy
+slots; the argmax of the node scores and of the family probabilities, first on ties): Python runs only
+for the records of what is decided. A test keeps the per-seed version as its oracle.
+
 Decision ids are deterministic (run, epoch, index), so a replay decides the very same ids; the
 indices are fixed (below) and must never change, else a replay of a recorded run would no
 longer line up with the run's own decisions.
@@ -29,8 +33,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from contracts import (
     AdaptationDecision,
@@ -43,11 +50,14 @@ from contracts import (
     adaptation_type_of,
     deterministic_event_id,
 )
-from services.tamiyo.features import GraphView, build_graph
+from services.tamiyo.features import STATES, GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import Issued, RunState
 
 log = logging.getLogger(__name__)
+
+_DORMANT, _TRAINING, _GRAFTING = (STATES.index(s) for s in (SeedState.DORMANT, SeedState.TRAINING, SeedState.GRAFTING))
+_ACTIVE = np.array([s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING) for s in STATES])
 
 FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed")
 ADAPT_THRESHOLD = 0.5
@@ -121,9 +131,10 @@ class Decider:
 
     def _decide(self, run: RunState, epoch: int) -> list[Action]:
         graph = build_graph(run, epoch)
-        actions = self._lifecycle(run, graph)
-        acted = {(a.command.layer_id, a.command.seed_idx) for a in actions if a.command}
-        germination, why_not, p, urgency = self._germination(run, graph, acted)
+        pending = _slot_mask(graph, run.pending(graph.epoch))
+        actions = self._lifecycle(run, graph, pending)
+        acted = _slot_mask(graph, [a.command for a in actions if a.command])
+        germination, why_not, p, urgency = self._germination(run, graph, pending | acted)
         if germination is not None:
             actions.append(germination)
         if not actions:
@@ -132,41 +143,40 @@ class Decider:
         return actions
 
     # -- lifecycle rules ----------------------------------------------------------------------------
-    def _lifecycle(self, run: RunState, graph: GraphView) -> list[Action]:
+    def _lifecycle(self, run: RunState, graph: GraphView, busy: np.ndarray) -> list[Action]:
+        """Masks over every seed at once; Python only for the seeds acted on (the records)."""
         assert run.session is not None  # decide() answers runs that have a session
         auto = run.session.training_config.auto_advance
-        busy = {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
+        state, free = graph.seed_state, ~busy
+        cull = free & _ACTIVE[state] & (graph.seed_errors != 0)
+        rule = free & ~cull & graph.seed_ready & (not auto)
+        advance = rule & (state == _TRAINING)
+        fossilize = rule & (state == _GRAFTING)
         actions: list[Action] = []
-        for seed in graph.seeds:
-            if (seed.layer_id, seed.seed_idx) in busy:
-                continue
-            active = seed.state in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
-            if active and seed.errors:
-                action, reason = CommandAction.CULL, f"seed reports {seed.errors} kernel errors"
-            elif not auto and seed.ready and seed.state is SeedState.TRAINING:
+        for i in np.flatnonzero(cull | advance | fossilize).tolist():  # in seed order, as the indices say
+            if cull[i]:
+                action, reason = CommandAction.CULL, f"seed reports {int(graph.seed_errors[i])} kernel errors"
+            elif advance[i]:
                 action, reason = CommandAction.ADVANCE, "seed trained: start grafting"
-            elif not auto and seed.ready and seed.state is SeedState.GRAFTING:
-                action, reason = CommandAction.FOSSILIZE, "graft complete: fossilize if the counterfactual gate passes"
             else:
-                continue
-            actions.append(self._action(run, graph, lifecycle_index(len(actions)), action, seed.node, reason, 1.0,
-                                        1.0))
+                action, reason = CommandAction.FOSSILIZE, "graft complete: fossilize if the counterfactual gate passes"
+            actions.append(self._action(run, graph, lifecycle_index(len(actions)), action,
+                                        graph.topology.layer_count + i, reason, 1.0, 1.0))
         return actions
 
     # -- the policy's choice ----------------------------------------------------------------------
-    def _germination(self, run: RunState, graph: GraphView, acted: set
+    def _germination(self, run: RunState, graph: GraphView, busy: np.ndarray
                      ) -> tuple[Action | None, str, float | None, float]:
         """(the germination or a no-op explaining why not, the reason when neither, adapt probability,
         urgency); the probability is None when the policy was not asked (nothing could be grown, or
-        its inputs were not finite)."""
-        if not graph.seeds:
+        its inputs were not finite). ``busy``: the slots with a command pending or decided this epoch."""
+        topology = graph.topology
+        if not topology.slots:
             return None, "no action: the session declares no seed slots", None, 0.0
-        busy = acted | {(i.layer_id, i.seed_idx) for i in run.pending(graph.epoch)}
-        declared = {layer.layer_id: layer for layer in run.layers()}
-        dormant = [s for s in graph.seeds if s.state is SeedState.DORMANT and (s.layer_id, s.seed_idx) not in busy]
-        undeclared = sorted({s.layer_id for s in dormant if s.layer_id not in declared})
-        dormant = [s for s in dormant if s.layer_id in declared]  # a slot without a declared layer has no shape
-        if not graph.can_germinate or not dormant:
+        dormant = (graph.seed_state == _DORMANT) & ~busy
+        undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
+        dormant &= topology.slot_declared  # a slot without a declared layer has no shape
+        if not graph.can_germinate or not dormant.any():
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"
             if undeclared:
                 reason += f"; seed slots on undeclared layers {undeclared} cannot be grown"
@@ -176,32 +186,36 @@ class Decider:
             return None, f"no action: non-finite features ({', '.join(bad)}); the policy was not asked", None, 0.0
         out = self.policy.decide(graph.x, graph.edge_index)
         p, urgency = float(out.adapt_probability), float(out.urgency)
-        scores = out.node_scores.tolist()
-        probabilities = out.blueprint_probabilities.tolist()
-        wrong = [name for name, values in (("adapt_probability", [p]), ("urgency", [urgency]),
-                                           ("node_scores", [scores[s.node] for s in dormant]),
-                                           ("blueprint_probabilities", probabilities))
-                 if not all(math.isfinite(v) for v in values)]
+        slots = np.flatnonzero(dormant)
+        scores = out.node_scores.detach().cpu().numpy().astype(np.float64)[topology.layer_count + slots]
+        probabilities = out.blueprint_probabilities.detach().cpu().numpy().astype(np.float64)
+        wrong = [name for name, values in (("adapt_probability", np.array([p])), ("urgency", np.array([urgency])),
+                                           ("node_scores", scores), ("blueprint_probabilities", probabilities))
+                 if not np.isfinite(values).all()]
         if wrong:
             return None, f"no action: the policy's output is not finite ({', '.join(wrong)})", None, 0.0
         if not p >= self.threshold:  # written so that a NaN that got this far would not grow either
             return None, f"policy chose not to grow (p={p:.2f})", p, urgency
-        seed = max(dormant, key=lambda s: (scores[s.node], -s.node))
-        layer = declared[seed.layer_id]
+        # The highest score; among equal scores, the first slot (the lowest node).
+        best = int(np.flatnonzero(scores == scores.max())[0])
+        seed = graph.seed(int(slots[best]))
+        layer = topology.declared[seed.layer_id]
         candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
-        extra = {"adapt_probability": p, "node_score": scores[seed.node]}
+        extra = {"adapt_probability": p, "node_score": float(scores[best])}
         if not candidates:
             return self._action(run, graph, NO_KERNEL_INDEX, None, seed.node,
                                 f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
                                 f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), "", p, urgency
         families = {c.family for c in candidates}
-        known = [f for f in FAMILIES if f in families and FAMILIES.index(f) < len(probabilities)]
-        if not known:
+        # The family the policy rates highest among those of the fitting kernels (the first in FAMILIES on a tie).
+        known = np.array([f in families for f in FAMILIES[:len(probabilities)]], dtype=bool)
+        if not known.any():
             return None, f"no action: no family the policy scores among the fitting kernels {sorted(families)}", p, \
                 urgency
-        family = max(known, key=lambda f: probabilities[FAMILIES.index(f)])
+        rated = np.where(known, probabilities[:len(known)], -np.inf)
+        family = FAMILIES[int(np.flatnonzero(rated == rated.max())[0])]
         chosen = next(c for c in candidates if c.family == family)
-        extra["family_probability"] = probabilities[FAMILIES.index(family)]
+        extra["family_probability"] = float(probabilities[FAMILIES.index(family)])
         action = self._action(run, graph, GERMINATION_INDEX, CommandAction.GERMINATE, seed.node,
                               f"grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
                               p, urgency, extra, chosen)
@@ -212,7 +226,8 @@ class Decider:
                 reason: str, confidence: float, urgency: float, extra: dict[str, float] | None = None,
                 kernel: Candidate | None = None) -> Action:
         """The decision (and its command, when ``action`` is one) at ``index`` of the epoch, about ``node``."""
-        seed = next((s for s in graph.seeds if s.node == node), None)
+        slot = node - graph.topology.layer_count
+        seed = graph.seed(slot) if 0 <= slot < len(graph.topology.slots) else None
         decision_id = deterministic_event_id(run.run_id, "decision", graph.epoch, index)
         command_id = deterministic_event_id(run.run_id, "command", graph.epoch, index) if action else None
         features = graph.features_of(node) | {k: v for k, v in (extra or {}).items() if math.isfinite(v)}
@@ -243,6 +258,16 @@ class Decider:
             policy_version=self.policy_version, reason=reason[:1000],
         )
         return Action(decision, None)
+
+
+def _slot_mask(graph: GraphView, slots: Iterable[Issued | KasminaCommand]) -> np.ndarray:
+    """(S,) bool: the seeds of the graph in any of ``slots`` (by layer id and seed index; a session may name a slot
+    twice, each of its seeds is marked)."""
+    mask = np.zeros(len(graph.topology.slots), dtype=bool)
+    of_slot = graph.topology.seeds_of_slot
+    for slot in slots:
+        mask[of_slot.get((slot.layer_id, slot.seed_idx), [])] = True
+    return mask
 
 
 def _unit(value: float) -> float:

@@ -11,8 +11,9 @@ Built as array work, no loop over seeds: what the session fixes (node order, sta
 ``edge_index``) is built once per session and kept in ``RunState.views``; the seed rows come from
 the run's health table (``health_table``: every slot's last three signals at once) and its seed
 states, in float64, cast to float32 once, exactly the values the per-seed version computed (a
-test keeps that version as its reference). The same ``edge_index`` tensor is handed out at every
-epoch, which lets the policy keep what it derives from it.
+test keeps that version as its reference). The seeds reach the decider as arrays too (state, entry
+epoch, readiness, errors: one entry per slot), not as one object per seed. The same ``edge_index``
+tensor is handed out at every epoch, which lets the policy keep what it derives from it.
 
 Building the graph never raises on what a valid session allows (no seeds, seeds on layers the
 session does not declare); a value that cannot be a feature (infinite, NaN, negative under a
@@ -24,13 +25,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from contracts import HealthSignal, SeedState
+from contracts import HealthSignal, LayerSpec, SeedState
 from services.tamiyo.health_table import COLUMN
 from services.tamiyo.run_state import RunState
 
@@ -65,12 +65,32 @@ class SeedNode(NamedTuple):
 
 @dataclass
 class GraphView:
+    """The graph at one epoch. The seed slots are arrays (``topology`` holds what the session fixes, the
+    ``seed_*`` arrays what the epoch says, one entry per slot in session order; slot ``i`` is node
+    ``topology.layer_count + i``), so that deciding reads every seed at once; ``seeds`` builds the
+    ``SeedNode`` list for the readers that want one (the teacher, training, tests), off the decision path."""
+
     epoch: int
     x: torch.Tensor
     edge_index: torch.Tensor
-    seeds: list[SeedNode]
+    topology: Topology
+    seed_state: np.ndarray  # (S,) int64: index in STATES
+    seed_since: np.ndarray  # (S,) int64: the epoch the seed entered that state
+    seed_ready: np.ndarray  # (S,) bool: its signal of this epoch says it is ready for its next stage
+    seed_errors: np.ndarray  # (S,) int64: kernel errors its latest signal reports
     layer_of_node: list[str]
     can_germinate: bool
+
+    def seed(self, i: int) -> SeedNode:
+        """The ``i``-th seed slot's node."""
+        t = self.topology
+        return SeedNode(t.layer_count + i, t.slot_layer_ids[i], t.slot_seed_idxs[i], t.slot_layer_names[i],
+                        STATES[int(self.seed_state[i])], int(self.seed_since[i]), bool(self.seed_ready[i]),
+                        int(self.seed_errors[i]))
+
+    @property
+    def seeds(self) -> list[SeedNode]:
+        return [self.seed(i) for i in range(len(self.topology.slots))]
 
     def features_of(self, node: int) -> dict[str, float]:
         """The node's features, rounded; non-finite ones left out (a decision record carries finite
@@ -82,7 +102,10 @@ class GraphView:
 
     def non_finite(self) -> list[str]:
         """Names of the features that are infinite or NaN on some node."""
-        bad = (~torch.isfinite(self.x)).any(dim=0).tolist() if self.x.numel() else []
+        finite = np.isfinite(self.x.detach().cpu().numpy())  # numpy's test is the faster on one thread
+        if finite.all():  # the usual case, at a fraction of the per-column answer's cost
+            return []
+        bad = (~finite).any(axis=0).tolist()
         return [name for name, b in zip(FEATURES, bad, strict=True) if b]
 
 
@@ -132,8 +155,9 @@ def germination_allowed(run: RunState, epoch: int) -> tuple[bool, float]:
 
 
 @dataclass(frozen=True)
-class _Topology:
-    """What the session alone fixes, built once per session: node order, static features, edges."""
+class Topology:
+    """What the session alone fixes, built once per session: node order, static features, edges, and the
+    seed slots as arrays (what the decider masks with)."""
 
     layer_count: int
     seed_layer: torch.Tensor  # (S,) int64: the layer node of each seed (0 for a slot on an undeclared layer)
@@ -147,9 +171,12 @@ class _Topology:
     slot_seed_idxs: list[int]
     slot_layer_names: list[str]
     seeds_of_slot: dict[tuple[int, int], list[int]]
+    slot_layer_id: np.ndarray  # (S,) int64
+    slot_declared: np.ndarray  # (S,) bool: the slot's layer is declared by the session (it has a shape)
+    declared: dict[int, LayerSpec]  # the declared layers by layer id
 
 
-def _topology(run: RunState) -> _Topology:
+def _topology(run: RunState) -> Topology:
     cached = run.views.get("graph_topology")
     if cached is not None:
         return cached
@@ -173,7 +200,7 @@ def _topology(run: RunState) -> _Topology:
     seeds_of_slot: dict[tuple[int, int], list[int]] = {}
     for i, (layer_id, seed_idx, _) in enumerate(slots):
         seeds_of_slot.setdefault((layer_id, seed_idx), []).append(i)
-    topology = run.views["graph_topology"] = _Topology(
+    topology = run.views["graph_topology"] = Topology(
         layer_count=len(layers),
         seed_layer=torch.tensor(seed_layer, dtype=torch.long),
         seed_conv=np.array([conv[at] if layers else 0.0 for at in seed_layer], dtype=np.float64),
@@ -186,6 +213,9 @@ def _topology(run: RunState) -> _Topology:
         slot_seed_idxs=[seed_idx for _, seed_idx, _ in slots],
         slot_layer_names=[name for _, _, name in slots],
         seeds_of_slot=seeds_of_slot,
+        slot_layer_id=np.array([layer_id for layer_id, _, _ in slots], dtype=np.int64),
+        slot_declared=np.array([layer_id in position for layer_id, _, _ in slots], dtype=bool),
+        declared={layer.layer_id: layer for layer in layers},
     )
     return topology
 
@@ -201,9 +231,16 @@ def _trend(values: np.ndarray, count: np.ndarray) -> np.ndarray:
                     np.where(count == 3, (values[:, 0] - values[:, 2]) / 2, 0.0))
 
 
-def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarray, list[SeedNode], int]:
-    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, the seeds' nodes, and how many of them
-    are active (germinated, training or grafting)."""
+class _SeedArrays(NamedTuple):
+    state: np.ndarray
+    since: np.ndarray
+    ready: np.ndarray
+    errors: np.ndarray
+
+
+def _seed_rows(run: RunState, topology: Topology, epoch: int) -> tuple[np.ndarray, _SeedArrays, int]:
+    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, the seeds' states, entry epochs,
+    readiness and errors (S,), and how many of them are active (germinated, training or grafting)."""
     count_seeds = len(topology.slots)
     state = np.zeros(count_seeds, dtype=np.int64)  # index in STATES; DORMANT unless a transition says otherwise
     since = np.zeros(count_seeds, dtype=np.int64)
@@ -231,13 +268,8 @@ def _seed_rows(run: RunState, topology: _Topology, epoch: int) -> tuple[np.ndarr
     rows[np.arange(count_seeds), 12 + state] = 1.0
     rows[:, 12 + len(STATES)] = np.minimum(epoch - since, 20) / 10
     rows[:, 13 + len(STATES)] = ready
-    # tuple.__new__ straight from the zipped columns: no Python frame per seed.
-    nodes = list(map(partial(tuple.__new__, SeedNode), zip(
-        range(topology.layer_count, topology.layer_count + count_seeds), topology.slot_layer_ids,
-        topology.slot_seed_idxs, topology.slot_layer_names, map(STATES.__getitem__, state.tolist()), since.tolist(),
-        ready.tolist(), errors.astype(np.int64).tolist(), strict=True)))
     active = int(_ACTIVE[state].sum())
-    return rows, nodes, active
+    return rows, _SeedArrays(state, since, ready, errors.astype(np.int64)), active
 
 
 def build_graph(run: RunState, epoch: int) -> GraphView:
@@ -250,7 +282,7 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     allowed, budget_left = germination_allowed(run, epoch)
     accuracies = [e.validation_accuracy for e in history[-4:]]
 
-    rows, seed_nodes, active = _seed_rows(run, topology, epoch)
+    rows, seeds, active = _seed_rows(run, topology, epoch)
     width = rows.shape[1]
     seed_x = torch.from_numpy(rows).to(torch.float32)
 
@@ -268,8 +300,9 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     context = torch.tensor([
         current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
         current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
-        budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(seed_nodes)),
+        budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(topology.slots)),
     ])
     nodes = torch.cat([layer_x, seed_x])
     x = torch.cat([nodes, context.expand(nodes.shape[0], -1), topology.node_depth.unsqueeze(1)], dim=1)
-    return GraphView(epoch, x, topology.edge_index, seed_nodes, topology.node_layers, allowed)
+    return GraphView(epoch, x, topology.edge_index, topology, seeds.state, seeds.since, seeds.ready, seeds.errors,
+                     topology.node_layers, allowed)

@@ -9,16 +9,21 @@ Every aggregation of incoming messages (sum, then mean by the in-degree, and max
 ``ScatterBackend``, so native torch and torch-scatter are interchangeable. The readout (mean + max over
 all nodes of the one graph) is a plain reduction.
 
-Latency: what depends only on the graph's edges (the in-degrees, the source and target rows) is
-computed once per ``edge_index`` and kept (``Adjacency``; Tamiyo builds one ``edge_index`` per
-session and topology, see ``features``), so a decision's forward is the layers' own work. The
-threads torch uses are set once by the service (``INFERENCE_THREADS``, with the reasons).
+Latency: what depends only on the graph's edges (the source and target rows, the inverse in-degrees)
+is computed once per ``edge_index`` and kept (``Adjacency``; Tamiyo builds one ``edge_index`` per
+session and topology, see ``features``), so a decision's forward is the layers' own work. The weights
+are arranged for few, larger products (``_Weights``: per layer the message and the update's h part in
+one product; the four readout heads in one) and kept between decisions while the parameters do not
+change; the state dict keeps the modules' layout, so weights files and policy versions are unchanged.
+The forward is the same arithmetic as the plain modules' (a test keeps that version as its reference).
+The threads torch uses are set once by the service (``INFERENCE_THREADS``, with the reasons).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +58,13 @@ def use_inference_threads(threads: int = INFERENCE_THREADS) -> None:
 class Adjacency:
     """What message passing needs of one graph's edges, computed once per ``edge_index``.
 
-    Shapes: ``source``/``target`` (E,) int64; ``degree`` (N, 1) float32, the in-degree clamped to >= 1."""
+    Shapes: ``source``/``target`` (E,) int64; ``inverse_degree`` (N, 1) float32, 1 / the in-degree clamped
+    to >= 1 (the mean's divisor: a product instead of a division per layer)."""
 
     nodes: int
     source: Tensor
     target: Tensor
-    degree: Tensor
+    inverse_degree: Tensor
 
     @classmethod
     def of(cls, edge_index: Tensor, nodes: int) -> Adjacency:
@@ -67,33 +73,48 @@ class Adjacency:
         with torch.inference_mode(False):
             source, target = edge_index[0].clone(), edge_index[1].clone()
             degree = torch.bincount(target, minlength=nodes).clamp_min(1).to(torch.float32).unsqueeze(1)
-        return cls(nodes, source, target, degree)
+            inverse = degree.reciprocal()
+        return cls(nodes, source, target, inverse)
 
 
 ADJACENCIES_KEPT = 16  # graphs whose adjacency is kept (one per run being decided)
 
 
 class _MessagePassing(nn.Module):
+    """One layer: h' = LayerNorm(h + relu(update([h, mean, max] of relu(message(h)) over in-edges)))."""
+
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.message = nn.Linear(hidden, hidden)
         self.update = nn.Linear(3 * hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h: Tensor, adjacency: Adjacency, scatter: ScatterBackend) -> Tensor:
-        # The submodules' functions on their parameters (_linear, F.layer_norm): the same arithmetic without a
-        # module call per sublayer, which at these sizes costs as much as the small ops themselves.
-        messages = torch.relu(_linear(self.message, h)).index_select(0, adjacency.source)
-        n = adjacency.nodes
-        mean = scatter.sum(messages, adjacency.target, n).div_(adjacency.degree.to(messages.dtype))
-        aggregated = torch.cat([h, mean, scatter.max(messages, adjacency.target, n)], dim=1)
-        norm = self.norm
-        return F.layer_norm(h + torch.relu(_linear(self.update, aggregated)), norm.normalized_shape, norm.weight,
-                            norm.bias, norm.eps)
+
+@dataclass(frozen=True)
+class _LayerWeights:
+    """A message-passing layer's weights arranged for two matrix products: ``own`` (2H, H) = [message; the
+    update's h columns] with ``own_bias`` (2H,), applied to h at once; ``mean``/``max`` (H, H), the update's
+    columns for the aggregates."""
+
+    own: Tensor
+    own_bias: Tensor
+    mean: Tensor
+    max: Tensor
+    norm: nn.LayerNorm
 
 
-def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    return F.linear(x, layer.weight, layer.bias)
+@dataclass(frozen=True)
+class _Weights:
+    """The policy's parameters as its forward uses them. The state dict keeps the modules' layout (the
+    weights file's format, the version hash); this is derived from it: kept for inference, rebuilt (with
+    autograd through the concatenations) for every training forward."""
+
+    key: tuple
+    encoder: tuple[Tensor, Tensor, Tensor, Tensor]
+    layers: list[_LayerWeights]
+    node: tuple[Tensor, Tensor]
+    heads: Tensor  # (1 + B + 1 + 1, 2H): adapt, blueprints, urgency, value: one product on the readout
+    heads_bias: Tensor
 
 
 class TamiyoPolicy(nn.Module):
@@ -101,6 +122,7 @@ class TamiyoPolicy(nn.Module):
                  scatter: ScatterBackend | None = None) -> None:
         super().__init__()
         self.hidden = hidden
+        self.blueprints = blueprints
         self.scatter = scatter or NativeScatter()
         self.encoder = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
         self.layers = nn.ModuleList(_MessagePassing(hidden) for _ in range(layers))
@@ -110,6 +132,8 @@ class TamiyoPolicy(nn.Module):
         self.urgency_head = nn.Linear(2 * hidden, 1)
         self.value_head = nn.Linear(2 * hidden, 1)
         self._adjacencies: dict[tuple, tuple[Tensor, Adjacency]] = {}
+        self._kept: _Weights | None = None
+        self._parameter_list: list[nn.Parameter] | None = None
 
     def adjacency(self, edge_index: Tensor, nodes: int) -> Adjacency:
         """The graph's ``Adjacency``, kept for the latest few ``edge_index`` tensors (by identity: Tamiyo
@@ -124,23 +148,67 @@ class TamiyoPolicy(nn.Module):
             self._adjacencies.pop(next(iter(self._adjacencies)))
         return adjacency
 
+    def _weights(self) -> _Weights:
+        """The forward's weights. Kept while no parameter changed (an optimizer step or ``load_state_dict``
+        writes them in place, which bumps their version counters);
+        rebuilt on every call while autograd records, so that gradients reach the parameters."""
+        parameters = self._parameter_list
+        if parameters is None:  # the modules' parameters are fixed at construction (loading copies into them)
+            parameters = self._parameter_list = list(self.parameters())
+        key = tuple((id(p), p._version) for p in parameters)
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in parameters)
+        kept = self._kept
+        if kept is not None and kept.key == key and not recording:
+            return kept
+        first, second = cast(nn.Linear, self.encoder[0]), cast(nn.Linear, self.encoder[2])
+        hidden = self.hidden
+        layers = [_LayerWeights(torch.cat([layer.message.weight, layer.update.weight[:, :hidden]]),
+                                torch.cat([layer.message.bias, layer.update.bias]),
+                                layer.update.weight[:, hidden:2 * hidden].contiguous(),
+                                layer.update.weight[:, 2 * hidden:].contiguous(), layer.norm)
+                  for layer in cast(list[_MessagePassing], list(self.layers))]
+        heads = (self.adapt_head, self.blueprint_head, self.urgency_head, self.value_head)
+        weights = _Weights(key, (first.weight, first.bias, second.weight, second.bias), layers,
+                           (self.node_head.weight, self.node_head.bias),
+                           torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+        if not recording:
+            with torch.inference_mode(False):  # kept across calls: normal tensors, as the adjacencies
+                weights = _Weights(key, weights.encoder, [_LayerWeights(w.own.clone(), w.own_bias.clone(), w.mean,
+                                                                        w.max, w.norm) for w in weights.layers],
+                                   weights.node, weights.heads.clone(), weights.heads_bias.clone())
+            self._kept = weights
+        return weights
+
     def forward(self, x: Tensor, edge_index: Tensor) -> PolicyOutput:
+        # Functional ops on the arranged weights, in place where autograd allows: at these sizes (a few
+        # milliseconds of products on 1,000 x 64) a module call or a fresh buffer per step costs as much as
+        # the arithmetic. Per layer: one product for the message and the update's h part, one gather, the sum
+        # and max scatters, two products for the aggregates' part, a layer norm.
         adjacency = self.adjacency(edge_index, x.shape[0])
-        first, _, second = self.encoder  # Linear, ReLU, Linear
-        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
-        h = _linear(second, torch.relu(_linear(first, x)))
-        for layer in self.layers:
-            h = layer(h, adjacency, self.scatter)
+        w = self._weights()
+        hidden, n = self.hidden, adjacency.nodes
+        w1, b1, w2, b2 = w.encoder
+        h = torch.addmm(b2, torch.relu(torch.addmm(b1, x, w1.t())), w2.t())
+        for layer in w.layers:
+            own = torch.addmm(layer.own_bias, h, layer.own.t())  # (N, 2H): [message pre-activation | update]
+            messages = torch.relu(own[:, :hidden]).index_select(0, adjacency.source)
+            mean = self.scatter.sum(messages, adjacency.target, n).mul_(adjacency.inverse_degree)
+            highest = self.scatter.max(messages, adjacency.target, n)
+            update = torch.addmm(own[:, hidden:], mean, layer.mean.t()).addmm_(highest, layer.max.t())
+            norm = layer.norm
+            h = F.layer_norm(h + torch.relu(update), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if h.shape[0]:
             readout = torch.cat([h.mean(dim=0), h.amax(dim=0)])
         else:  # no node: the empty mean and max are 0, as a scatter over no row gives
-            readout = h.new_zeros(2 * self.hidden)
+            readout = h.new_zeros(2 * hidden)
+        heads = torch.addmv(w.heads_bias, w.heads, readout)
+        blueprints = self.blueprints
         return PolicyOutput(
-            adapt_probability=torch.sigmoid(_linear(self.adapt_head, readout))[0],
-            node_scores=_linear(self.node_head, h).squeeze(1),
-            blueprint_probabilities=torch.softmax(_linear(self.blueprint_head, readout), dim=0),
-            urgency=torch.sigmoid(_linear(self.urgency_head, readout))[0],
-            value=_linear(self.value_head, readout)[0],
+            adapt_probability=torch.sigmoid(heads[0]),
+            node_scores=torch.addmm(w.node[1], h, w.node[0].t()).squeeze(1),
+            blueprint_probabilities=torch.softmax(heads[1:1 + blueprints], dim=0),
+            urgency=torch.sigmoid(heads[1 + blueprints]),
+            value=heads[2 + blueprints],
         )
 
     def decide(self, x: Tensor, edge_index: Tensor) -> PolicyOutput:

@@ -125,10 +125,12 @@ def test_run_arguments_that_do_not_go_together(tmp_path):
     assert missing.returncode == 1 and "no checkpoint at" in missing.stderr
 
 
-def test_bad_arguments_exit_2_with_usage():
-    result = run_cli("broker", "explode")
+@pytest.mark.parametrize("args, fragment", [(("broker", "explode"), "invalid choice: 'explode'"),
+                                            (("policy", "bootstrap", "--hidden", "0"), "--hidden must be at least 1")])
+def test_bad_arguments_exit_2_with_usage(args, fragment):
+    result = run_cli(*args)
     assert result.returncode == 2
-    assert "invalid choice: 'explode'" in result.stderr
+    assert fragment in result.stderr
 
 
 def test_schemas_check_passes_on_the_committed_tree():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from dataclasses import dataclass
 from itertools import pairwise
 from types import SimpleNamespace
 
@@ -33,8 +34,7 @@ from contracts import (
     TrainingSessionEvent,
     TrainingSpec,
 )
-from services.tamiyo import decider as decider_module
-from services.tamiyo.decider import Decider, record
+from services.tamiyo.decider import FAMILIES, Decider, record
 from services.tamiyo.features import (
     STATES,
     GraphView,
@@ -52,6 +52,7 @@ from services.tamiyo.run_state import RejectedEvent, RunState
 from services.tamiyo.scatter import available_backends
 from services.tamiyo.service import fold
 from tests.tamiyo_events import FixedChooser, transition
+from tests.tamiyo_reference_decider import ReferenceDecider
 
 HEALTH, EPOCHS, SESSIONS, TRANSITIONS = (TopicName.TELEMETRY_SEED_HEALTH.value, TopicName.SYSTEM_EVENTS_EPOCH.value,
                                          TopicName.TRAINING_SESSIONS.value, TopicName.LIFECYCLE_SEED_TRANSITIONS.value)
@@ -76,7 +77,21 @@ class ReferenceHealth:
         return list(signals[max(0, end - last):end])
 
 
-def reference_graph(run: RunState, health: ReferenceHealth, epoch: int) -> GraphView:
+@dataclass
+class ReferenceGraph:
+    """The graph as the per-seed version built it: its seeds a list of ``SeedNode``."""
+
+    epoch: int
+    x: torch.Tensor
+    edge_index: torch.Tensor
+    seeds: list[SeedNode]
+    layer_of_node: list[str]
+    can_germinate: bool
+    features_of = GraphView.features_of
+    non_finite = GraphView.non_finite
+
+
+def reference_graph(run: RunState, health: ReferenceHealth, epoch: int) -> ReferenceGraph:
     layers = run.layers()
     seeds = run.seeds()
     history = run.epochs_until(epoch)
@@ -132,7 +147,7 @@ def reference_graph(run: RunState, health: ReferenceHealth, epoch: int) -> Graph
             targets += [node.node, layer_node]
     edge_index = torch.tensor([sources, targets], dtype=torch.long).view(2, -1)
     node_layers = [layer.name for layer in layers] + [n.layer_name for n in seed_nodes]
-    return GraphView(epoch, x, edge_index, seed_nodes, node_layers, allowed)
+    return ReferenceGraph(epoch, x, edge_index, seed_nodes, node_layers, allowed)
 
 
 class ReferencePolicy:
@@ -228,7 +243,7 @@ def random_run(rng: random.Random, epochs: int) -> list[tuple[str, object]]:
     return order
 
 
-def assert_same_graph(got: GraphView, want: GraphView) -> None:
+def assert_same_graph(got: GraphView, want: ReferenceGraph) -> None:
     assert got.epoch == want.epoch and got.can_germinate == want.can_germinate
     torch.testing.assert_close(got.x, want.x, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(got.edge_index, want.edge_index)
@@ -288,29 +303,29 @@ def test_the_policy_gives_the_reference_outputs_on_random_graphs(backend):
 
 
 def _decisions(events, policy, reference: bool) -> list[dict]:
-    """Every decision of the run as the service makes them (deciding as epochs complete), with the reference's
-    graph builder (``reference``) or today's."""
+    """Every decision of the run as the service makes them (deciding as epochs complete): by the per-seed
+    reference (its graph builder and its decider) when ``reference``, else by today's."""
     run, health = RunState("run-1"), ReferenceHealth()
-    decider = Decider(policy, "v", FixedChooser())
-    original = decider_module.build_graph
+    decider: Decider | ReferenceDecider = Decider(policy, "v", FixedChooser())
     if reference:
-        decider_module.build_graph = lambda r, e: reference_graph(r, health, e)
+        decider = ReferenceDecider(policy, "v", FixedChooser(), graph_of=lambda r, e: reference_graph(r, health, e))
     out = []
-    try:
-        for topic, payload in events:
-            fold(run, topic, payload)
-            if topic == HEALTH:
-                health.add(payload)
-            if run.session is None:
-                continue
-            for epoch in run.ready_epochs():
-                for action in decider.decide(run, epoch):
-                    record(run, action.decision)
-                    command = action.command.model_dump(exclude={"timestamp"}) if action.command else None
-                    out.append(action.decision.model_dump(exclude={"timestamp"}) | {"command": command})
-    finally:
-        decider_module.build_graph = original
+    for topic, payload in events:
+        fold(run, topic, payload)
+        if topic == HEALTH:
+            health.add(payload)
+        if run.session is None:
+            continue
+        for epoch in run.ready_epochs():
+            for action in decider.decide(run, epoch):
+                record(run, action.decision)
+                out.append(_plain(action))
     return out
+
+
+def _plain(action) -> dict:
+    command = action.command.model_dump(exclude={"timestamp"}) if action.command else None
+    return action.decision.model_dump(exclude={"timestamp"}) | {"command": command}
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -357,3 +372,69 @@ def test_the_health_table_answers_the_last_signals_per_slot_as_of_an_epoch():
     assert epochs.tolist() == [[3, 2, 0], [2, -1, -1], [-1, -1, -1]]
     assert values[0, :, 0].tolist() == [0.4, 0.3, 0.1] and values[1, 0, 0] == 0.5 and not values[2].any()
     assert table.latest(np.array([0]), 1)[1].tolist() == [[0, -1, -1]]  # the epoch-5 signal is not seen at 1
+
+
+class TiedPolicy:
+    """Outputs drawn from few values (ties between slots and between families, signed zeros, sometimes a
+    non-finite one, the adapt probability around the threshold), a function of the features alone, so that
+    both deciders meet the same outputs on the same graph."""
+
+    def decide(self, x: torch.Tensor, edge_index: torch.Tensor) -> PolicyOutput:
+        rng = random.Random(x.numpy().tobytes())
+        bad = [math.nan] if rng.random() < 0.08 else []
+        scores = [rng.choice([0.0, -0.0, 0.5, 1.0, -2.0, 1e-8, *bad]) for _ in range(x.shape[0])]
+        families = rng.choice([len(FAMILIES), len(FAMILIES), 4, 8])
+        probabilities = [rng.choice([0.1, 0.3, 0.3, 0.0, *bad]) for _ in range(families)]
+        return PolicyOutput(adapt_probability=torch.tensor(rng.choice([0.2, 0.5, 0.4999, 0.9, 1.0, *bad])),
+                            node_scores=torch.tensor(scores), blueprint_probabilities=torch.tensor(probabilities),
+                            urgency=torch.tensor(rng.choice([0.0, 0.7, 1.5, *bad])), value=torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_decider_chooses_as_the_per_seed_reference_on_the_same_graphs(seed):
+    # The decider alone: both read today's graph; the reference loops over its SeedNode list.
+    rng = random.Random(1000 + seed)
+    events = random_run(rng, epochs=rng.randint(1, 12))
+    policy = TiedPolicy() if seed % 2 else load_policy()[0]
+    families = tuple(rng.sample(FAMILIES, rng.randint(0, len(FAMILIES))))
+    runs = {"new": RunState("run-1"), "reference": RunState("run-1")}
+    deciders = {"new": Decider(policy, "v", FixedChooser(families)),
+                "reference": ReferenceDecider(policy, "v", FixedChooser(families))}
+    decided = {"new": [], "reference": []}
+    for topic, payload in events:
+        for name, run in runs.items():
+            fold(run, topic, payload)
+            if run.session is None:
+                continue
+            for epoch in run.ready_epochs():
+                for action in deciders[name].decide(run, epoch):
+                    record(run, action.decision)
+                    decided[name].append(_plain(action))
+    assert decided["new"] == decided["reference"]
+    assert decided["new"]
+
+
+def test_the_weights_kept_for_inference_follow_the_parameters():
+    # The arranged weights are kept between decisions; a parameter written in place (an optimizer step,
+    # load_state_dict) must be seen by the next decision.
+    policy, _ = load_policy()
+    reference = ReferencePolicy(policy)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(30, policy.encoder[0].in_features, generator=generator)
+    edge_index = torch.randint(0, 30, (2, 90), generator=generator)
+
+    def assert_as_reference() -> None:
+        got, want = policy.decide(x, edge_index), reference.decide(x, edge_index)
+        for name in ("adapt_probability", "node_scores", "blueprint_probabilities", "urgency", "value"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-6)
+
+    assert_as_reference()
+    before = policy.decide(x, edge_index).node_scores
+    with torch.no_grad():
+        policy.layers[1].update.weight.mul_(0.5)
+        policy.adapt_head.bias.add_(1.0)
+    assert not torch.equal(policy.decide(x, edge_index).node_scores, before)
+    assert_as_reference()
+    policy.load_state_dict(TamiyoPolicy(policy.encoder[0].in_features, hidden=policy.hidden,
+                                        blueprints=policy.blueprints).state_dict())
+    assert_as_reference()
