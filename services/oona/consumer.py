@@ -25,9 +25,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -82,9 +81,9 @@ _REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, Kaf
               KafkaError.UNKNOWN_MEMBER_ID}
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """A decoded event and where it was read from."""
+class Delivered(NamedTuple):
+    """A decoded event and where it was read from (a named tuple: one is built per consumed event,
+    at a quarter of a frozen dataclass's cost)."""
 
     topic: str
     partition: int
@@ -167,32 +166,36 @@ class OonaConsumer:
                 log.warning("consume error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
                 continue
             good.append(msg)
+        values = [msg.value() for msg in good]
         delivered: list[Delivered] = []
-        for msg, outcome in zip(good, self._decode(good), strict=True):
+        for msg, value, outcome in zip(good, values, self._decode(good, values), strict=True):
             if isinstance(outcome, DecodeError):
                 self.dead_letter(msg, outcome)
             elif isinstance(outcome, Exception):  # a decoder bug on these bytes: still this record's
-                self._dead_letter(*position_of(msg), msg.key(), msg.value(), failure_reason(outcome),
+                self._dead_letter(*position_of(msg), msg.key(), value, failure_reason(outcome),
                                   type(outcome).__name__, headers_of(msg))
             else:
                 # ``or b""`` for the type only: every codec rejects a record without a value.
-                delivered.append(Delivered(*position_of(msg), msg.key(), outcome, msg.value() or b"",
+                delivered.append(Delivered(*position_of(msg), msg.key(), outcome, value or b"",
                                            tuple(headers_of(msg) or ())))
         return delivered
 
-    def _decode(self, messages: list[Message]) -> list[OonaMessage[Any] | Exception]:
+    def _decode(self, messages: list[Message], values: list[bytes | None]) -> list[OonaMessage[Any] | Exception]:
         """Each message's event or its record failure, in order: one ``decode_batch`` per topic."""
+        topics = {msg.topic() for msg in messages}
+        limit = self.max_event_bytes
+        topic = topics.pop() if len(topics) == 1 else None
+        if topic is not None and all(value is None or len(value) <= limit for value in values):
+            return self.codec.decode_batch(self._specs[topic], values)  # one topic, nothing oversized
         outcomes: list[OonaMessage[Any] | Exception | None] = [None] * len(messages)
         by_topic: dict[str, list[int]] = {}
-        for i, msg in enumerate(messages):
-            value = msg.value()
-            if value is not None and len(value) > self.max_event_bytes:
-                outcomes[i] = OversizedMessageError(
-                    f"value of {len(value)} bytes exceeds max_event_bytes={self.max_event_bytes}")
+        for i, (msg, value) in enumerate(zip(messages, values, strict=True)):
+            if value is not None and len(value) > limit:
+                outcomes[i] = OversizedMessageError(f"value of {len(value)} bytes exceeds max_event_bytes={limit}")
             else:
                 by_topic.setdefault(position_of(msg)[0], []).append(i)
         for topic, index in by_topic.items():
-            decoded = self.codec.decode_batch(self._specs[topic], [messages[i].value() for i in index])
+            decoded = self.codec.decode_batch(self._specs[topic], [values[i] for i in index])
             for i, outcome in zip(index, decoded, strict=True):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
