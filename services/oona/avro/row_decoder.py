@@ -79,6 +79,7 @@ def compile_record_decoder(writer: dict[str, Any], start: int) -> Callable[[byte
     source = gen.record_top_function(start)
     namespace: dict[str, Any] = {"_rz": read_varint, "_Bad": DecodeError, "_struct_error": struct.error,
                                  "_ts_micros": _datetime_from_micros, "_ts_millis": _datetime_from_millis,
+                                 "_DATETIMES": _DATETIMES,
                                  **gen.namespace}
     exec(compile(source, f"<avro record decoder {writer.get('name')}>", "exec"), namespace)  # noqa: S102
     decode: Callable[[bytes], dict[str, Any]] = namespace["_decode"]
@@ -91,12 +92,11 @@ _DATETIMES_MAX = 4096
 
 
 def _datetime_from_micros(micros: int) -> datetime:
-    """fastavro's reading of a ``timestamp-micros`` (already checked to lie in years 1..9999)."""
-    hit = _DATETIMES.get(micros)
-    if hit is None:
-        if len(_DATETIMES) >= _DATETIMES_MAX:
-            _DATETIMES.clear()
-        hit = _DATETIMES[micros] = _EPOCH + timedelta(microseconds=micros)
+    """fastavro's reading of a ``timestamp-micros`` (already checked to lie in years 1..9999), cached;
+    the generated code looks in the cache first."""
+    if len(_DATETIMES) >= _DATETIMES_MAX:
+        _DATETIMES.clear()  # cleared in place: the generated decoders hold this dict
+    hit = _DATETIMES[micros] = _EPOCH + timedelta(microseconds=micros)
     return hit
 
 
@@ -239,7 +239,10 @@ class _Generator:
                 out.append(f"{pad}    raise _Bad(f'{kind} {{{target}}} out of range')")
             logical = schema.get("logicalType") if isinstance(schema, dict) else None
             if self.datetimes and logical in ("timestamp-micros", "timestamp-millis"):
-                out.append(f"{pad}{target} = _ts_{logical.removeprefix('timestamp-')}({target})")
+                if logical == "timestamp-micros":  # most of them: the cache first, without a call
+                    out.append(f"{pad}{target} = _DATETIMES.get({target}) or _ts_micros({target})")
+                else:
+                    out.append(f"{pad}{target} = _ts_millis({target})")
         elif kind in ("string", "bytes"):
             self._varint(out, pad)
             out.append(f"{pad}if z & 1 or (z >> 1) > len(b) - p:")
