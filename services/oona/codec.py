@@ -106,19 +106,22 @@ _LIST_ADAPTERS: dict[type, TypeAdapter[list[Any]]] = {}
 
 def records_to_messages(spec: TopicSpec, records: list[dict[str, Any]]) -> list[OonaMessage[Any] | Exception]:
     """``record_to_message`` of every record: one validation of the whole list, record by record
-    only when some record violates the contract (its ContractViolationError takes its place)."""
+    only when that fails (each failing record's ContractViolationError, or whatever a contract's
+    validator raised on it, takes its place)."""
     adapter = _LIST_ADAPTERS.get(spec.message_type)
     if adapter is None:
         adapter = _LIST_ADAPTERS[spec.message_type] = TypeAdapter(list[spec.message_type])  # type: ignore[name-defined]
     try:
         return list(adapter.validate_python(records))
-    except ValidationError:
+    except Exception:  # noqa: BLE001 - a violation, or a contract's validator raising on one record: see which
         pass
     out: list[OonaMessage[Any] | Exception] = []
     for record in records:
         try:
             out.append(record_to_message(spec, record))
-        except ContractViolationError as exc:
+        except Exception as exc:
+            if not is_record_failure(exc):
+                raise
             out.append(exc)
     return out
 

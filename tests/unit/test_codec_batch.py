@@ -144,3 +144,27 @@ def test_the_collector_is_paused_for_a_batch_and_left_as_it_was(enabled):
         assert seen == [False] and gc.isenabled() is enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_a_validator_that_raises_on_one_record_fails_that_record_only():
+    """pydantic lets a validator's TypeError through: it is that record's failure, as with ``decode``."""
+    from types import SimpleNamespace
+
+    from pydantic import BaseModel, field_validator
+
+    from services.oona.codec import records_to_messages
+
+    class Picky(BaseModel):
+        n: int
+
+        @field_validator("n")
+        @classmethod
+        def _not_seven(cls, n: int) -> int:
+            if n == 7:
+                raise TypeError("seven")
+            return n
+
+    spec = SimpleNamespace(message_type=Picky, record_name="Picky")
+    got = records_to_messages(spec, [{"n": 1}, {"n": 7}, {"n": -1}, {"n": "x"}])
+    assert got[0] == Picky(n=1) and got[2] == Picky(n=-1)
+    assert isinstance(got[1], TypeError) and isinstance(got[3], ContractViolationError)
