@@ -14,7 +14,10 @@ fastavro rejects, a different value, or any other exception is a failure):
 * ``row``: the generated row decoder (``compile_decoder``), into the topic's Nissa table;
   accepted rows must also convert to Arrow;
 * ``columnar``: the vectorised decoder, on chunks of inputs, row by row (``ok``);
-* ``codec``: ``SingleObjectCodec.decode_record``, what every service runs.
+* ``codec``: ``SingleObjectCodec.decode_record``, what every service runs;
+* ``batch``: ``SingleObjectCodec.decode_batch`` on the whole chunk, what every OonaConsumer runs:
+  each value's message must be the contract's ``model_validate`` of fastavro's record (or its
+  ContractViolationError, with the same reason), in the chunk's order.
 
 The same mutators serve the bounded hypothesis run in ``tests/unit/test_avro_fuzz.py`` and
 the long run (``make fuzz``: ``python -m tests.fuzz.avro_differential --cases 1000000``),
@@ -39,18 +42,18 @@ from typing import Any, Protocol
 import fastavro
 import pyarrow as pa
 
-from services.core.errors import DecodeError
+from services.core.errors import ContractViolationError, DecodeError
 from services.nissa.tables import KAFKA_COLUMNS, Table, arrow_batch, row_from_record, table_for
 from services.oona.avro import HEADER_LEN, SINGLE_OBJECT_MAGIC, RowDecoder, compile_decoder, encode_long
 from services.oona.avro.columnar import ColumnarDecoder, columnar_decoder
 from services.oona.avro.schema_walk import NamedTypes
-from services.oona.codec import SingleObjectCodec, message_to_record
+from services.oona.codec import SingleObjectCodec, message_to_record, record_to_message
 from services.oona.schema_store import SchemaStore, history_versions, schema_fingerprint
 from services.oona.topic_registry import TopicSpec, avro_topics
 from tests.fixtures.write_fixture_logs import fixture_path, read_fixture_log
 from tests.samples import health_signal, message_for
 
-DECODERS = ("row", "columnar", "codec")
+DECODERS = ("row", "columnar", "codec", "batch")
 
 
 # -- where the varints of a valid body are --------------------------------------------------------
@@ -345,6 +348,7 @@ class Differential:
             target = self.resolve(spec, value)
             expected.append((target, oracle(target, self.store, value) if target else None))
         self._codec(spec, values, expected)
+        self._batch(spec, values, expected)
         self._row(values, expected)
         by_writer: dict[bytes, list[int]] = {}
         for i, (target, _) in enumerate(expected):
@@ -370,6 +374,40 @@ class Differential:
                 fig.fail("codec", "accepted what fastavro rejects", value)
             elif not same(got, want):
                 fig.fail("codec", f"returned {got!r}, fastavro {want!r}", value)
+
+    def _batch(self, spec: TopicSpec, values: list[bytes], expected: list) -> None:
+        fig = self.figures
+        try:
+            outcomes = self.codec.decode_batch(spec, values)
+        except Exception as exc:  # noqa: BLE001 - a record's failure must take its place, never end the batch
+            fig.fail("batch", f"raised {type(exc).__name__}: {exc}", values[0])
+            return
+        if len(outcomes) != len(values):
+            fig.fail("batch", f"{len(outcomes)} outcomes for {len(values)} values", values[0])
+            return
+        for value, got, (_target, want) in zip(values, outcomes, expected, strict=True):
+            fig.cases["batch"] += 1
+            try:
+                oracle_message: Any = record_to_message(spec, want) if want is not None else None
+            except ContractViolationError as exc:
+                oracle_message = exc
+            if isinstance(got, DecodeError):
+                # Rejecting bytes is always allowed (the codec's run holds the Avro layer to fastavro);
+                # a contract violation must be the contract's own verdict on fastavro's record.
+                fig.rejected["batch"] += 1
+                if isinstance(got, ContractViolationError) and (
+                        not isinstance(oracle_message, ContractViolationError) or got.reason != oracle_message.reason):
+                    fig.fail("batch", f"rejected with {got.reason!r}, the contract of fastavro's record: "
+                             f"{oracle_message!r}", value)
+                continue
+            if isinstance(got, Exception):
+                fig.fail("batch", f"{type(got).__name__} in place of a record: {got}", value)
+                continue
+            fig.accepted["batch"] += 1
+            if want is None:
+                fig.fail("batch", "accepted what fastavro rejects", value)
+            elif oracle_message != got or type(oracle_message) is not type(got):
+                fig.fail("batch", f"returned {got!r}, the contract of fastavro's record {oracle_message!r}", value)
 
     def _row(self, values: list[bytes], expected: list) -> None:
         fig = self.figures

@@ -84,6 +84,11 @@ class _BuggyDecoder:
             raise OverflowError("int too big to convert")
         return message
 
+    def decode_batch(self, spec, values):
+        from services.oona.codec import decode_each
+
+        return decode_each(self, spec, values)
+
     def __getattr__(self, name):
         return getattr(self.codec, name)
 

@@ -12,7 +12,7 @@ timestamps fastavro can represent) and trailing bytes.
     layout.py        the column layout a decoder fills (Nissa's ``Table`` is one)
     wire.py          varints and the value bounds every decoder checks
     encoder.py       objects -> bytes, generated once per schema
-    row_decoder.py   bytes -> one row tuple (or a validator: bytes -> nothing), generated
+    row_decoder.py   bytes -> one row tuple, one record (dicts), or nothing (a validator), generated
     columnar.py      a batch of bytes -> Arrow columns, vectorised with numpy
 
 ``columnar`` is imported from its module (``services.oona.avro.columnar``), not from here:
@@ -22,7 +22,7 @@ it needs numpy and pyarrow, which the services' codec path does not load.
 from services.oona.avro.encoder import compile_encoder, encode_long
 from services.oona.avro.framing import HEADER_LEN, SINGLE_OBJECT_MAGIC, single_object_fingerprint
 from services.oona.avro.layout import ColumnLayout, LayoutColumn
-from services.oona.avro.row_decoder import RowDecoder, compile_decoder, compile_validator
+from services.oona.avro.row_decoder import RowDecoder, compile_decoder, compile_record_decoder, compile_validator
 
 __all__ = [
     "HEADER_LEN",
@@ -32,6 +32,7 @@ __all__ = [
     "RowDecoder",
     "compile_decoder",
     "compile_encoder",
+    "compile_record_decoder",
     "compile_validator",
     "encode_long",
     "single_object_fingerprint",

@@ -7,8 +7,11 @@ Python that walks the Avro body once and returns the row of a column layout (``l
 Nissa's tables) as a tuple in column order. Writer fields are matched to the layout's
 columns by path, so an event written with an older schema lands in today's columns: fields
 the writer lacks get the column's default, fields the reader dropped are read and discarded.
-With no columns at all the same code is a validator (``compile_validator``): the services
-run it before fastavro, so every consumer of the log rejects the same bytes.
+With no columns at all the same code is a validator (``compile_validator``). The services'
+codec reads a value with ``compile_record_decoder``: the same checks, building the record
+fastavro would return (nested dicts, timestamps as UTC datetimes) when the writer schema is
+the reader's; a value of another writer schema is checked by the validator, then read by
+fastavro with Avro's resolution. So every consumer of the log rejects the same bytes.
 
 Total by construction: the generated code checks varint width, lengths and block counts
 against the bytes that remain, enum indexes, union branches, value ranges (``wire.py``),
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.core.errors import DecodeError, SchemaError
@@ -63,9 +67,47 @@ def compile_validator(writer: dict[str, Any], start: int) -> Callable[[bytes], N
     return check
 
 
+def compile_record_decoder(writer: dict[str, Any], start: int) -> Callable[[bytes], dict[str, Any]]:
+    """``decode(value) -> record``: what ``fastavro.schemaless_reader`` returns for ``value[start:]``
+    read with ``writer`` as both writer and reader schema, or DecodeError (the validator's checks).
+
+    Records are dicts, enums their symbols, ``[null, X]`` unions None or the value, and
+    ``timestamp-micros`` / ``timestamp-millis`` longs UTC datetimes, as fastavro reads them
+    (``tests/fuzz/avro_differential.py`` holds this decoder to fastavro's records).
+    """
+    gen = _Generator(writer, NoColumns(), datetimes=True)
+    source = gen.record_top_function(start)
+    namespace: dict[str, Any] = {"_rz": read_varint, "_Bad": DecodeError, "_struct_error": struct.error,
+                                 "_ts_micros": _datetime_from_micros, "_ts_millis": _datetime_from_millis,
+                                 "_DATETIMES": _DATETIMES,
+                                 **gen.namespace}
+    exec(compile(source, f"<avro record decoder {writer.get('name')}>", "exec"), namespace)  # noqa: S102
+    decode: Callable[[bytes], dict[str, Any]] = namespace["_decode"]
+    return decode
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DATETIMES: dict[int, datetime] = {}  # every event of an epoch shares its timestamp: cached, bounded
+_DATETIMES_MAX = 4096
+
+
+def _datetime_from_micros(micros: int) -> datetime:
+    """fastavro's reading of a ``timestamp-micros`` (already checked to lie in years 1..9999), cached;
+    the generated code looks in the cache first."""
+    if len(_DATETIMES) >= _DATETIMES_MAX:
+        _DATETIMES.clear()  # cleared in place: the generated decoders hold this dict
+    hit = _DATETIMES[micros] = _EPOCH + timedelta(microseconds=micros)
+    return hit
+
+
+def _datetime_from_millis(millis: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
 class _Generator:
-    def __init__(self, writer: dict[str, Any], layout: ColumnLayout) -> None:
+    def __init__(self, writer: dict[str, Any], layout: ColumnLayout, *, datetimes: bool = False) -> None:
         self.layout = layout
+        self.datetimes = datetimes  # timestamps as datetimes (the record decoder) or as ints (columns)
         self.writer_names = NamedTypes(writer)
         self.writer = writer
         self.namespace: dict[str, Any] = {}
@@ -102,6 +144,19 @@ class _Generator:
                   "    if p != len(b):",
                   "        raise _Bad(f'{len(b) - p} trailing bytes after the body')",
                   f"    return ({row})"]
+        return "\n".join(self.functions + source)
+
+    def record_top_function(self, start: int) -> str:
+        """``_decode(b) -> dict``: the writer's record, read whole (no columns, nothing flattened)."""
+        record = self._record_function(self.writer)
+        source = ["def _decode(b):", "    try:", f"        r, p = {record}(b, {int(start)})",
+                  "    except (IndexError, _struct_error):",
+                  "        raise _Bad('truncated body: the value ends inside a field') from None",
+                  "    except UnicodeDecodeError as exc:",
+                  "        raise _Bad(f'invalid UTF-8 in a string: {exc.reason} at byte {exc.start}') from None",
+                  "    if p != len(b):",
+                  "        raise _Bad(f'{len(b) - p} trailing bytes after the body')",
+                  "    return r"]
         return "\n".join(self.functions + source)
 
     def _columns_under(self, path: tuple[str, ...]) -> list[int]:
@@ -182,6 +237,12 @@ class _Generator:
                 low, high = self._constant(bounds[0]), self._constant(bounds[1])
                 out.append(f"{pad}if not {low} <= {target} <= {high}:")
                 out.append(f"{pad}    raise _Bad(f'{kind} {{{target}}} out of range')")
+            logical = schema.get("logicalType") if isinstance(schema, dict) else None
+            if self.datetimes and logical in ("timestamp-micros", "timestamp-millis"):
+                if logical == "timestamp-micros":  # most of them: the cache first, without a call
+                    out.append(f"{pad}{target} = _DATETIMES.get({target}) or _ts_micros({target})")
+                else:
+                    out.append(f"{pad}{target} = _ts_millis({target})")
         elif kind in ("string", "bytes"):
             self._varint(out, pad)
             out.append(f"{pad}if z & 1 or (z >> 1) > len(b) - p:")
@@ -236,6 +297,9 @@ class _Generator:
         out.append(f"{pad}z = b[p]")
         out.append(f"{pad}if z < 128:")
         out.append(f"{pad}    p += 1")
+        out.append(f"{pad}elif b[p + 1] < 128:")  # two bytes (ids, counts in the thousands): no call
+        out.append(f"{pad}    z = (z & 127) | (b[p + 1] << 7)")
+        out.append(f"{pad}    p += 2")
         out.append(f"{pad}else:")
         out.append(f"{pad}    z, p = _rz(b, p)")
 
@@ -253,11 +317,26 @@ class _Generator:
         fn = self._fresh("_r")
         lines = [f"def {fn}(b, p):"]
         keys = []
+        fixed: list[tuple[str, str, int]] = []  # a run of fixed-width fields, read with one unpack
+
+        def flush() -> None:
+            if fixed:
+                unpack = self._constant(struct.Struct("<" + "".join(code for _, code, _ in fixed)).unpack_from)
+                lines.append(f"    {', '.join(v for v, _, _ in fixed)}, = {unpack}(b, p)")
+                lines.append(f"    p += {sum(size for _, _, size in fixed)}")
+                fixed.clear()
+
         for field in record["fields"]:
             name = safe_name(field["name"])
             var = f"f_{name}"
-            self._value(field["type"], var, lines, 1)
             keys.append(f"{name!r}: {var}")
+            code = _fixed_code(field["type"], self.writer_names)
+            if code is not None:
+                fixed.append((var, *_FIXED[code]))
+                continue
+            flush()
+            self._value(field["type"], var, lines, 1)
+        flush()
         lines.append(f"    return {{{', '.join(keys)}}}, p")
         self.functions.append("\n".join(lines))
         return fn
