@@ -49,18 +49,23 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 
 
 def message_key(spec: TopicSpec, message: OonaMessage[Any]) -> bytes:
-    return message_keys(spec, [message])[0]
+    return message_key_texts(spec, [message])[0].encode("utf-8")
 
 
 def message_keys(spec: TopicSpec, messages: Sequence[OonaMessage[Any]]) -> list[bytes]:
     """The key of each message (its run id, or the payload field ``spec.key`` names); EncodeError if one has none."""
+    return [key.encode("utf-8") for key in message_key_texts(spec, messages)]
+
+
+def message_key_texts(spec: TopicSpec, messages: Sequence[OonaMessage[Any]]) -> list[str]:
+    """The keys as text: ``produce`` writes a str key as its UTF-8 bytes itself, in C."""
     if spec.key == "run_id":
         values = list(map(_RUN_ID, messages))
     else:
         values = [getattr(message.payload, spec.key, None) for message in messages]
     if not all(values):
         raise EncodeError(spec.name, f"{spec.key} is required as the key of {spec.name}")
-    return list(map(str.encode, values))
+    return values
 
 
 class OonaProducer:
@@ -125,14 +130,14 @@ class OonaProducer:
         spec = topic_spec(spec) if isinstance(spec, str) else spec
         self.announce(spec)
         values = self.codec.encode_many(spec, messages)
-        keys = message_keys(spec, messages)
+        keys = message_key_texts(spec, messages)
         topic, produce = spec.name, self._producer.produce
         with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
             for value, key in zip(values, keys, strict=True):
                 try:
                     produce(topic, value, key)
                 except BufferError:  # local queue full: let librdkafka drain it
-                    self._produce_when_queued(topic, value, key, None)
+                    self._produce_when_queued(topic, value, key.encode("utf-8"), None)
         self._producer.poll(0)
         return len(values)
 
