@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, TopicPartition
@@ -25,6 +26,7 @@ from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 
 log = logging.getLogger(__name__)
+_RUN_ID = attrgetter("run_id")
 
 # Large enough for the DLQ (8 MiB topics), which must take any message whole.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
@@ -47,13 +49,23 @@ PRODUCER_DEFAULTS: dict[str, str | int | bool] = {
 
 
 def message_key(spec: TopicSpec, message: OonaMessage[Any]) -> bytes:
+    return message_key_texts(spec, [message])[0].encode("utf-8")
+
+
+def message_keys(spec: TopicSpec, messages: Sequence[OonaMessage[Any]]) -> list[bytes]:
+    """The key of each message (its run id, or the payload field ``spec.key`` names); EncodeError if one has none."""
+    return [key.encode("utf-8") for key in message_key_texts(spec, messages)]
+
+
+def message_key_texts(spec: TopicSpec, messages: Sequence[OonaMessage[Any]]) -> list[str]:
+    """The keys as text: ``produce`` writes a str key as its UTF-8 bytes itself, in C."""
     if spec.key == "run_id":
-        value = message.run_id
+        values = list(map(_RUN_ID, messages))
     else:
-        value = getattr(message.payload, spec.key, None)
-    if not value:
+        values = [getattr(message.payload, spec.key, None) for message in messages]
+    if not all(values):
         raise EncodeError(spec.name, f"{spec.key} is required as the key of {spec.name}")
-    return value.encode("utf-8")
+    return values
 
 
 class OonaProducer:
@@ -68,7 +80,9 @@ class OonaProducer:
         config: dict[str, Any] | None = None,
     ) -> None:
         transactional = {"transactional.id": transactional_id} if transactional_id else {}
-        self._producer = clients.producer(settings, PRODUCER_DEFAULTS, config or {}, transactional)
+        # The delivery callback of every message, set once: produce() then parses no callback argument.
+        self._producer = clients.producer(settings, PRODUCER_DEFAULTS, config or {}, transactional,
+                                          {"on_delivery": self._on_delivery})
         self.codec = codec
         self.settings = settings
         self._failures: list[str] = []
@@ -107,47 +121,47 @@ class OonaProducer:
         return spec.name, self.codec.encode(spec, message), message_key(spec, message)
 
     def publish_many(self, spec: TopicSpec | str, messages: Sequence[OonaMessage[Any]]) -> int:
-        """Encode and enqueue a batch in one call into librdkafka (no headers)."""
+        """Encode a batch (one call into the codec), then enqueue it, one ``produce`` per message (no headers).
+
+        A ``produce`` loop with the delivery callback set once in the config is the cheapest way
+        into librdkafka from Python here: ``produce_batch`` measured no faster per message (a dict
+        per message to build and parse) and librdkafka's batch call takes no headers. Nothing is
+        enqueued when any message cannot be encoded (EncodeError).
+        """
         spec = topic_spec(spec) if isinstance(spec, str) else spec
         self.announce(spec)
-        encode = self.codec.encode
-        # produce_batch puts each message's delivery error under "_error".
-        pending: list[dict[str, Any]] = [{"value": encode(spec, m), "key": message_key(spec, m)} for m in messages]
-        count = len(pending)
-        while pending:
-            self._producer.produce_batch(spec.name, pending, on_delivery=self._on_delivery)
-            retry = []
-            for item in pending:
-                error: KafkaError | None = item.pop("_error", None)
-                if error is None:
-                    continue
-                if error.code() != KafkaError._QUEUE_FULL:
-                    raise DeliveryError(spec.name, error.str())
-                retry.append(item)
-            pending = retry
-            if pending:  # local queue full: let librdkafka drain it
-                self._producer.poll(0.05)
-        self.transaction_writes += count
+        values = self.codec.encode_many(spec, messages)
+        keys = message_key_texts(spec, messages)
+        topic, produce = spec.name, self._producer.produce
+        with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
+            for value, key in zip(values, keys, strict=True):
+                try:
+                    produce(topic, value, key)
+                except BufferError:  # local queue full: let librdkafka drain it
+                    self._produce_when_queued(topic, value, key.encode("utf-8"), None)
+        self.transaction_writes += len(values)
         self._producer.poll(0)
-        return count
+        return len(values)
 
     def produce_raw(
         self, topic: str, value: bytes | None, key: bytes | None = None,
         headers: dict[str, bytes] | list[Header] | None = None,
     ) -> None:
-        while True:
-            try:
-                with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
-                    self._producer.produce(topic, value=value, key=key,
-                                           # The stub's dict and list take str | bytes | None values; being
-                                           # invariant, they refuse ours (bytes | None), which librdkafka takes.
-                                           headers=headers,  # type: ignore[arg-type]
-                                           on_delivery=self._on_delivery)
-                break
-            except BufferError:  # local queue full: let librdkafka drain it
-                self._producer.poll(0.05)
+        with clients.map_exceptions(lambda reason: DeliveryError(topic, reason)):
+            self._produce_when_queued(topic, value, key, headers)
         self.transaction_writes += 1
         self._producer.poll(0)
+
+    def _produce_when_queued(self, topic: str, value: bytes | None, key: bytes | None,
+                             headers: dict[str, bytes] | list[Header] | None) -> None:
+        while True:
+            try:
+                # The stub's dict and list take str | bytes | None values; being invariant, they
+                # refuse ours (bytes | None), which librdkafka takes.
+                self._producer.produce(topic, value=value, key=key, headers=headers)  # type: ignore[arg-type]
+                return
+            except BufferError:  # local queue full: let librdkafka drain it
+                self._producer.poll(0.05)
 
     def poll(self, timeout_s: float = 0.0) -> int:
         return self._producer.poll(timeout_s)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import uuid
+
 import pytest
 
-from services.core.errors import BrokerUnavailableError
-from services.oona.admin import wait_for_broker
+from services.core.errors import BrokerUnavailableError, DeliveryError
+from services.oona.admin import delete_topics, ensure_topics, wait_for_broker
 from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import avro_topics
+from services.oona.topic_registry import avro_topics, topic_spec
 from tests.integration.conftest import consume_until
 from tests.samples import message_for
 
@@ -85,3 +89,23 @@ def test_committed_offsets_resume_where_the_group_stopped(topic_factory, produce
     again = consumer_factory([spec], dlq, group_id="resume-group-" + spec.name)
     got = consume_until(again, 3)
     assert [d.message.event_id for d in got] == [m.event_id for m in second]
+
+
+@pytest.mark.parametrize("how", ["publish_many", "produce_raw"])
+def test_what_the_broker_refuses_surfaces_on_flush(how, kafka_settings, producer_factory):
+    """The delivery callback is set once in the config; a refused message still reaches flush."""
+    base = topic_spec("telemetry.seed.health")
+    spec = dataclasses.replace(base, name=f"test.{uuid.uuid4().hex[:10]}.tiny", partitions=1,
+                               configs={"max.message.bytes": "200"})  # smaller than any batch of these
+    ensure_topics(kafka_settings, [spec])
+    try:
+        producer = producer_factory()
+        if how == "publish_many":
+            producer.publish_many(spec, [message_for(spec, run_id="r") for _ in range(20)])
+        else:
+            producer.produce_raw(spec.name, os.urandom(1000), b"r")  # incompressible: lz4 cannot shrink it
+        with pytest.raises(DeliveryError, match=spec.name):
+            producer.flush(timeout_s=30)
+        producer.flush(timeout_s=30)  # reported once: the producer goes on
+    finally:
+        delete_topics(kafka_settings, [spec.name])
