@@ -86,13 +86,18 @@ class CapacityAccumulator:
         return staged
 
     def observe(self, rows: torch.Tensor, scale: float, grad: torch.Tensor) -> None:
-        m = outer_rows(rows, grad.detach()[: rows.shape[0]])
+        g = grad.detach()[: rows.shape[0]]
         if scale != 1.0:
-            m = m * scale
-        if self._sum is None or self._sum.shape != m.shape:
-            self._sum = m
+            g = g * scale  # on the few rows, not on the (out x in) product
+        flat = rows.dim() == 2 and g.dim() == 2
+        if flat and self._sum is not None and self._sum.shape == (g.shape[1], rows.shape[1]):
+            self._sum.addmm_(g.T.float(), rows.float())  # in place: no (out x in) temporary on the hot path
         else:
-            self._sum += m
+            m = outer_rows(rows, g)
+            if self._sum is None or self._sum.shape != m.shape:  # first step, or the layer changed width
+                self._sum, self._steps = m, 0
+            else:
+                self._sum += m
         self._steps += 1
 
     def matrix(self) -> torch.Tensor | None:

@@ -157,4 +157,4 @@ def test_an_under_capacity_host_reads_markedly_higher_than_one_that_fits(seed):
     finally:
         torch.set_num_threads(threads)
     assert small_acc < 0.9 < 0.99 < large_acc  # the premise: one lacks units, the other fits its data
-    assert small > 4 * large  # measured: 8x .. 25x (seeds 0, 1, 2)
+    assert small > 4 * large  # measured: 8x, 22x, 17x (seeds 0, 1, 2)
