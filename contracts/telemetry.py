@@ -25,6 +25,9 @@ class HealthSignal(SeedSlotRef):
     dead_neuron_ratio: float = Field(ge=0, le=1, description="Fraction (0..1) of units never active")
     avg_correlation: float = Field(ge=-1, le=1, description="Mean pairwise correlation of units")
     gradient_norm: float = Field(default=0.0, ge=0, description="L2 norm of the layer's weight gradient")
+    capacity_gain: float = Field(
+        default=0.0, ge=0,
+        description="Largest loss-gradient norm of one new unit's fan-out in this layer (GradMax; 0: no signal)")
     is_ready_for_transition: bool = False
     health_score: float = Field(default=1.0, ge=0, le=1, description="0 (dead) .. 1 (healthy)")
     execution_latency: float = Field(default=0.0, ge=0, description="Forward time of the slot, milliseconds")

@@ -164,7 +164,7 @@ def payload_for(spec: TopicSpec):
 def health_signal(epoch: int = 0, seed_idx: int = 0) -> HealthSignal:
     return HealthSignal(
         layer_id=7, seed_idx=seed_idx, layer_name="body.0", epoch=epoch, activation_variance=0.25,
-        dead_neuron_ratio=0.0, avg_correlation=-1.0, gradient_norm=0.1, health_score=1.0,
+        dead_neuron_ratio=0.0, avg_correlation=-1.0, gradient_norm=0.1, capacity_gain=0.03, health_score=1.0,
         execution_latency=0.05, total_seeds=2, timestamp=T0,
     )
 

@@ -352,6 +352,8 @@ class SeedManager:
         for slot in self.slots.values():
             chunks = slot.health.summary()
             slot.health.reset()
+            capacity = slot.capacity.summary()  # per layer: every seed of the slot carries it
+            slot.capacity.reset()
             if chunks is None:
                 continue
             active = sum(1 for i in range(slot.num_seeds) if slot.state(i) in ACTIVE)
@@ -365,7 +367,7 @@ class SeedManager:
                     layer_id=slot.layer_id, seed_idx=idx, layer_name=slot.layer_name, chunk_id=idx, epoch=epoch,
                     activation_variance=chunk.activation_variance, dead_neuron_ratio=chunk.dead_neuron_ratio,
                     avg_correlation=chunk.avg_correlation, gradient_norm=chunk.gradient_norm,
-                    is_ready_for_transition=ready, health_score=chunk.health_score,
+                    capacity_gain=capacity, is_ready_for_transition=ready, health_score=chunk.health_score,
                     execution_latency=chunk.execution_latency_ms, error_count=int(slot.seed_errors[idx]),
                     active_seeds=active, total_seeds=slot.num_seeds,
                 ))

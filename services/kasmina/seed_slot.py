@@ -27,6 +27,7 @@ from torch import nn
 from contracts import SeedState, layer_id_for_path
 from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError
+from services.kasmina.capacity import CapacityAccumulator
 from services.kasmina.health import HealthAccumulator
 from services.kasmina.lifecycle import state_code, state_of
 
@@ -81,6 +82,7 @@ class SeedSlot(nn.Module):
         self.register_buffer("seed_errors", torch.zeros(n, dtype=torch.long))
         self.register_buffer("seed_germinated_epoch", torch.zeros(n, dtype=torch.long))
         self.health = HealthAccumulator(num_seeds)
+        self.capacity = CapacityAccumulator()  # fed with the consumer layer's gradient (wrap_layers attaches it)
         self.sample_every = max(1, sample_every)
         self.collect_health = True
         self.probe_training = False
@@ -165,6 +167,7 @@ class SeedSlot(nn.Module):
             start = time.perf_counter()
             y = self.host(x)
             self.health.observe(y, time.perf_counter() - start)
+            self.capacity.stage(x)
         else:
             y = self.host(x)
         if self.input_shape is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from services.kasmina.capacity import attach_capacity_probes
 from services.kasmina.seed_slot import KasminaError, SeedSlot
 
 
@@ -26,4 +27,5 @@ def wrap_layers(model: nn.Module, paths: list[str], seeds_per_layer: int, sample
         slot = SeedSlot(host, path, seeds_per_layer, sample_every)
         model.set_submodule(path, slot)
         slots[path] = slot
+    attach_capacity_probes(model, {path: slot.capacity for path, slot in slots.items()})
     return slots

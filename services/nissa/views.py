@@ -107,6 +107,7 @@ SELECT run_id, epoch, layer_id, any_value(layer_name) AS layer_name,
        avg(health_score) AS mean_health, min(health_score) AS min_health,
        avg(activation_variance) AS mean_activation_variance, avg(dead_neuron_ratio) AS mean_dead_neuron_ratio,
        avg(avg_correlation) AS mean_correlation, avg(gradient_norm) AS mean_gradient_norm,
+       max(capacity_gain) AS capacity_gain,
        max(active_seeds) AS active_seeds, sum(error_count) AS errors
 FROM health_signal GROUP BY run_id, epoch, layer_id
 """,

@@ -38,7 +38,7 @@ STATES = tuple(SeedState)
 FEATURES: tuple[str, ...] = (
     "is_layer", "is_seed", "is_conv",
     "health_score", "log_activation_variance", "dead_neuron_ratio", "avg_correlation", "log_gradient_norm",
-    "log_latency_ms", "has_errors", "health_trend", "dead_trend",
+    "log_latency_ms", "has_errors", "health_trend", "dead_trend", "log_capacity_gain",
     *(f"state_{s.value}" for s in STATES),
     "epochs_in_state", "ready",
     "validation_accuracy", "accuracy_trend", "epochs_seen", "train_val_gap", "log_validation_loss",
@@ -130,15 +130,21 @@ def _log1p(value: float) -> float:
     return math.log1p(value) if value >= 0 else math.nan
 
 
+# capacity_gain (kasmina/capacity.py) is a loss-gradient norm, about 1e-3 for a host that fits its task
+# and 1e-2 .. 1e-1 for one that lacks units: scaled so that this range spans about 0.1 .. 2.4.
+CAPACITY_SCALE = 100.0
+
+
 def _health_features(history: list[HealthSignal]) -> list[float]:
     if not history:
-        return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     h = history[-1]
     recent = history[-3:]  # the trends look at the last three signals
     return [
         h.health_score, _log1p(h.activation_variance), h.dead_neuron_ratio, h.avg_correlation,
         _log1p(h.gradient_norm), _log1p(h.execution_latency), 1.0 if h.error_count else 0.0,
         slope([s.health_score for s in recent]), slope([s.dead_neuron_ratio for s in recent]),
+        _log1p(CAPACITY_SCALE * h.capacity_gain),
     ]
 
 
@@ -239,7 +245,7 @@ class _SeedArrays(NamedTuple):
 
 
 def _seed_rows(run: RunState, topology: Topology, epoch: int) -> tuple[np.ndarray, _SeedArrays, int]:
-    """The seed rows up to "ready" (S, 3 + 9 + len(STATES) + 2) float64, the seeds' states, entry epochs,
+    """The seed rows up to "ready" (S, 3 + 10 + len(STATES) + 2) float64, the seeds' states, entry epochs,
     readiness and errors (S,), and how many of them are active (germinated, training or grafting)."""
     count_seeds = len(topology.slots)
     state = np.zeros(count_seeds, dtype=np.int64)  # index in STATES; DORMANT unless a transition says otherwise
@@ -252,7 +258,7 @@ def _seed_rows(run: RunState, topology: Topology, epoch: int) -> tuple[np.ndarra
     has = count > 0
     ready = has & (epochs[:, 0] == epoch) & (newest[:, COLUMN["is_ready_for_transition"]] != 0)
     errors = newest[:, COLUMN["error_count"]]
-    rows = np.zeros((count_seeds, 3 + 9 + len(STATES) + 2), dtype=np.float64)
+    rows = np.zeros((count_seeds, 3 + 10 + len(STATES) + 2), dtype=np.float64)
     with np.errstate(all="ignore"):  # non-finite inputs become non-finite features, as with math
         rows[:, 1] = 1.0
         rows[:, 2] = topology.seed_conv
@@ -265,9 +271,10 @@ def _seed_rows(run: RunState, topology: Topology, epoch: int) -> tuple[np.ndarra
         rows[:, 9] = errors != 0
         rows[:, 10] = _trend(values[:, :, COLUMN["health_score"]], count)
         rows[:, 11] = _trend(values[:, :, COLUMN["dead_neuron_ratio"]], count)
-    rows[np.arange(count_seeds), 12 + state] = 1.0
-    rows[:, 12 + len(STATES)] = np.minimum(epoch - since, 20) / 10
-    rows[:, 13 + len(STATES)] = ready
+        rows[:, 12] = _log1p_array(CAPACITY_SCALE * newest[:, COLUMN["capacity_gain"]])
+    rows[np.arange(count_seeds), 13 + state] = 1.0
+    rows[:, 13 + len(STATES)] = np.minimum(epoch - since, 20) / 10
+    rows[:, 14 + len(STATES)] = ready
     active = int(_ACTIVE[state].sum())
     return rows, _SeedArrays(state, since, ready, errors.astype(np.int64)), active
 

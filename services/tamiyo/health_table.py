@@ -24,7 +24,7 @@ import numpy as np
 
 HEALTH_FIELDS: tuple[str, ...] = (
     "health_score", "activation_variance", "dead_neuron_ratio", "avg_correlation", "gradient_norm",
-    "execution_latency", "error_count", "is_ready_for_transition",
+    "execution_latency", "error_count", "is_ready_for_transition", "capacity_gain",
 )
 COLUMN = {name: i for i, name in enumerate(HEALTH_FIELDS)}
 _FIELDS_OF = attrgetter(*HEALTH_FIELDS)

@@ -4,10 +4,15 @@ A fresh install has no recorded runs to learn from, so the shipped policy
 (``policies/initial.*``) imitates a rule a practitioner would write:
 
 - grow when budget and cooldown allow, a slot is dormant, there is time left (progress
-  <= 0.75), and the run needs capacity: validation accuracy has plateaued (at least 3
-  epochs seen, slope over the last 4 < 0.01/epoch) or some layer is unhealthy (health < 0.7
-  or > 25% dead units);
-- grow in the dormant slot whose layer looks worst (dead units + ill health + correlation);
+  <= 0.75), and the run needs capacity: some layer's capacity signal is high (Kasmina's
+  ``capacity_gain`` >= ``CAPACITY_NEED`` after 3 epochs: new units there would get a large
+  loss gradient),
+  or some layer is unhealthy (health < 0.7 or > 25% dead units), or — only for runs whose
+  producers publish no capacity signal (all 0) — validation accuracy has plateaued (at least
+  3 epochs seen, slope over the last 4 < 0.01/epoch). With the signal, a plateau whose
+  layers all read low is a host that fits its task: no growth;
+- grow in the dormant slot whose layer needs capacity most, then looks worst (capacity
+  feature + half of: dead units + ill health + correlation);
 - blueprint family: conv for a conv layer, bottleneck when units are dying, a wide MLP while
   accuracy is low, a small MLP otherwise.
 
@@ -18,6 +23,7 @@ builds. ``esper policy bootstrap`` rebuilds the shipped policy.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import cast
@@ -39,9 +45,14 @@ from contracts import (
     TrainingSpec,
 )
 from services.tamiyo.decider import FAMILIES
-from services.tamiyo.features import INDEX, GraphView, build_graph
+from services.tamiyo.features import CAPACITY_SCALE, INDEX, GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import RunState
+
+# capacity_gain above which a layer needs units
+# (README "Capacity telemetry": spirals and digits hosts that fit read 1e-3 .. 3e-2, under-capacity ones 1e-2 .. 3e-1).
+CAPACITY_NEED = 0.01
+_CAPACITY_NEED_FEATURE = math.log1p(CAPACITY_SCALE * CAPACITY_NEED)
 
 
 @dataclass(frozen=True)
@@ -61,10 +72,16 @@ def teacher(graph: GraphView) -> Label:
     layers = col("is_layer") > 0
     unhealthy = bool((col("health_score")[layers] < 0.7).any() or (col("dead_neuron_ratio")[layers] > 0.25).any())
     plateau = float(col("epochs_seen")[0]) >= 0.3 and float(col("accuracy_trend")[0]) < 0.01
-    adapt = bool(graph.can_germinate and dormant and float(col("progress")[0]) <= 0.75 and (plateau or unhealthy))
+    capacity = col("log_capacity_gain")
+    measured = bool((capacity[layers] > 0).any())
+    needs_units = bool((capacity[layers] >= _CAPACITY_NEED_FEATURE).any())
+    settled = float(col("epochs_seen")[0]) >= 0.3  # every loss gradient is large in the first epochs
+    need = (needs_units and settled) or unhealthy or (plateau and not measured)
+    adapt = bool(graph.can_germinate and dormant and float(col("progress")[0]) <= 0.75 and need)
     if not dormant:
         return Label(False, None, 0)
-    badness = col("dead_neuron_ratio") + (1 - col("health_score")) + col("avg_correlation").clamp_min(0)
+    badness = capacity + 0.5 * (col("dead_neuron_ratio") + (1 - col("health_score"))
+                                + col("avg_correlation").clamp_min(0))
     node = max(dormant, key=lambda s: (float(badness[s.node]), -s.node)).node
     if float(x[node, INDEX["is_conv"]]) > 0:
         family = "conv"
@@ -112,6 +129,12 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
     ceiling, speed = rng.uniform(0.4, 0.99), rng.uniform(0.05, 0.6)
     health = {(layer.layer_id, k): (rng.uniform(0.3, 1.0), rng.uniform(0.0, 0.6)) for layer in layers
               for k in range(per_layer)}
+    # Capacity signal per layer (every seed of a layer carries its layer's): none from older producers,
+    # else log-uniform over what hosts that fit (~1e-3) and hosts that lack units (1e-2 .. 1e-1) read.
+    measured = rng.random() < 0.8
+    capacity = {layer.layer_id: 10 ** rng.uniform(-3.5, -0.7) if measured else 0.0 for layer in layers}
+    if rng.random() < 0.5:
+        capacity[layers[-1].layer_id] = 0.0  # the output layer has no consumer: no signal
     for epoch in range(at + 1):
         acc = ceiling * (1 - (1 - speed) ** (epoch + 1)) + rng.gauss(0, 0.01)
         acc = min(1.0, max(0.0, acc))
@@ -126,6 +149,7 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
                 layer_id=layer_id, seed_idx=k, epoch=epoch, activation_variance=rng.uniform(0, 2),
                 dead_neuron_ratio=min(1.0, max(0.0, dead + rng.gauss(0, 0.02))),
                 avg_correlation=rng.uniform(-0.2, 0.8), gradient_norm=rng.uniform(0, 3),
+                capacity_gain=capacity[layer_id] * math.exp(rng.gauss(0, 0.2)),
                 health_score=min(1.0, max(0.0, score + rng.gauss(0, 0.02))), total_seeds=per_layer))
     # Some seeds already grown: makes budget, cooldown and slot occupancy vary.
     for seed in session.seeds:

@@ -167,6 +167,20 @@ def test_report_plots_what_duckdb_holds(recorded):
           f"{seeds} seeds, {layers} layers x {health_epochs} epochs of health")
 
 
+def test_the_capacity_signal_arrives_in_nissa_per_signal_and_per_layer(recorded):
+    _, run, _, live, _ = recorded
+    # body.0 (8 units) feeds the head: every epoch's signals carry a positive, finite capacity_gain, the same for
+    # every seed of the layer, and layer_health shows it beside the health statistics.
+    per_epoch = rows(live, "SELECT epoch, count(DISTINCT capacity_gain), min(capacity_gain) FROM health_signal "
+                           "WHERE run_id = ? GROUP BY epoch ORDER BY epoch", run)
+    assert len(per_epoch) == 12
+    assert all(distinct == 1 and 0 < low < 1e3 for _, distinct, low in per_epoch)
+    layer = rows(live, "SELECT h.epoch, h.capacity_gain, s.capacity_gain FROM layer_health h JOIN "
+                       "(SELECT epoch, max(capacity_gain) AS capacity_gain FROM health_signal WHERE run_id = ? "
+                       "GROUP BY epoch) s USING (epoch) WHERE h.run_id = ? ORDER BY h.epoch", run, run)
+    assert len(layer) == 12 and all(view == signal for _, view, signal in layer)
+
+
 def test_bad_input_is_one_clear_line(recorded, tmp_path):
     settings, run, _, live, work = recorded
     with pytest.raises(UnknownRunError):
