@@ -342,7 +342,7 @@ def test_decisions_match_the_reference_on_randomized_runs(seed):
         for key in ("confidence", "urgency"):
             assert g.pop(key) == pytest.approx(w.pop(key), abs=1e-6)
         gf, wf = g.pop("features"), w.pop("features")
-        assert gf.keys() == wf.keys() and all(gf[k] == pytest.approx(wf[k], abs=1e-5) for k in gf)
+        assert gf.keys() == wf.keys() and all(gf[k] == pytest.approx(wf[k], rel=1e-5, abs=1e-5) for k in gf)
         assert g == w
 
 
