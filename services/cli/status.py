@@ -124,7 +124,7 @@ def topic_replication(settings: KafkaSettings, timeout_s: float = 10.0) -> list[
     with map_exceptions():
         metadata = client.list_topics(timeout=timeout_s).topics
     names = [spec.name for spec in all_topics(settings.topic_prefix)] + list(KAFKA_INTERNAL_TOPICS)
-    present = [name for name in names if name in metadata and metadata[name].partitions]
+    present = [name for name in names if name in metadata and replication_factor_of(metadata[name])]
     futures = client.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in present],
                                       request_timeout=timeout_s)
     min_insync: dict[str, str] = {}

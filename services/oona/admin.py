@@ -55,8 +55,9 @@ def ensure_topics(
     existing = metadata.topics
     replication = cluster_replication(settings, len(metadata.brokers))
     for spec in specs:
-        if spec.name in existing and existing[spec.name].partitions:
-            check_existing(spec.name, replication_factor_of(existing[spec.name]), replication)
+        factor = replication_factor_of(existing[spec.name]) if spec.name in existing else 0
+        if factor:  # 0: no replica list yet (the topic is being created), nothing to compare
+            check_existing(spec.name, factor, replication)
         if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
             raise ConfigurationError(
                 f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, "
@@ -96,8 +97,8 @@ def cluster_replication(settings: KafkaSettings, brokers: int) -> Replication:
 
 
 def replication_factor_of(topic: TopicMetadata) -> int:
-    """The fewest copies any partition of ``topic`` has (metadata from ``list_topics``)."""
-    return min(len(p.replicas) for p in topic.partitions.values())
+    """The fewest copies any partition of ``topic`` has (metadata from ``list_topics``); 0 if none is listed."""
+    return min((len(p.replicas) for p in topic.partitions.values() if p.replicas), default=0)
 
 
 def _cannot_create(name: str) -> Callable[[str], ConfigurationError]:

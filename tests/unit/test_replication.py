@@ -110,3 +110,21 @@ def test_under_replicated_counts_partitions_with_a_copy_out_of_sync():
 
     assert under_replicated([partition([1, 2, 3], [1, 2, 3]), partition([1, 2, 3], [1, 3]),
                              partition([2], [])]) == 2
+
+
+def test_a_topics_factor_is_its_fewest_listed_copies():
+    from confluent_kafka.admin import TopicMetadata
+
+    from services.oona.admin import replication_factor_of
+
+    def topic(*replica_lists):
+        t = TopicMetadata()
+        t.partitions = {}
+        for i, replicas in enumerate(replica_lists):
+            p = PartitionMetadata()
+            p.id, p.replicas = i, replicas
+            t.partitions[i] = p
+        return t
+
+    assert replication_factor_of(topic([1, 2, 3], [2, 3], [1, 2, 3])) == 2
+    assert replication_factor_of(topic([], [])) == 0  # no replica list yet: nothing to compare
