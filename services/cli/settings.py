@@ -3,6 +3,7 @@
     ESPER_KAFKA__BOOTSTRAP_SERVERS=host:9092     (or plain KAFKA_BOOTSTRAP_SERVERS)
     ESPER_KAFKA__SECURITY_PROTOCOL=SASL_SSL, ESPER_KAFKA__SASL_USERNAME=..., ...
     SCHEMA_REGISTRY_URL=http://registry:8081     (or ESPER_KAFKA__SCHEMA_REGISTRY_URL)
+    ESPER_KAFKA__REPLICATION_FACTOR=3, ESPER_KAFKA__MIN_INSYNC_REPLICAS=2   (unset: derived from the cluster)
     ESPER_BROKER__PORT=9092                      the project's own local broker
     ESPER_STATE_DIR=.state                       broker data, service logs, DuckDB files
 """
@@ -18,7 +19,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.core.errors import ConfigurationError
 from services.core.paths import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR
 from services.oona.local_broker import LocalBrokerConfig
+from services.oona.replication import replication_for
 from services.oona.settings import KafkaSettings
+
+# The project's own broker is one node (it is both broker and controller).
+LOCAL_BROKERS = 1
 
 
 class BrokerSettings(BaseModel):
@@ -52,6 +57,8 @@ class EsperSettings(BaseSettings):
             controller_port=self.broker.controller_port,
             heap=self.broker.heap,
             start_timeout_s=self.broker.start_timeout_s,
+            replication_factor=self.kafka.replication_factor or 1,
+            min_insync_replicas=self.kafka.min_insync_replicas or 1,
         )
 
 
@@ -65,8 +72,11 @@ def load_settings() -> EsperSettings:
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             kafka["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
         elif not explicit:
-            # No cluster named: the project's own local broker is the cluster.
+            # No cluster named: the project's own local broker is the cluster, of one node, so its
+            # replication is known now (and a factor it cannot hold is an error now).
             kafka["bootstrap_servers"] = f"{settings.broker.host}:{settings.broker.port}"
+            local = replication_for(kafka["replication_factor"], kafka["min_insync_replicas"], brokers=LOCAL_BROKERS)
+            kafka.update(replication_factor=local.factor, min_insync_replicas=local.min_insync)
         if "SCHEMA_REGISTRY_URL" in env:
             kafka["schema_registry_url"] = env["SCHEMA_REGISTRY_URL"]
         return settings.model_copy(

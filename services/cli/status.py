@@ -1,4 +1,5 @@
-"""What `esper status` shows: broker health, each service up or down, consumer lag per group.
+"""What `esper status` shows: broker health, each topic's replication, each service up or down,
+consumer lag per group.
 
 Exit codes of ``esper status``: 0 when the broker and every service are up; 3 when anything is
 down; with ``--strict``, 4 when everything is up but a service has restarted since ``esper up``
@@ -12,17 +13,22 @@ group; its consumed offsets live in its DuckDB file (``nissa_offsets``) and are 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import ConfigResource, PartitionMetadata, ResourceType
 
 from contracts import TopicName
 from services.core.errors import KafkaClientError
 from services.oona import clients
-from services.oona.admin import end_offsets, partitions_of
+from services.oona.admin import end_offsets, partitions_of, replication_factor_of
 from services.oona.clients import map_exceptions, reason
 from services.oona.settings import KafkaSettings
-from services.oona.topic_registry import data_topics, topic_spec
+from services.oona.topic_registry import all_topics, data_topics, topic_spec
+
+# Kafka's own topics that Esper depends on (group offsets, transaction state): replicated like Esper's.
+KAFKA_INTERNAL_TOPICS = ("__consumer_offsets", "__transaction_state")
 
 # The consumer group of each service and the topics it reads (names without the prefix).
 GROUP_INPUTS: dict[str, tuple[TopicName, ...]] = {
@@ -58,7 +64,17 @@ def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) ->
     client = clients.admin(settings)
     partitions = partitions_of(client, [topic_spec(t.value, prefix).name for t in GROUP_INPUTS[service]])
     ends = end_offsets(client, partitions, timeout_s=timeout_s)
-    request = ConsumerGroupTopicPartitions(f"{prefix}{service}", [TopicPartition(t, p) for t, p in partitions])
+    group = f"{prefix}{service}"
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
+    try:
+        with map_exceptions():
+            # Ask the coordinator first: librdkafka 2.16's OffsetFetch answer handler dereferences a consumer
+            # group an admin client does not have when the coordinator is not ready (a fresh broker still
+            # loading __consumer_offsets) and the process dies of SIGSEGV; describing the group fails cleanly.
+            next(iter(client.describe_consumer_groups([group], request_timeout=timeout_s).values())).result(
+                timeout=timeout_s)
+    except KafkaClientError:
+        return Lag(service, None, "group coordinator not ready")
     try:
         with map_exceptions():
             result = client.list_consumer_group_offsets([request], request_timeout=timeout_s)
@@ -87,3 +103,38 @@ def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
     names = [spec.name for spec in data_topics(settings.topic_prefix)]  # what the sink reads (not the schema log)
     ends = end_offsets(client, partitions_of(client, names))
     return Lag("nissa", sum(max(0, end - stored.get(key, 0)) for key, end in ends.items()))
+
+
+@dataclass(frozen=True)
+class TopicReplication:
+    topic: str
+    factor: int
+    min_insync: str  # the topic's min.insync.replicas ("?" when its configs could not be read)
+    under_replicated: int  # partitions with fewer in-sync copies than copies
+
+
+def under_replicated(partitions: Iterable[PartitionMetadata]) -> int:
+    """How many of ``partitions`` have a copy out of sync (from ``list_topics`` metadata)."""
+    return sum(1 for p in partitions if len(p.isrs) < len(p.replicas))
+
+
+def topic_replication(settings: KafkaSettings, timeout_s: float = 10.0) -> list[TopicReplication]:
+    """Replication of Esper's topics and Kafka's internal ones, those that exist, in registry order."""
+    client = clients.admin(settings)
+    with map_exceptions():
+        metadata = client.list_topics(timeout=timeout_s).topics
+    names = [spec.name for spec in all_topics(settings.topic_prefix)] + list(KAFKA_INTERNAL_TOPICS)
+    present = [name for name in names if name in metadata and replication_factor_of(metadata[name])]
+    futures = client.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in present],
+                                      request_timeout=timeout_s)
+    min_insync: dict[str, str] = {}
+    for resource, future in futures.items():
+        try:
+            with map_exceptions():
+                entry = future.result(timeout=timeout_s).get("min.insync.replicas")
+        except KafkaClientError:  # unknown: shown as "?", the status goes on
+            continue
+        if entry is not None and entry.value is not None:
+            min_insync[resource.name] = entry.value
+    return [TopicReplication(name, replication_factor_of(metadata[name]), min_insync.get(name, "?"),
+                             under_replicated(metadata[name].partitions.values())) for name in present]

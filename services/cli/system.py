@@ -41,13 +41,14 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from rich.console import Console
     from rich.table import Table
 
     from services.cli.settings import load_settings
-    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code
+    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code, topic_replication
     from services.cli.supervisor import SERVICES, read_status
     from services.core.errors import BrokerUnavailableError
     from services.nissa.sink import default_db_path
@@ -74,10 +75,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
                          "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"),
                          "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
                          "has_lag": name == "nissa" or name in GROUP_INPUTS})
+    topics = topic_replication(settings.kafka) if broker_up else []
     code = status_exit_code(broker_up, services, strict=args.strict)
     if args.json:
         print(json.dumps({"broker": broker, "broker_up": broker_up,
                           "supervisor_pid": supervisor["pid"] if supervisor else None,
+                          "topics": [dataclasses.asdict(t) for t in topics],
                           "services": services, "exit": code}))
         return code
     print(f"broker: {broker}")
@@ -93,6 +96,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
                       str(s["last_exit"] if s["last_exit"] is not None else "-"), lag_text)
     Console().print(table)
+    if topics:
+        replicas = Table(show_header=True)
+        for column in ("topic", "replication factor", "min in sync", "under-replicated partitions"):
+            replicas.add_column(column)
+        for t in topics:
+            replicas.add_row(t.topic, str(t.factor), t.min_insync, str(t.under_replicated))
+        Console().print(replicas)
     return code
 
 

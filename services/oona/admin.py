@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 
 from services.core.errors import BrokerUnavailableError, ConfigurationError
 from services.oona import clients
+from services.oona.replication import Replication, check_existing, replication_for
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TOPICS, TopicSpec
 
@@ -40,15 +41,23 @@ def wait_for_broker(settings: KafkaSettings, timeout_s: float | None = None) -> 
 def ensure_topics(
     settings: KafkaSettings,
     specs: Iterable[TopicSpec] = TOPICS,
-    replication_factor: int = 1,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names created. Idempotent."""
+    """Create the topics that do not exist yet; returns the names created. Idempotent.
+
+    Topics get the replication of ``settings`` (derived from the broker count when unset); an
+    existing topic with fewer copies than that is refused, never recreated or ignored.
+    """
     specs = list(specs)
     client = clients.admin(settings)
     with clients.map_exceptions(lambda reason: BrokerUnavailableError(settings.bootstrap_servers, reason)):
-        existing = client.list_topics(timeout=timeout_s).topics
+        metadata = client.list_topics(timeout=timeout_s)
+    existing = metadata.topics
+    replication = cluster_replication(settings, len(metadata.brokers))
     for spec in specs:
+        factor = replication_factor_of(existing[spec.name]) if spec.name in existing else 0
+        if factor:  # 0: no replica list yet (the topic is being created), nothing to compare
+            check_existing(spec.name, factor, replication)
         if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
             raise ConfigurationError(
                 f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, "
@@ -56,13 +65,18 @@ def ensure_topics(
                 "(run-scoped topics must be co-partitioned); delete the topic or the local state (make clean-state)"
             )
     wanted = [
-        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication_factor,
-                 config=spec.topic_configs())
+        NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication.factor,
+                 config={**spec.topic_configs(), "min.insync.replicas": str(replication.min_insync)})
         for spec in specs
         if spec.name not in existing
     ]
     if not wanted:
         return []
+    if settings.replication_factor is None and replication.factor == 1:
+        # Not silent: one copy of the history is a choice the operator should see being made.
+        log.warning("creating %d topic(s) with replication factor 1: the cluster at %s has %d broker(s) "
+                    "and no replication_factor is set", len(wanted), settings.bootstrap_servers,
+                    len(metadata.brokers))
     created: list[str] = []
     for name, future in client.create_topics(wanted, request_timeout=timeout_s).items():
         # Already there: lost a race with another provisioner.
@@ -75,6 +89,16 @@ def ensure_topics(
     # Leaders known to the metadata are not always serving yet: wait until every partition answers.
     end_offsets(client, partitions_of(client, created), timeout_s=timeout_s)
     return created
+
+
+def cluster_replication(settings: KafkaSettings, brokers: int) -> Replication:
+    """The replication of ``settings`` on a cluster of ``brokers`` brokers (a one-line error if it cannot be)."""
+    return replication_for(settings.replication_factor, settings.min_insync_replicas, brokers)
+
+
+def replication_factor_of(topic: TopicMetadata) -> int:
+    """The fewest copies any partition of ``topic`` has (metadata from ``list_topics``); 0 if none is listed."""
+    return min((len(p.replicas) for p in topic.partitions.values() if p.replicas), default=0)
 
 
 def _cannot_create(name: str) -> Callable[[str], ConfigurationError]:

@@ -34,6 +34,10 @@ class LocalBrokerConfig:
     controller_port: int = 9093
     heap: str = "1G"
     start_timeout_s: float = 90.0
+    # Kafka's internal topics (consumer offsets, transaction state) are replicated like Esper's own
+    # (services.oona.replication); one node can hold only one copy.
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     @property
     def bootstrap_servers(self) -> str:
@@ -53,14 +57,15 @@ def _server_properties(cfg: LocalBrokerConfig, log_dir: Path) -> str:
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={log_dir}",
             "num.partitions=3",
-            # One node: every internal topic has one replica, or transactions hang.
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "default.replication.factor=1",
-            "min.insync.replicas=1",
+            # The internal topics get the deployment's replication: a factor above the broker count
+            # would leave them uncreated and transactions hanging.
+            f"offsets.topic.replication.factor={cfg.replication_factor}",
+            f"transaction.state.log.replication.factor={cfg.replication_factor}",
+            f"transaction.state.log.min.isr={cfg.min_insync_replicas}",
+            f"share.coordinator.state.topic.replication.factor={cfg.replication_factor}",
+            f"share.coordinator.state.topic.min.isr={cfg.min_insync_replicas}",
+            f"default.replication.factor={cfg.replication_factor}",
+            f"min.insync.replicas={cfg.min_insync_replicas}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             f"message.max.bytes={10 * 1024 * 1024}",

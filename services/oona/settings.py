@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
@@ -36,6 +36,11 @@ class KafkaSettings(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     # Extra librdkafka properties, e.g. {"socket.keepalive.enable": "true"}.
     librdkafka: dict[str, str] = Field(default_factory=dict)
+    # Copies of every partition of the topics Esper creates, and how many must be in sync for a write
+    # (the topic config min.insync.replicas). None: derived from the cluster's broker count,
+    # 3 / 2 on 3 brokers or more, 1 / 1 below (services.oona.replication).
+    replication_factor: int | None = Field(default=None, ge=1)
+    min_insync_replicas: int | None = Field(default=None, ge=1)
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -52,6 +57,13 @@ class KafkaSettings(BaseModel):
         if value and not value.startswith(("http://", "https://", "mock://")):
             raise ValueError(f"must start with http://, https:// or mock://, got {value!r}")
         return value or None
+
+    @model_validator(mode="after")
+    def _in_sync_within_factor(self) -> KafkaSettings:
+        factor, in_sync = self.replication_factor, self.min_insync_replicas
+        if factor is not None and in_sync is not None and in_sync > factor:
+            raise ValueError(f"min_insync_replicas {in_sync} is more than replication_factor {factor}")
+        return self
 
     def client_config(self) -> dict[str, Any]:
         """librdkafka properties shared by producers, consumers and admin clients."""
