@@ -47,6 +47,7 @@ from contracts import (
 )
 from services.core.errors import EsperError
 from services.tamiyo.health_table import HealthTable
+from services.tamiyo.seed_states import SeedStates
 
 EVENT_WINDOW = 20_000  # event ids remembered per run for duplicate detection (about 2 MB at most)
 FINISHED_WINDOW = 100_000  # ids of forgotten runs remembered (late events of them are skipped)
@@ -81,7 +82,11 @@ class RunState:
     # Health signals by epoch and slot row; a slot gets its row when first seen (signal or session).
     health: HealthTable = field(default_factory=HealthTable, compare=False, repr=False)
     slot_rows: dict[tuple[int, int], int] = field(default_factory=dict)
+    # The rows of the session's slots alone (empty before the session): the fold's one lookup per signal.
+    session_rows: dict[tuple[int, int], int] = field(default_factory=dict, repr=False)
     transitions: list[SeedTransition] = field(default_factory=list)
+    # What the transitions say at the latest epoch decided, moved forward per decision (no scan of them all).
+    transitions_view: SeedStates = field(default_factory=SeedStates, compare=False, repr=False)
     reports: list[FieldReport] = field(default_factory=list)
     health_per_epoch: Counter = field(default_factory=Counter)
     transitions_per_epoch: Counter = field(default_factory=Counter)
@@ -125,6 +130,8 @@ class RunState:
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)
+            self.session_rows = {slot: self.slot_rows.setdefault(slot, len(self.slot_rows)) for slot in
+                                 ((s.layer_id, s.seed_idx) for s in event.session.seeds)}
             self.views.clear()
             self._check_unchecked()
         self.finished = event.session.status.value in ("completed", "failed")
@@ -141,25 +148,33 @@ class RunState:
                 kind = "health"
             else:
                 self.transitions.remove(event)
+                self.transitions_view.reset()  # its positions in the list moved
                 self.transitions_per_epoch[event.epoch] -= 1
                 kind = "transition"
             self.refused_before_session.append((kind, event.layer_id, event.seed_idx, event.epoch))
 
     def apply_health(self, signal: HealthSignal) -> None:
-        # The hot path of the fold (one call per seed per epoch): plain dict work, no per-event numpy.
+        # The hot path of the fold (one call per seed per epoch): dict work only, no per-event numpy (a row
+        # write costs more than the whole of this). A slot of the session finds its row in one lookup.
         slot = (signal.layer_id, signal.seed_idx)
-        if self.session is not None and slot not in self.slots:
-            self._check_slot(*slot)
+        row = self.session_rows.get(slot)
+        if row is None:
+            self._apply_health_off_session(slot, signal)
+            return
+        if not self.health.add(row, signal.epoch, signal):
+            raise RejectedEvent(f"second health signal for seed {slot[0]}:{slot[1]} epoch {signal.epoch}")
+        self.health_per_epoch[signal.epoch] += 1
+
+    def _apply_health_off_session(self, slot: tuple[int, int], signal: HealthSignal) -> None:
+        """A signal before the session arrived (checked then), or of a slot the session does not have."""
+        self._check_slot(*slot)
         row = self.slot_rows.get(slot)
         if row is None:
             row = self.slot_rows[slot] = len(self.slot_rows)
         if not self.health.add(row, signal.epoch, signal):
-            raise RejectedEvent(
-                f"second health signal for seed {signal.layer_id}:{signal.seed_idx} epoch {signal.epoch}"
-            )
+            raise RejectedEvent(f"second health signal for seed {slot[0]}:{slot[1]} epoch {signal.epoch}")
         self.health_per_epoch[signal.epoch] += 1
-        if self.session is None:
-            self.unchecked.append(signal)
+        self.unchecked.append(signal)
 
     def apply_epoch(self, event: EpochCompleted) -> None:
         epoch = event.state.epoch
@@ -256,11 +271,7 @@ class RunState:
     def seed_states(self, epoch: int) -> dict[tuple[int, int], tuple[SeedState, int]]:
         """State of every seed that ever moved, after the boundary of ``epoch``, and the epoch it entered it
         (seeds not in the result are DORMANT)."""
-        states: dict[tuple[int, int], tuple[SeedState, int]] = {}
-        for t in self.transitions:
-            if t.epoch <= epoch:
-                states[(t.layer_id, t.seed_idx)] = (t.to_state, t.epoch)
-        return states
+        return dict(self.transitions_view.at(self.transitions, epoch).states)
 
     def seed_rows(self) -> np.ndarray:
         """The health-table row of every slot, in session order (int64, built once per session)."""
@@ -278,13 +289,13 @@ class RunState:
 
     def germinations(self, epoch: int) -> list[int]:
         """Epochs of germinations that happened (<= epoch) or are still pending from our commands."""
-        happened = [t.epoch for t in self.transitions if t.epoch <= epoch and t.to_state is SeedState.GERMINATED]
+        happened = self.transitions_view.at(self.transitions, epoch).germinated
         return sorted(happened + [i.epoch + 1 for i in self.pending(epoch) if i.action is CommandAction.GERMINATE])
 
     def pending(self, epoch: int, expire_after: int = 2) -> list[Issued]:
         """Our commands not yet seen taking effect; after ``expire_after`` epochs they count as lost
         (Tolaria rejected them to the DLQ, or the run moved on)."""
-        applied = {t.command_id for t in self.transitions if t.epoch <= epoch and t.command_id}
+        applied = self.transitions_view.at(self.transitions, epoch).applied
         return [i for i in self.issued if i.command_id not in applied and epoch - i.epoch < expire_after]
 
 
