@@ -34,7 +34,7 @@ from services.tamiyo.decider import (
 from services.tamiyo.features import GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import RunState
-from services.tamiyo.shapes import derive
+from services.tamiyo.shapes import derive_for
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class ReferenceDecider:
         dormant = [s for s in dormant if s.layer_id in declared]  # a slot without a declared layer has no shape
         assert run.session is not None
         # The growth rules are the package's (``shapes``): this oracle checks the array work around them.
-        growth = derive(run.layers(), run.topology(), run.transitions, graph.epoch, self.chooser.units,
-                        run.session.training_model_config.num_classes)
+        growth = derive_for(run.session, run.layers(), run.topology(), run.transitions, graph.epoch,
+                            self.chooser.units)
         dormant = [s for s in dormant if growth.any_seed_ok(s.layer_id)]
         if not graph.can_germinate or not dormant:
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"

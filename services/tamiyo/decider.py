@@ -56,7 +56,7 @@ from contracts.blueprint_ir import DEPTH, WIDTH
 from services.tamiyo.features import STATES, GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import Issued, RunState
-from services.tamiyo.shapes import derive
+from services.tamiyo.shapes import derive_for
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +188,8 @@ class Decider:
         undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
         dormant &= topology.slot_declared  # a slot without a declared layer has no shape
         assert run.session is not None  # decide() answers runs that have a session
-        growth = derive(run.layers(), run.topology(), run.transitions, graph.epoch, self.chooser.units,
-                        run.session.training_model_config.num_classes)
+        growth = derive_for(run.session, run.layers(), run.topology(), run.transitions, graph.epoch,
+                            self.chooser.units)
         if growth.widening:  # a layer a live width seed grows takes no other seed (Kasmina would refuse it)
             dormant &= ~np.isin(topology.slot_layer_id, sorted(growth.widening))
         if not graph.can_germinate or not dormant.any():

@@ -5,7 +5,9 @@ its layer (Kasmina, ``services.kasmina.growth``): from then on the layer makes `
 the next layer in the declared topology (its consumer) reads ``k * c`` more inputs, ``c`` the inputs
 the consumer reads per unit (1 for Linear -> Linear; H*W when a Linear reads pooled feature maps: the
 declared consumer input over the declared producer output). The transition names the kernel; the
-kernel's blueprint (Urza's catalogue, ``units_of``) says k. No contract field is needed.
+kernel's blueprint (Urza's catalogue, ``units_of``) says k. No contract field is needed. A session
+published after a widening (a failed run's, which Tamiyo keeps) declares the widened shapes already:
+the seeds it lists as FOSSILIZED are not counted again (``merged``).
 
 Kasmina's rules for width seeds (``SeedManager._check_room``), so that Tamiyo does not pick what it
 would refuse: a width seed needs a consumer, and its layer and the consumer's to hold no kernel (a live
@@ -21,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from contracts import LayerEdge, LayerSpec, SeedState, SeedTransition
+from contracts import LayerEdge, LayerSpec, SeedState, SeedTransition, TrainingSession
 
 _LIVE = (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
 
@@ -47,8 +49,10 @@ class Growth:
 
 
 def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterable[SeedTransition], epoch: int,
-           units_of: Callable[[str], int], num_classes: int) -> Growth:
-    """The growth view after the boundary of ``epoch`` (transitions of later epochs are not yet seen)."""
+           units_of: Callable[[str], int], num_classes: int,
+           merged: frozenset[tuple[int, int]] = frozenset()) -> Growth:
+    """The growth view after the boundary of ``epoch`` (transitions of later epochs are not yet seen);
+    ``merged``: the seeds (layer id, seed index) whose widening the declared shapes include."""
     by_name = {layer.name: layer for layer in layers}
     consumer: dict[int, int] = {}
     for edge in edges:
@@ -65,7 +69,7 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
         last[(t.layer_id, t.seed_idx)] = t
         if t.kernel_id:
             kernels[(t.layer_id, t.seed_idx)] = t.kernel_id
-        if t.to_state is SeedState.FOSSILIZED and t.kernel_id:
+        if t.to_state is SeedState.FOSSILIZED and t.kernel_id and (t.layer_id, t.seed_idx) not in merged:
             _widen(declared, shapes, consumer, t.layer_id, units_of(t.kernel_id))
     outputs = {layer.layer_id for layer in layers
                if layer.layer_id not in consumer and layer.output_shape == [num_classes]}
@@ -91,3 +95,10 @@ def _widen(declared: dict[int, LayerSpec], shapes: dict[int, tuple[list[int], li
         return
     per_unit = max(1, declared[target].input_shape[0] // producer.output_shape[0])
     shapes[target][0][0] += units * per_unit
+
+
+def derive_for(session: TrainingSession, layers: list[LayerSpec], edges: list[LayerEdge],
+               transitions: Iterable[SeedTransition], epoch: int, units_of: Callable[[str], int]) -> Growth:
+    """``derive`` for a run's session (its classes, and the fossils its declared shapes already hold)."""
+    merged = frozenset((s.layer_id, s.seed_idx) for s in session.seeds if s.state is SeedState.FOSSILIZED)
+    return derive(layers, edges, transitions, epoch, units_of, session.training_model_config.num_classes, merged)

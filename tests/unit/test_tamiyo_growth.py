@@ -140,3 +140,11 @@ def test_karn_answers_a_fossilized_width_seed_with_blueprints_for_the_widened_sl
     shapes = {(b.architecture.kind, b.architecture.input_shape[0], b.architecture.output_shape[0]) for b in fresh}
     assert shapes == {(None, 2, 12), ("width", 2, 12), ("depth", 12, 12)}
     assert generator.propose(report, "r") == []  # known now
+
+
+def test_a_session_declaring_the_widened_shapes_is_not_widened_twice():
+    """A failed run's session (Tamiyo keeps it) is published after the merge: its shapes include it."""
+    log = moves(1, 0, "w4", (G, 0), (T, 0), (F, 1), (C, 2))
+    widened = [MLP[0].model_copy(update={"output_shape": [12]}), MLP[1].model_copy(update={"input_shape": [12]})]
+    growth = derive(widened, EDGES, log, 3, units, 3, merged=frozenset({(1, 0)}))
+    assert growth.shapes == {1: ([2], [12]), 2: ([12], [6])}
