@@ -44,7 +44,7 @@ def conv_adapter(in_shape: list[int], out_shape: list[int], hidden: int = 16, ke
     )
 
 
-WIDTH_UNITS = (4, 8)  # the width seeds offered per slot: units added to the layer
+WIDTH_UNITS = (16, 32)  # the width seeds offered per slot: units added to the layer (a few units barely help)
 
 
 def for_slot(input_shape: list[int], output_shape: list[int]) -> list[Blueprint]:

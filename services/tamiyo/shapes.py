@@ -6,8 +6,10 @@ the next layer in the declared topology (its consumer) reads ``k * c`` more inpu
 the consumer reads per unit (1 for Linear -> Linear; H*W when a Linear reads pooled feature maps: the
 declared consumer input over the declared producer output). The transition names the kernel; the
 kernel's blueprint (Urza's catalogue, ``units_of``) says k. No contract field is needed. A session
-published after a widening (a failed run's, which Tamiyo keeps) declares the widened shapes already:
-the seeds it lists as FOSSILIZED are not counted again (``merged``).
+published after a widening (a failed or completed run's, which Tamiyo keeps, and which a replay of a
+recorded run folds before deciding its first epoch) declares the widened shapes already: the widenings
+of the seeds it lists as FOSSILIZED are taken off first (``merged``), so every epoch sees the shapes
+the run had then, whichever session was folded.
 
 Kasmina's rules for width seeds (``SeedManager._check_room``), so that Tamiyo does not pick what it
 would refuse: a width seed needs a consumer, and its layer and the consumer's to hold no kernel (a live
@@ -61,6 +63,10 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
             consumer.setdefault(source.layer_id, target.layer_id)
     declared = {layer.layer_id: layer for layer in layers}
     shapes = {layer.layer_id: (list(layer.input_shape), list(layer.output_shape)) for layer in layers}
+    transitions = list(transitions)
+    for t in transitions:  # back to the shapes the run started with
+        if t.to_state is SeedState.FOSSILIZED and t.kernel_id and (t.layer_id, t.seed_idx) in merged:
+            _widen(declared, shapes, consumer, t.layer_id, -units_of(t.kernel_id))
     last: dict[tuple[int, int], SeedTransition] = {}
     kernels: dict[tuple[int, int], str] = {}  # the kernel a seed was germinated with (named on its transitions)
     for t in transitions:
@@ -69,7 +75,7 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
         last[(t.layer_id, t.seed_idx)] = t
         if t.kernel_id:
             kernels[(t.layer_id, t.seed_idx)] = t.kernel_id
-        if t.to_state is SeedState.FOSSILIZED and t.kernel_id and (t.layer_id, t.seed_idx) not in merged:
+        if t.to_state is SeedState.FOSSILIZED and t.kernel_id:
             _widen(declared, shapes, consumer, t.layer_id, units_of(t.kernel_id))
     outputs = {layer.layer_id for layer in layers
                if layer.layer_id not in consumer and layer.output_shape == [num_classes]}
@@ -87,7 +93,7 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
 def _widen(declared: dict[int, LayerSpec], shapes: dict[int, tuple[list[int], list[int]]],
            consumer: dict[int, int], layer_id: int, units: int) -> None:
     producer = declared.get(layer_id)
-    if units <= 0 or producer is None or not producer.output_shape:
+    if units == 0 or producer is None or not producer.output_shape:
         return
     shapes[layer_id][1][0] += units
     target = consumer.get(layer_id)

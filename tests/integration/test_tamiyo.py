@@ -137,7 +137,7 @@ def test_tamiyo_widens_an_under_capacity_layer_by_itself(esper_settings):
     """The 8-unit checkerboard host lacks units: its capacity signal is high, and the shipped policy (no script)
     grows a width seed there; once fossilized, the layer is wider and Tamiyo asks for kernels of its new shape."""
     kafka = esper_settings.kafka
-    for width in (8, 12, 16):  # the host's shape and those a widening by 4 or 8 units leaves
+    for width in (8, 24, 40):  # the host's shape and those a widening by 16 or 32 units leaves
         publish_slot_kernels(kafka, [2], [width])
     cfg = load_config(CHECKERBOARD).model_copy(update={"epochs": 16})
     run_id = f"widen-{uuid.uuid4().hex[:6]}"

@@ -133,6 +133,7 @@ def test_karn_answers_a_fossilized_width_seed_with_blueprints_for_the_widened_sl
     for bp in for_slot([2], [8]):
         generator.know(bp)
     width = width_units([2], [8], 4)
+    generator.know(width)
     report = FieldReport(layer_id=1, seed_idx=0, blueprint_id=width.blueprint_id, kernel_id="k", layer_name="body.0",
                          pre_metric=0.5, post_metric=0.6, outcome=FieldReportOutcome.FOSSILIZED)
     generator.record(report)
@@ -142,9 +143,11 @@ def test_karn_answers_a_fossilized_width_seed_with_blueprints_for_the_widened_sl
     assert generator.propose(report, "r") == []  # known now
 
 
-def test_a_session_declaring_the_widened_shapes_is_not_widened_twice():
-    """A failed run's session (Tamiyo keeps it) is published after the merge: its shapes include it."""
+def test_a_session_declaring_the_widened_shapes_gives_every_epoch_the_shapes_it_had():
+    """A completed or failed run's session (Tamiyo keeps it; a replay folds it before deciding) is published
+    after the merge: its shapes include it, and epochs before the merge still see the shapes they had."""
     log = moves(1, 0, "w4", (G, 0), (T, 0), (F, 1), (C, 2))
     widened = [MLP[0].model_copy(update={"output_shape": [12]}), MLP[1].model_copy(update={"input_shape": [12]})]
-    growth = derive(widened, EDGES, log, 3, units, 3, merged=frozenset({(1, 0)}))
-    assert growth.shapes == {1: ([2], [12]), 2: ([12], [6])}
+    for epoch, shapes in ((1, {1: ([2], [8]), 2: ([8], [6])}), (3, {1: ([2], [12]), 2: ([12], [6])})):
+        assert derive(widened, EDGES, log, epoch, units, 3, merged=frozenset({(1, 0)})).shapes == shapes
+        assert derive(MLP, EDGES, log, epoch, units, 3).shapes == shapes
