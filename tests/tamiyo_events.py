@@ -91,3 +91,7 @@ class FixedChooser:
         self.asked.append((input_shape, output_shape))
         slot = "x".join(map(str, input_shape)) + "-" + "x".join(map(str, output_shape))
         return [Candidate(f"kernel-{f}-{slot}", f"bp-{f}-{slot}", f) for f in self.families]
+
+    def units(self, kernel_id: str) -> int:
+        """A width kernel's units: ``kernel-width-IN-OUT`` adds 4."""
+        return 4 if kernel_id.startswith("kernel-width-") else 0

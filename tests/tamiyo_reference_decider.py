@@ -34,6 +34,7 @@ from services.tamiyo.decider import (
 from services.tamiyo.features import GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import RunState
+from services.tamiyo.shapes import derive_for
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,11 @@ class ReferenceDecider:
         dormant = [s for s in graph.seeds if s.state is SeedState.DORMANT and (s.layer_id, s.seed_idx) not in busy]
         undeclared = sorted({s.layer_id for s in dormant if s.layer_id not in declared})
         dormant = [s for s in dormant if s.layer_id in declared]  # a slot without a declared layer has no shape
+        assert run.session is not None
+        # The growth rules are the package's (``shapes``): this oracle checks the array work around them.
+        growth = derive_for(run.session, run.layers(), run.topology(), run.transitions, graph.epoch,
+                            self.chooser.units)
+        dormant = [s for s in dormant if growth.any_seed_ok(s.layer_id)]
         if not graph.can_germinate or not dormant:
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"
             if undeclared:
@@ -123,13 +129,14 @@ class ReferenceDecider:
         if not p >= self.threshold:  # written so that a NaN that got this far would not grow either
             return None, f"policy chose not to grow (p={p:.2f})", p, urgency
         seed = max(dormant, key=lambda s: (scores[s.node], -s.node))
-        layer = declared[seed.layer_id]
-        candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
+        input_shape, output_shape = growth.shapes[seed.layer_id]
+        candidates = [c for c in self.chooser.candidates(input_shape, output_shape)
+                      if c.family != "width" or growth.width_ok(seed.layer_id)]
         extra = {"adapt_probability": p, "node_score": scores[seed.node]}
         if not candidates:
             return self._action(run, graph, NO_KERNEL_INDEX, None, seed.node,
                                 f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
-                                f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), "", p, urgency
+                                f"{input_shape} -> {output_shape}", p, urgency, extra), "", p, urgency
         families = {c.family for c in candidates}
         known = [f for f in FAMILIES if f in families and FAMILIES.index(f) < len(probabilities)]
         if not known:

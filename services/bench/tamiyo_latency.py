@@ -66,6 +66,9 @@ class _OneKernel:
     def candidates(self, input_shape, output_shape):
         return [Candidate("k-bench", "bp-bench", "mlp")]
 
+    def units(self, kernel_id):
+        return 0
+
 
 def _session(layers: int, per_layer: int, epochs: int) -> TrainingSessionEvent:
     specs = [LayerSpec(name=f"body.{i}", layer_id=10_000 + i, kind="linear", input_shape=[64], output_shape=[64])

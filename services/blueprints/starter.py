@@ -44,13 +44,30 @@ def conv_adapter(in_shape: list[int], out_shape: list[int], hidden: int = 16, ke
     )
 
 
+WIDTH_UNITS = (16, 32)  # the width seeds offered per slot: units added to the layer (a few units barely help)
+
+
 def for_slot(input_shape: list[int], output_shape: list[int]) -> list[Blueprint]:
-    """Starter blueprints that fit a slot of these shapes."""
+    """Starter blueprints that fit a slot of these shapes: side branches, width seeds (``WIDTH_UNITS`` new
+    units of the layer; for a conv layer only where it keeps the spatial size: a 3x3 fan-in with padding 1)
+    and a depth block after it."""
     if len(input_shape) == 1:
-        return [mlp_adapter(input_shape[0], output_shape[0], h) for h in (16, 32, 64)] + [
+        branches = [mlp_adapter(input_shape[0], output_shape[0], h) for h in (16, 32, 64)] + [
             linear_residual(input_shape[0], output_shape[0])
         ]
-    return [conv_adapter(input_shape, output_shape, h) for h in (8, 16)]
+    else:
+        branches = [conv_adapter(input_shape, output_shape, h) for h in (8, 16)]
+    keeps_size = len(input_shape) == 1 or input_shape[1:] == output_shape[1:]
+    widths = [width_units(input_shape, output_shape, k) for k in WIDTH_UNITS] if keeps_size else []
+    return [*branches, *widths, depth_block(output_shape)]
+
+
+def widened_slot(blueprint: Blueprint) -> tuple[list[int], list[int]] | None:
+    """The shapes of a width seed's slot once the seed is fossilized (its units merged into the layer)."""
+    arch = blueprint.architecture
+    if arch.kind != "width" or not arch.layers or not arch.layers[0].width:
+        return None
+    return list(arch.input_shape), [arch.output_shape[0] + arch.layers[0].width, *arch.output_shape[1:]]
 
 
 def width_units(in_shape: list[int], out_shape: list[int], units: int = 8, kernel_size: int = 3) -> Blueprint:

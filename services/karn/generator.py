@@ -1,8 +1,10 @@
 """Pure blueprint generation: mutation and recombination guided by field reports (no Kafka, no torch).
 
 Field reports score blueprints: a fossilized seed is a vote for its blueprint, a culled
-one against. Karn mutates blueprints that fossilized more often than they were culled,
-recombines two such blueprints that fit the same slot, and never touches the others.
+one against. A fossilized width seed grew its layer: Karn answers it with the starter
+blueprints for the layer's new shapes (``starter.widened_slot``) instead of mutations.
+Karn mutates blueprints that fossilized more often than they were culled, recombines
+two such blueprints that fit the same slot, and never touches the others.
 Every candidate must still fit its slot and the IR limits: judged by the analytic plan
 (``services.blueprints.ir_checks.check_buildable``), so no candidate is built to find out.
 """
@@ -11,10 +13,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from contracts import Blueprint, BlueprintArchitecture, BlueprintOp, FieldReport, FieldReportOutcome, OpSpec
 from services.blueprints.ir_checks import BlueprintError, check_buildable
+from services.blueprints.starter import for_slot, widened_slot
 
 MAX_WIDTH = 512
 _ACTIVATIONS = (BlueprintOp.RELU, BlueprintOp.GELU, BlueprintOp.TANH)
@@ -49,7 +53,11 @@ class Generator:
     def propose(self, report: FieldReport, rng_seed: str) -> list[Blueprint]:
         """New candidates after ``report`` (already recorded): mutations and one recombination."""
         parent = self.blueprints.get(report.blueprint_id)
-        if parent is None or not self.scores[report.blueprint_id].promising:
+        if parent is None:
+            return []
+        if report.outcome == FieldReportOutcome.FOSSILIZED and (slot := widened_slot(parent)) is not None:
+            return self._fresh(for_slot(*slot))  # the layer grew: its slot has new shapes to seed for
+        if not self.scores[report.blueprint_id].promising:
             return []
         rng = random.Random(rng_seed)
         candidates = [mutate(parent, rng) for _ in range(2)]
@@ -58,6 +66,10 @@ class Generator:
                     and b.architecture.output_shape == parent.architecture.output_shape]
         if partners:
             candidates.append(recombine(parent, rng.choice(sorted(partners, key=lambda b: b.blueprint_id)), rng))
+        return self._fresh(candidates)
+
+    def _fresh(self, candidates: Sequence[Blueprint | None]) -> list[Blueprint]:
+        """The candidates not known yet that build (now known)."""
         fresh = []
         for bp in candidates:
             if bp is not None and bp.blueprint_id not in self.blueprints and _builds(bp.architecture):

@@ -8,7 +8,9 @@
 - Germination (the policy): when budget and cooldown allow and a slot is dormant, the GNN's
   adapt probability decides whether to grow, its node scores pick the seed slot, its
   blueprint head picks a blueprint family, and Urza's catalogue gives the fastest
-  characterised kernel of that family that fits the slot.
+  characterised kernel of that family that fits the slot: at the layer's shapes now, which a
+  fossilized width seed has grown (``shapes``), and only where Kasmina would take it (a width
+  seed needs its two layers free of kernels; a layer being widened takes no other seed).
 
 Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
 decision history is complete and a replay can compare it decision by decision. A decision's
@@ -50,16 +52,20 @@ from contracts import (
     adaptation_type_of,
     deterministic_event_id,
 )
+from contracts.blueprint_ir import DEPTH, WIDTH
 from services.tamiyo.features import STATES, GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import Issued, RunState
+from services.tamiyo.shapes import derive_for
 
 log = logging.getLogger(__name__)
 
 _DORMANT, _TRAINING, _GRAFTING = (STATES.index(s) for s in (SeedState.DORMANT, SeedState.TRAINING, SeedState.GRAFTING))
 _ACTIVE = np.array([s in (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING) for s in STATES])
 
-FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed")
+# Side-branch families, then the seeds that grow the host itself (``kind`` width: new units of the layer;
+# depth: a residual block after it). A policy's family head has one output per family, in this order.
+FAMILIES: tuple[str, ...] = ("mlp", "mlp_wide", "bottleneck", "conv", "attention", "normed", "width", "depth")
 ADAPT_THRESHOLD = 0.5
 
 # The index of each decision within its epoch (part of its id and its command's id). The policy's
@@ -82,6 +88,8 @@ def lifecycle_index(n: int) -> int:
 
 
 def family_of(architecture: BlueprintArchitecture) -> str:
+    if architecture.kind in (WIDTH, DEPTH):
+        return architecture.kind
     ops = {spec.op for spec in architecture.layers}
     if BlueprintOp.ATTENTION_LITE in ops:
         return "attention"
@@ -105,6 +113,9 @@ class Candidate:
 class KernelChooser(Protocol):
     def candidates(self, input_shape: list[int], output_shape: list[int]) -> list[Candidate]:
         """Usable kernels for a slot, best first (deterministic order)."""
+
+    def units(self, kernel_id: str) -> int:
+        """The units a width kernel adds to its layer (0 for any other kernel, or one not known)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,11 @@ class Decider:
         dormant = (graph.seed_state == _DORMANT) & ~busy
         undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
         dormant &= topology.slot_declared  # a slot without a declared layer has no shape
+        assert run.session is not None  # decide() answers runs that have a session
+        growth = derive_for(run.session, run.layers(), run.topology(), run.transitions, graph.epoch,
+                            self.chooser.units)
+        if growth.widening:  # a layer a live width seed grows takes no other seed (Kasmina would refuse it)
+            dormant &= ~np.isin(topology.slot_layer_id, sorted(growth.widening))
         if not graph.can_germinate or not dormant.any():
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"
             if undeclared:
@@ -199,13 +215,14 @@ class Decider:
         # The highest score; among equal scores, the first slot (the lowest node).
         best = int(np.flatnonzero(scores == scores.max())[0])
         seed = graph.seed(int(slots[best]))
-        layer = topology.declared[seed.layer_id]
-        candidates = self.chooser.candidates(layer.input_shape, layer.output_shape)
+        input_shape, output_shape = growth.shapes[seed.layer_id]  # the shapes now: widenings included
+        candidates = [c for c in self.chooser.candidates(input_shape, output_shape)
+                      if c.family != WIDTH or growth.width_ok(seed.layer_id)]
         extra = {"adapt_probability": p, "node_score": float(scores[best])}
         if not candidates:
             return self._action(run, graph, NO_KERNEL_INDEX, None, seed.node,
                                 f"would grow seed {seed.layer_name}[{seed.seed_idx}] but no characterised kernel fits "
-                                f"{layer.input_shape} -> {layer.output_shape}", p, urgency, extra), "", p, urgency
+                                f"{input_shape} -> {output_shape}", p, urgency, extra), "", p, urgency
         families = {c.family for c in candidates}
         # The family the policy rates highest among those of the fitting kernels (the first in FAMILIES on a tie).
         known = np.array([f in families for f in FAMILIES[:len(probabilities)]], dtype=bool)

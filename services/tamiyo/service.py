@@ -34,6 +34,7 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from contracts import AdaptationDecision, OonaMessage, TopicName
+from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
 from services.oona.admin import end_offsets
@@ -84,13 +85,23 @@ class CatalogChooser:
         self.catalog = catalog
 
     def candidates(self, input_shape: list[int], output_shape: list[int]) -> list[Candidate]:
+        """Side branches and width seeds map the slot's input to its output; a depth block maps its output
+        to itself (and only depth blocks are taken from that query)."""
         found = []
-        for entry in self.catalog.query(input_shape=input_shape, output_shape=output_shape):
-            blueprint = self.catalog.blueprints.get(entry.metadata.blueprint_id)
-            if blueprint is not None:
-                found.append(Candidate(entry.metadata.kernel_id, entry.metadata.blueprint_id,
-                                       family_of(blueprint.blueprint.architecture)))
+        for shapes, depth in (((input_shape, output_shape), False), ((output_shape, output_shape), True)):
+            for entry in self.catalog.query(input_shape=shapes[0], output_shape=shapes[1]):
+                blueprint = self.catalog.blueprints.get(entry.metadata.blueprint_id)
+                if blueprint is not None and (blueprint.blueprint.architecture.kind == DEPTH) == depth:
+                    found.append(Candidate(entry.metadata.kernel_id, entry.metadata.blueprint_id,
+                                           family_of(blueprint.blueprint.architecture)))
         return found
+
+    def units(self, kernel_id: str) -> int:
+        kernel = self.catalog.kernels.get(kernel_id)
+        blueprint = self.catalog.blueprints.get(kernel.metadata.blueprint_id) if kernel is not None else None
+        if blueprint is None or blueprint.blueprint.architecture.kind != WIDTH:
+            return 0
+        return blueprint.blueprint.architecture.layers[0].width or 0
 
 
 def _fatal(exc: Exception) -> bool:

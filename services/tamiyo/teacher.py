@@ -13,8 +13,11 @@ A fresh install has no recorded runs to learn from, so the shipped policy
   layers all read low is a host that fits its task: no growth;
 - grow in the dormant slot whose layer needs capacity most, then looks worst (capacity
   feature + half of: dead units + ill health + correlation);
-- blueprint family: conv for a conv layer, bottleneck when units are dying, a wide MLP while
-  accuracy is low, a small MLP otherwise.
+- blueprint family: width (new units of the layer itself) when that layer's capacity signal says
+  it needs units (``capacity_gain`` >= ``CAPACITY_NEED``: the signal measures exactly the gradient
+  new units of the layer would get), else conv for a conv layer, bottleneck when units are dying,
+  a wide MLP while accuracy is low, a small MLP otherwise. (Depth seeds are a family the policy
+  can rate, but the teacher has no signal for them yet: it never picks them.)
 
 The synthetic runs are real contract events (sessions, epochs, health signals,
 transitions) folded into a RunState, so training sees exactly the features the service
@@ -83,7 +86,9 @@ def teacher(graph: GraphView) -> Label:
     badness = capacity + 0.5 * (col("dead_neuron_ratio") + (1 - col("health_score"))
                                 + col("avg_correlation").clamp_min(0))
     node = max(dormant, key=lambda s: (float(badness[s.node]), -s.node)).node
-    if float(x[node, INDEX["is_conv"]]) > 0:
+    if float(capacity[node]) >= _CAPACITY_NEED_FEATURE:
+        family = "width"
+    elif float(x[node, INDEX["is_conv"]]) > 0:
         family = "conv"
     elif float(x[node, INDEX["dead_neuron_ratio"]]) > 0.3:
         family = "bottleneck"

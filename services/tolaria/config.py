@@ -49,11 +49,23 @@ class BranchConfig(_Strict):
     architecture: BlueprintArchitecture
 
 
+class BlockConfig(_Strict):
+    """A static residual block after a host layer: ``y = y + block(y)``, trained from epoch 0.
+
+    It is a fossilized depth seed's function without its lifecycle (``static_final``, like BranchConfig);
+    the blocks of a layer apply after its side branches, in the order given, as the seed slot applies them.
+    """
+
+    layer: str = Field(min_length=1, max_length=255, description="module path of the host layer")
+    architecture: BlueprintArchitecture
+
+
 class ModelConfig(_Strict):
     kind: Literal["mlp", "cnn"] = "mlp"
     hidden: list[int] = Field(default_factory=lambda: [16], description="mlp: hidden widths")
     channels: list[int] = Field(default_factory=lambda: [8, 16], description="cnn: conv channels")
     branches: list[BranchConfig] = Field(default_factory=list, description="static side branches on host layers")
+    blocks: list[BlockConfig] = Field(default_factory=list, description="static residual blocks after host layers")
 
 
 class SeedsConfig(_Strict):

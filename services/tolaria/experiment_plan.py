@@ -5,12 +5,14 @@ Per random seed, ``esper experiment`` runs up to four arms of one config, each a
 * ``adaptive``: the config as it is (Tamiyo, or whoever commands the run, grows seeds);
 * ``no_adapt``: the same config, seeds dormant (``esper run --no-adapt``);
 * ``static_final``: the adaptive arm's final network trained from scratch. Its fossilized
-  seeds become plain static branches (``model.branches``: ``y = layer(x) + branch(x)``, the
-  fossil's function with alpha 1), freshly initialised from the arm's seed and trained with the
-  host from epoch 0, with no seed slots and no lifecycle. Germinating the same kernels at epoch
-  0 instead would still run them through TRAINING in isolation, the GRAFTING alpha ramp, the
-  counterfactual gate (which may cull them) and a frozen fossil: that is the adaptive arm with
-  another schedule, not "the final architecture trained from scratch";
+  side-branch seeds become plain static branches (``model.branches``: ``y = layer(x) + branch(x)``,
+  the fossil's function with alpha 1); its width fossils a wider host (the fossil merged its k
+  units into the layer: hidden / channel width ``h -> h + k``); its depth fossils static residual
+  blocks after their layer (``model.blocks``: ``y = y + block(y)``). All are freshly initialised
+  from the arm's seed and trained with the host from epoch 0, with no seed slots and no lifecycle.
+  Germinating the same kernels at epoch 0 instead would still run them through TRAINING in
+  isolation, the GRAFTING alpha ramp, the counterfactual gate (which may cull them) and a frozen
+  fossil: that is the adaptive arm with another schedule, not "the final architecture trained from scratch";
 * ``static_width``: the host's family (same depth, no seed slots) with every width scaled up
   together until it has at least as many parameters as the adaptive arm's final network.
 The static arms need the adaptive arm of the same seed: they run after it.
@@ -23,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from contracts import BlueprintArchitecture
-from services.tolaria.config import ARMS, BranchConfig, ConfigError, ExperimentTag, ModelConfig, RunConfig
+from contracts.blueprint_ir import DEPTH, WIDTH
+from services.tolaria.config import ARMS, BlockConfig, BranchConfig, ConfigError, ExperimentTag, ModelConfig, RunConfig
 
 STATIC_ARMS = ("static_final", "static_width")
 MAX_WIDENING_STEPS = 4096
@@ -68,8 +71,7 @@ def arm_config(base: RunConfig, experiment_id: str, arm: str, seed: int, grown: 
     if grown is None:
         raise ConfigError(f"arm {arm} needs the adaptive arm's result")
     if arm == "static_final":
-        branches = [BranchConfig(layer=f.layer, architecture=f.architecture) for f in grown.fossils]
-        model = base.model.model_copy(update={"branches": [*base.model.branches, *branches]})
+        model = final_model(base.model, grown.fossils)
     else:
         if count_parameters is None:
             raise ConfigError("static_width needs a parameter counter")
@@ -77,6 +79,31 @@ def arm_config(base: RunConfig, experiment_id: str, arm: str, seed: int, grown: 
     static = {"model": model, "seeds": base.seeds.model_copy(update={"target_layers": []}),
               "adaptation": base.adaptation.model_copy(update={"enabled": False})}
     return cfg.model_copy(update=static)
+
+
+def final_model(model: ModelConfig, fossils: Sequence[Fossil]) -> ModelConfig:
+    """The host with the fossils built in: side branches, widened layers, residual blocks."""
+    key = "hidden" if model.kind == "mlp" else "channels"
+    widths: list[int] = list(getattr(model, key))
+    branches, blocks = list(model.branches), list(model.blocks)
+    for f in fossils:
+        if f.architecture.kind == WIDTH:
+            widths[_width_index(model, f.layer)] += f.architecture.layers[0].width or 0
+        elif f.architecture.kind == DEPTH:
+            blocks.append(BlockConfig(layer=f.layer, architecture=f.architecture))
+        else:
+            branches.append(BranchConfig(layer=f.layer, architecture=f.architecture))
+    return model.model_copy(update={key: widths, "branches": branches, "blocks": blocks})
+
+
+def _width_index(model: ModelConfig, layer: str) -> int:
+    """Which of the host's widths the layer at ``layer`` makes (``body.2`` is the mlp's second hidden layer)."""
+    key, container = ("hidden", "body") if model.kind == "mlp" else ("channels", "features")
+    prefix, _, index = layer.partition(".")
+    count = len(getattr(model, key))
+    if prefix != container or not index.isdigit() or int(index) % 2 or int(index) // 2 >= count:
+        raise ConfigError(f"static_final: a width fossil on {layer!r} is not one of the host's {key} layers")
+    return int(index) // 2
 
 
 def scaled_widths(widths: list[int], first: int) -> list[int]:

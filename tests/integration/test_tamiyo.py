@@ -128,3 +128,32 @@ def test_recorded_runs_leave_out_an_event_without_a_run_id_as_the_live_service_d
     finally:
         producer.close()
     assert set(load_recorded_runs(kafka, codec)) == {"run-with-id"}
+
+
+CHECKERBOARD = Path(__file__).resolve().parents[2] / "examples" / "checkerboard-adaptive.yaml"
+
+
+def test_tamiyo_widens_an_under_capacity_layer_by_itself(esper_settings):
+    """The 8-unit checkerboard host lacks units: its capacity signal is high, and the shipped policy (no script)
+    grows a width seed there; once fossilized, the layer is wider and Tamiyo asks for kernels of its new shape."""
+    kafka = esper_settings.kafka
+    for width in (8, 24, 40):  # the host's shape and those a widening by 16 or 32 units leaves
+        publish_slot_kernels(kafka, [2], [width])
+    cfg = load_config(CHECKERBOARD).model_copy(update={"epochs": 16})
+    run_id = f"widen-{uuid.uuid4().hex[:6]}"
+    with tamiyo_running(kafka):
+        result = start_run(cfg, esper_settings, run_id=run_id, progress=False)
+    decisions = run_messages(kafka, TopicName.CONTROL_TAMIYO_DECISIONS, run_id)
+    transitions = run_messages(kafka, TopicName.LIFECYCLE_SEED_TRANSITIONS, run_id)
+    print(f"run {result.seed_states} val={result.validation_accuracy:.3f} params={result.parameter_count}; "
+          f"grown: {[(d.epoch, d.family, d.reason) for d in decisions if d.command_id]}")
+    widths = [d for d in decisions if d.action is CommandAction.GERMINATE and d.family == "width"]
+    assert widths, [d.reason for d in decisions]
+    germinated = {t.kernel_id for t in transitions if t.to_state is SeedState.GERMINATED}
+    assert widths[0].kernel_id in germinated  # Kasmina took it: the shapes Tamiyo believed were the layer's
+    fossils = [t for t in transitions if t.to_state is SeedState.FOSSILIZED and t.kernel_id in
+               {d.kernel_id for d in widths}]
+    if fossils:  # the counterfactual gate passed: the host is wider now (8 -> 12 or 16 units, and the head)
+        assert result.parameter_count > 2 * 8 + 8 + 8 * 2 + 2
+        later = [d for d in decisions if d.epoch > fossils[0].epoch and d.action is CommandAction.GERMINATE]
+        assert all(d.kernel_id in germinated or d.epoch >= cfg.epochs - 1 for d in later)

@@ -1,5 +1,6 @@
 """Experiments: the arms planned from a config (static_width matches parameters, static_final is the grown
-network as plain branches), the 95 % CI arithmetic (Python and SQL agree with Student's t), and Nissa's
+network with its fossils built in: branches, widened layers, residual blocks, the same parameter count),
+the 95 % CI arithmetic (Python and SQL agree with Student's t), and Nissa's
 ``experiments`` view over hand-made sessions and epochs."""
 
 from __future__ import annotations
@@ -11,8 +12,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+import torch
 
-from services.blueprints.starter import mlp_adapter
+from contracts import SeedId, SeedState
+from services.blueprints.modules import build_module
+from services.blueprints.starter import conv_adapter, depth_block, mlp_adapter, width_units
+from services.kasmina.seed_manager import KernelInfo, LifecycleSettings, SeedManager
+from services.kasmina.wrap import wrap_layers
 from services.nissa.confidence import T_975, mean_ci95, t_critical, t_critical_sql, t_expansion
 from services.nissa.experiment_report import ArmRow, ExperimentData, load_experiment, render, text_table
 from services.tolaria.config import ConfigError, ModelConfig, parse_config
@@ -179,3 +185,70 @@ def test_report_needs_a_run_or_an_experiment(capsys):
 
     assert main(["report"]) == 2
     assert "give a RUN_ID or --experiment ID" in capsys.readouterr().err
+
+
+# -- static_final: the grown network, every fossil kind ------------------------------------------------------
+
+def grow(kind: str, fossils: list[tuple[str, str]]):
+    """A host grown by hand: each (layer, seed kind) germinated, grafted and fossilized in turn (Kasmina widens
+    only a layer that holds no other seed: widths first)."""
+    torch.manual_seed(0)
+    model_cfg, shape = (ModelConfig(kind="mlp", hidden=[6, 5]), [4]) if kind == "mlp" else \
+        (ModelConfig(kind="cnn", channels=[3, 4]), [2, 6, 6])
+    model = build_host(model_cfg, shape, 3)
+    slots = wrap_layers(model, sorted({layer for layer, _ in fossils}), 4)
+    manager = SeedManager(slots, LifecycleSettings(grafting_steps=1, embargo_epochs=1), model)
+    model.eval()
+    model(torch.randn(2, *shape))  # records the slots' shapes
+    used: dict[str, int] = {}
+    for layer, seed_kind in fossils:
+        slot = slots[layer]
+        if seed_kind == "width":
+            bp = width_units(slot.input_shape, slot.output_shape, 3)
+        elif seed_kind == "depth":
+            bp = depth_block(slot.output_shape, 4)
+        else:
+            bp = (mlp_adapter(slot.input_shape[0], slot.output_shape[0], 5) if kind == "mlp"
+                  else conv_adapter(slot.input_shape, slot.output_shape, 2))
+        sid = SeedId(layer_id=slot.layer_id, seed_idx=used.get(layer, 0))
+        used[layer] = sid.seed_idx + 1
+        events, _ = manager.germinate(sid, build_module(bp.architecture), KernelInfo(f"k{sid}", bp.blueprint_id,
+                                      bp.architecture), epoch=0, pre_metric=0.5)
+        assert events[-1].to_state is SeedState.TRAINING
+        manager.advance(sid, 0, "t")
+        manager.after_optimizer_step()
+        events, _ = manager.fossilize_gate(sid, 1, evaluate=lambda: 0.1, current=0.9)
+        assert events[-1].to_state is SeedState.FOSSILIZED
+    base = parse_config({"name": "g", "model": model_cfg.model_dump(), "seeds": {"target_layers": list(slots)}})
+    grown = Grown(parameter_count(model), tuple(Fossil(manager.slot(s).layer_name, manager.kernel_info[s].architecture)
+                                                for s in manager.seed_ids() if s in manager.kernel_info))
+    return base, grown, shape
+
+
+@pytest.mark.parametrize("kind, fossils", [
+    ("mlp", [("body.0", "width")]),
+    ("mlp", [("body.2", "width")]),
+    ("mlp", [("body.0", "depth")]),
+    ("mlp", [("body.0", "branch")]),
+    ("mlp", [("body.0", "width"), ("body.2", "width"), ("body.0", "width"), ("body.0", "depth")]),
+    ("cnn", [("features.0", "width")]),
+    ("cnn", [("features.2", "depth")]),
+    ("cnn", [("features.0", "width"), ("features.2", "width"), ("features.2", "branch")]),
+])
+def test_static_final_has_exactly_the_grown_networks_parameters(kind, fossils):
+    base, grown, shape = grow(kind, fossils)
+    final = arm_config(base, "exp", "static_final", 1, grown).model
+    network = build_host(final, shape, 3)
+    assert parameter_count(network) == grown.parameter_count
+    assert network(torch.randn(5, *shape)).shape == (5, 3)
+    host = base.model.hidden if kind == "mlp" else base.model.channels
+    widths = final.hidden if kind == "mlp" else final.channels
+    assert sum(widths) - sum(host) == 3 * sum(1 for _, k in fossils if k == "width")
+    assert len(final.blocks) == sum(1 for _, k in fossils if k == "depth")
+    assert len(final.branches) == sum(1 for _, k in fossils if k == "branch")
+
+
+def test_a_width_fossil_off_the_hosts_hidden_layers_is_a_one_line_error():
+    arch = width_units([6], [3], 2).architecture
+    with pytest.raises(ConfigError, match="not one of the host's hidden layers"):
+        arm_config(BASE, "exp", "static_final", 0, Grown(100, (Fossil("head", arch),)))
