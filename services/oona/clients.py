@@ -43,6 +43,9 @@ TRANSIENT_ERRORS = {
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.NOT_COORDINATOR, KafkaError.FENCED_LEADER_EPOCH,
     KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE,
     KafkaError.NETWORK_EXCEPTION,
+    # librdkafka's own "waiting for coordinator": a consumer's commit right after the broker came back,
+    # before the group coordinator is found again (seen in the broker-outage fault case).
+    KafkaError._WAIT_COORD,
 }
 
 

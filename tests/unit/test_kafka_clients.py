@@ -171,6 +171,8 @@ def test_suppress_ends_the_block_on_its_codes_only():
 def test_transient_and_fatal_are_read_from_the_error():
     assert clients.is_transient(KafkaException(TRANSPORT))
     assert clients.is_transient(KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION)))
+    # not retriable by librdkafka's flag, but a commit right after an outage meets it until the coordinator is back
+    assert clients.is_transient(KafkaException(KafkaError(KafkaError._WAIT_COORD)))
     assert not clients.is_transient(KafkaException(BAD_CONFIG))
     assert clients.is_fatal(KafkaException(FENCED)) and not clients.is_fatal(KafkaException(TRANSPORT))
     assert not clients.is_transient(ValueError("x")) and not clients.is_fatal(KafkaException())
