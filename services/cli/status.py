@@ -2,9 +2,9 @@
 consumer lag per group.
 
 Exit codes of ``esper status``: 0 when the broker and every service are up; 3 when anything is
-down; with ``--strict``, 4 when everything is up but a service has restarted since ``esper up``
-or a lag is not 0 (or unknown). A service in a crash loop is "up" between its deaths, so its
-restart count is what tells a script or a test about it.
+down; with ``--strict``, 4 when everything is up but a service has restarted since ``esper up``,
+a lag is not 0 (or unknown), or a partition is under-replicated. A service in a crash loop is
+"up" between its deaths, so its restart count is what tells a script or a test about it.
 
 Lag is the number of events on a service's input partitions that it has not consumed yet:
 end offset (last stable offset) minus the group's committed offset, summed. Nissa joins no
@@ -44,11 +44,13 @@ EXIT_DOWN = 3
 EXIT_NOT_CLEAN = 4
 
 
-def status_exit_code(broker_up: bool, services: list[dict], strict: bool = False) -> int:
-    """The exit code for ``services`` (each a dict with ``up``, ``restarts``, ``lag``, ``has_lag``)."""
+def status_exit_code(broker_up: bool, services: list[dict], strict: bool = False, under_replicated: int = 0) -> int:
+    """The exit code for ``services`` (each a dict with ``up``, ``restarts``, ``lag``, ``has_lag``) and the
+    count of ``under_replicated`` partitions over the topics shown."""
     if not broker_up or not all(s["up"] for s in services):
         return EXIT_DOWN
-    clean = all(s["restarts"] == 0 and (s["lag"] == 0 or not s["has_lag"]) for s in services)
+    clean = under_replicated == 0 and all(s["restarts"] == 0 and (s["lag"] == 0 or not s["has_lag"])
+                                          for s in services)
     return EXIT_NOT_CLEAN if strict and not clean else 0
 
 

@@ -76,7 +76,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
                          "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
                          "has_lag": name == "nissa" or name in GROUP_INPUTS})
     topics = topic_replication(settings.kafka) if broker_up else []
-    code = status_exit_code(broker_up, services, strict=args.strict)
+    code = status_exit_code(broker_up, services, strict=args.strict,
+                            under_replicated=sum(t.under_replicated for t in topics))
     if args.json:
         print(json.dumps({"broker": broker, "broker_up": broker_up,
                           "supervisor_pid": supervisor["pid"] if supervisor else None,

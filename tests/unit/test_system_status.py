@@ -1,4 +1,5 @@
-"""`esper status` exit codes: down is 3; with --strict, a restarted or lagging service is 4."""
+"""`esper status` exit codes: down is 3; with --strict, a restarted or lagging service, or an under-replicated
+partition, is 4."""
 
 from __future__ import annotations
 
@@ -23,3 +24,10 @@ def service(up: bool = True, restarts: int = 0, lag: int | None = 0, has_lag: bo
 ])
 def test_status_exit_code(broker_up, services, strict, code):
     assert status_exit_code(broker_up, services, strict=strict) == code
+
+
+def test_an_under_replicated_partition_is_not_clean_under_strict_and_down_still_wins():
+    assert status_exit_code(True, [service()], strict=True, under_replicated=1) == EXIT_NOT_CLEAN
+    assert status_exit_code(True, [service()], strict=False, under_replicated=1) == 0
+    assert status_exit_code(True, [service()], strict=True, under_replicated=0) == 0
+    assert status_exit_code(False, [service()], strict=True, under_replicated=3) == EXIT_DOWN
