@@ -150,18 +150,23 @@ def records_to_messages(spec: TopicSpec, records: list[dict[str, Any]]) -> list[
     return out
 
 
-def decode_each(codec: Codec, spec: TopicSpec, values: Sequence[bytes | None]) -> list[OonaMessage[Any] | Exception]:
-    """``codec.decode`` of each value, its record failure in its place: ``decode_batch`` for codecs
-    that have nothing faster."""
-    out: list[OonaMessage[Any] | Exception] = []
+def _each_or_failure(decode: Callable[[bytes | None], Any], values: Sequence[bytes | None]) -> list[Any]:
+    """``decode`` of each value, or the record failure it raised in its place (other errors propagate)."""
+    out: list[Any] = []
     for value in values:
         try:
-            out.append(codec.decode(spec, value))
+            out.append(decode(value))
         except Exception as exc:
             if not is_record_failure(exc):
                 raise
             out.append(exc)
     return out
+
+
+def decode_each(codec: Codec, spec: TopicSpec, values: Sequence[bytes | None]) -> list[OonaMessage[Any] | Exception]:
+    """``codec.decode`` of each value, its record failure in its place: ``decode_batch`` for codecs
+    that have nothing faster."""
+    return _each_or_failure(lambda value: codec.decode(spec, value), values)
 
 
 class SchemaLookup(Protocol):
@@ -252,21 +257,10 @@ class SingleObjectCodec:
         return record_to_message(spec, self.decode_record(spec, data))
 
     def decode_batch(self, spec: TopicSpec, values: Sequence[bytes | None]) -> list[OonaMessage[Any] | Exception]:
-        results: list[Any] = []
-        records: list[dict[str, Any]] = []
-        at: list[int] = []  # where each record's message goes in ``results``
         with cyclic_gc_paused():
-            for value in values:
-                try:
-                    records.append(self.decode_record(spec, value))
-                except Exception as exc:
-                    if not is_record_failure(exc):
-                        raise
-                    results.append(exc)
-                    continue
-                at.append(len(results))
-                results.append(None)
-            for i, message in zip(at, records_to_messages(spec, records), strict=True):
+            results = _each_or_failure(lambda value: self.decode_record(spec, value), values)
+            at = [i for i, r in enumerate(results) if not isinstance(r, Exception)]  # the records' places
+            for i, message in zip(at, records_to_messages(spec, [results[i] for i in at]), strict=True):
                 results[i] = message
         return results
 

@@ -104,6 +104,16 @@ def _datetime_from_millis(millis: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=millis)
 
 
+# The end of every generated top function: what a read past the value or bad UTF-8 raises, and the
+# trailing-bytes test. A read past the end raises IndexError (b[p]) or struct.error (unpack_from).
+_BODY_END = ("    except (IndexError, _struct_error):",
+             "        raise _Bad('truncated body: the value ends inside a field') from None",
+             "    except UnicodeDecodeError as exc:",
+             "        raise _Bad(f'invalid UTF-8 in a string: {exc.reason} at byte {exc.start}') from None",
+             "    if p != len(b):",
+             "        raise _Bad(f'{len(b) - p} trailing bytes after the body')")
+
+
 class _Generator:
     def __init__(self, writer: dict[str, Any], layout: ColumnLayout, *, datetimes: bool = False) -> None:
         self.layout = layout
@@ -137,12 +147,7 @@ class _Generator:
         # A read past the end of the value raises IndexError (b[p]) or struct.error (unpack_from);
         # the explicit checks keep every position inside [start, len(b)], so that is all they mean.
         source = ["def _decode(b, part, off):", *prologue, "    try:", f"        p = {int(start)}", *body,
-                  "    except (IndexError, _struct_error):",
-                  "        raise _Bad('truncated body: the value ends inside a field') from None",
-                  "    except UnicodeDecodeError as exc:",
-                  "        raise _Bad(f'invalid UTF-8 in a string: {exc.reason} at byte {exc.start}') from None",
-                  "    if p != len(b):",
-                  "        raise _Bad(f'{len(b) - p} trailing bytes after the body')",
+                  *_BODY_END,
                   f"    return ({row})"]
         return "\n".join(self.functions + source)
 
@@ -150,12 +155,7 @@ class _Generator:
         """``_decode(b) -> dict``: the writer's record, read whole (no columns, nothing flattened)."""
         record = self._record_function(self.writer)
         source = ["def _decode(b):", "    try:", f"        r, p = {record}(b, {int(start)})",
-                  "    except (IndexError, _struct_error):",
-                  "        raise _Bad('truncated body: the value ends inside a field') from None",
-                  "    except UnicodeDecodeError as exc:",
-                  "        raise _Bad(f'invalid UTF-8 in a string: {exc.reason} at byte {exc.start}') from None",
-                  "    if p != len(b):",
-                  "        raise _Bad(f'{len(b) - p} trailing bytes after the body')",
+                  *_BODY_END,
                   "    return r"]
         return "\n".join(self.functions + source)
 
