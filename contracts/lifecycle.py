@@ -21,3 +21,13 @@ class TrainingSessionEvent(Contract):
     experiment_arm: str | None = Field(
         default=None, max_length=40, description="adaptive, no_adapt, static_final or static_width"
     )
+    # v5: a run's lineage and its controller. A fork (`esper run --fork PARENT --at-epoch K`) names its
+    # parent run, the parent epoch whose end it starts from, and where the parent's log stood then
+    # ("topic:partition" -> end offset after epoch K's events); absent for a run that is no fork.
+    # ``policy_version``: the Tamiyo policy version the run asked for (None: the promoted one).
+    parent_run_id: str | None = Field(default=None, max_length=80, description="The run this one was forked from")
+    fork_epoch: int | None = Field(default=None, ge=0, description="The parent's epoch at whose end the fork starts")
+    parent_log_position: dict[str, int] = Field(
+        default_factory=dict, description="topic:partition -> the parent's end offset at the fork point"
+    )
+    policy_version: str | None = Field(default=None, max_length=80, description="Tamiyo policy version asked for")

@@ -102,7 +102,10 @@ def payload_for(spec: TopicSpec):
     name = spec.payload.__name__
     if name == "TrainingSessionEvent":
         return TrainingSessionEvent(session=training_session(), final_validation_accuracy=1.0,
-                                    experiment_id="exp-1", experiment_arm="adaptive")
+                                    experiment_id="exp-1", experiment_arm="adaptive",
+                                    parent_run_id="run-parent", fork_epoch=4,
+                                    parent_log_position={"training.sessions:0": 12, "system.events.epoch:0": 5},
+                                    policy_version="policy-2")
     if name == "HealthSignal":
         return health_signal()
     if name == "EpochCompleted":
