@@ -80,18 +80,32 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from services.cli.settings import load_settings
-    from services.tolaria.config import load_config
-    from services.tolaria.run import resume_run, start_run
+    from services.tolaria.config import load_config, parse_config
+    from services.tolaria.fork import ForkRequest
+    from services.tolaria.run import fork_run, resume_run, start_run
 
+    if args.policy is not None and args.no_adapt:
+        raise UsageError("--policy VERSION and --no-adapt exclude each other (--no-adapt: no controller at all)")
+    if (args.at_epoch is not None or args.epochs is not None) and not args.fork:
+        raise UsageError("--at-epoch and --epochs go with --fork RUN_ID")
     settings = load_settings()
     if args.resume:
-        if args.config or args.no_adapt or args.run_id:
-            raise UsageError("--resume RUN_ID takes no CONFIG, --run-id or --no-adapt (they come from the checkpoint)")
+        if args.config or args.no_adapt or args.run_id or args.fork or args.policy is not None:
+            raise UsageError("--resume RUN_ID takes no CONFIG, --run-id, --fork, --policy or --no-adapt "
+                             "(they come from the checkpoint)")
         result = resume_run(args.resume, settings, progress=not args.quiet)
+    elif args.fork:
+        if args.config or args.at_epoch is None:
+            raise UsageError("--fork RUN_ID takes --at-epoch K and no CONFIG (the config is the parent's)")
+        request = ForkRequest(args.fork, args.at_epoch, no_adapt=args.no_adapt, policy_version=args.policy,
+                              epochs=args.epochs)
+        result = fork_run(request, settings, run_id=args.run_id, progress=not args.quiet)
     else:
         if not args.config:
-            raise UsageError("a CONFIG file is required (or --resume RUN_ID)")
+            raise UsageError("a CONFIG file is required (or --resume RUN_ID, or --fork RUN_ID --at-epoch K)")
         cfg = load_config(args.config)
+        if args.policy is not None:
+            cfg = parse_config({**cfg.model_dump(mode="json"), "policy_version": args.policy}, "--policy")
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
     print(
         f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
@@ -258,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name the run (default: NAME-TIMESTAMP-XXXX)")
     p.add_argument("--no-adapt", action="store_true", help="baseline: same config, seeds stay dormant")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    p.add_argument("--fork", metavar="RUN_ID",
+                   help="a new run from RUN_ID's state at the end of --at-epoch K (its kept per-epoch checkpoint)")
+    p.add_argument("--at-epoch", type=int, metavar="K",
+                   help="--fork: the parent's epoch whose end the fork starts from")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="--fork: the fork's epochs in all, as a config's `epochs` (default: the parent's)")
+    p.add_argument("--policy", metavar="VERSION",
+                   help="the Tamiyo policy version this run asks for (a fork's other controller; default: the "
+                        "parent's for a fork, the promoted one otherwise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=_cmd_run)
 

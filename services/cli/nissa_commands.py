@@ -166,6 +166,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"report-{args.run_id}.html")
     report = write_report(_db_path(args), args.run_id, out, compare=args.compare)
     print(f"wrote {out} ({len(report.plots)} figures, runs {', '.join(r.run_id for r in report.runs)})")
+    if report.fork is not None:
+        a = report.fork
+        print(f"{a.fork} forked from {a.parent} at epoch {a.fork_epoch}; validation accuracy from there:")
+        for epoch, parent, fork, diff in a.rows:
+            cells = [f"{v:.4f}" if v is not None else "-" for v in (parent, fork)]
+            print(f"  epoch {epoch}: parent {cells[0]}  fork {cells[1]}  fork - parent "
+                  f"{f'{diff:+.4f}' if diff is not None else '-'}")
     return 0
 
 
@@ -208,7 +215,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                       "or of an experiment's arms (--experiment ID)")
     p.add_argument("run_id", nargs="?")
     p.add_argument("--experiment", metavar="ID", help="report an experiment (the experiments view) instead of a run")
-    p.add_argument("--compare", metavar="RUN_ID", help="overlay a second run (e.g. the --no-adapt baseline)")
+    p.add_argument("--compare", metavar="RUN_ID",
+                   help="overlay a second run (e.g. the --no-adapt baseline, or a fork: aligned from the fork point)")
     p.add_argument("--out", help="HTML file to write (default: report-RUN_ID.html / report-EXPERIMENT.html)")
     p.add_argument("--db", help="the DuckDB file (default: STATE_DIR/nissa/esper.duckdb)")
     p.set_defaults(func=cmd_report)

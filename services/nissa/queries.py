@@ -28,7 +28,8 @@ FORMATS = ("table", "csv", "json")
 
 RUNS_QUERY = """
 SELECT run_id, status, epochs, seeds_germinated AS germinated, seeds_fossilized AS fossilized,
-       seeds_culled AS culled, round(final_validation_accuracy, 4) AS final_val_acc, started_at
+       seeds_culled AS culled, round(final_validation_accuracy, 4) AS final_val_acc,
+       parent_run_id AS forked_from, fork_epoch, started_at
 FROM runs ORDER BY started_at NULLS LAST, run_id
 """
 

@@ -9,7 +9,10 @@ so a reader (or a test) can check the picture against SQL. Sections:
    fossilize / cull markers (both runs overlaid in comparison mode);
 2. parameter count per epoch (total and seeds);
 3. per run: the seed lifecycle timeline per slot, the layer health heatmap;
-4. final numbers (one row per run) and the decisions that did something.
+4. final numbers (one row per run) and the decisions that did something;
+5. when one run is a fork of the other (``esper run --fork``), the two aligned from the fork
+   point: per epoch after it, both validation accuracies and their difference (a fork's epochs
+   carry on its parent's numbering, so the curves of section 1 align too).
 """
 
 from __future__ import annotations
@@ -35,11 +38,20 @@ td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
 """
 
 
+@dataclass(frozen=True)
+class ForkAlignment:
+    parent: str
+    fork: str
+    fork_epoch: int
+    rows: list[tuple[int, float | None, float | None, float | None]]  # epoch, parent val, fork val, fork - parent
+
+
 @dataclass
 class Report:
     html: str
     runs: list[RunData]
     plots: list[Plot]
+    fork: ForkAlignment | None = None
 
 
 def final_numbers(run: RunData) -> tuple:
@@ -73,6 +85,31 @@ def html_figure(plot: Plot) -> str:
             f'</figcaption><img alt="{html.escape(plot.title)}" src="data:image/png;base64,{data}"></figure>')
 
 
+def align_fork(runs: list[RunData]) -> ForkAlignment | None:
+    """The epochs after the fork point side by side, when one of two runs is the other's fork."""
+    if len(runs) != 2:
+        return None
+    for parent, fork in (runs, runs[::-1]):
+        epoch = fork.summary.get("fork_epoch")
+        if fork.summary.get("parent_run_id") == parent.run_id and isinstance(epoch, int):
+            ours = dict(zip(parent.epochs, parent.validation_accuracy, strict=True))
+            theirs = dict(zip(fork.epochs, fork.validation_accuracy, strict=True))
+            rows = [(e, ours.get(e), theirs.get(e),
+                     theirs[e] - ours[e] if ours.get(e) is not None and theirs.get(e) is not None else None)
+                    for e in sorted({e for e in (*ours, *theirs) if e > epoch})]
+            return ForkAlignment(parent.run_id, fork.run_id, epoch, rows)
+    return None
+
+
+def _fork_section(alignment: ForkAlignment | None) -> str:
+    if alignment is None:
+        return ""
+    a = alignment
+    return (f'<h2>From the fork point</h2><p data-fork-epoch="{a.fork_epoch}">{html.escape(a.fork)} is a fork of '
+            f"{html.escape(a.parent)} from the end of epoch {a.fork_epoch}: the epochs after it, side by side.</p>"
+            + html_table(("epoch", f"{a.parent} val acc", f"{a.fork} val acc", "fork - parent"), a.rows))
+
+
 def render(runs: list[RunData]) -> Report:
     """The HTML page for one run, or several overlaid (the first is the subject)."""
     plots = [accuracy_plot(runs), parameter_plot(runs)]
@@ -87,10 +124,11 @@ def render(runs: list[RunData]) -> Report:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')} from Nissa</p>"
             f"<h2>Final numbers</h2>{html_table(FINAL_COLUMNS, [final_numbers(r) for r in runs])}"
+            f"{_fork_section(align_fork(runs))}"
             f"<h2>Curves</h2>{''.join(html_figure(p) for p in plots[:2])}"
             f"<h2>Seeds and health</h2>{''.join(html_figure(p) for p in plots[2:])}"
             f"<h2>Decisions</h2>{decisions}</body></html>")
-    return Report(page, runs, plots)
+    return Report(page, runs, plots, align_fork(runs))
 
 
 def write_report(db: Path, run_id: str, out: Path, compare: str | None = None) -> Report:

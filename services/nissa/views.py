@@ -13,7 +13,12 @@
 * ``layer_health``: per run, epoch and layer: signals, seeds, mean/min health and the mean
   activation, dead-neuron, correlation and gradient statistics.
 * ``runs``: per run: last status, name, dataset, epochs completed, seeds germinated /
-  fossilized / culled, final validation accuracy (the session's, else the last epoch's).
+  fossilized / culled, final validation accuracy (the session's, else the last epoch's), and for
+  a fork (``esper run --fork``) its parent run and fork epoch (its epochs are those after it).
+* ``run_lineage``: the fork tree: per run its parent, fork epoch, root (the first ancestor
+  Nissa knows), depth (0 for a root), ``lineage`` (root > ... > run), controller
+  (``no_adapt``, ``policy VERSION`` or ``default``: the promoted policy), status and final
+  validation accuracy. A run whose parent Nissa has not seen is a root that names its parent.
 * ``experiment_runs``: one row per run that ``esper experiment`` started: experiment id, arm,
   random seed, dataset, last status, final validation and test accuracy (the session's), the
   parameter count of the last epoch and the training seconds (sum over epochs).
@@ -119,6 +124,7 @@ WITH sessions AS (
          arg_max(session_training_config_dataset, timestamp) AS dataset,
          arg_max(session_training_config_epochs, timestamp) AS planned_epochs,
          arg_max(final_validation_accuracy, timestamp) AS session_final_accuracy,
+         max(parent_run_id) AS parent_run_id, max(fork_epoch) AS fork_epoch,
          min(timestamp) AS started_at, max(timestamp) AS updated_at
   FROM training_session_event GROUP BY run_id
 ), epochs AS (
@@ -138,10 +144,32 @@ SELECT run_id, s.name, s.dataset, coalesce(s.status, 'unknown') AS status,
        coalesce(t.seeds_fossilized, 0) AS seeds_fossilized,
        coalesce(t.seeds_culled, 0) AS seeds_culled,
        coalesce(s.session_final_accuracy, e.last_validation_accuracy) AS final_validation_accuracy,
-       s.started_at, s.updated_at
+       s.parent_run_id, s.fork_epoch, s.started_at, s.updated_at
 FROM sessions s
 FULL OUTER JOIN epochs e USING (run_id)
 LEFT JOIN seeds t USING (run_id)
+""",
+    "run_lineage": """
+WITH RECURSIVE sessions AS (
+  SELECT run_id, max(parent_run_id) AS parent_run_id, max(fork_epoch) AS fork_epoch,
+         arg_max(policy_version, timestamp) AS policy_version,
+         arg_max(session_training_config_adaptation_enabled, timestamp) AS adaptation_enabled,
+         arg_max(session_status, timestamp) AS status,
+         arg_max(final_validation_accuracy, timestamp) AS final_validation_accuracy
+  FROM training_session_event GROUP BY run_id
+), tree AS (
+  SELECT run_id, run_id AS root_run_id, 0 AS depth, [run_id] AS path
+  FROM sessions WHERE parent_run_id IS NULL OR parent_run_id NOT IN (SELECT run_id FROM sessions)
+  UNION ALL
+  SELECT s.run_id, t.root_run_id, t.depth + 1, list_append(t.path, s.run_id)
+  FROM sessions s JOIN tree t ON s.parent_run_id = t.run_id
+  WHERE NOT list_contains(t.path, s.run_id)  -- a tree by construction; the log is not trusted to be one
+)
+SELECT t.run_id, s.parent_run_id, s.fork_epoch, t.root_run_id, t.depth, array_to_string(t.path, ' > ') AS lineage,
+       CASE WHEN NOT s.adaptation_enabled THEN 'no_adapt'
+            ELSE coalesce('policy ' || s.policy_version, 'default') END AS controller,
+       s.status, s.final_validation_accuracy
+FROM tree t JOIN sessions s USING (run_id)
 """,
     "experiment_runs": """
 WITH sessions AS (

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from services.oona.consumer import Delivered
 
 CHECKPOINT_VERSION: Final = 1
+_EPOCH_FILE: Final = re.compile(r"^epoch-(\d{6})\.pt$")
 
 
 class CheckpointError(EsperError):
@@ -103,6 +106,48 @@ def run_dir(state_dir: Path, run_id: str) -> Path:
 
 def checkpoint_path(state_dir: Path, run_id: str) -> Path:
     return run_dir(state_dir, run_id) / "checkpoint.pt"
+
+
+def epoch_checkpoint_path(state_dir: Path, run_id: str, epoch: int) -> Path:
+    """Where the run's state at the end of ``epoch`` is kept for forks (``checkpoint_keep_epochs``)."""
+    return run_dir(state_dir, run_id) / "epochs" / f"epoch-{epoch:06d}.pt"
+
+
+def kept_epochs(state_dir: Path, run_id: str) -> list[int]:
+    """The epochs whose end state the run keeps, in order."""
+    folder = run_dir(state_dir, run_id) / "epochs"
+    if not folder.is_dir():
+        return []
+    found = (_EPOCH_FILE.match(p.name) for p in folder.iterdir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def expired_epochs(kept: list[int], latest: int, window: int) -> list[int]:
+    """The kept epochs outside the window: the ``window`` checkpointed epochs up to ``latest`` stay."""
+    inside = sorted(e for e in kept if e <= latest)[-window:] if window > 0 else []
+    return [e for e in kept if e not in inside and e <= latest]
+
+
+def keep_epoch(state_dir: Path, run_id: str, epoch: int, window: int) -> None:
+    """Keep the checkpoint just written as the state at the end of ``epoch``; drop what left the window.
+
+    A hard link: ``save_checkpoint`` replaces ``checkpoint.pt`` by a new file, so the link keeps this
+    epoch's bytes at no cost of space or time (a copy where links are not possible).
+    """
+    if window <= 0:
+        return
+    source = checkpoint_path(state_dir, run_id)
+    target = epoch_checkpoint_path(state_dir, run_id, epoch)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    for old in expired_epochs(kept_epochs(state_dir, run_id), epoch, window):
+        epoch_checkpoint_path(state_dir, run_id, old).unlink(missing_ok=True)
 
 
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:

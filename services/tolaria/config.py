@@ -118,6 +118,15 @@ class ExperimentTag(_Strict):
     arm: Literal["adaptive", "no_adapt", "static_final", "static_width"]
 
 
+class ForkOrigin(_Strict):
+    """Set by ``esper run --fork``, not by hand: the run this one continues, and from where (its session says so)."""
+
+    parent_run_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,80}$")
+    epoch: int = Field(ge=0, description="the parent's epoch at whose end the fork starts")
+    parent_log_position: dict[str, int] = Field(
+        default_factory=dict, description="topic:partition -> the parent's end offset after that epoch's events")
+
+
 class RunConfig(_Strict):
     name: str = Field(default="run", min_length=1, max_length=100)
     description: str = Field(default="an Esper run", min_length=1, max_length=1000)
@@ -133,6 +142,15 @@ class RunConfig(_Strict):
     adaptation: AdaptationConfig = Field(default_factory=AdaptationConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     checkpoint_every_epochs: int = Field(default=1, ge=1)
+    checkpoint_keep_epochs: int = Field(
+        default=10, ge=0,
+        description="per-epoch checkpoints kept for `esper run --fork` (the last N checkpointed epochs; 0: none)",
+    )
+    policy_version: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._:-]{1,80}$",
+        description="the Tamiyo policy version this run asks for (None: the promoted one)",
+    )
+    fork: ForkOrigin | None = Field(default=None, description="set by `esper run --fork`, not by hand")
     experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")
 
 

@@ -30,6 +30,7 @@ from services.tolaria.checkpoint import (
     CheckpointStatus,
     PendingCommand,
     checkpoint_path,
+    keep_epoch,
     load_checkpoint,
     save_checkpoint,
 )
@@ -37,6 +38,7 @@ from services.tolaria.command_intake import CommandIntake
 from services.tolaria.commands import CommandApplier
 from services.tolaria.config import ConfigError, RunConfig
 from services.tolaria.epoch_boundary import EpochBoundary, EpochResult
+from services.tolaria.fork import ForkRequest, load_fork_point
 from services.tolaria.models import parameter_count
 from services.tolaria.progress_report import ProgressReporter, progress_reporter
 from services.tolaria.publisher import RunPublisher
@@ -76,7 +78,7 @@ def new_run_id(name: str) -> str:
 
 class TolariaRun:
     def __init__(self, cfg: RunConfig, settings, run_id: str, *, no_adapt: bool = False,
-                 resume: Checkpoint | None = None, progress: bool = True) -> None:
+                 resume: Checkpoint | None = None, progress: bool = True, fork: bool = False) -> None:
         if not _RUN_ID.match(run_id):
             raise ConfigError(f"run id {run_id!r} must be 1-80 characters of letters, digits, '.', '_' or '-'")
         self.cfg = cfg
@@ -84,6 +86,7 @@ class TolariaRun:
         self.run_id = run_id
         self.no_adapt = no_adapt or not cfg.adaptation.enabled
         self.resume = resume
+        self.fork = fork  # ``resume`` is a parent's checkpoint made the start of this new run (``fork.forked``)
         self.progress = progress
 
     def slot_shapes(self) -> dict[str, tuple[list[int], list[int]]]:
@@ -119,6 +122,7 @@ class _RunLoop:
         self.settings = run.settings
         self.no_adapt = run.no_adapt
         self.resume = run.resume
+        self.fork = run.fork
         self.setup = setup
         self.clients = clients
         self.reporter = reporter
@@ -141,9 +145,10 @@ class _RunLoop:
         pending: list[Delivered] = []
         try:
             if self.resume is not None:
-                emitter.read_back(self.resume.meta.log_positions)
+                if not self.fork:  # a fork's own log starts empty: nothing of it to read back
+                    emitter.read_back(self.resume.meta.log_positions)
                 pending = [self.clients.pending_command(p) for p in self.resume.meta.pending_commands]
-                self._publish_session(SessionStatus.RUNNING, "resumed", start_epoch)
+                self._publish_session(SessionStatus.RUNNING, "forked" if self.fork else "resumed", start_epoch)
             else:
                 self._publish_session(SessionStatus.RUNNING, "started")
             val_acc = setup.trainer.val_accuracy()  # what a run resumed after its last epoch reports
@@ -199,6 +204,7 @@ class _RunLoop:
         )
         save_checkpoint(checkpoint_path(self.settings.state_dir, self.run_id),
                         Checkpoint(setup.model.state_dict(), setup.trainer.optimizer.state_dict(), meta))
+        keep_epoch(self.settings.state_dir, self.run_id, next_epoch - 1, self.cfg.checkpoint_keep_epochs)
 
     def _publish_session(self, status: SessionStatus, phase: str, *about: object, error: str | None = None,
                          final_val: float | None = None, final_test: float | None = None) -> None:
@@ -213,6 +219,16 @@ def start_run(cfg: RunConfig, settings, *, run_id: str | None = None, no_adapt: 
     if checkpoint_path(settings.state_dir, run_id).exists():
         raise ConfigError(f"run {run_id} already exists; use --resume {run_id} or another --run-id")
     return TolariaRun(cfg, settings, run_id, no_adapt=no_adapt, progress=progress).run()
+
+
+def fork_run(request: ForkRequest, settings, *, run_id: str | None = None, progress: bool = True) -> RunResult:
+    """A new run from the parent's state at the end of ``request.at_epoch`` (``services.tolaria.fork``)."""
+    run_id = run_id or new_run_id(f"{request.parent_run_id[:24]}-fork{request.at_epoch}")
+    if not _RUN_ID.match(run_id):
+        raise ConfigError(f"run id {run_id!r} must be 1-80 characters of letters, digits, '.', '_' or '-'")
+    start = load_fork_point(settings.state_dir, run_id, request)
+    return TolariaRun(start.meta.config, settings, run_id, no_adapt=start.meta.no_adapt, resume=start,
+                      progress=progress, fork=True).run()
 
 
 def resume_run(run_id: str, settings, *, progress: bool = True) -> RunResult:

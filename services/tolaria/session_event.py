@@ -55,7 +55,11 @@ def session_event(run_id: str, cfg: RunConfig, setup: TrainingSetup, adapt: bool
         ),
         seeds=seeds, status=status,
     )
-    tag = cfg.experiment
+    tag, fork = cfg.experiment, cfg.fork
     return TrainingSessionEvent(session=session, error=error, final_validation_accuracy=final_val,
                                 final_test_accuracy=final_test, experiment_id=tag.id if tag else None,
-                                experiment_arm=tag.arm if tag else None)
+                                experiment_arm=tag.arm if tag else None,
+                                parent_run_id=fork.parent_run_id if fork else None,
+                                fork_epoch=fork.epoch if fork else None,
+                                parent_log_position=dict(fork.parent_log_position) if fork else {},
+                                policy_version=cfg.policy_version)
