@@ -91,6 +91,11 @@ class RunState:
     health_per_epoch: Counter = field(default_factory=Counter)
     transitions_per_epoch: Counter = field(default_factory=Counter)
     slots: frozenset[tuple[int, int]] = frozenset()
+    # A fork (``esper run --fork``) starts after its parent's epoch K: its first epoch is K + 1, and its seeds
+    # are where the parent left them (its first session's seed states, entered "at" K: the parent's log,
+    # not the fork's, holds when). A run that is no fork starts at 0 with every seed dormant.
+    first_epoch: int = 0
+    fork_states: dict[tuple[int, int], tuple[SeedState, int]] = field(default_factory=dict)
     # Tamiyo's own side: epochs decided and the commands it issued.
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
@@ -127,6 +132,10 @@ class RunState:
 
     # -- folding events ------------------------------------------------------------------------
     def apply_session(self, event: TrainingSessionEvent) -> None:
+        if self.session is None and event.fork_epoch is not None:
+            self.first_epoch = event.fork_epoch + 1
+            self.fork_states = {(s.layer_id, s.seed_idx): (s.state, event.fork_epoch)
+                                for s in event.session.seeds if s.state is not SeedState.DORMANT}
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)
@@ -205,7 +214,7 @@ class RunState:
     def complete(self, epoch: int) -> bool:
         if self.session is None or epoch not in self.epochs:
             return False
-        if any(k not in self.epochs for k in range(epoch)):
+        if any(k not in self.epochs for k in range(self.first_epoch, epoch)):
             return False  # an earlier epoch is still missing
         seen = lambda counter: sum(n for k, n in counter.items() if k <= epoch)  # noqa: E731
         return (seen(self.health_per_epoch) >= self._declared(epoch, "health_signals")
@@ -224,7 +233,7 @@ class RunState:
         at_health = at_transitions = 0
         seen_health = seen_transitions = declared_health = declared_transitions = declared_reports = 0
         ready = []
-        for position, epoch in enumerate(sorted(self.epochs)):
+        for position, epoch in enumerate(sorted(self.epochs), start=self.first_epoch):
             if epoch != position:
                 break  # an earlier epoch is still missing: this one and every later one wait
             event = self.epochs[epoch]
@@ -271,7 +280,7 @@ class RunState:
     def seed_states(self, epoch: int) -> dict[tuple[int, int], tuple[SeedState, int]]:
         """State of every seed that ever moved, after the boundary of ``epoch``, and the epoch it entered it
         (seeds not in the result are DORMANT)."""
-        return dict(self.transitions_view.at(self.transitions, epoch).states)
+        return {**self.fork_states, **self.transitions_view.at(self.transitions, epoch).states}
 
     def seed_rows(self) -> np.ndarray:
         """The health-table row of every slot, in session order (int64, built once per session)."""
@@ -290,6 +299,9 @@ class RunState:
     def germinations(self, epoch: int) -> list[int]:
         """Epochs of germinations that happened (<= epoch) or are still pending from our commands."""
         happened = self.transitions_view.at(self.transitions, epoch).germinated
+        # A fork's seeds that grew in its parent were germinated there, at or before the fork point (the
+        # parent's seeds culled back to dormant are not in its session: Tolaria's own budget still holds).
+        happened = happened + [entered for _, entered in self.fork_states.values()]
         return sorted(happened + [i.epoch + 1 for i in self.pending(epoch) if i.action is CommandAction.GERMINATE])
 
     def pending(self, epoch: int, expire_after: int = 2) -> list[Issued]:

@@ -247,3 +247,24 @@ def test_advance_and_fossilize_decisions_say_which():
     (fossilize,) = decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
     assert [a.decision.action for a in (advance, fossilize)] == [CommandAction.ADVANCE, CommandAction.FOSSILIZE]
     assert {a.decision.adaptation_type for a in (advance, fossilize)} == {AdaptationType.MODIFY_ARCHITECTURE}
+
+
+def test_a_fork_is_decided_from_its_first_epoch_with_its_seeds_where_the_parent_left_them():
+    """A fork of epoch 3 publishes epochs from 4 on; its session says seed 22:0 is TRAINING (grown in the parent)."""
+    base = session(budget=1)
+    seeds = [s.model_copy(update={"state": SeedState.TRAINING}) if (s.layer_id, s.seed_idx) == (22, 0) else s
+             for s in base.session.seeds]
+    forked = base.model_copy(update={"session": base.session.model_copy(update={"seeds": seeds}),
+                                     "parent_run_id": "parent", "fork_epoch": 3})
+    signals = [(TopicName.TELEMETRY_SEED_HEALTH.value, health(4, lid, k, ready=(lid, k) == (22, 0)))
+               for lid in (11, 22) for k in (0, 1)]
+    epoch4 = [*signals, (TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(4, 0.5))]
+    run = fold_all([(TopicName.TRAINING_SESSIONS.value, forked), *epoch4])
+    assert run.ready_epochs() == [4] and run.seed_states(4) == {(22, 0): (SeedState.TRAINING, 3)}
+    actions = decide_all(run, Decider(ScriptedPolicy(), "v", FixedChooser()))
+    # The seed grown in the parent spent the budget of 1: no germination, only the advance it is ready for.
+    assert [(a.command.action, a.command.layer_id, a.command.seed_idx) for a in actions if a.command] == [
+        (CommandAction.ADVANCE, 22, 0)]
+    assert run.germinations(4) == [3]
+    plain = fold_all([(TopicName.TRAINING_SESSIONS.value, session(budget=1)), *epoch4])
+    assert plain.ready_epochs() == [] and plain.seed_states(4) == {}  # a run that is no fork waits for epoch 0
