@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
-from contracts import AdaptationDecision, OonaMessage, TopicName
+from contracts import AdaptationDecision, CatalogPosition, OonaMessage, TopicName
 from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
@@ -79,7 +79,8 @@ _FOLD: dict[str, Callable[[RunState, Any], object]] = {
 
 
 class CatalogChooser:
-    """Kernels for a slot from Urza's catalogue: characterised, fitting, fastest first."""
+    """Kernels for a slot from Urza's catalogue: characterised, fitting, fastest first; the catalogue's positions
+    are recorded on each decision, so a replay rebuilds the very catalogue it was made with."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -102,6 +103,9 @@ class CatalogChooser:
         if blueprint is None or blueprint.blueprint.architecture.kind != WIDTH:
             return 0
         return blueprint.blueprint.architecture.layers[0].width or 0
+
+    def positions(self) -> list[CatalogPosition]:
+        return self.catalog.position_list()
 
 
 def _fatal(exc: Exception) -> bool:
