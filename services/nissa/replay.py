@@ -66,6 +66,7 @@ class ReplayResult:
     counterfactual: int = 0  # would-be decisions written
     agreeing_epochs: int = 0  # epochs where they equal the real ones
     compared_epochs: int = 0
+    as_of_epochs: int = 0  # epochs decided with the catalogue their recorded decision names (v3; else the whole)
 
 
 class ReplayWriter:
@@ -207,7 +208,9 @@ def _replay(run_id: str, out: Path, feed: Callable[[ReplayWriter, Callable[[int]
         raise UnknownRunError(f"no events of run {run_id!r} to replay")
     result = ReplayResult(out, run_id, writer.events, writer.run_events, time.perf_counter() - start, rows)
     if loaded is not None:
-        version, decisions = replay_api.counterfactual_decisions(run_id, writer.kept, make_codec(registry_url), loaded)
+        version, decisions, as_of = replay_api.counterfactual_decisions(run_id, writer.kept, make_codec(registry_url),
+                                                                        loaded)
+        result.as_of_epochs = as_of
         with duckdb.connect(str(out)) as con:
             write_counterfactual(con, run_id, decisions)
             agree, compared = con.execute("SELECT count(*) FILTER (WHERE same), count(*) FROM decision_comparison"

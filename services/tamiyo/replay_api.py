@@ -17,7 +17,7 @@ from services.oona.topic_registry import topic_spec
 from services.tamiyo.decider import Decider
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.policy_store import PolicyRecord, load_policy
-from services.tamiyo.recorded import RUN_TOPICS, RecordedRun, replay_decisions
+from services.tamiyo.recorded import RUN_TOPICS, RecordedRun, recorded_positions, replay_decisions
 from services.tamiyo.service import CatalogChooser
 from services.urza.catalog import CATALOG_TOPICS
 from services.urza.catalog_as_of import CatalogHistory, CatalogRecord
@@ -57,10 +57,14 @@ def catalog_history(values: dict[str, list[KeptRecord]], codec: Codec) -> Catalo
 
 
 def counterfactual_decisions(run_id: str, values: dict[str, list[KeptRecord]], codec: Codec,
-                             loaded: LoadedPolicy) -> tuple[str, list[AdaptationDecision]]:
-    """(policy version, what the policy decides over the run, each epoch with the catalogue the run's decision of
-    that epoch was made with)."""
+                             loaded: LoadedPolicy) -> tuple[str, list[AdaptationDecision], int]:
+    """(policy version, what the policy decides over the run, how many epochs were decided with the catalogue
+    the run's decision of that epoch recorded; the others, recorded before AdaptationDecision v3, with the whole
+    catalogue)."""
     policy, record = loaded
     history = catalog_history(values, codec)
     decider = Decider(policy, record.version, CatalogChooser(history.whole()))
-    return record.version, replay_decisions(recorded_run(run_id, values, codec), decider, (history, CatalogChooser))
+    recorded = recorded_run(run_id, values, codec)
+    decisions = replay_decisions(recorded, decider, (history, CatalogChooser))
+    as_of = set(recorded_positions(recorded))
+    return record.version, decisions, len({d.epoch for d in decisions} & as_of)

@@ -149,6 +149,7 @@ class Tamiyo:
         self._bad_decisions: list[tuple[Message, str]] = []  # to dead-letter in the next transaction
         self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
         self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
+        self._decided_with: dict[tuple[str, int], int] = {}  # the furthest catalogue our past decisions read
         self._rebuild = False
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
@@ -210,6 +211,7 @@ class Tamiyo:
                                           partitions)
         self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
         self.past_decisions = 0
+        self._decided_with = {}
         self.load_steps = []
         self._loading = DecisionLogReader(self.settings, self.decisions.name,
                                           {p: end for (_, p), end in ends.items()})
@@ -231,12 +233,19 @@ class Tamiyo:
                              offset, parsed)
                 continue
             record(self.runs.get(parsed.run_id), parsed.decision)
+            for p in parsed.decision.catalog_positions:
+                key = (p.topic, p.partition)
+                self._decided_with[key] = max(p.offset, self._decided_with.get(key, 0))
             self.past_decisions += 1
         self.load_steps = self.load_steps[-999:] + [(len(messages), time.perf_counter() - start)]
         if loader.done:
             self._examined_now = {p: end for p, end in loader.ends.items() if end > self._examined.get(p, 0)}
             self._loading = None
             log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
+            # Decide on with at least the catalogue the past decisions had (a restart's catch-up may stop short).
+            if not self.catalog.reach(self._decided_with):
+                log.warning("tamiyo instance=%s catalogue behind its past decisions' positions; deciding on with "
+                            "what it has (each decision records its own)", self.instance)
 
     # -- per event ------------------------------------------------------------------------------
     def handle(self, delivered: Delivered) -> Iterator[Output]:

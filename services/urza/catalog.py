@@ -14,6 +14,7 @@ of those positions (``catalog_as_of``) is the one a live follower had when it re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from contracts import (
@@ -77,6 +78,12 @@ class Catalog:
         if offset >= self.positions.get((topic, partition), 0):
             self.positions[(topic, partition)] = offset + 1
             self._position_list = None
+
+    def name_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """Say the catalogue is the one as of ``positions`` (a fold as of them: some records below them may be
+        gone, compacted away, and the catalogue is still the one of those positions)."""
+        self.positions = dict(positions)
+        self._position_list = None
 
     def position_list(self) -> list[CatalogPosition]:
         """The positions as the contract records them (sorted by topic and partition)."""
@@ -175,15 +182,28 @@ class CatalogFollower:
             for record in view.catch_up_records():
                 self.catalog.apply_at(name, record.partition, record.offset, record.payload)
 
-    def refresh(self) -> int:
+    def refresh(self, timeout_s: float = 0.0) -> int:
         """Apply what arrived since the last call; returns how many records. Called between decisions (the
         service's one thread), so a decision reads the catalogue as of the positions it records."""
         applied = 0
         for name, view in self._views:
-            for record in view.poll_records(0.0):
+            for record in view.poll_records(timeout_s):
                 self.catalog.apply_at(name, record.partition, record.offset, record.payload)
                 applied += 1
         return applied
+
+    def reach(self, positions: dict[tuple[str, int], int], timeout_s: float = 30.0) -> bool:
+        """Refresh until the catalogue is at least at ``positions`` (of the partitions it follows), e.g. those
+        of decisions made before a restart, so no later decision sees less than an earlier one; False when
+        ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        followed = self.catalog.positions
+        while True:
+            if all(followed.get(k, 0) >= o for k, o in positions.items() if k in followed):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.refresh(0.1)
 
     def close(self) -> None:
         for _, view in self._views:

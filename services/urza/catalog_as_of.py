@@ -107,8 +107,7 @@ class CatalogHistory:
                 catalog.apply_at(key[0], key[1], offsets[i], payloads[i])
         # Named exactly as asked (a record below a position may have been compacted away): a decision made
         # with this catalogue records the same positions.
-        catalog.positions = dict(end)
-        catalog._position_list = None
+        catalog.name_positions(end)
         return catalog
 
 

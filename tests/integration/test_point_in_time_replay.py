@@ -35,6 +35,7 @@ from services.tamiyo.recorded import load_recorded_runs, replay_decisions
 from services.tamiyo.service import CatalogChooser
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
+from services.urza.catalog import CatalogFollower
 from services.urza.catalog_as_of import load_catalog_as_of, load_catalog_history
 from tests.esper_cli import ESPER, REPO, esper_env
 from tests.integration.test_tamiyo import EXAMPLE, run_messages, tamiyo_running
@@ -79,15 +80,18 @@ def test_a_run_whose_catalogue_grows_replays_every_decision_with_its_kernel(espe
     with tamiyo_running(kafka) as tamiyo:
         decide = tamiyo.decider.decide
 
+        def tamiyo_has_the_faster_kernels() -> bool:
+            tamiyo.catalog.refresh(0.1)
+            kernels = tamiyo.catalog.catalog.kernels
+            return all(k in kernels and kernels[k].characterization is not None for k in faster)
+
         def deciding_then_growing(run, epoch):
             """Tamiyo's own decision; after its first germination, the catalogue grows (in Tamiyo's thread, so
             the next decision is the first that can see the new kernels)."""
             actions = decide(run, epoch)
             if not faster and any(a.decision.action is CommandAction.GERMINATE for a in actions):
                 faster.extend(publish_kernel(kafka, bp, init_seed=1, latency_ms=0.01) for bp in blueprints)
-                wait_until(lambda: tamiyo.catalog.refresh() >= 0 and
-                           all(k in tamiyo.catalog.catalog.kernels and tamiyo.catalog.catalog.kernels[k].characterization
-                               for k in faster), timeout_s=30, what="Tamiyo's catalogue has the faster kernels")
+                wait_until(tamiyo_has_the_faster_kernels, timeout_s=30, what="Tamiyo's catalogue has them")
             return actions
 
         tamiyo.decider.decide = deciding_then_growing  # type: ignore[method-assign]
@@ -119,6 +123,7 @@ def test_a_run_whose_catalogue_grows_replays_every_decision_with_its_kernel(espe
                            "--no-progress"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert f"same as recorded in {EPOCHS}/{EPOCHS} epochs" in done.stdout, done.stdout
+    assert f"{EPOCHS} epochs decided with the catalogue as of their recorded positions" in done.stdout, done.stdout
     with duckdb.connect(str(out), read_only=True) as con:
         real = con.execute(f"SELECT {DECISION_COLUMNS} FROM adaptation_decision ORDER BY decision_id").fetchall()
         would = con.execute(f"SELECT {DECISION_COLUMNS} FROM counterfactual_decisions ORDER BY decision_id").fetchall()
@@ -137,3 +142,17 @@ def test_a_run_whose_catalogue_grows_replays_every_decision_with_its_kernel(espe
                                    (history, CatalogChooser))
     assert [d.model_dump(exclude={"timestamp"}) for d in as_recorded] == \
         [d.model_dump(exclude={"timestamp"}) for d in recorded.decisions]
+
+    # A restarted Tamiyo decides on with at least the catalogue its past decisions had (``reach`` after it read
+    # them back); positions beyond what the log holds are not reached, and it says so.
+    furthest: dict[tuple[str, int], int] = {}
+    for d in decisions:
+        for p in d.catalog_positions:
+            furthest[(p.topic, p.partition)] = max(p.offset, furthest.get((p.topic, p.partition), 0))
+    follower = CatalogFollower(kafka, SingleObjectCodec())
+    try:
+        assert follower.reach(furthest)
+        assert set(faster) <= set(follower.catalog.kernels)
+        assert not follower.reach({("library.kernels", 0): furthest[("library.kernels", 0)] + 1}, timeout_s=0.5)
+    finally:
+        follower.close()

@@ -53,8 +53,9 @@ class Log:
             self.append(SUBMITTED, blueprint.blueprint_id,
                         BlueprintSubmitted(blueprint_id=blueprint.blueprint_id, submitted_by="t", blueprint=blueprint))
         self.append(LIBRARY, kernel.kernel_id, kernel)
-        self.append(READY, blueprint.blueprint_id, KernelReady(blueprint_id=blueprint.blueprint_id,
-                                                               outcome=CompilationOutcome.READY, kernel=kernel.metadata))
+        bp_id = blueprint.blueprint_id
+        ready = KernelReady(blueprint_id=bp_id, outcome=CompilationOutcome.READY, kernel=kernel.metadata)
+        self.append(READY, blueprint.blueprint_id, ready)
         self.append(CHARACTERIZED, kernel.kernel_id, KernelCharacterized(
             kernel_id=kernel.kernel_id, blueprint_id=blueprint.blueprint_id, device="cpu", latency_ms_p50=latency_ms,
             latency_ms_p95=latency_ms, peak_memory_mb=0.1, passed=True))
