@@ -13,7 +13,9 @@
   seed needs its two layers free of kernels; a layer being widened takes no other seed).
 
 Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
-decision history is complete and a replay can compare it decision by decision. A decision's
+decision history is complete and a replay can compare it decision by decision. Each records the
+positions of the catalogue its kernels came from (the chooser's ``positions``), so a replay decides
+with that very catalogue (``services.urza.catalog_as_of``). A decision's
 ``action`` (the command it issues) is what was decided; its ``adaptation_type`` is derived.
 
 Deciding is array work over every seed at once (masks for the lifecycle rules, the dormant and busy
@@ -280,7 +282,6 @@ class Decider:
             policy_version=self.policy_version, reason=reason[:1000], catalog_positions=self._positions(),
         )
         return Action(decision, None)
-
 
     def _positions(self) -> list[CatalogPosition]:
         try:

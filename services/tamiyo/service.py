@@ -56,6 +56,7 @@ from services.urza.catalog import Catalog, CatalogFollower
 log = logging.getLogger(__name__)
 
 ORPHAN_TIMEOUT_S = 10.0
+REACH_TIMEOUT_S = 10.0  # how long a rebuild waits for its catalogue to reach its past decisions' positions
 
 # A decision's control loop: the event completing its epoch waits (created -> consumed: the sender's
 # linger, the broker, the fetch, the batch before it), the batch's events are folded, it is decided,
@@ -243,7 +244,8 @@ class Tamiyo:
             self._loading = None
             log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
             # Decide on with at least the catalogue the past decisions had (a restart's catch-up may stop short).
-            if not self.catalog.reach(self._decided_with):
+            # Bounded well below the service loop's stall watchdog: positions no log holds cost this wait only.
+            if not self.catalog.reach(self._decided_with, timeout_s=REACH_TIMEOUT_S):
                 log.warning("tamiyo instance=%s catalogue behind its past decisions' positions; deciding on with "
                             "what it has (each decision records its own)", self.instance)
 
