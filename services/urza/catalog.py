@@ -55,7 +55,7 @@ class KernelEntry:
 
 
 class Catalog:
-    """Pure projection: feed it events in log order."""
+    """Pure projection: feed it each partition's events in log order (the partitions in any interleaving)."""
 
     def __init__(self) -> None:
         self.blueprints: dict[str, BlueprintEntry] = {}
