@@ -17,6 +17,7 @@ from contracts.assets import (
 )
 from contracts.control import (
     AdaptationDecision,
+    CatalogPosition,
     GateResult,
     KasminaCommand,
     ModelGraphState,
@@ -55,6 +56,7 @@ __all__ = [
     "BlueprintState",
     "BlueprintStatus",
     "BlueprintSubmitted",
+    "CatalogPosition",
     "CommandAction",
     "CompilationOutcome",
     "CompiledKernel",

@@ -32,6 +32,14 @@ def adaptation_type_of(action: CommandAction | None) -> AdaptationType:
     return AdaptationType.NO_OP if action is None else ADAPTATION_OF_ACTION[action]
 
 
+class CatalogPosition(Contract):
+    """How far one partition of a catalogue topic had been read: every record at an offset below ``offset``."""
+
+    topic: str = Field(min_length=1, max_length=249, description="Registry topic name (no deployment prefix)")
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0, description="The next offset to read: records below it were folded")
+
+
 class AdaptationDecision(Contract):
     """One decision of Tamiyo's at an epoch boundary (``no_op`` included, so the history is complete).
 
@@ -42,6 +50,10 @@ class AdaptationDecision(Contract):
 
     Records written before v2 carried the three as ``metadata`` keys (``""`` for none); reading
     one moves valid values into the typed fields (``_legacy_link``), so old logs read as new.
+
+    ``catalog_positions`` (v3) says which Urza catalogue the decision was made with: per partition of
+    each catalogue topic, how far Tamiyo had folded it. Urza's catalogue as of those positions
+    (``services.urza.catalog_as_of``) is what a replay decides with. Empty in records before v3.
     """
 
     decision_id: str = Field(default="", max_length=80)
@@ -64,6 +76,8 @@ class AdaptationDecision(Contract):
     action: CommandAction | None = Field(default=None, description="What that command asks for")
     family: str | None = Field(default=None, min_length=1, max_length=_FAMILY_MAX,
                                description="Blueprint family the policy chose (germinations)")
+    catalog_positions: list[CatalogPosition] = Field(
+        default_factory=list, max_length=1024, description="The catalogue read up to these positions (v3)")
 
     @model_validator(mode="before")
     @classmethod

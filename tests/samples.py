@@ -11,6 +11,7 @@ from contracts import (
     BlueprintArchitecture,
     BlueprintOp,
     BlueprintSubmitted,
+    CatalogPosition,
     CommandAction,
     CompilationOutcome,
     CompiledKernel,
@@ -122,6 +123,7 @@ def payload_for(spec: TopicSpec):
             urgency=0.0, epoch=3, layer_id=7, seed_idx=0, blueprint_id="bp-x", policy_version="gnn-v1",
             features={"health": 0.4}, metadata={"why": "low health"}, timestamp=T0,
             command_id="c-1", action=CommandAction.GERMINATE, family="bottleneck",
+            catalog_positions=[CatalogPosition(topic="library.kernels", partition=0, offset=12)],
         )
     if name == "KasminaCommand":
         return KasminaCommand(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contracts import (
+    CatalogPosition,
     EpochCompleted,
     HealthSignal,
     LayerEdge,
@@ -95,3 +96,6 @@ class FixedChooser:
     def units(self, kernel_id: str) -> int:
         """A width kernel's units: ``kernel-width-IN-OUT`` adds 4."""
         return 4 if kernel_id.startswith("kernel-width-") else 0
+
+    def positions(self) -> list[CatalogPosition]:
+        return [CatalogPosition(topic="library.kernels", partition=0, offset=len(self.families))]

@@ -167,6 +167,7 @@ class ReferenceDecider:
             blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
             policy_version=self.policy_version, reason=reason, features=features,
             command_id=command_id, action=action, family=kernel.family if kernel else None,
+            catalog_positions=self.chooser.positions(),
         )
         command = None
         if action is not None and seed is not None:
@@ -183,6 +184,6 @@ class ReferenceDecider:
         decision = AdaptationDecision(
             decision_id=deterministic_event_id(run.run_id, "decision", epoch, IDLE_INDEX), layer_name="-",
             adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
-            policy_version=self.policy_version, reason=reason[:1000],
+            policy_version=self.policy_version, reason=reason[:1000], catalog_positions=self.chooser.positions(),
         )
         return Action(decision, None)

@@ -69,6 +69,9 @@ class _OneKernel:
     def units(self, kernel_id):
         return 0
 
+    def positions(self):
+        return []
+
 
 def _session(layers: int, per_layer: int, epochs: int) -> TrainingSessionEvent:
     specs = [LayerSpec(name=f"body.{i}", layer_id=10_000 + i, kind="linear", input_shape=[64], output_shape=[64])

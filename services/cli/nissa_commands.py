@@ -132,7 +132,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if result.policy_version:
         print(f"policy {result.policy_version}: {result.counterfactual} counterfactual decisions; same as recorded "
               f"in {result.agreeing_epochs}/{result.compared_epochs} epochs (table counterfactual_decisions, "
-              f"view decision_comparison)")
+              f"view decision_comparison); {result.as_of_epochs} epochs decided with the catalogue as of their "
+              f"recorded positions, the others with the whole catalogue")
     return 0
 
 

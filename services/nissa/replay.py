@@ -66,13 +66,15 @@ class ReplayResult:
     counterfactual: int = 0  # would-be decisions written
     agreeing_epochs: int = 0  # epochs where they equal the real ones
     compared_epochs: int = 0
+    as_of_epochs: int = 0  # epochs decided with the catalogue their recorded decision names (v3; else the whole)
 
 
 class ReplayWriter:
     """Messages (anything with the Message accessors) -> a fresh DuckDB file, through Batch + NissaStore.
 
     ``prefix`` is the topic prefix of the message topics; ``keep`` names registry topics whose
-    values (bytes) are kept in ``kept`` in the order added (for a counterfactual replay).
+    records (partition, offset, value bytes) are kept in ``kept`` in the order added (for a counterfactual
+    replay: the positions say which catalogue each decision was made with).
     """
 
     def __init__(self, db: Path, run_id: str, prefix: str = "", keep: Iterable[str] = (),
@@ -95,7 +97,7 @@ class ReplayWriter:
         self._run_key = run_id.encode()
         self._run_topics = {s.name for s in specs if s.run_scoped}
         self._keep = {prefix + name: name for name in keep}
-        self.kept: dict[str, list[bytes]] = {name: [] for name in keep}
+        self.kept: dict[str, list[tuple[int, int, bytes]]] = {name: [] for name in keep}
         self.events = 0
         self.run_events = 0
 
@@ -125,7 +127,7 @@ class ReplayWriter:
             for m in chosen:
                 name = self._keep.get(m.topic())
                 if name is not None:
-                    self.kept[name].append(m.value())
+                    self.kept[name].append((m.partition(), m.offset(), m.value()))
         self.batch.add(chosen)
         if self.batch.size >= self.batch_rows:
             self.committer.submit((self.batch.take(), {}))
@@ -144,7 +146,9 @@ class ReplayWriter:
         self.run_events += typed.num_rows if topic in self._run_topics else 0
         name = self._keep.get(topic)
         if name is not None:
-            self.kept[name].extend(raw.column("kafka_value").to_pylist())
+            self.kept[name].extend(zip(raw.column("kafka_partition").to_pylist(),
+                                       raw.column("kafka_offset").to_pylist(),
+                                       raw.column("kafka_value").to_pylist(), strict=True))
         table = self.batch.routes[topic][1]
         self.committer.submit((LazyMessages(topic, lambda: archived_messages(topic, raw)), {},
                                {table.name: [typed]}))
@@ -204,7 +208,9 @@ def _replay(run_id: str, out: Path, feed: Callable[[ReplayWriter, Callable[[int]
         raise UnknownRunError(f"no events of run {run_id!r} to replay")
     result = ReplayResult(out, run_id, writer.events, writer.run_events, time.perf_counter() - start, rows)
     if loaded is not None:
-        version, decisions = replay_api.counterfactual_decisions(run_id, writer.kept, make_codec(registry_url), loaded)
+        version, decisions, as_of = replay_api.counterfactual_decisions(run_id, writer.kept, make_codec(registry_url),
+                                                                        loaded)
+        result.as_of_epochs = as_of
         with duckdb.connect(str(out)) as con:
             write_counterfactual(con, run_id, decisions)
             agree, compared = con.execute("SELECT count(*) FILTER (WHERE same), count(*) FROM decision_comparison"

@@ -13,7 +13,9 @@
   seed needs its two layers free of kernels; a layer being widened takes no other seed).
 
 Every epoch yields at least one AdaptationDecision (``no_op`` when nothing is done), so the
-decision history is complete and a replay can compare it decision by decision. A decision's
+decision history is complete and a replay can compare it decision by decision. Each records the
+positions of the catalogue its kernels came from (the chooser's ``positions``), so a replay decides
+with that very catalogue (``services.urza.catalog_as_of``). A decision's
 ``action`` (the command it issues) is what was decided; its ``adaptation_type`` is derived.
 
 Deciding is array work over every seed at once (masks for the lifecycle rules, the dormant and busy
@@ -46,6 +48,7 @@ from contracts import (
     AdaptationType,
     BlueprintArchitecture,
     BlueprintOp,
+    CatalogPosition,
     CommandAction,
     KasminaCommand,
     SeedState,
@@ -116,6 +119,9 @@ class KernelChooser(Protocol):
 
     def units(self, kernel_id: str) -> int:
         """The units a width kernel adds to its layer (0 for any other kernel, or one not known)."""
+
+    def positions(self) -> list[CatalogPosition]:
+        """How far the catalogue the kernels come from was read (recorded on every decision)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +262,7 @@ class Decider:
             blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
             policy_version=self.policy_version, reason=reason, features=features,
             command_id=command_id, action=action, family=kernel.family if kernel else None,
+            catalog_positions=self.chooser.positions(),
         )
         command = None
         if action is not None and seed is not None:
@@ -272,9 +279,16 @@ class Decider:
         decision = AdaptationDecision(
             decision_id=deterministic_event_id(run.run_id, "decision", epoch, IDLE_INDEX), layer_name="-",
             adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
-            policy_version=self.policy_version, reason=reason[:1000],
+            policy_version=self.policy_version, reason=reason[:1000], catalog_positions=self._positions(),
         )
         return Action(decision, None)
+
+    def _positions(self) -> list[CatalogPosition]:
+        try:
+            return self.chooser.positions()
+        except Exception:  # the fallback must not fail: a decision without positions replays with the whole catalogue
+            log.exception("the catalogue's positions are not readable")
+            return []
 
 
 def _slot_mask(graph: GraphView, slots: Iterable[Issued | KasminaCommand]) -> np.ndarray:

@@ -2,14 +2,16 @@
 
 A replay folds every event of the run, then decides epoch by epoch in order, recording
 each decision before the next, exactly as the live service does when events arrive one by
-one (its decisions only look at events of epochs <= the one decided). So replaying a run
-with the policy that recorded it reproduces its decisions; with another policy it shows
-what that policy would have done (counterfactual replay: nothing is sent).
+one (its decisions only look at events of epochs <= the one decided). Each epoch is decided
+with Urza's catalogue as of the positions the run's own decision of that epoch recorded
+(``catalogs``), not as it is at the end of the log. So replaying a run with the policy that
+recorded it reproduces its decisions, kernels included; with another policy it shows what
+that policy would have done with the same kernels at hand (counterfactual replay: nothing is sent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING
@@ -22,8 +24,10 @@ from services.oona.codec import Codec
 from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
-from services.tamiyo.decider import Decider, record
+from services.tamiyo.decider import Decider, KernelChooser, record
 from services.tamiyo.run_state import RejectedEvent, RunState
+from services.urza.catalog import Catalog
+from services.urza.catalog_as_of import CatalogHistory
 
 RUN_TOPICS = (
     TopicName.TRAINING_SESSIONS, TopicName.TELEMETRY_SEED_HEALTH, TopicName.SYSTEM_EVENTS_EPOCH,
@@ -96,11 +100,37 @@ def fold_run(recorded: RecordedRun) -> RunState:
     return run
 
 
-def replay_decisions(recorded: RecordedRun, decider: Decider) -> list[AdaptationDecision]:
-    """What ``decider`` decides over the recorded run, epoch by epoch."""
+def recorded_positions(recorded: RecordedRun) -> dict[int, list]:
+    """Epoch -> the catalogue positions the run's decision of that epoch recorded (epochs whose decisions
+    recorded none, i.e. written before AdaptationDecision v3, are absent)."""
+    positions: dict[int, list] = {}
+    for decision in recorded.decisions:
+        if decision.catalog_positions:
+            positions.setdefault(decision.epoch, decision.catalog_positions)
+    return positions
+
+
+def replay_decisions(recorded: RecordedRun, decider: Decider,
+                     catalogs: tuple[CatalogHistory, Callable[[Catalog], KernelChooser]] | None = None
+                     ) -> list[AdaptationDecision]:
+    """What ``decider`` decides over the recorded run, epoch by epoch.
+
+    ``catalogs`` (the catalogue topics' history, a chooser over a catalogue): each epoch is decided with the
+    catalogue as of the positions its recorded decision names; an epoch with none recorded, with the whole
+    catalogue. Without it, ``decider``'s own chooser decides every epoch.
+    """
     run = fold_run(recorded)
+    positions = recorded_positions(recorded) if catalogs is not None else {}
+    whole: KernelChooser | None = None
     decisions = []
     for epoch in run.ready_epochs():
+        if catalogs is not None:
+            history, chooser_of = catalogs
+            if epoch in positions:
+                decider.chooser = chooser_of(history.at(positions[epoch]))
+            else:
+                whole = whole or chooser_of(history.whole())
+                decider.chooser = whole
         for action in decider.decide(run, epoch):
             record(run, action.decision)
             decisions.append(action.decision)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
-from contracts import AdaptationDecision, OonaMessage, TopicName
+from contracts import AdaptationDecision, CatalogPosition, OonaMessage, TopicName
 from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
@@ -56,6 +56,7 @@ from services.urza.catalog import Catalog, CatalogFollower
 log = logging.getLogger(__name__)
 
 ORPHAN_TIMEOUT_S = 10.0
+REACH_TIMEOUT_S = 10.0  # how long a rebuild waits for its catalogue to reach its past decisions' positions
 
 # A decision's control loop: the event completing its epoch waits (created -> consumed: the sender's
 # linger, the broker, the fetch, the batch before it), the batch's events are folded, it is decided,
@@ -79,7 +80,8 @@ _FOLD: dict[str, Callable[[RunState, Any], object]] = {
 
 
 class CatalogChooser:
-    """Kernels for a slot from Urza's catalogue: characterised, fitting, fastest first."""
+    """Kernels for a slot from Urza's catalogue: characterised, fitting, fastest first; the catalogue's positions
+    are recorded on each decision, so a replay rebuilds the very catalogue it was made with."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -102,6 +104,9 @@ class CatalogChooser:
         if blueprint is None or blueprint.blueprint.architecture.kind != WIDTH:
             return 0
         return blueprint.blueprint.architecture.layers[0].width or 0
+
+    def positions(self) -> list[CatalogPosition]:
+        return self.catalog.position_list()
 
 
 def _fatal(exc: Exception) -> bool:
@@ -145,6 +150,7 @@ class Tamiyo:
         self._bad_decisions: list[tuple[Message, str]] = []  # to dead-letter in the next transaction
         self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
         self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
+        self._decided_with: dict[tuple[str, int], int] = {}  # the furthest catalogue our past decisions read
         self._rebuild = False
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
@@ -206,6 +212,7 @@ class Tamiyo:
                                           partitions)
         self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
         self.past_decisions = 0
+        self._decided_with = {}
         self.load_steps = []
         self._loading = DecisionLogReader(self.settings, self.decisions.name,
                                           {p: end for (_, p), end in ends.items()})
@@ -227,12 +234,20 @@ class Tamiyo:
                              offset, parsed)
                 continue
             record(self.runs.get(parsed.run_id), parsed.decision)
+            for p in parsed.decision.catalog_positions:
+                key = (p.topic, p.partition)
+                self._decided_with[key] = max(p.offset, self._decided_with.get(key, 0))
             self.past_decisions += 1
         self.load_steps = self.load_steps[-999:] + [(len(messages), time.perf_counter() - start)]
         if loader.done:
             self._examined_now = {p: end for p, end in loader.ends.items() if end > self._examined.get(p, 0)}
             self._loading = None
             log.info("tamiyo instance=%s loaded %d past decisions", self.instance, self.past_decisions)
+            # Decide on with at least the catalogue the past decisions had (a restart's catch-up may stop short).
+            # Bounded well below the service loop's stall watchdog: positions no log holds cost this wait only.
+            if not self.catalog.reach(self._decided_with, timeout_s=REACH_TIMEOUT_S):
+                log.warning("tamiyo instance=%s catalogue behind its past decisions' positions; deciding on with "
+                            "what it has (each decision records its own)", self.instance)
 
     # -- per event ------------------------------------------------------------------------------
     def handle(self, delivered: Delivered) -> Iterator[Output]:

@@ -2,17 +2,25 @@
 
 Deleting it loses nothing: it is rebuilt by reading the four topics from the beginning.
 
+What a decision reads of it (the characterised kernels for a slot, their blueprints) does not depend on the
+order in which the four topics' records were interleaved, only on which records of each partition were
+folded, in their own order: a characterisation read before its kernel waits for it. So the catalogue is
+named by its ``positions`` (per catalogue topic partition, the next offset to read), and the catalogue as
+of those positions (``catalog_as_of``) is the one a live follower had when it reached them.
+
     blueprint state:  proposed (submitted) -> validating (compiled, awaiting characterisation)
                       -> characterized (passed) | failed (compilation or characterisation failed)
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from contracts import (
     Blueprint,
     BlueprintState,
+    CatalogPosition,
     CompilationOutcome,
     CompiledKernel,
     KernelCharacterized,
@@ -47,11 +55,50 @@ class KernelEntry:
 
 
 class Catalog:
-    """Pure projection: feed it events in log order."""
+    """Pure projection: feed it each partition's events in log order (the partitions in any interleaving)."""
 
     def __init__(self) -> None:
         self.blueprints: dict[str, BlueprintEntry] = {}
         self.kernels: dict[str, KernelEntry] = {}
+        # (registry topic, partition) -> the next offset to read: every record below it is folded in.
+        self.positions: dict[tuple[str, int], int] = {}
+        self._early: dict[str, KernelCharacterized] = {}  # characterised before its kernel was read
+        self._position_list: list[CatalogPosition] | None = None
+
+    def follow(self, topic: str, partition: int) -> None:
+        """Name a partition as followed (position 0 until a record of it is folded)."""
+        if self.positions.setdefault((topic, partition), 0) == 0:
+            self._position_list = None
+
+    def apply_at(self, topic: str, partition: int, offset: int, payload) -> None:
+        """Fold the record at ``offset`` of ``topic[partition]`` (``payload`` None: not an event, e.g. one
+        that does not decode; its position still counts) and move the position past it."""
+        if payload is not None:
+            self.apply(topic, payload)
+        if offset >= self.positions.get((topic, partition), 0):
+            self.positions[(topic, partition)] = offset + 1
+            self._position_list = None
+
+    def name_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """Say the catalogue is the one as of ``positions`` (a fold as of them: some records below them may be
+        gone, compacted away, and the catalogue is still the one of those positions)."""
+        self.positions = dict(positions)
+        self._position_list = None
+
+    def position_list(self) -> list[CatalogPosition]:
+        """The positions as the contract records them (sorted by topic and partition)."""
+        if self._position_list is None:
+            self._position_list = [CatalogPosition(topic=t, partition=p, offset=o)
+                                   for (t, p), o in sorted(self.positions.items())]
+        return self._position_list
+
+    def _kernel(self, metadata: KernelMetadata) -> None:
+        if metadata.kernel_id not in self.kernels:
+            self.kernels[metadata.kernel_id] = entry = KernelEntry(metadata)
+            early = self._early.pop(metadata.kernel_id, None)
+            if early is not None:
+                entry.characterization = early
+                entry.status = KernelStatus.VALIDATED if early.passed else KernelStatus.INVALID
 
     def apply(self, topic: str, payload) -> None:
         if topic == TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value:
@@ -64,7 +111,7 @@ class Catalog:
                 return
             if ready_problem(payload) is not None:  # its ids do not agree with its checksum: not a kernel of ours
                 return
-            self.kernels.setdefault(payload.kernel.kernel_id, KernelEntry(payload.kernel))
+            self._kernel(payload.kernel)
             if entry:
                 if entry.state == BlueprintState.PROPOSED:
                     entry.state = BlueprintState.VALIDATING
@@ -75,13 +122,15 @@ class Catalog:
             if kernel:
                 kernel.characterization = payload
                 kernel.status = KernelStatus.VALIDATED if payload.passed else KernelStatus.INVALID
+            else:  # its kernel's records are on other topics, maybe not read yet
+                self._early[payload.kernel_id] = payload
             entry = self.blueprints.get(payload.blueprint_id)
             if entry and entry.state in (BlueprintState.PROPOSED, BlueprintState.VALIDATING):
                 entry.state = BlueprintState.CHARACTERIZED if payload.passed else BlueprintState.FAILED
                 entry.failure_reason = payload.failure_reason
         elif topic == TopicName.LIBRARY_KERNELS.value and isinstance(payload, CompiledKernel) \
                 and kernel_problem(payload) is None:
-            self.kernels.setdefault(payload.kernel_id, KernelEntry(payload.metadata))
+            self._kernel(payload.metadata)
 
     def query(self, *, input_shape: list[int] | None = None, output_shape: list[int] | None = None,
               tags: list[str] | None = None, max_latency_ms: float | None = None, max_memory_mb: float | None = None,
@@ -128,17 +177,33 @@ class CatalogFollower:
         self._views = [(name.value, TopicView(settings, codec, topic_spec(name.value, settings.topic_prefix)))
                        for name in CATALOG_TOPICS]
         for name, view in self._views:
-            for message in view.catch_up():
-                self.catalog.apply(name, message.payload)
+            for partition in view.partitions:
+                self.catalog.follow(name, partition)
+            for record in view.catch_up_records():
+                self.catalog.apply_at(name, record.partition, record.offset, record.payload)
 
-    def refresh(self) -> int:
-        """Apply what arrived since the last call; returns how many events."""
+    def refresh(self, timeout_s: float = 0.0) -> int:
+        """Apply what arrived since the last call; returns how many records. Called between decisions (the
+        service's one thread), so a decision reads the catalogue as of the positions it records."""
         applied = 0
         for name, view in self._views:
-            for message in view.poll(0.0):
-                self.catalog.apply(name, message.payload)
+            for record in view.poll_records(timeout_s):
+                self.catalog.apply_at(name, record.partition, record.offset, record.payload)
                 applied += 1
         return applied
+
+    def reach(self, positions: dict[tuple[str, int], int], timeout_s: float = 30.0) -> bool:
+        """Refresh until the catalogue is at least at ``positions`` (of the partitions it follows), e.g. those
+        of decisions made before a restart, so no later decision sees less than an earlier one; False when
+        ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        followed = self.catalog.positions
+        while True:
+            if all(followed.get(k, 0) >= o for k, o in positions.items() if k in followed):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.refresh(0.1)
 
     def close(self) -> None:
         for _, view in self._views:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
@@ -25,33 +27,55 @@ from services.oona.topic_registry import TopicSpec
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PositionedRecord:
+    """A record read at ``partition`` / ``offset``; ``message`` None when it is no event (a tombstone, or
+    bytes that do not decode): it was read all the same, so it counts for the position."""
+
+    partition: int
+    offset: int
+    message: OonaMessage | None
+
+    @property
+    def payload(self) -> Any:
+        return self.message.payload if self.message is not None else None
+
+
 class TopicView:
     def __init__(self, settings: KafkaSettings, codec: Codec, spec: TopicSpec) -> None:
         self.codec = codec
         self.spec = spec
         # A range reader that does not stop at the ends: committed data, a throwaway group.
         self._consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": f"view-{uuid.uuid4().hex[:8]}"})
-        partitions = self._consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
-        self._progress = ReadToEnds(end_offsets(clients.admin(settings), [(spec.name, p) for p in partitions]))
-        self._consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in partitions])
+        self.partitions: list[int] = sorted(self._consumer.list_topics(spec.name, timeout=10).topics[spec.name]
+                                            .partitions)
+        self._progress = ReadToEnds(end_offsets(clients.admin(settings), [(spec.name, p) for p in self.partitions]))
+        self._consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def poll(self, timeout_s: float = 0.2) -> list[OonaMessage]:
         """Read what arrived; returns the new messages (undecodable ones are skipped)."""
+        return [r.message for r in self.poll_records(timeout_s) if r.message is not None]
+
+    def poll_records(self, timeout_s: float = 0.2) -> list[PositionedRecord]:
+        """Read what arrived: every record with its position (the message, or None where there is none)."""
         new = []
         for msg in self._consumer.consume(1000, timeout_s):
-            if msg.error() is not None or msg.value() is None:
+            if msg.error() is not None:
                 continue
-            message = decode_or_skip(self.codec, self.spec, msg)
-            if message is not None:
-                new.append(message)
+            message = decode_or_skip(self.codec, self.spec, msg) if msg.value() is not None else None
+            new.append(PositionedRecord(msg.partition() or 0, msg.offset() or 0, message))
         return new
 
     def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
         """Read at least up to the end the topic had when this view was opened."""
+        return [r.message for r in self.catch_up_records(timeout_s) if r.message is not None]
+
+    def catch_up_records(self, timeout_s: float = 30.0) -> list[PositionedRecord]:
+        """``catch_up`` with every record's position."""
         deadline = time.monotonic() + timeout_s
         new = []
         while time.monotonic() < deadline:
-            new += self.poll(0.2)
+            new += self.poll_records(0.2)
             self._progress.advance(self._consumer)
             if self._progress.done:
                 break

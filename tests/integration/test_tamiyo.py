@@ -25,7 +25,7 @@ from services.tamiyo.service import CatalogChooser, Tamiyo
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
 from services.urabrask.seed_library import publish_characterised_kernel
-from services.urza.catalog import load_catalog
+from services.urza.catalog_as_of import load_catalog_history
 from tests.samples import message_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spirals-tamiyo.yaml"
@@ -110,8 +110,9 @@ def test_tamiyo_drives_the_whole_lifecycle_and_a_replay_decides_the_same(esper_s
     # Replay: the same policy over the recorded run decides exactly what was decided live.
     policy, record = load_policy()
     recorded = load_recorded_runs(kafka, SingleObjectCodec(), [run_id])[run_id]
-    replayed = replay_decisions(recorded, Decider(policy, record.version,
-                                                  CatalogChooser(load_catalog(kafka, SingleObjectCodec()))))
+    history = load_catalog_history(kafka, SingleObjectCodec())
+    replayed = replay_decisions(recorded, Decider(policy, record.version, CatalogChooser(history.whole())),
+                                (history, CatalogChooser))
     assert comparable(replayed) == comparable(recorded.decisions)
 
 

@@ -22,7 +22,7 @@ from services.tamiyo.decider import Decider
 from services.tamiyo.policy_store import load_policy
 from services.tamiyo.recorded import load_recorded_runs, replay_decisions
 from services.tamiyo.service import CatalogChooser
-from services.urza.catalog import load_catalog
+from services.urza.catalog_as_of import load_catalog_history
 from tests.esper_cli import ESPER, REPO, esper_env, run_esper
 from tests.integration.conftest import read_raw
 from tests.integration.test_tamiyo import comparable, publish_slot_kernels, tamiyo_running
@@ -136,10 +136,12 @@ def test_kill_9_mid_stream_loses_and_duplicates_no_decision(esper_settings, tmp_
     assert len(ids) == len(set(ids)) and len(epochs) == total
     # ...and what was decided across the kill is what an undisturbed replay decides.
     policy, record = load_policy()
-    decider = Decider(policy, record.version, CatalogChooser(load_catalog(kafka, SingleObjectCodec())))
+    history = load_catalog_history(kafka, SingleObjectCodec())
+    decider = Decider(policy, record.version, CatalogChooser(history.whole()))
     recorded = load_recorded_runs(kafka, SingleObjectCodec(), list(runs)[:5])
     for run_id, run in recorded.items():
-        assert comparable(replay_decisions(run, decider)) == comparable(run.decisions), run_id
+        assert comparable(replay_decisions(run, decider, (history, CatalogChooser))) == comparable(run.decisions), \
+            run_id
 
 
 def test_two_instances_share_the_runs_and_one_takes_over_when_the_other_is_killed(esper_settings, tmp_path):

@@ -76,10 +76,15 @@ def test_the_v1_fixture_log_decodes_into_the_new_model():
         assert (decision.command_id, decision.action, decision.family) == (None, None, None)
         assert decision.metadata == {"why": "low health"}
     latest = max(v for v, _ in history_versions(SCHEMAS_DIR, RECORD))
-    assert latest == SchemaStore().version(RECORD) == 2
-    for raw in read_fixture_log(fixture_path(RECORD, 2)):
-        decision = codec.decode(SPEC, raw).payload
-        assert (decision.command_id, decision.action, decision.family) == ("c-1", CommandAction.GERMINATE, "bottleneck")
+    assert latest == SchemaStore().version(RECORD) == 3
+    for version in (2, 3):
+        for raw in read_fixture_log(fixture_path(RECORD, version)):
+            decision = codec.decode(SPEC, raw).payload
+            assert (decision.command_id, decision.action, decision.family) == \
+                ("c-1", CommandAction.GERMINATE, "bottleneck")
+            # v3 names the catalogue the decision was made with; a v2 record names none (replayed with the whole one).
+            assert [(p.topic, p.partition, p.offset) for p in decision.catalog_positions] == \
+                ([("library.kernels", 0, 12)] if version == 3 else [])
 
 
 def test_a_v1_decision_off_the_wire_rebuilds_tamiyos_issued_commands():
