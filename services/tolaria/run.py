@@ -170,6 +170,9 @@ class _RunLoop:
     def _epoch(self, epoch: int, pending: list[Delivered]) -> tuple[float, list[Delivered]]:
         trainer = self.setup.trainer
         torch.manual_seed(self.cfg.seed * 7919 + epoch)  # same randomness whether resumed or not
+        grower = self.setup.grower
+        if grower is not None and grower.before_epoch(epoch, trainer.train_split.x, trainer.train_split.y):
+            trainer.rebuild_optimizer()  # the grown layers are new parameters
         lr = trainer.set_epoch_lr(epoch)
         stats = trainer.train_epoch(epoch, self.reporter.batch_callback(epoch))
         val_loss, val_acc = trainer.evaluate("val")
