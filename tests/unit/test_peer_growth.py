@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from services.tolaria.config import ConfigError, parse_config
 from services.tolaria.experiment_plan import Grown, arm_config, ordered_arms
 from services.tolaria.models import build_host
 from services.tolaria.models import parameter_count as host_parameters
-from services.tolaria.training_setup import build_training
+from services.tolaria.training_setup import build_training, restore
 
 BASE = parse_config({"name": "cb", "epochs": 6, "data": {"dataset": "checkerboard", "checkerboard_cells": 2,
                                                         "checkerboard_points": 60},
@@ -144,6 +145,8 @@ def test_a_gromo_arm_trains_gromos_mlp_with_the_hosts_parameters():
     assert setup.host_parameters == host_parameters(build_host(BASE.model, [2], 2)) == 42
     plain = build_training(BASE, adapt=True)
     assert plain.grower is None
+    with pytest.raises(ConfigError, match="a gromo arm's run cannot be resumed"):  # its layers are gromo's
+        restore(setup, SimpleNamespace(meta=SimpleNamespace(config=cfg)))  # type: ignore[arg-type]
     bad = cfg.model_copy(update={"model": cfg.model.model_copy(update={"hidden": [8, 4]})})
     with pytest.raises(ConfigError, match="model: the gromo arm grows an MLP host with equal hidden widths"):
         build_training(bad, adapt=False)
