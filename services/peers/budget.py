@@ -1,7 +1,8 @@
 """When a peer grows and by how much, so that it ends with the adaptive arm's parameter budget (pure: no torch).
 
-A peer arm starts from the task's host and grows it at the start of a few epochs spread over the first
-part of the run, so that the grown network still trains for the rest. At each growth epoch it may add
+A peer arm starts from the task's host and grows it at the start of epochs in the first part of the run
+(every one of them by default: growth and training alternate, as in gromo's own protocol), so that the
+grown network still trains for the rest. At each growth epoch it may add
 an even share of what is left of the budget (``epoch_quota``); a new hidden unit costs its incoming
 weights, its bias and its outgoing weights (``unit_cost``), and no growth ever takes the network past
 the target: it ends at most one unit's cost short of it when the peer finds enough directions to grow.
@@ -19,16 +20,16 @@ class GrowthPlan:
     target_parameters: int
 
 
-def plan_growth(epochs: int, target_parameters: int, steps: int = 4, fraction: float = 0.5) -> GrowthPlan:
-    """``steps`` growth epochs spread evenly over epochs 1 .. ``fraction`` of the run (epoch 0 trains the host
-    first; a one-epoch run grows at its start)."""
-    if epochs < 1 or steps < 1 or not 0 < fraction <= 1:
+def plan_growth(epochs: int, target_parameters: int, steps: int | None = None, fraction: float = 0.5) -> GrowthPlan:
+    """``steps`` growth epochs spread evenly over epochs 1 .. ``fraction`` of the run (None: every one of them;
+    epoch 0 trains the host first; a one-epoch run grows at its start)."""
+    if epochs < 1 or (steps is not None and steps < 1) or not 0 < fraction <= 1:
         raise ValueError(f"a growth plan needs epochs >= 1, steps >= 1 and 0 < fraction <= 1 "
                          f"(got {epochs}, {steps}, {fraction})")
     last = min(epochs - 1, max(1, math.floor(epochs * fraction)))
     if last < 1:
         return GrowthPlan((0,), target_parameters)
-    if steps >= last:
+    if steps is None or steps >= last:
         return GrowthPlan(tuple(range(1, last + 1)), target_parameters)
     return GrowthPlan(tuple(sorted({1 + round(i * (last - 1) / (steps - 1)) if steps > 1 else last
                                     for i in range(steps)})), target_parameters)

@@ -6,8 +6,10 @@ the epochs of a ``GrowthPlan``. One growth round, gromo's own protocol (``Growin
 gather statistics over the training split with a summed loss (``init_computation``, forward, backward,
 ``update_computation``), ask every growable layer for its optimal new units (``compute_optimal_updates``
 with the method's flags, at most the units that fit in the quota), keep the layer whose first-order
-improvement is the largest among those that fit (``select_update``), choose the new units' scale by a
-line search on the training loss of the extended network (``extended_forward``), and ``apply_change``.
+improvement is the largest among those that fit (``select_update``), bring the new units' weights to
+the standard deviation of the layer's (``normalize_optimal_updates``, as gromo's own training runs do;
+without it, many units grown at once on a 2-D task barely trained), choose their scale by a line search
+on the training loss of the extended network (``extended_forward``), and ``apply_change``.
 Rounds repeat within an epoch until its quota is spent or gromo finds nothing more to add (the rank of
 its statistics bounds the units of one round: with 2-D inputs, about 3). Tolaria trains, evaluates and
 publishes the run as any other; only this module imports gromo.
@@ -134,6 +136,7 @@ class GromoGrower:
             growing[best].delete_update()
             model.currently_updated_layer_index = None
             return 0
+        growing[best].normalize_optimal_updates()  # new weights at the layer's scale, as gromo's own runs do
         model.set_scaling_factor(self._line_search(x, y))
         model.apply_change()
         return units

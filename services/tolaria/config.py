@@ -121,13 +121,13 @@ class ExperimentTag(_Strict):
 
 class PeerGrowthConfig(_Strict):
     """Set by ``esper experiment`` on its ``gromo`` arm: the MLP host is gromo's GrowingMLP, grown by gromo's
-    ``method`` at the start of ``steps`` epochs in the first ``fraction`` of the run, up to ``target_parameters``
-    (the adaptive arm's final count of the same seed). ``services/peers/`` holds the code."""
+    ``method`` at the start of ``steps`` epochs (default: every epoch) in the first ``fraction`` of the run, up to
+    ``target_parameters`` (the adaptive arm's final count of the same seed). ``services/peers/`` holds the code."""
 
     package: Literal["gromo"] = "gromo"
     method: Literal["tiny", "gradmax"] = "tiny"
     target_parameters: int = Field(ge=1)
-    steps: int = Field(default=4, ge=1, le=64)
+    steps: int | None = Field(default=None, ge=1)
     fraction: float = Field(default=0.5, gt=0, le=1)
 
 

@@ -28,6 +28,7 @@ BASE = parse_config({"name": "cb", "epochs": 6, "data": {"dataset": "checkerboar
 
 
 @pytest.mark.parametrize("epochs, steps, fraction, expected", [
+    (40, None, 0.5, tuple(range(1, 21))),  # the default: every epoch of the first half
     (40, 4, 0.5, (1, 7, 14, 20)),
     (40, 1, 0.5, (20,)),
     (6, 4, 0.5, (1, 2, 3)),  # fewer epochs in the first half than steps: every one of them
@@ -59,7 +60,7 @@ def test_unit_cost_is_what_a_unit_adds_to_the_mlp():
 
 
 def test_quotas_spend_the_budget_and_never_pass_it():
-    plan = plan_growth(40, 243)
+    plan = plan_growth(40, 243, 4)
     assert epoch_quota(plan, 0, 51) == 0 and epoch_quota(plan, 8, 51) == 0  # not a growth epoch
     assert epoch_quota(plan, 1, 51) == 48  # (243 - 51) / 4
     assert epoch_quota(plan, 20, 200) == 43  # the last growth epoch: all that is left
@@ -129,7 +130,8 @@ def test_the_gromo_arm_is_opt_in_and_sized_from_the_adaptive_arm():
         ordered_arms(["no_adapt", "gromo"])
     cfg = arm_config(BASE, "exp", "gromo", 2, Grown(202, ()))
     assert cfg.experiment and cfg.experiment.arm == "gromo" and cfg.seed == 2 and cfg.model == BASE.model
-    assert cfg.peer_growth and cfg.peer_growth.target_parameters == 202 and cfg.peer_growth.method == "tiny"
+    peer = cfg.peer_growth
+    assert peer and peer.target_parameters == 202 and peer.method == "tiny" and peer.steps is None
     assert cfg.seeds.target_layers == [] and not cfg.adaptation.enabled
     with pytest.raises(ConfigError, match="needs the adaptive arm"):
         arm_config(BASE, "exp", "gromo", 2, None)
