@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from services.core.errors import UsageError
-from services.tolaria.config import ARMS
+from services.tolaria.config import ARMS, DEFAULT_ARMS
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -55,13 +55,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def add_experiment_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="run a config's arms (adaptive, no_adapt, static_final, static_width) "
-                                          "over random seeds; each arm is a normal run")
+    p = sub.add_parser("experiment", help="run a config's arms (adaptive, no_adapt, static_final, static_width; "
+                                          "gromo on request) over random seeds; each arm is a normal run")
     p.add_argument("config", help="run config (YAML or JSON)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
                    help="random seeds (default: 0 1 2)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), metavar="ARM",
-                   help=f"arms to run (default: all): {', '.join(ARMS)}")
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), metavar="ARM",
+                   help=f"arms to run: {', '.join(ARMS)} (default: all but gromo, the gromo package's growth "
+                        "to the adaptive arm's parameter count)")
     p.add_argument("--experiment-id", help="name the experiment (default: NAME-TIMESTAMP); runs are ID-ARM-sSEED")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="a progress bar over the arms on stderr (default: when stderr is a terminal)")

@@ -108,14 +108,27 @@ class TelemetryConfig(_Strict):
     every_epochs: int = Field(default=1, ge=1, description="publish HealthSignals every n epochs (and at the end)")
 
 
-ARMS = ("adaptive", "no_adapt", "static_final", "static_width")
+ARMS = ("adaptive", "no_adapt", "static_final", "static_width", "gromo")
+DEFAULT_ARMS = ARMS[:4]  # gromo (a peer package) is opt-in: `--arms ... gromo`
 
 
 class ExperimentTag(_Strict):
     """Set by ``esper experiment`` on each arm's run: which experiment and arm the run is (its session says so)."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,56}$")
-    arm: Literal["adaptive", "no_adapt", "static_final", "static_width"]
+    arm: Literal["adaptive", "no_adapt", "static_final", "static_width", "gromo"]
+
+
+class PeerGrowthConfig(_Strict):
+    """Set by ``esper experiment`` on its ``gromo`` arm: the MLP host is gromo's GrowingMLP, grown by gromo's
+    ``method`` at the start of ``steps`` epochs (default: every epoch) in the first ``fraction`` of the run, up to
+    ``target_parameters`` (the adaptive arm's final count of the same seed). ``services/peers/`` holds the code."""
+
+    package: Literal["gromo"] = "gromo"
+    method: Literal["tiny", "gradmax"] = "tiny"
+    target_parameters: int = Field(ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    fraction: float = Field(default=0.5, gt=0, le=1)
 
 
 class ForkOrigin(_Strict):
@@ -152,6 +165,7 @@ class RunConfig(_Strict):
     )
     fork: ForkOrigin | None = Field(default=None, description="set by `esper run --fork`, not by hand")
     experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")
+    peer_growth: PeerGrowthConfig | None = Field(default=None, description="set by `esper experiment`'s gromo arm")
 
 
 class ConfigError(InputError):

@@ -52,6 +52,9 @@ def run_experiment(cfg: RunConfig, settings, seeds: Sequence[int], arms: Sequenc
                    progress: bool = True, on_arm: Callable[[ArmResult], None] | None = None) -> list[ArmResult]:
     """Every arm for every seed, seed by seed (adaptive first: the static arms are sized from it)."""
     order = ordered_arms(arms)
+    if "gromo" in order:  # before the first arm, not after an hour of them
+        from services.peers.gromo_arm import require_gromo
+        require_gromo()
     results: list[ArmResult] = []
     with progress_bar(f"experiment {experiment_id}", len(seeds) * len(order), progress) as advance:
         for seed in seeds:

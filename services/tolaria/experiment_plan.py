@@ -14,8 +14,10 @@ Per random seed, ``esper experiment`` runs up to four arms of one config, each a
   isolation, the GRAFTING alpha ramp, the counterfactual gate (which may cull them) and a frozen
   fossil: that is the adaptive arm with another schedule, not "the final architecture trained from scratch";
 * ``static_width``: the host's family (same depth, no seed slots) with every width scaled up
-  together until it has at least as many parameters as the adaptive arm's final network.
-The static arms need the adaptive arm of the same seed: they run after it.
+  together until it has at least as many parameters as the adaptive arm's final network;
+* ``gromo`` (opt-in): a peer. The MLP host, no seed slots, grown by the gromo package (TINY) up to
+  the adaptive arm's final parameter count (``services/peers/``), on the same data, split and epochs.
+The static arms and gromo need the adaptive arm of the same seed: they run after it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,19 @@ from dataclasses import dataclass
 
 from contracts import BlueprintArchitecture
 from contracts.blueprint_ir import DEPTH, WIDTH
-from services.tolaria.config import ARMS, BlockConfig, BranchConfig, ConfigError, ExperimentTag, ModelConfig, RunConfig
+from services.tolaria.config import (
+    ARMS,
+    BlockConfig,
+    BranchConfig,
+    ConfigError,
+    ExperimentTag,
+    ModelConfig,
+    PeerGrowthConfig,
+    RunConfig,
+)
 
 STATIC_ARMS = ("static_final", "static_width")
+SIZED_ARMS = (*STATIC_ARMS, "gromo")  # sized from the adaptive arm of the same seed
 MAX_WIDENING_STEPS = 4096
 
 
@@ -55,8 +67,8 @@ def ordered_arms(arms: Sequence[str]) -> list[str]:
         raise ConfigError(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
     if not arms:
         raise ConfigError(f"no arms given; arms: {', '.join(ARMS)}")
-    if any(a in STATIC_ARMS for a in arms) and "adaptive" not in arms:
-        raise ConfigError("static_final and static_width are sized from the adaptive arm: add the adaptive arm")
+    if any(a in SIZED_ARMS for a in arms) and "adaptive" not in arms:
+        raise ConfigError("static_final, static_width and gromo are sized from the adaptive arm: add the adaptive arm")
     return [a for a in ARMS if a in arms]
 
 
@@ -70,6 +82,14 @@ def arm_config(base: RunConfig, experiment_id: str, arm: str, seed: int, grown: 
         return cfg
     if grown is None:
         raise ConfigError(f"arm {arm} needs the adaptive arm's result")
+    if arm == "gromo":
+        if base.model.kind != "mlp" or base.model.branches or base.model.blocks:
+            raise ConfigError("the gromo arm grows plain MLP hosts (no static branches or blocks); "
+                              f"this config's host is a {base.model.kind}")
+        return cfg.model_copy(update={
+            "seeds": base.seeds.model_copy(update={"target_layers": []}),
+            "adaptation": base.adaptation.model_copy(update={"enabled": False}),
+            "peer_growth": PeerGrowthConfig(target_parameters=grown.parameter_count)})
     if arm == "static_final":
         model = final_model(base.model, grown.fossils)
     else:

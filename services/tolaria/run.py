@@ -11,9 +11,11 @@ that did reach the log are found by reading the log back and are not published a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -175,8 +177,16 @@ class _RunLoop:
     def _epoch(self, epoch: int, pending: list[Delivered]) -> tuple[float, list[Delivered]]:
         trainer = self.setup.trainer
         torch.manual_seed(self.cfg.seed * 7919 + epoch)  # same randomness whether resumed or not
+        grower, growing_s = self.setup.grower, 0.0
+        if grower is not None:
+            started = time.perf_counter()
+            if grower.before_epoch(epoch, trainer.train_split.x, trainer.train_split.y):
+                trainer.rebuild_optimizer()  # the grown layers are new parameters
+            growing_s = time.perf_counter() - started
         lr = trainer.set_epoch_lr(epoch)
         stats = trainer.train_epoch(epoch, self.reporter.batch_callback(epoch))
+        if growing_s:  # a peer's growth is part of its training time (epoch_seconds), as a seed's training pass is
+            stats = dataclasses.replace(stats, seconds=stats.seconds + growing_s)
         val_loss, val_acc = trainer.evaluate("val")
         if not (math.isfinite(stats.train_loss) and math.isfinite(val_loss)):
             # Nothing of this epoch can be reported (the contracts refuse non-finite numbers), nor trained on.

@@ -39,7 +39,7 @@ def count(model: ModelConfig) -> int:
 def test_arms_run_adaptive_first_and_bad_lists_are_one_line():
     assert ordered_arms(["static_width", "no_adapt", "adaptive"]) == ["adaptive", "no_adapt", "static_width"]
     with pytest.raises(ConfigError, match="unknown arm"):
-        ordered_arms(["adaptive", "gromo"])
+        ordered_arms(["adaptive", "nope"])
     with pytest.raises(ConfigError, match="add the adaptive arm"):
         ordered_arms(["no_adapt", "static_final"])
 
@@ -166,7 +166,9 @@ def test_relative_to_the_best_static_arm_with_no_more_parameters():
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--arms", "adaptive", "gromo"], 1, "unknown arm(s) gromo; arms: adaptive, no_adapt, static_final, static_width"),
+    (["--arms", "adaptive", "nope"], 1,
+     "unknown arm(s) nope; arms: adaptive, no_adapt, static_final, static_width, gromo"),
+    (["--arms", "gromo"], 1, "sized from the adaptive arm: add the adaptive arm"),
     (["--arms", "static_width"], 1, "sized from the adaptive arm: add the adaptive arm"),
     (["--seeds", "1", "1"], 2, "--seeds must be distinct non-negative integers"),
     (["--experiment-id", "a b"], 1, "experiment id 'a b' must be 1-56 letters"),

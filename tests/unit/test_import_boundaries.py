@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"contracts", "services.core", "services.oona"}
-COMPONENTS = {"blueprints", "kasmina", "tolaria", "tamiyo", "karn", "tezzeret", "urabrask", "urza", "nissa"}
+COMPONENTS = {"blueprints", "kasmina", "tolaria", "tamiyo", "karn", "tezzeret", "urabrask", "urza", "nissa", "peers"}
 ALLOWED: dict[str, set[str]] = {
     "contracts": set(),
     "services.core": set(),
@@ -32,7 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "services.urabrask": BASE | {"services.blueprints", "services.urza"},
     "services.tezzeret": BASE | {"services.blueprints", "services.urza"},
     "services.karn": BASE | {"services.blueprints", "services.urza"},
-    "services.tolaria": BASE | {"services.blueprints", "services.kasmina", "services.urza"},
+    "services.peers": BASE,  # other projects' growth (gromo), imported lazily by Tolaria for a peer arm
+    "services.tolaria": BASE | {"services.blueprints", "services.kasmina", "services.urza", "services.peers"},
     "services.tamiyo": BASE | {"services.urza"},
     "services.nissa": BASE | {"services.tamiyo"},  # only replay_api, lazily: checked below
     "services.bench": BASE | {f"services.{c}" for c in COMPONENTS},
