@@ -21,3 +21,8 @@ class TrainingSessionEvent(Contract):
     experiment_arm: str | None = Field(
         default=None, max_length=40, description="adaptive, no_adapt, static_final or static_width"
     )
+    # v5: the Tamiyo policy version this run asks to be decided by (`esper run --policy VERSION`, config key
+    # ``policy_version``); None: the promoted one (see services/tamiyo/policy_registry.py).
+    policy_version: str | None = Field(
+        default=None, max_length=100, description="Tamiyo policy version that decides this run; None: the promoted one"
+    )

@@ -102,7 +102,7 @@ def payload_for(spec: TopicSpec):
     name = spec.payload.__name__
     if name == "TrainingSessionEvent":
         return TrainingSessionEvent(session=training_session(), final_validation_accuracy=1.0,
-                                    experiment_id="exp-1", experiment_arm="adaptive")
+                                    experiment_id="exp-1", experiment_arm="adaptive", policy_version="gnn-0123456789ab")
     if name == "HealthSignal":
         return health_signal()
     if name == "EpochCompleted":
