@@ -85,13 +85,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if args.resume:
-        if args.config or args.no_adapt or args.run_id:
-            raise UsageError("--resume RUN_ID takes no CONFIG, --run-id or --no-adapt (they come from the checkpoint)")
+        if args.config or args.no_adapt or args.run_id or args.policy:
+            raise UsageError("--resume RUN_ID takes no CONFIG, --run-id, --no-adapt or --policy (they come from the "
+                             "checkpoint)")
         result = resume_run(args.resume, settings, progress=not args.quiet)
     else:
         if not args.config:
             raise UsageError("a CONFIG file is required (or --resume RUN_ID)")
         cfg = load_config(args.config)
+        if args.policy:
+            cfg = cfg.model_copy(update={"policy_version": args.policy})
+        if cfg.policy_version:
+            from services.cli.tamiyo_commands import check_policy_version
+
+            check_policy_version(settings, cfg.policy_version)
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
     print(
         f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
@@ -258,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="name the run (default: NAME-TIMESTAMP-XXXX)")
     p.add_argument("--no-adapt", action="store_true", help="baseline: same config, seeds stay dormant")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    p.add_argument("--policy", metavar="VERSION", help="the Tamiyo policy version that decides the run (config "
+                                                      "key policy_version; default: the promoted one; see esper "
+                                                      "policy list)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=_cmd_run)
 

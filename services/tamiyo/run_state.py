@@ -91,6 +91,9 @@ class RunState:
     health_per_epoch: Counter = field(default_factory=Counter)
     transitions_per_epoch: Counter = field(default_factory=Counter)
     slots: frozenset[tuple[int, int]] = frozenset()
+    # The policy version that decides the run: the one its session names, else the one that made its first
+    # decision (``decider.record``), so that a promotion does not change the policy of a run in progress.
+    policy_version: str | None = None
     # Tamiyo's own side: epochs decided and the commands it issued.
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
@@ -127,6 +130,8 @@ class RunState:
 
     # -- folding events ------------------------------------------------------------------------
     def apply_session(self, event: TrainingSessionEvent) -> None:
+        if event.policy_version:
+            self.policy_version = event.policy_version
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)

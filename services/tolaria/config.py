@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contracts import BlueprintArchitecture
+from contracts.policies import POLICY_VERSION_PATTERN
 from services.core.config_files import read_document
 from services.core.errors import InputError
 
@@ -134,6 +135,8 @@ class RunConfig(_Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     checkpoint_every_epochs: int = Field(default=1, ge=1)
     experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")
+    # The Tamiyo policy version that decides this run (`esper policy list`); None: the promoted one.
+    policy_version: str | None = Field(default=None, pattern=POLICY_VERSION_PATTERN)
 
 
 class ConfigError(InputError):

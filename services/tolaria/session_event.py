@@ -58,4 +58,4 @@ def session_event(run_id: str, cfg: RunConfig, setup: TrainingSetup, adapt: bool
     tag = cfg.experiment
     return TrainingSessionEvent(session=session, error=error, final_validation_accuracy=final_val,
                                 final_test_accuracy=final_test, experiment_id=tag.id if tag else None,
-                                experiment_arm=tag.arm if tag else None)
+                                experiment_arm=tag.arm if tag else None, policy_version=cfg.policy_version)
