@@ -122,7 +122,7 @@ def _policy_on_the_bus(args: argparse.Namespace) -> int:
     from contracts import PolicyPromoted
     from services.core.errors import UsageError
     from services.tamiyo.policy_registry import published_record
-    from services.tamiyo.policy_store import load_policy
+    from services.tamiyo.policy_store import PolicyError, load_policy
     from services.tamiyo.policy_topics import promote_policy, publish_policy
 
     if args.action == "publish":
@@ -140,7 +140,7 @@ def _policy_on_the_bus(args: argparse.Namespace) -> int:
         registry = _registry(settings, codec)
         problem = registry.why_not(args.path)
         if problem is not None:
-            raise UsageError(f"cannot promote: {problem} (see esper policy list)")
+            raise PolicyError(f"cannot promote: {problem} (see esper policy list)")
         promote_policy(settings.kafka, codec, PolicyPromoted(version=args.path, reason=args.reason[:1000]))
         print(f"policy {args.path} promoted: it decides every run that names no version, from the next run on")
         return 0
@@ -158,17 +158,18 @@ def _policy_on_the_bus(args: argparse.Namespace) -> int:
 
 
 def check_policy_version(settings, version: str) -> None:
-    """``esper run --policy VERSION``: UsageError in one line unless every Tamiyo can decide with ``version``."""
+    """``esper run --policy VERSION``: one line (InputError, PolicyError) unless Tamiyo can decide with it."""
     import re
 
     from contracts.policies import POLICY_VERSION_PATTERN
-    from services.core.errors import UsageError
+    from services.core.errors import InputError
     from services.oona.admin import wait_for_broker
     from services.oona.codec import make_codec
+    from services.tamiyo.policy_store import PolicyError
 
     if not re.fullmatch(POLICY_VERSION_PATTERN, version):
-        raise UsageError(f"policy version {version!r} is not one (gnn- and 12 hex digits; see esper policy list)")
+        raise InputError(f"policy version {version!r} is not one (gnn- and 12 hex digits; see esper policy list)")
     wait_for_broker(settings.kafka)
     problem = _registry(settings, make_codec(settings.kafka.schema_registry_url)).why_not(version)
     if problem is not None:
-        raise UsageError(f"{problem}; see esper policy list")
+        raise PolicyError(f"{problem}; see esper policy list")

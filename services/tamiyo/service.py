@@ -11,6 +11,10 @@
   a forgotten run) or dead-lettered with a reason (unusable, an event id conflict, no session
   within ``orphan_timeout_s``); an undecodable record on our own decisions topic is dead-lettered
   once and skipped (``decision_log``). Deciding never raises (``decider``).
+- Policies: every instance follows ``library.policies`` and ``library.policy.promotions`` (``policy_topics``,
+  ``policy_registry``) and decides each run with the version the run names, else the one promoted when the run
+  was first decided; a version it cannot load answers the epoch with a ``no_op`` saying why. A refused policy
+  record is dead-lettered once, by the instance holding run partition 0 (``_dead_letter_policies``).
 - Memory: runs are forgotten when done or failed (``run_state``); a failed run resumed after it
   was forgotten makes the instance rebuild, since its history is needed to decide again.
 - Each batch that decides is one Kafka transaction: decisions, commands, dead letters and the
@@ -154,6 +158,8 @@ class Tamiyo:
         self._examined: dict[int, int] = {}  # decisions partition -> offset examined (committed) before
         self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
         self._rebuild = False
+        self._partitions: list[int] = []  # the run partitions assigned (0: this instance dead-letters policies)
+        self._policies_examined = 0  # library.policies' offset below which unusable records were dead-lettered
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
         self.processor = ExactlyOnceProcessor(
@@ -184,6 +190,7 @@ class Tamiyo:
         self._reset(sorted({tp.partition for tp in partitions}))
 
     def _reset(self, partitions: list[int]) -> None:
+        self._partitions = partitions
         self.runs = Runs()
         self.orphans.clear()
         self._held.clear()
@@ -212,6 +219,9 @@ class Tamiyo:
         ends = end_offsets(clients.admin(self.settings), wanted) if wanted else {}
         self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
                                           partitions)
+        if 0 in partitions:
+            self._policies_examined = examined_offsets(self.settings, self.processor.consumer.group_id,
+                                                       self.policies.published_topic, [0]).get(0, 0)
         self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
         self.past_decisions = 0
         self.load_steps = []
@@ -373,6 +383,7 @@ class Tamiyo:
                 self.processor.producer.send_offsets_to_transaction(
                     [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
                     self.processor.consumer.group_metadata())
+            self._dead_letter_policies()
         yield from self._handle_held()
         if batch or self._loading is not None or self._reload is not None or self._held:
             return
@@ -386,6 +397,21 @@ class Tamiyo:
             del self.orphans[run_id]
         for run_id in self.runs.forget_failed():
             log.info("tamiyo instance=%s forgot failed run_id=%s", self.instance, run_id)
+
+    def _dead_letter_policies(self) -> None:
+        """The ``library.policies`` records refused since the last batch, dead-lettered once for the group: by
+        the instance holding run partition 0, with the offset it examined up to committed in the same transaction
+        (a restarted or newly assigned holder starts from that offset, as for our own decisions topic)."""
+        if 0 not in self._partitions:
+            return  # another instance of the group dead-letters them
+        for offset, msg, reason, kind in self.policies.unusable:
+            if offset >= self._policies_examined:
+                self.processor.consumer.reject_raw(msg, f"tamiyo: {reason}", kind)
+        if self.policies.read_to > self._policies_examined:
+            self._policies_examined = self.policies.read_to
+            self.processor.producer.send_offsets_to_transaction(
+                [TopicPartition(self.policies.published_topic, 0, self._policies_examined)],
+                self.processor.consumer.group_metadata())
 
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> int:

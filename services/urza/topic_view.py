@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
@@ -25,6 +26,15 @@ from services.oona.topic_registry import TopicSpec
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ViewRecord:
+    """A record read: its message as read, and its event (None when it did not decode; ``failure`` says why)."""
+
+    raw: Message
+    message: OonaMessage | None
+    failure: str | None = None
+
+
 class TopicView:
     def __init__(self, settings: KafkaSettings, codec: Codec, spec: TopicSpec) -> None:
         self.codec = codec
@@ -37,21 +47,34 @@ class TopicView:
 
     def poll(self, timeout_s: float = 0.2) -> list[OonaMessage]:
         """Read what arrived; returns the new messages (undecodable ones are skipped)."""
+        return [r.message for r in self.read(timeout_s) if r.message is not None]
+
+    def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
+        """Read at least up to the end the topic had when this view was opened."""
+        return [r.message for r in self.read_to_end(timeout_s) if r.message is not None]
+
+    def read(self, timeout_s: float = 0.2) -> list[ViewRecord]:
+        """What arrived, each record with its event or why it has none (tombstones are left out)."""
         new = []
         for msg in self._consumer.consume(1000, timeout_s):
             if msg.error() is not None or msg.value() is None:
                 continue
-            message = decode_or_skip(self.codec, self.spec, msg)
-            if message is not None:
-                new.append(message)
+            try:
+                new.append(ViewRecord(msg, self.codec.decode(self.spec, msg.value())))
+            except Exception as exc:
+                if not is_record_failure(exc):
+                    raise
+                log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
+                            msg.topic(), msg.partition(), msg.offset(), failure_reason(exc))
+                new.append(ViewRecord(msg, None, failure_reason(exc)))
         return new
 
-    def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
-        """Read at least up to the end the topic had when this view was opened."""
+    def read_to_end(self, timeout_s: float = 30.0) -> list[ViewRecord]:
+        """``read`` at least up to the end the topic had when this view was opened."""
         deadline = time.monotonic() + timeout_s
         new = []
         while time.monotonic() < deadline:
-            new += self.poll(0.2)
+            new += self.read(0.2)
             self._progress.advance(self._consumer)
             if self._progress.done:
                 break

@@ -12,13 +12,17 @@ import torch
 
 from contracts import AdaptationType, CommandAction, PolicyPromoted, TopicName
 from services.oona.codec import SingleObjectCodec
+from services.oona.producer import OonaProducer
+from services.oona.topic_registry import topic_spec
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.policy_registry import PolicyRegistry, published_record
-from services.tamiyo.policy_store import INITIAL_POLICY, PolicyRecord, load_policy
+from services.tamiyo.policy_store import INITIAL_POLICY, PolicyRecord, load_policy, save_policy
 from services.tamiyo.policy_topics import load_registry, promote_policy, publish_policy
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
+from tests.esper_cli import esper_env, run_esper
 from tests.integration.test_tamiyo import EXAMPLE, publish_slot_kernels, run_messages, tamiyo_running
+from tests.integration.test_tamiyo_totality import dead_letters, header
 from tests.waiting import wait_until
 
 
@@ -33,6 +37,7 @@ def leaning(adapt_bias: float) -> tuple[TamiyoPolicy, PolicyRecord]:
 
 def test_runs_are_decided_by_the_versions_they_name_and_a_restart_rebuilds_them(esper_settings):
     kafka, codec = esper_settings.kafka, SingleObjectCodec()
+    policies_topic = topic_spec(TopicName.LIBRARY_POLICIES.value, kafka.topic_prefix).name
     publish_slot_kernels(kafka, [2], [8])
     grows, idles = published_record(*leaning(30.0)), published_record(*leaning(-30.0))
     for policy_record in (grows, idles):
@@ -40,6 +45,9 @@ def test_runs_are_decided_by_the_versions_they_name_and_a_restart_rebuilds_them(
     bad = grows.model_copy(update={"version": "gnn-0000000000ba", "artifact": b"\x00" * 64,
                                    "checksum": hashlib.sha256(b"\x00" * 64).hexdigest()})
     publish_policy(kafka, codec, bad)  # decodes, but its artifact is no policy: refused, and Tamiyo goes on
+    producer = OonaProducer(kafka, codec)
+    producer.produce_raw(policies_topic, b"\x00not avro at all", b"garbage")  # does not decode: refused too
+    producer.flush()
     promote_policy(kafka, codec, PolicyPromoted(version=idles.version, reason="test"))
     cfg = load_config(EXAMPLE).model_copy(update={"epochs": 3})
     suffix = uuid.uuid4().hex[:6]
@@ -54,6 +62,12 @@ def test_runs_are_decided_by_the_versions_they_name_and_a_restart_rebuilds_them(
         start_run(cfg, esper_settings, run_id=unnamed, progress=False)
         start_run(cfg.model_copy(update={"policy_version": "gnn-00000000dead"}), esper_settings, run_id=unknown,
                   progress=False)
+
+    # Both unusable records are dead-lettered with their reasons, once.
+    refused = [(header(m, "esper.dlq.group"), header(m, "esper.dlq.reason")) for m in dead_letters(kafka)
+               if header(m, "esper.dlq.topic") == policies_topic]
+    assert len(refused) == 2 and {group for group, _ in refused} == {f"{kafka.topic_prefix}tamiyo"}, refused
+    assert any("corrupt weights" in reason for _, reason in refused), refused
 
     decisions = {run: run_messages(kafka, TopicName.CONTROL_TAMIYO_DECISIONS, run) for run in (named, unnamed, unknown)}
     assert {d.epoch for d in decisions[named]} == set(range(cfg.epochs))
@@ -81,6 +95,27 @@ def test_runs_are_decided_by_the_versions_they_name_and_a_restart_rebuilds_them(
         {grows.version}
     assert {d.policy_version for d in run_messages(kafka, TopicName.CONTROL_TAMIYO_DECISIONS, unnamed)} == \
         {idles.version}
+    assert len([m for m in dead_letters(kafka) if header(m, "esper.dlq.topic") == policies_topic]) == 2  # not again
     # What `esper policy list` reads is the same fold.
     listed = load_registry(kafka, codec, PolicyRegistry(*load_policy(INITIAL_POLICY)))
     assert listed.promoted == grows.version and bad.version in listed.refused
+
+
+def test_esper_policy_publish_list_promote_and_run_policy_on_the_bus(esper_settings, tmp_path):
+    """The commands a user types: publish a policy file, list, promote; an unknown version is one line, exit 1."""
+    env = esper_env(ESPER_KAFKA__BOOTSTRAP_SERVERS=esper_settings.kafka.bootstrap_servers,
+                    ESPER_KAFKA__TOPIC_PREFIX=esper_settings.kafka.topic_prefix, ESPER_STATE_DIR=str(tmp_path))
+    policy, record = leaning(30.0)
+    path = save_policy(policy, tmp_path / "policies", record.trained_on)
+    published = run_esper("policy", "publish", str(path), env=env)
+    assert published.returncode == 0 and f"policy {record.version} published" in published.stdout, published.stderr
+    promoted = run_esper("policy", "promote", record.version, "--reason", "it grows", env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    listed = run_esper("policy", "list", env=env)
+    rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[1:] if len(line.split()) > 1}
+    assert rows.get(record.version) == "promoted" and rows.get(load_policy(INITIAL_POLICY)[1].version) == "shipped"
+    for args, fragment in ((("policy", "promote", "gnn-00000000dead"), "is not on library.policies"),
+                           (("run", str(EXAMPLE), "--policy", "gnn-00000000dead"), "is not on library.policies")):
+        result = run_esper(*args, env=env)
+        assert result.returncode == 1 and fragment in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
