@@ -43,6 +43,7 @@ from contracts.envelope import OonaMessage, deterministic_event_id, new_event_id
 from contracts.innovation import BlueprintSubmitted, FieldReport
 from contracts.kernels import CompiledKernel, KernelCharacterized, KernelMetadata, KernelReady
 from contracts.lifecycle import TrainingSessionEvent
+from contracts.policies import PolicyPromoted, PolicyPublished
 from contracts.seed_identity import SeedId, layer_id_for_path, validate_seed_id
 from contracts.telemetry import EpochCompleted, HealthSignal, SystemStatePacket
 from contracts.topics import TopicName
@@ -78,6 +79,8 @@ __all__ = [
     "ModelSpec",
     "OonaMessage",
     "OpSpec",
+    "PolicyPromoted",
+    "PolicyPublished",
     "Seed",
     "SeedId",
     "SeedSlotRef",

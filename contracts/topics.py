@@ -17,6 +17,8 @@ class TopicName(str, Enum):
     VALIDATION_KERNEL_CHARACTERIZED = "validation.kernel.characterized"
     INNOVATION_FIELD_REPORTS = "innovation.field_reports"
     LIBRARY_KERNELS = "library.kernels"
+    LIBRARY_POLICIES = "library.policies"
+    LIBRARY_POLICY_PROMOTIONS = "library.policy.promotions"
     DLQ = "esper.dlq"
     # The schema log: every writer schema, published before its first use (internal, not an event topic).
     SCHEMAS = "_esper_schemas"

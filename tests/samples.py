@@ -27,6 +27,8 @@ from contracts import (
     ModelSpec,
     OonaMessage,
     OpSpec,
+    PolicyPromoted,
+    PolicyPublished,
     Seed,
     SeedState,
     SeedTransition,
@@ -106,7 +108,7 @@ def payload_for(spec: TopicSpec):
                                     experiment_id="exp-1", experiment_arm="adaptive",
                                     parent_run_id="run-parent", fork_epoch=4,
                                     parent_log_position={"training.sessions:0": 12, "system.events.epoch:0": 5},
-                                    policy_version="policy-2")
+                                    policy_version="gnn-0123456789ab")
     if name == "HealthSignal":
         return health_signal()
     if name == "EpochCompleted":
@@ -163,6 +165,14 @@ def payload_for(spec: TopicSpec):
             kernel_id="k-1", blueprint_id="bp-x", binary_ref="inline", metadata=kernel_metadata(),
             artifact=b"\x00\x01weights", created_at=T0, architecture=blueprint().architecture,
         )
+    if name == "PolicyPublished":
+        return PolicyPublished(
+            version="gnn-0123456789ab", hidden=32, layers=3, features=["a", "b"], families=["mlp", "width"],
+            trained_on="runs r1,r2", metrics={"samples": 12.0}, created_at=T0, checksum=CHECKSUM,
+            artifact=b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+        )
+    if name == "PolicyPromoted":
+        return PolicyPromoted(version="gnn-0123456789ab", promoted_by="tests", reason="better", promoted_at=T0)
     raise KeyError(name)
 
 

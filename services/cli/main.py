@@ -80,6 +80,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from services.cli.settings import load_settings
+    from services.cli.tamiyo_commands import check_policy_version
     from services.tolaria.config import load_config, parse_config
     from services.tolaria.fork import ForkRequest
     from services.tolaria.run import fork_run, resume_run, start_run
@@ -97,6 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif args.fork:
         if args.config or args.at_epoch is None:
             raise UsageError("--fork RUN_ID takes --at-epoch K and no CONFIG (the config is the parent's)")
+        if args.policy is not None:
+            check_policy_version(settings, args.policy)
         request = ForkRequest(args.fork, args.at_epoch, no_adapt=args.no_adapt, policy_version=args.policy,
                               epochs=args.epochs)
         result = fork_run(request, settings, run_id=args.run_id, progress=not args.quiet)
@@ -105,7 +108,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("a CONFIG file is required (or --resume RUN_ID, or --fork RUN_ID --at-epoch K)")
         cfg = load_config(args.config)
         if args.policy is not None:
+            check_policy_version(settings, args.policy)
             cfg = parse_config({**cfg.model_dump(mode="json"), "policy_version": args.policy}, "--policy")
+        elif cfg.policy_version is not None:
+            check_policy_version(settings, cfg.policy_version)
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
     print(
         f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "

@@ -20,6 +20,8 @@ from contracts import (
     KernelCharacterized,
     KernelReady,
     OonaMessage,
+    PolicyPromoted,
+    PolicyPublished,
     SeedTransition,
     TopicName,
     TrainingSessionEvent,
@@ -27,7 +29,7 @@ from contracts import (
 from contracts.published_schema import PublishedSchema
 from services.core.errors import UnknownTopicError
 
-KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "source", "fingerprint"]
+KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "version", "source", "fingerprint"]
 
 # Run-scoped topics are co-partitioned (same partition count, keyed by run_id with the same
 # partitioner), so a run's events land on the same partition number of every topic and a
@@ -82,6 +84,12 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(TopicName.VALIDATION_KERNEL_CHARACTERIZED.value, KernelCharacterized, "kernel_id", configs=_DATA),
     TopicSpec(TopicName.INNOVATION_FIELD_REPORTS.value, FieldReport, "run_id", configs=_DATA),
     TopicSpec(TopicName.LIBRARY_KERNELS.value, CompiledKernel, "kernel_id", partitions=1, compacted=True,
+              configs=_DATA),
+    # Tamiyo's policy versions and their promotions (services/tamiyo/policy_registry.py): every instance reads
+    # both whole, so each knows every version and which one is promoted.
+    TopicSpec(TopicName.LIBRARY_POLICIES.value, PolicyPublished, "version", partitions=1, compacted=True,
+              configs=_DATA),
+    TopicSpec(TopicName.LIBRARY_POLICY_PROMOTIONS.value, PolicyPromoted, "version", partitions=1, compacted=True,
               configs=_DATA),
     TopicSpec(
         TopicName.DLQ.value,

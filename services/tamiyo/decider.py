@@ -276,12 +276,7 @@ class Decider:
 
     def _fallback(self, run: RunState, epoch: int, reason: str) -> Action:
         """A ``no_op`` built from nothing but the run and the epoch (when the graph itself failed)."""
-        decision = AdaptationDecision(
-            decision_id=deterministic_event_id(run.run_id, "decision", epoch, IDLE_INDEX), layer_name="-",
-            adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
-            policy_version=self.policy_version, reason=reason[:1000], catalog_positions=self._positions(),
-        )
-        return Action(decision, None)
+        return idle_action(run.run_id, epoch, self.policy_version, reason, self._positions())
 
     def _positions(self) -> list[CatalogPosition]:
         try:
@@ -289,6 +284,18 @@ class Decider:
         except Exception:  # the fallback must not fail: a decision without positions replays with the whole catalogue
             log.exception("the catalogue's positions are not readable")
             return []
+
+
+def idle_action(run_id: str, epoch: int, policy_version: str, reason: str,
+                positions: list[CatalogPosition] | None = None) -> Action:
+    """A ``no_op`` built from nothing but the run, the epoch and the version that was to decide (when the graph
+    itself failed, or that version cannot be loaded); ``positions``: the catalogue's, when one was at hand."""
+    decision = AdaptationDecision(
+        decision_id=deterministic_event_id(run_id, "decision", epoch, IDLE_INDEX), layer_name="-",
+        adaptation_type=AdaptationType.NO_OP, confidence=0.0, urgency=0.0, epoch=epoch,
+        policy_version=policy_version[:100], reason=reason[:1000], catalog_positions=positions or [],
+    )
+    return Action(decision, None)
 
 
 def _slot_mask(graph: GraphView, slots: Iterable[Issued | KasminaCommand]) -> np.ndarray:
@@ -309,6 +316,8 @@ def _unit(value: float) -> float:
 def record(run: RunState, decision: AdaptationDecision) -> None:
     """Fold one of our decisions (just made, or read back from the log) into the run's state."""
     run.decided.add(decision.epoch)
+    if run.policy_version is None and decision.policy_version:
+        run.policy_version = decision.policy_version
     command_id, action = decision.command_id, decision.action
     if command_id and action and decision.layer_id is not None and decision.seed_idx is not None:
         if all(i.command_id != command_id for i in run.issued):

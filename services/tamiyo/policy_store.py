@@ -13,9 +13,10 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
+from torch import Tensor
 
 from services.core.errors import EsperError
 from services.core.paths import INITIAL_POLICY
@@ -25,7 +26,7 @@ from services.tamiyo.policy import TamiyoPolicy
 
 
 class PolicyError(EsperError):
-    """A policy file that cannot be used (missing, corrupt, or built for other features)."""
+    """A policy that cannot be used (missing, corrupt, built for other features, or not what its record declares)."""
 
 
 class PolicyRecord(BaseModel):
@@ -53,8 +54,7 @@ def save_policy(policy: TamiyoPolicy, directory: Path, trained_on: str, metrics:
         trained_on=trained_on, metrics=metrics or {},
     )
     stem = name or version
-    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    save_file(state, str(directory / f"{stem}.safetensors"), metadata={"version": version})
+    (directory / f"{stem}.safetensors").write_bytes(policy_artifact(policy))
     path = directory / f"{stem}.json"
     path.write_text(record.model_dump_json(indent=2) + "\n")
     return path
@@ -71,20 +71,54 @@ def load_policy(path: str | Path = INITIAL_POLICY) -> tuple[TamiyoPolicy, Policy
         raise PolicyError(f"policy {path}: {meta_path.name} not found") from None
     except (ValueError, ValidationError) as exc:
         raise PolicyError(f"policy {path}: corrupt metadata ({str(exc).splitlines()[0]})") from None
-    if record.features != list(FEATURES) or record.families != list(FAMILIES):
-        raise PolicyError(f"policy {path} was built for other features or blueprint families; retrain it")
     try:
-        state = load_file(str(weights_path))
+        data = weights_path.read_bytes()
     except FileNotFoundError:
         raise PolicyError(f"policy {path}: {weights_path.name} not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
+    except OSError as exc:
         raise PolicyError(f"policy {path}: corrupt weights ({exc})") from None
-    policy = TamiyoPolicy(len(FEATURES), hidden=record.hidden, layers=record.layers, blueprints=len(FAMILIES))
-    try:
-        policy.load_state_dict(state)
-    except RuntimeError as exc:
-        raise PolicyError(f"policy {path}: weights do not match its metadata ({str(exc).splitlines()[0]})") from None
-    if policy.version() != record.version:
-        raise PolicyError(f"policy {path}: weights hash to {policy.version()}, metadata says {record.version}")
-    policy.eval()
+    policy = policy_from_artifact(data, version=record.version, hidden=record.hidden, layers=record.layers,
+                                  features=record.features, families=record.families, where=f"policy {path}")
     return policy, record
+
+
+def policy_artifact(policy: TamiyoPolicy) -> bytes:
+    """The policy's weights as safetensors bytes (named raw tensors: nothing in them is executed on loading)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
+    return save(state, metadata={"version": policy.version()})
+
+
+def policy_from_artifact(data: bytes, *, version: str, hidden: int, layers: int, features: list[str],
+                         families: list[str], where: str) -> TamiyoPolicy:
+    """The policy whose weights are ``data`` (safetensors bytes, from a file or off the bus), checked against the
+    declared architecture and version before it is believed; PolicyError (one line, prefixed ``where``) if not."""
+    if features != list(FEATURES) or families != list(FAMILIES):
+        raise PolicyError(f"{where} was built for other features or blueprint families; retrain it")
+    try:
+        state = load(bytes(data))
+    except Exception as exc:  # whatever the parser of untrusted bytes raised: a reason, never a crash
+        raise PolicyError(f"{where}: corrupt weights ({type(exc).__name__}: {str(exc)[:200]})") from None
+    policy = TamiyoPolicy(len(FEATURES), hidden=hidden, layers=layers, blueprints=len(FAMILIES))
+    problem = _architecture_problem(policy.state_dict(), state)
+    if problem is not None:
+        raise PolicyError(f"{where}: weights do not match its declared architecture "
+                          f"(hidden {hidden}, {layers} layers): {problem}")
+    policy.load_state_dict(state)
+    if policy.version() != version:
+        raise PolicyError(f"{where}: weights hash to {policy.version()}, metadata says {version}")
+    policy.eval()
+    return policy
+
+
+def _architecture_problem(expected: dict[str, Tensor], got: dict[str, Tensor]) -> str | None:
+    """Why ``got`` is not a state dict of the declared architecture (names, shapes, float32, finite), or None."""
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    if missing or unexpected:
+        return f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+    for name, tensor in expected.items():
+        value = got[name]
+        if value.shape != tensor.shape or value.dtype != tensor.dtype:
+            return f"{name} is {value.dtype} {list(value.shape)}, expected {tensor.dtype} {list(tensor.shape)}"
+        if not bool(torch.isfinite(value).all()):
+            return f"{name} holds non-finite values"
+    return None

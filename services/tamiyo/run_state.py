@@ -96,6 +96,9 @@ class RunState:
     # not the fork's, holds when). A run that is no fork starts at 0 with every seed dormant.
     first_epoch: int = 0
     fork_states: dict[tuple[int, int], tuple[SeedState, int]] = field(default_factory=dict)
+    # The policy version that decides the run: the one its session names, else the one that made its first
+    # decision (``decider.record``), so that a promotion does not change the policy of a run in progress.
+    policy_version: str | None = None
     # Tamiyo's own side: epochs decided and the commands it issued.
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
@@ -136,6 +139,8 @@ class RunState:
             self.first_epoch = event.fork_epoch + 1
             self.fork_states = {(s.layer_id, s.seed_idx): (s.state, event.fork_epoch)
                                 for s in event.session.seeds if s.state is not SeedState.DORMANT}
+        if event.policy_version:
+            self.policy_version = event.policy_version
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)

@@ -11,6 +11,10 @@
   a forgotten run) or dead-lettered with a reason (unusable, an event id conflict, no session
   within ``orphan_timeout_s``); an undecodable record on our own decisions topic is dead-lettered
   once and skipped (``decision_log``). Deciding never raises (``decider``).
+- Policies: every instance follows ``library.policies`` and ``library.policy.promotions`` (``policy_topics``,
+  ``policy_registry``) and decides each run with the version the run names, else the one promoted when the run
+  was first decided; a version it cannot load answers the epoch with a ``no_op`` saying why. A refused policy
+  record is dead-lettered once, by the instance holding run partition 0 (``_dead_letter_policies``).
 - Memory: runs are forgotten when done or failed (``run_state``); a failed run resumed after it
   was forgotten makes the instance rebuild, since its history is needed to decide again.
 - Each batch that decides is one Kafka transaction: decisions, commands, dead letters and the
@@ -44,11 +48,13 @@ from services.oona.messages import position_of
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
 from services.oona.transactions import ExactlyOnceProcessor, Output
-from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
+from services.tamiyo.decider import Action, Candidate, Decider, family_of, idle_action, record
 from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
 from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
 from services.tamiyo.policy import use_inference_threads
-from services.tamiyo.policy_store import INITIAL_POLICY, load_policy
+from services.tamiyo.policy_registry import POLICIES_KEPT_LOADED, PolicyRegistry
+from services.tamiyo.policy_store import INITIAL_POLICY, PolicyError, load_policy
+from services.tamiyo.policy_topics import PolicyFollower
 from services.tamiyo.run_state import RejectedEvent, Runs, RunState, content_digest
 from services.tamiyo.scatter import select_backend
 from services.urza.catalog import Catalog, CatalogFollower
@@ -127,11 +133,12 @@ class Tamiyo:
     def __init__(self, settings: KafkaSettings, codec: Codec, *, policy_path: Path | None = None,
                  instance: str = "1", scatter: str = "auto", device: str = "cpu",
                  orphan_timeout_s: float = ORPHAN_TIMEOUT_S) -> None:
-        self.policy, self.record = load_policy(policy_path or INITIAL_POLICY)  # PolicyError before connecting
+        # The shipped policy (or ``policy_path``): known without the topics, promoted while the log promotes none.
+        shipped, shipped_record = load_policy(policy_path or INITIAL_POLICY)  # PolicyError before connecting
         use_inference_threads()  # before timing the backends: they are timed as they will run
         backend, timings = select_backend(torch.device(device), scatter)
-        self.policy.scatter = backend
-        log.info("tamiyo policy=%s scatter=%s timings=%s", self.record.version, backend.name, timings)
+        self.scatter = backend
+        shipped.scatter = backend
         self.settings = settings
         self.codec = codec
         prefix = settings.topic_prefix
@@ -140,7 +147,12 @@ class Tamiyo:
         self.decisions = topic_spec(TopicName.CONTROL_TAMIYO_DECISIONS.value, prefix)
         self.commands = topic_spec(TopicName.CONTROL_KASMINA_COMMANDS.value, prefix)
         self.catalog = CatalogFollower(settings, codec)
-        self.decider = Decider(self.policy, self.record.version, CatalogChooser(self.catalog.catalog))
+        self.chooser = CatalogChooser(self.catalog.catalog)
+        self.policies = PolicyFollower(settings, codec, PolicyRegistry(shipped, shipped_record))
+        self._deciders: dict[str, Decider] = {}  # by policy version, for the versions loaded now
+        log.info("tamiyo policies=%d promoted=%s refused=%d scatter=%s timings=%s",
+                 len(self.policies.registry.versions), self.policies.registry.promoted,
+                 len(self.policies.registry.refused), backend.name, timings)
         self.runs = Runs()
         # Events of runs whose session has not arrived: (first seen, events).
         self.orphans: dict[str, tuple[float, list[Delivered]]] = {}
@@ -152,6 +164,8 @@ class Tamiyo:
         self._examined_now: dict[int, int] = {}  # ... and how far this rebuild examined it, to commit
         self._decided_with: dict[tuple[str, int], int] = {}  # the furthest catalogue our past decisions read
         self._rebuild = False
+        self._partitions: list[int] = []  # the run partitions assigned (0: this instance dead-letters policies)
+        self._policies_examined = 0  # library.policies' offset below which unusable records were dead-lettered
         self.instance = instance
         self.orphan_timeout_s = orphan_timeout_s
         self.processor = ExactlyOnceProcessor(
@@ -182,6 +196,7 @@ class Tamiyo:
         self._reset(sorted({tp.partition for tp in partitions}))
 
     def _reset(self, partitions: list[int]) -> None:
+        self._partitions = partitions
         self.runs = Runs()
         self.orphans.clear()
         self._held.clear()
@@ -210,6 +225,9 @@ class Tamiyo:
         ends = end_offsets(clients.admin(self.settings), wanted) if wanted else {}
         self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
                                           partitions)
+        if 0 in partitions:
+            self._policies_examined = examined_offsets(self.settings, self.processor.consumer.group_id,
+                                                       self.policies.published_topic, [0]).get(0, 0)
         self._bad_decisions.clear()  # not committed: met again below the examined offset, dead-lettered then
         self.past_decisions = 0
         self._decided_with = {}
@@ -314,7 +332,7 @@ class Tamiyo:
         """Decide the run's complete epochs; ``created_at``: when the event that completed them was made."""
         for epoch in run.ready_epochs():
             start = time.perf_counter()
-            actions = self.decider.decide(run, epoch)
+            actions = self._decide(run, epoch)
             took = time.perf_counter() - start
             self.latencies_ms.append(took * 1000)
             self._batch_decisions.append((created_at, took))
@@ -323,6 +341,32 @@ class Tamiyo:
                 yield from self._outputs(run.run_id, action, trace_id)
             self.decided += 1
         self.runs.forget_if_done(run)  # nothing left to decide for it
+
+    def _decide(self, run: RunState, epoch: int) -> list[Action]:
+        """The epoch decided by the run's policy version; a ``no_op`` saying why when that version cannot decide
+        (not published, or refused): the run trains on unadapted, and a version published later decides its
+        next epochs."""
+        registry = self.policies.registry
+        version = run.policy_version or registry.promoted
+        if registry.why_not(version) is not None:
+            self.policies.refresh()  # it may have been published a moment ago
+        try:
+            decider = self.decider_for(version)
+        except PolicyError as exc:
+            log.warning("tamiyo run_id=%s epoch=%d not decided by a policy: %s", run.run_id, epoch, exc)
+            return [idle_action(run.run_id, epoch, version, f"no action: {exc}")]
+        return decider.decide(run, epoch)
+
+    def decider_for(self, version: str) -> Decider:
+        """The decider of a policy version (PolicyError when the registry cannot load it)."""
+        decider = self._deciders.get(version)
+        policy = self.policies.registry.policy(version)
+        if decider is None or decider.policy is not policy:
+            policy.scatter = self.scatter
+            decider = self._deciders[version] = Decider(policy, version, self.chooser)
+            while len(self._deciders) > POLICIES_KEPT_LOADED:
+                self._deciders.pop(next(iter(self._deciders)))
+        return decider
 
     def _outputs(self, run_id: str, action: Action, trace_id: str) -> Iterator[Output]:
         decision: AdaptationDecision = action.decision
@@ -344,6 +388,7 @@ class Tamiyo:
         batch): events of runs that announced no session within ``orphan_timeout_s`` are dead-lettered,
         failed runs forgotten."""
         self.catalog.refresh()
+        self.policies.refresh()
         if self._loading is None and self._reload is None:
             bad, self._bad_decisions = self._bad_decisions, []
             for msg, reason in bad:
@@ -353,6 +398,7 @@ class Tamiyo:
                 self.processor.producer.send_offsets_to_transaction(
                     [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
                     self.processor.consumer.group_metadata())
+            self._dead_letter_policies()
         yield from self._handle_held()
         if batch or self._loading is not None or self._reload is not None or self._held:
             return
@@ -366,6 +412,21 @@ class Tamiyo:
             del self.orphans[run_id]
         for run_id in self.runs.forget_failed():
             log.info("tamiyo instance=%s forgot failed run_id=%s", self.instance, run_id)
+
+    def _dead_letter_policies(self) -> None:
+        """The ``library.policies`` records refused since the last batch, dead-lettered once for the group: by
+        the instance holding run partition 0, with the offset it examined up to committed in the same transaction
+        (a restarted or newly assigned holder starts from that offset, as for our own decisions topic)."""
+        if 0 not in self._partitions:
+            return  # another instance of the group dead-letters them
+        for offset, msg, reason, kind in self.policies.unusable:
+            if offset >= self._policies_examined:
+                self.processor.consumer.reject_raw(msg, f"tamiyo: {reason}", kind)
+        if self.policies.read_to > self._policies_examined:
+            self._policies_examined = self.policies.read_to
+            self.processor.producer.send_offsets_to_transaction(
+                [TopicPartition(self.policies.published_topic, 0, self._policies_examined)],
+                self.processor.consumer.group_metadata())
 
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> int:
@@ -458,3 +519,4 @@ class Tamiyo:
     def close(self) -> None:
         self.processor.close()
         self.catalog.close()
+        self.policies.close()

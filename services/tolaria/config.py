@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from contracts import BlueprintArchitecture
+from contracts.policies import POLICY_VERSION_PATTERN
 from services.core.config_files import read_document
 from services.core.errors import InputError
 
@@ -160,8 +161,8 @@ class RunConfig(_Strict):
         description="per-epoch checkpoints kept for `esper run --fork` (the last N checkpointed epochs; 0: none)",
     )
     policy_version: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9._:-]{1,80}$",
-        description="the Tamiyo policy version this run asks for (None: the promoted one)",
+        default=None, pattern=POLICY_VERSION_PATTERN,
+        description="the Tamiyo policy version this run asks for (`esper policy list`; None: the promoted one)",
     )
     fork: ForkOrigin | None = Field(default=None, description="set by `esper run --fork`, not by hand")
     experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")

@@ -179,7 +179,7 @@ class CatalogFollower:
         for name, view in self._views:
             for partition in view.partitions:
                 self.catalog.follow(name, partition)
-            for record in view.catch_up_records():
+            for record in view.read_to_end():
                 self.catalog.apply_at(name, record.partition, record.offset, record.payload)
 
     def refresh(self, timeout_s: float = 0.0) -> int:
@@ -187,7 +187,7 @@ class CatalogFollower:
         service's one thread), so a decision reads the catalogue as of the positions it records."""
         applied = 0
         for name, view in self._views:
-            for record in view.poll_records(timeout_s):
+            for record in view.read(timeout_s):
                 self.catalog.apply_at(name, record.partition, record.offset, record.payload)
                 applied += 1
         return applied

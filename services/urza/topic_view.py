@@ -28,13 +28,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PositionedRecord:
-    """A record read at ``partition`` / ``offset``; ``message`` None when it is no event (a tombstone, or
-    bytes that do not decode): it was read all the same, so it counts for the position."""
+class ViewRecord:
+    """A record read: the message as read, and its event. ``message`` is None when there is none: a tombstone
+    (``failure`` None) or bytes that do not decode (``failure`` says why); it was read all the same, so it
+    counts for the position."""
 
-    partition: int
-    offset: int
+    raw: Message
     message: OonaMessage | None
+    failure: str | None = None
+
+    @property
+    def partition(self) -> int:
+        return self.raw.partition() or 0
+
+    @property
+    def offset(self) -> int:
+        return self.raw.offset() or 0
 
     @property
     def payload(self) -> Any:
@@ -54,28 +63,37 @@ class TopicView:
 
     def poll(self, timeout_s: float = 0.2) -> list[OonaMessage]:
         """Read what arrived; returns the new messages (undecodable ones are skipped)."""
-        return [r.message for r in self.poll_records(timeout_s) if r.message is not None]
+        return [r.message for r in self.read(timeout_s) if r.message is not None]
 
-    def poll_records(self, timeout_s: float = 0.2) -> list[PositionedRecord]:
-        """Read what arrived: every record with its position (the message, or None where there is none)."""
+    def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
+        """Read at least up to the end the topic had when this view was opened."""
+        return [r.message for r in self.read_to_end(timeout_s) if r.message is not None]
+
+    def read(self, timeout_s: float = 0.2) -> list[ViewRecord]:
+        """What arrived: every record, tombstones and undecodable ones included (see ``ViewRecord``)."""
         new = []
         for msg in self._consumer.consume(1000, timeout_s):
             if msg.error() is not None:
                 continue
-            message = decode_or_skip(self.codec, self.spec, msg) if msg.value() is not None else None
-            new.append(PositionedRecord(msg.partition() or 0, msg.offset() or 0, message))
+            if msg.value() is None:
+                new.append(ViewRecord(msg, None))
+                continue
+            try:
+                new.append(ViewRecord(msg, self.codec.decode(self.spec, msg.value())))
+            except Exception as exc:
+                if not is_record_failure(exc):
+                    raise
+                log.warning("skipping undecodable event topic=%s[%d] offset=%d reason=%s",
+                            msg.topic(), msg.partition(), msg.offset(), failure_reason(exc))
+                new.append(ViewRecord(msg, None, failure_reason(exc)))
         return new
 
-    def catch_up(self, timeout_s: float = 30.0) -> list[OonaMessage]:
-        """Read at least up to the end the topic had when this view was opened."""
-        return [r.message for r in self.catch_up_records(timeout_s) if r.message is not None]
-
-    def catch_up_records(self, timeout_s: float = 30.0) -> list[PositionedRecord]:
-        """``catch_up`` with every record's position."""
+    def read_to_end(self, timeout_s: float = 30.0) -> list[ViewRecord]:
+        """``read`` at least up to the end the topic had when this view was opened."""
         deadline = time.monotonic() + timeout_s
         new = []
         while time.monotonic() < deadline:
-            new += self.poll_records(0.2)
+            new += self.read(0.2)
             self._progress.advance(self._consumer)
             if self._progress.done:
                 break

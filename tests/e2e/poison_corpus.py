@@ -22,6 +22,7 @@ from contracts import (
     EpochCompleted,
     KernelReady,
     OpSpec,
+    PolicyPublished,
     SystemStatePacket,
     TopicName,
     TrainingSessionEvent,
@@ -88,6 +89,8 @@ class CorpusBuilder:
                 failure_reason="soak",
             ),
             TopicName.LIBRARY_KERNELS.value: genuine_kernel,
+            # A policy version Tamiyo believes (the sample's artifact is no policy: Tamiyo would refuse it).
+            TopicName.LIBRARY_POLICIES.value: genuine_policy(),
         }
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -203,6 +206,20 @@ class CorpusBuilder:
                               self.codec.encode(spec, message), True, message.event_id))
         self.records.extend(out)
         return out
+
+
+def genuine_policy() -> PolicyPublished:
+    """A small policy's ``library.policies`` record, every check of Tamiyo's passing."""
+    from services.tamiyo.decider import FAMILIES
+    from services.tamiyo.features import FEATURES
+    from services.tamiyo.policy import TamiyoPolicy
+    from services.tamiyo.policy_registry import published_record
+    from services.tamiyo.policy_store import PolicyRecord
+
+    policy = TamiyoPolicy(len(FEATURES), hidden=4, layers=1, blueprints=len(FAMILIES))
+    return published_record(policy, PolicyRecord(
+        version=policy.version(), hidden=4, layers=1, features=list(FEATURES), families=list(FAMILIES),
+        created_at=T0.isoformat(), trained_on="poison soak"))
 
 
 def _epoch_zero() -> EpochCompleted:

@@ -105,7 +105,7 @@ def test_forks_of_a_recorded_run_retrace_it_or_go_their_own_way(esper_settings, 
     quiet = fork_run(ForkRequest(parent_id, AT, no_adapt=True, epochs=EPOCHS + 1), esper_settings,
                      run_id=f"{parent_id}-quiet", progress=False)
     assert sorted(_epochs(kafka, quiet.run_id)) == list(range(AT + 1, EPOCHS + 1))
-    other = fork_run(ForkRequest(parent_id, AT, policy_version="policy-x"), esper_settings,
+    other = fork_run(ForkRequest(parent_id, AT, policy_version="gnn-00000000000a"), esper_settings,
                      run_id=f"{parent_id}-other", progress=False)
     grandchild = fork_run(ForkRequest(other.run_id, AT + 2, no_adapt=True), esper_settings,
                           run_id=f"{parent_id}-deep", progress=False)
@@ -116,7 +116,7 @@ def test_forks_of_a_recorded_run_retrace_it_or_go_their_own_way(esper_settings, 
     assert (started.parent_run_id, started.fork_epoch, started.session.status.value) == (parent_id, AT, "running")
     assert started.parent_log_position == parent_end and started.parent_log_position
     assert not _sessions(kafka, quiet.run_id)[-1].session.training_config.adaptation_enabled
-    assert {s.policy_version for s in _sessions(kafka, other.run_id)} == {"policy-x"}
+    assert {s.policy_version for s in _sessions(kafka, other.run_id)} == {"gnn-00000000000a"}
 
     db = tmp_path / "nissa.duckdb"
     assert ingest(esper_settings, db) > 0
@@ -127,7 +127,7 @@ def test_forks_of_a_recorded_run_retrace_it_or_go_their_own_way(esper_settings, 
                            "ORDER BY run_id", [f"{parent_id}%"]).fetchall()
     assert lineage == [
         (parent_id, None, None, parent_id, 0, "default", "completed"),
-        (other.run_id, parent_id, AT, parent_id, 1, "policy policy-x", "completed"),
+        (other.run_id, parent_id, AT, parent_id, 1, "policy gnn-00000000000a", "completed"),
         (grandchild.run_id, other.run_id, AT + 2, parent_id, 2, "no_adapt", "completed"),
         (quiet.run_id, parent_id, AT, parent_id, 1, "no_adapt", "completed"),
         (same.run_id, parent_id, AT, parent_id, 1, "default", "completed"),

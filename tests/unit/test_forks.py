@@ -132,16 +132,16 @@ def test_a_fork_starts_after_the_epoch_with_the_parents_tensors_and_records_its_
 
 
 def test_the_controller_of_a_fork():
-    parent = Checkpoint({}, {}, meta(policy_version="p-1"))
+    parent = Checkpoint({}, {}, meta(policy_version="gnn-000000000001"))
     same = forked(parent, "same", ForkRequest("parent", 3)).meta
-    assert (same.no_adapt, same.config.policy_version, same.pending_commands) == (False, "p-1", [PENDING])
+    assert (same.no_adapt, same.config.policy_version, same.pending_commands) == (False, "gnn-000000000001", [PENDING])
     quiet = forked(parent, "quiet", ForkRequest("parent", 3, no_adapt=True)).meta
     assert (quiet.no_adapt, quiet.config.policy_version, quiet.pending_commands) == (True, None, [])
-    other = forked(parent, "other", ForkRequest("parent", 3, policy_version="p-2")).meta
-    assert (other.no_adapt, other.config.policy_version, other.pending_commands) == (False, "p-2", [])
+    other = forked(parent, "other", ForkRequest("parent", 3, policy_version="gnn-000000000002")).meta
+    assert (other.no_adapt, other.config.policy_version, other.pending_commands) == (False, "gnn-000000000002", [])
     baseline = Checkpoint({}, {}, meta().model_copy(update={"no_adapt": True}))
     assert forked(baseline, "b", ForkRequest("parent", 3)).meta.no_adapt  # a --no-adapt parent's fork stays so
-    assert not forked(baseline, "b", ForkRequest("parent", 3, policy_version="p-2")).meta.no_adapt
+    assert not forked(baseline, "b", ForkRequest("parent", 3, policy_version="gnn-000000000002")).meta.no_adapt
 
 
 def test_a_forks_epochs_and_policy_are_checked():
@@ -154,11 +154,11 @@ def test_a_forks_epochs_and_policy_are_checked():
 
 
 def test_the_session_of_a_fork_names_its_lineage_and_policy():
-    cfg = parse_config({**TINY, "policy_version": "p-2",
+    cfg = parse_config({**TINY, "policy_version": "gnn-000000000002",
                         "fork": {"parent_run_id": "parent", "epoch": 3, "parent_log_position": {"t:0": 9}}})
     event = session_event("child", cfg, build_training(cfg, adapt=True), True, SessionStatus.RUNNING)
     assert (event.parent_run_id, event.fork_epoch, event.parent_log_position, event.policy_version) == (
-        "parent", 3, {"t:0": 9}, "p-2")
+        "parent", 3, {"t:0": 9}, "gnn-000000000002")
     plain = session_event("run", parse_config(TINY), build_training(parse_config(TINY), adapt=False), False,
                           SessionStatus.RUNNING)
     assert (plain.parent_run_id, plain.fork_epoch, plain.parent_log_position, plain.policy_version) == (
@@ -212,7 +212,7 @@ def test_run_lineage_shows_the_fork_tree(tmp_path):
     store = new_store(tmp_path / "nissa.duckdb")
     batch = new_batch()
     batch.add([_session("root", None, None, offset=0), _session("quiet", "root", 3, adapt=False, offset=1),
-               _session("other", "root", 3, policy="p-2", offset=2), _session("deep", "other", 5, offset=3),
+               _session("other", "root", 3, policy="gnn-000000000002", offset=2), _session("deep", "other", 5, offset=3),
                _session("orphan", "gone", 1, offset=4)])
     store.write(batch.drain(), {})
     store.close()
@@ -223,7 +223,7 @@ def test_run_lineage_shows_the_fork_tree(tmp_path):
     assert rows == [
         ("orphan", "gone", 1, "orphan", 0, "orphan", "default"),
         ("root", None, None, "root", 0, "root", "default"),
-        ("other", "root", 3, "root", 1, "root > other", "policy p-2"),
+        ("other", "root", 3, "root", 1, "root > other", "policy gnn-000000000002"),
         ("deep", "other", 5, "root", 2, "root > other > deep", "default"),
         ("quiet", "root", 3, "root", 1, "root > quiet", "no_adapt"),
     ]

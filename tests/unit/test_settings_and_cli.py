@@ -107,6 +107,7 @@ def test_bad_input_gives_one_line_and_non_zero_exit(args, env, fragment):
         ),
         ("epochs: -1\n", "epochs: Input should be greater than or equal to 1"),
         ("model: {kind: cnn}\ndata: {dataset: spirals}\n", "data: the spirals task is 2-D points"),
+        ("policy_version: latest\n", "policy_version: String should match pattern"),
     ],
 )
 def test_bad_run_configs_fail_before_touching_the_cluster(tmp_path, config, fragment):
@@ -121,12 +122,22 @@ def test_bad_run_configs_fail_before_touching_the_cluster(tmp_path, config, frag
 def test_run_arguments_that_do_not_go_together(tmp_path):
     result = run_cli("run", "x.yaml", "--resume", "r1", ESPER_STATE_DIR=str(tmp_path))
     assert result.returncode == 2 and "--resume RUN_ID takes no CONFIG" in result.stderr
+    result = run_cli("run", "--resume", "r1", "--policy", "gnn-0123456789ab", ESPER_STATE_DIR=str(tmp_path))
+    assert result.returncode == 2 and "--policy" in result.stderr
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 1\n")
+    result = run_cli("run", str(config), "--policy", "latest", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
+                     ESPER_STATE_DIR=str(tmp_path))  # refused before any broker is asked
+    assert result.returncode == 1 and "policy version 'latest' is not one" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     missing = run_cli("run", "--resume", "nope", ESPER_STATE_DIR=str(tmp_path))
     assert missing.returncode == 1 and "no checkpoint at" in missing.stderr
 
 
 @pytest.mark.parametrize("args, fragment", [(("broker", "explode"), "invalid choice: 'explode'"),
-                                            (("policy", "bootstrap", "--hidden", "0"), "--hidden must be at least 1")])
+                                            (("policy", "bootstrap", "--hidden", "0"), "--hidden must be at least 1"),
+                                            (("policy", "promote"), "policy promote needs a VERSION"),
+                                            (("policy", "publish"), "policy publish needs the policy FILE")])
 def test_bad_arguments_exit_2_with_usage(args, fragment):
     result = run_cli(*args)
     assert result.returncode == 2
