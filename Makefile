@@ -63,8 +63,8 @@ $(DEPS_VENV)/.installed:
 	$(DEPS_VENV)/bin/pip install -q -r requirements.lock
 	touch $@
 
-up: venv ## install everything, start the broker, create the topics, start the services
-	$(ESPER) up
+up: venv ## install everything, start the broker (BROKERS=3: a local 3-node cluster), create the topics, start the services
+	$(ESPER) up $(if $(BROKERS),--brokers $(BROKERS))
 
 down: venv ## stop the services and the local broker (data is kept)
 	$(ESPER) down

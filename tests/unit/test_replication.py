@@ -81,7 +81,7 @@ def test_the_local_broker_settings_resolve_to_one_copy(monkeypatch):
     _clean_env(monkeypatch)
     settings = load_settings()
     assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (1, 1)
-    broker = settings.local_broker()
+    [broker] = settings.local_brokers()
     assert (broker.replication_factor, broker.min_insync_replicas) == (1, 1)
 
 
