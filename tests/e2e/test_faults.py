@@ -47,7 +47,7 @@ TABLE_OF = {"training.sessions": "training_session_event", "telemetry.seed.healt
 
 
 def kafka_of(system) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=f"127.0.0.1:{system.env['ESPER_BROKER__PORT']}")
+    return system.kafka
 
 
 def config(tmp_path: Path, epochs: int) -> Path:
@@ -182,6 +182,8 @@ class EpochWatch:
     def __init__(self, kafka: KafkaSettings, run_id: str) -> None:
         self.key = run_id.encode()
         self.count = 0
+        self.stamps: list[float] = []  # each epoch's timestamp (set by the run's producer), epoch seconds
+        self.partitions: set[int] = set()  # where the run's epochs went
         self._consumer = clients.consumer(kafka, {
             "group.id": f"epoch-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
@@ -194,7 +196,11 @@ class EpochWatch:
         while self.count < k:
             assert run.poll() is None, f"the run ended before epoch {k}"
             assert time.monotonic() < deadline, f"the run did not publish epoch {k} within {timeout_s:g} s"
-            self.count += sum(1 for m in self._consumer.consume(100, 0.05) if m.error() is None and m.key() == self.key)
+            for msg in self._consumer.consume(100, 0.05):
+                if msg.error() is None and msg.key() == self.key:
+                    self.count += 1
+                    self.stamps.append(msg.timestamp()[1] / 1000)
+                    self.partitions.add(msg.partition())
 
     def close(self) -> None:
         self._consumer.close()
@@ -346,7 +352,7 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
     settings = EsperSettings(state_dir=system.state_dir)
     settings.broker.port = int(system.env["ESPER_BROKER__PORT"])
     settings.broker.controller_port = int(system.env["ESPER_BROKER__CONTROLLER_PORT"])
-    broker = LocalKafka(settings.local_broker())
+    broker = LocalKafka(settings.local_brokers()[0])
     epochs = 20
     run_id, run = start_run(system, tmp_path, epochs)
     try:

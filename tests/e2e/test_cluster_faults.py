@@ -1,0 +1,192 @@
+"""The running system on a local 3-node cluster (replication 3, 2 in sync) under broker faults: the broker
+leading the run's partitions killed (`kill -9`) mid-run, then every broker restarted in turn, under load.
+
+The run and the services must carry on through the leader elections without a restart, and nothing may
+be lost or doubled: what must be on the log and in Nissa is counted from outside the log as in
+``test_faults`` (whose helpers these cases use). Each case prints its figures: the events produced, found
+and duplicated, the longest epoch while a broker was away beside the longest before it (the time between
+two epochs' timestamps, set by the run's producer), and how long the returning broker took to catch up.
+Every wait is bounded; a broker that does not come back, or a partition left under-replicated, fails.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from services.cli.settings import BrokerSettings, EsperSettings
+from services.cli.status import topic_replication
+from services.core.errors import KafkaClientError
+from services.oona import clients
+from services.oona.local_broker import LocalCluster, LocalKafka
+from services.oona.settings import KafkaSettings
+from tests.e2e.conftest import E2E_CLUSTER_PORT, System, running_system
+from tests.e2e.test_faults import (
+    TABLE_OF,
+    EpochWatch,
+    assert_exactly_once,
+    finish,
+    paused,
+    restarts,
+    start_run,
+    wait_for_decisions,
+    wait_for_nissa,
+)
+from tests.waiting import wait_until
+
+NODES = 3
+EPOCHS = 20
+
+
+@pytest.fixture(scope="module")
+def cluster_system(tmp_path_factory) -> Iterator[System]:
+    # Three JVMs on a small machine: a small heap each.
+    with running_system(tmp_path_factory.mktemp("e2e-cluster") / "state", E2E_CLUSTER_PORT, nodes=NODES,
+                        heap="320m") as system:
+        yield system
+
+
+def local_cluster(system: System) -> LocalCluster:
+    broker = BrokerSettings(port=int(system.env["ESPER_BROKER__PORT"]), nodes=NODES, heap="320m",
+                            controller_port=int(system.env["ESPER_BROKER__CONTROLLER_PORT"]))
+    return LocalCluster(EsperSettings(state_dir=system.state_dir, broker=broker).local_brokers())
+
+
+def leader_of(kafka: KafkaSettings, topic: str, partition: int) -> int:
+    metadata = clients.admin(kafka).list_topics(topic=topic, timeout=10)
+    return metadata.topics[topic].partitions[partition].leader
+
+
+def led_by(kafka: KafkaSettings, node: int) -> list[str]:
+    """The run topics' partitions ``node`` leads."""
+    topics = clients.admin(kafka).list_topics(timeout=10).topics
+    return [f"{t}[{p}]" for t in TABLE_OF for p, meta in topics[t].partitions.items() if meta.leader == node]
+
+
+def under_replicated(kafka: KafkaSettings) -> int | None:
+    """Partitions of Esper's and Kafka's internal topics with a copy out of sync; None while unreadable."""
+    try:
+        return sum(t.under_replicated for t in topic_replication(kafka, timeout_s=5))
+    except KafkaClientError:  # a broker just lost: metadata may time out; ask again
+        return None
+
+
+def wait_caught_up(kafka: KafkaSettings, timeout_s: float = 240) -> float:
+    """Until every partition is fully in sync again; the seconds it took."""
+    start = time.monotonic()
+    wait_until(lambda: under_replicated(kafka) == 0, timeout_s, "every partition back in sync")
+    return time.monotonic() - start
+
+
+def restart_node(system: System, node: LocalKafka) -> None:
+    started = system.esper("broker", "start", timeout=180)  # starts the nodes that are not running
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert node.pid() is not None
+
+
+def longest_gap(stamps: list[float], start: float, end: float) -> float:
+    """The longest time between two consecutive epochs (their producer's timestamps, seconds since the
+    epoch), over the epochs stamped in (start, end], each with the one before it: the epoch the fault
+    interrupted counts."""
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if start < b <= end]
+    assert gaps, f"no epoch seen between {start:.0f} and {end:.0f}"
+    return max(gaps)
+
+
+def check_run(system: System, run_id: str, output: str) -> str:
+    """Exactly once on the log and in Nissa, every epoch decided, the cluster whole; the figures."""
+    kafka = system.kafka
+    events = assert_exactly_once(kafka, run_id, EPOCHS, output)
+    rows = wait_for_nissa(system, run_id, events, timeout_s=240)
+    decided = wait_for_decisions(system, run_id, EPOCHS)
+    produced = sum(len(ids) for ids in events.values())
+    duplicated = produced - sum(len(set(ids)) for ids in events.values())
+    in_nissa = sum(n for n, _ in rows.values())
+    assert in_nissa == produced and duplicated == 0
+    # 3 brokers up, 0 under-replicated, no service restarted, no lag: `esper status --strict` is clean.
+    def clean() -> dict | None:
+        code, report = system.strict_status()
+        return report if code == 0 else None
+
+    report = wait_until(clean, 180, "esper status --strict clean (3 brokers up, nothing under-replicated or lagging)")
+    assert [b["up"] for b in report["brokers"]] == [True] * NODES and report["under_replicated"] == 0
+    return (f"events produced={produced} found on the log={produced} in nissa={in_nissa} duplicated={duplicated}; "
+            f"epochs decided {len(decided)}/{EPOCHS}")
+
+
+@pytest.mark.timeout(1200)
+def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_path):
+    system, kafka = cluster_system, cluster_system.kafka
+    cluster = local_cluster(system)
+    before = restarts(system)
+    run_id, run = start_run(system, tmp_path, EPOCHS)
+    watch = EpochWatch(kafka, run_id)
+    try:
+        watch.wait_for(4, run)  # mid-run
+        [partition] = watch.partitions  # one run, one key: one partition per topic
+        with paused(run):  # the run cannot finish between the check and the kill
+            assert run.poll() is None and watch.count < EPOCHS - 6, "the run was too far along for the kill"
+            victim = cluster.node(leader_of(kafka, "system.events.epoch", partition))
+            led = led_by(kafka, victim.cfg.node_id)
+            controller = cluster.active_controller()
+            assert victim.kill()
+            killed, killed_at = time.monotonic(), time.time()
+        # The run goes on without the broker: three more epochs committed while it is away.
+        watch.wait_for(watch.count + 3, run, timeout_s=300)
+        new_leader = leader_of(kafka, "system.events.epoch", partition)
+        assert new_leader != victim.cfg.node_id
+        restart_node(system, victim)
+        returned = time.monotonic()
+        catch_up = wait_caught_up(kafka)
+        back = time.time()
+        watch.wait_for(watch.count + 1, run, timeout_s=300)  # an epoch after the return, for the gap figure
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    finally:
+        watch.close()
+    output = finish(run, tmp_path, run_id, timeout=900)
+    figures = check_run(system, run_id, output)
+    assert restarts(system) == before, f"a service restarted: {before} -> {restarts(system)}"
+    print(f"\nbroker {victim.cfg.node_id} killed (leader of {len(led)} run partitions: {', '.join(led)}; "
+          f"active controller was {controller}); epoch partition {partition} led by {new_leader} after; "
+          f"down {returned - killed:.1f}s, caught up {catch_up:.1f}s after its return; "
+          f"longest epoch during the fault {longest_gap(watch.stamps, killed_at, back):.2f}s "
+          f"(before it {longest_gap(watch.stamps, 0, killed_at):.2f}s); {figures}; restarts {restarts(system)}")
+
+
+@pytest.mark.timeout(1500)
+def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
+    system, kafka = cluster_system, cluster_system.kafka
+    cluster = local_cluster(system)
+    before = restarts(system)
+    run_id, run = start_run(system, tmp_path, EPOCHS)
+    watch = EpochWatch(kafka, run_id)
+    rolls: list[str] = []
+    try:
+        watch.wait_for(3, run)
+        started = time.time()
+        for node in cluster.nodes:  # one at a time: the next goes only when every partition is in sync
+            assert run.poll() is None, "the run ended before the roll did"
+            stop = time.monotonic()
+            assert node.stop()
+            watch.wait_for(watch.count + 1, run, timeout_s=300)  # an epoch committed while it is down
+            restart_node(system, node)
+            rolls.append(f"broker {node.cfg.node_id} down {time.monotonic() - stop:.1f}s, "
+                         f"caught up {wait_caught_up(kafka):.1f}s later")
+        rolled = time.time()
+    except BaseException:
+        run.kill()
+        run.wait()
+        raise
+    finally:
+        watch.close()
+    output = finish(run, tmp_path, run_id, timeout=900)
+    figures = check_run(system, run_id, output)
+    assert restarts(system) == before, f"a service restarted: {before} -> {restarts(system)}"
+    during, before_roll = longest_gap(watch.stamps, started, rolled), longest_gap(watch.stamps, 0, started)
+    print(f"\nrolling restart: {'; '.join(rolls)}; {watch.count} epochs seen by then; longest epoch during the "
+          f"roll {during:.2f}s (before it {before_roll:.2f}s); {figures}")
