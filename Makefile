@@ -75,10 +75,10 @@ demo: venv ## on a running system (make up): adaptive run vs --no-adapt baseline
 status: venv ## broker and services: up or down
 	$(ESPER) status
 
-broker: venv ## start only the local single-node Kafka
-	$(ESPER) broker start
+broker: venv ## start only the local Kafka (BROKERS=3: a local 3-node cluster)
+	$(ESPER) broker start $(if $(BROKERS),--brokers $(BROKERS))
 
-broker-stop: venv ## stop the local single-node Kafka
+broker-stop: venv ## stop the local Kafka (every node)
 	$(ESPER) broker stop
 
 schemas: venv ## regenerate schemas/*.avsc (+ history and fixture logs) from contracts/
