@@ -11,21 +11,24 @@ Every wait is bounded; a broker that does not come back, or a partition left und
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, KafkaException
 
 from services.cli.settings import BrokerSettings, EsperSettings
 from services.cli.status import topic_replication
 from services.core.errors import KafkaClientError
 from services.oona import clients
+from services.oona.admin import end_offsets, partitions_of
 from services.oona.local_broker import LocalCluster, LocalKafka
+from services.oona.log_reader import read_range
 from services.oona.settings import KafkaSettings
 from tests.e2e.conftest import E2E_CLUSTER_PORT, System, running_system
 from tests.e2e.test_faults import (
     TABLE_OF,
-    EpochWatch,
     assert_exactly_once,
     finish,
     paused,
@@ -37,7 +40,6 @@ from tests.e2e.test_faults import (
 from tests.waiting import wait_until
 
 NODES = 3
-EPOCHS = 20
 
 
 @pytest.fixture(scope="module")
@@ -86,25 +88,52 @@ def restart_node(system: System, node: LocalKafka) -> None:
     assert node.pid() is not None
 
 
+def epoch_stamps(kafka: KafkaSettings, run_id: str) -> tuple[int, list[float]]:
+    """The run's partition of system.events.epoch, and the timestamp (set by the run's producer, seconds
+    since the epoch) of each epoch on it, in log order. Fresh clients each call: a long-lived consumer
+    kept fetching from the killed leader for over a minute in one attempt (see the README)."""
+    client = clients.admin(kafka)
+    ends = end_offsets(client, partitions_of(client, ["system.events.epoch"]))
+    messages = [m for m in read_range(kafka, {key: (OFFSET_BEGINNING, end) for key, end in ends.items()})
+                if m.key() == run_id.encode()]
+    partitions = {m.partition() for m in messages}
+    assert len(partitions) <= 1, f"one run, one key: its epochs on partitions {partitions}"
+    return (partitions.pop() if partitions else -1), [m.timestamp()[1] / 1000 for m in
+                                                       sorted(messages, key=lambda m: m.offset())]
+
+
+def wait_for_epochs(kafka: KafkaSettings, run_id: str, count: int, run: subprocess.Popen,
+                    timeout_s: float = 300) -> tuple[int, list[float]]:
+    """Until ``count`` epochs of the still running run are on the log; its partition and epoch stamps."""
+    def reached() -> tuple[int, list[float]] | None:
+        assert run.poll() is None, f"the run ended before epoch {count}"
+        try:
+            partition, stamps = epoch_stamps(kafka, run_id)
+        except (KafkaException, KafkaClientError):  # the partition's leader just lost, not re-elected yet
+            return None
+        return (partition, stamps) if len(stamps) >= count else None
+    return wait_until(reached, timeout_s, f"epoch {count} of {run_id}")
+
+
 def longest_gap(stamps: list[float], start: float, end: float) -> float:
-    """The longest time between two consecutive epochs (their producer's timestamps, seconds since the
-    epoch), over the epochs stamped in (start, end], each with the one before it: the epoch the fault
-    interrupted counts."""
+    """The longest time between two consecutive epochs, over the epochs stamped in (start, end], each
+    with the one before it: the epoch the fault interrupted counts."""
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if start < b <= end]
-    assert gaps, f"no epoch seen between {start:.0f} and {end:.0f}"
+    assert gaps, f"no epoch stamped between {start:.0f} and {end:.0f}"
     return max(gaps)
 
 
-def check_run(system: System, run_id: str, output: str) -> str:
+def check_run(system: System, run_id: str, epochs: int, output: str) -> str:
     """Exactly once on the log and in Nissa, every epoch decided, the cluster whole; the figures."""
     kafka = system.kafka
-    events = assert_exactly_once(kafka, run_id, EPOCHS, output)
+    events = assert_exactly_once(kafka, run_id, epochs, output)
     rows = wait_for_nissa(system, run_id, events, timeout_s=240)
-    decided = wait_for_decisions(system, run_id, EPOCHS)
+    decided = wait_for_decisions(system, run_id, epochs)
     produced = sum(len(ids) for ids in events.values())
     duplicated = produced - sum(len(set(ids)) for ids in events.values())
     in_nissa = sum(n for n, _ in rows.values())
     assert in_nissa == produced and duplicated == 0
+
     # 3 brokers up, 0 under-replicated, no service restarted, no lag: `esper status --strict` is clean.
     def clean() -> dict | None:
         code, report = system.strict_status()
@@ -113,7 +142,7 @@ def check_run(system: System, run_id: str, output: str) -> str:
     report = wait_until(clean, 180, "esper status --strict clean (3 brokers up, nothing under-replicated or lagging)")
     assert [b["up"] for b in report["brokers"]] == [True] * NODES and report["under_replicated"] == 0
     return (f"events produced={produced} found on the log={produced} in nissa={in_nissa} duplicated={duplicated}; "
-            f"epochs decided {len(decided)}/{EPOCHS}")
+            f"epochs decided {len(decided)}/{epochs}")
 
 
 @pytest.mark.timeout(1200)
@@ -121,41 +150,38 @@ def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_pa
     system, kafka = cluster_system, cluster_system.kafka
     cluster = local_cluster(system)
     before = restarts(system)
-    run_id, run = start_run(system, tmp_path, EPOCHS)
-    watch = EpochWatch(kafka, run_id)
+    epochs = 30
+    run_id, run = start_run(system, tmp_path, epochs)
     try:
-        watch.wait_for(4, run)  # mid-run
-        [partition] = watch.partitions  # one run, one key: one partition per topic
+        partition, stamps = wait_for_epochs(kafka, run_id, 4, run)  # mid-run
         with paused(run):  # the run cannot finish between the check and the kill
-            assert run.poll() is None and watch.count < EPOCHS - 6, "the run was too far along for the kill"
+            assert run.poll() is None and len(epoch_stamps(kafka, run_id)[1]) < epochs - 6, "the run was too far along"
             victim = cluster.node(leader_of(kafka, "system.events.epoch", partition))
             led = led_by(kafka, victim.cfg.node_id)
             controller = cluster.active_controller()
             assert victim.kill()
             killed, killed_at = time.monotonic(), time.time()
-        # The run goes on without the broker: three more epochs committed while it is away.
-        watch.wait_for(watch.count + 3, run, timeout_s=300)
+        # The run goes on without the broker: three more epochs on the log while it is away.
+        wait_for_epochs(kafka, run_id, len(stamps) + 3, run)
         new_leader = leader_of(kafka, "system.events.epoch", partition)
         assert new_leader != victim.cfg.node_id
         restart_node(system, victim)
         returned = time.monotonic()
         catch_up = wait_caught_up(kafka)
         back = time.time()
-        watch.wait_for(watch.count + 1, run, timeout_s=300)  # an epoch after the return, for the gap figure
     except BaseException:
         run.kill()
         run.wait()
         raise
-    finally:
-        watch.close()
     output = finish(run, tmp_path, run_id, timeout=900)
-    figures = check_run(system, run_id, output)
+    figures = check_run(system, run_id, epochs, output)
     assert restarts(system) == before, f"a service restarted: {before} -> {restarts(system)}"
+    _, stamps = epoch_stamps(kafka, run_id)
     print(f"\nbroker {victim.cfg.node_id} killed (leader of {len(led)} run partitions: {', '.join(led)}; "
           f"active controller was {controller}); epoch partition {partition} led by {new_leader} after; "
           f"down {returned - killed:.1f}s, caught up {catch_up:.1f}s after its return; "
-          f"longest epoch during the fault {longest_gap(watch.stamps, killed_at, back):.2f}s "
-          f"(before it {longest_gap(watch.stamps, 0, killed_at):.2f}s); {figures}; restarts {restarts(system)}")
+          f"longest epoch during the fault {longest_gap(stamps, killed_at, back):.2f}s "
+          f"(before it {longest_gap(stamps, 0, killed_at):.2f}s); {figures}; restarts {restarts(system)}")
 
 
 @pytest.mark.timeout(1500)
@@ -163,30 +189,29 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
     system, kafka = cluster_system, cluster_system.kafka
     cluster = local_cluster(system)
     before = restarts(system)
-    run_id, run = start_run(system, tmp_path, EPOCHS)
-    watch = EpochWatch(kafka, run_id)
+    epochs = 120  # ~2 s each here: the run outlasts the roll
+    run_id, run = start_run(system, tmp_path, epochs)
     rolls: list[str] = []
     try:
-        watch.wait_for(3, run)
+        _, stamps = wait_for_epochs(kafka, run_id, 3, run)
         started = time.time()
         for node in cluster.nodes:  # one at a time: the next goes only when every partition is in sync
-            assert run.poll() is None, "the run ended before the roll did"
             stop = time.monotonic()
             assert node.stop()
-            watch.wait_for(watch.count + 1, run, timeout_s=300)  # an epoch committed while it is down
+            _, stamps = wait_for_epochs(kafka, run_id, len(stamps) + 1, run)  # an epoch while it is down
             restart_node(system, node)
             rolls.append(f"broker {node.cfg.node_id} down {time.monotonic() - stop:.1f}s, "
                          f"caught up {wait_caught_up(kafka):.1f}s later")
         rolled = time.time()
+        assert run.poll() is None, "the run ended before the roll did: it was not under load throughout"
     except BaseException:
         run.kill()
         run.wait()
         raise
-    finally:
-        watch.close()
     output = finish(run, tmp_path, run_id, timeout=900)
-    figures = check_run(system, run_id, output)
+    figures = check_run(system, run_id, epochs, output)
     assert restarts(system) == before, f"a service restarted: {before} -> {restarts(system)}"
-    during, before_roll = longest_gap(watch.stamps, started, rolled), longest_gap(watch.stamps, 0, started)
-    print(f"\nrolling restart: {'; '.join(rolls)}; {watch.count} epochs seen by then; longest epoch during the "
-          f"roll {during:.2f}s (before it {before_roll:.2f}s); {figures}")
+    _, stamps = epoch_stamps(kafka, run_id)
+    during, before_roll = longest_gap(stamps, started, rolled), longest_gap(stamps, 0, started)
+    print(f"\nrolling restart: {'; '.join(rolls)}; longest epoch during the roll {during:.2f}s "
+          f"(before it {before_roll:.2f}s); {figures}")

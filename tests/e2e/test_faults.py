@@ -182,8 +182,6 @@ class EpochWatch:
     def __init__(self, kafka: KafkaSettings, run_id: str) -> None:
         self.key = run_id.encode()
         self.count = 0
-        self.stamps: list[float] = []  # each epoch's timestamp (set by the run's producer), epoch seconds
-        self.partitions: set[int] = set()  # where the run's epochs went
         self._consumer = clients.consumer(kafka, {
             "group.id": f"epoch-watch-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
@@ -196,11 +194,7 @@ class EpochWatch:
         while self.count < k:
             assert run.poll() is None, f"the run ended before epoch {k}"
             assert time.monotonic() < deadline, f"the run did not publish epoch {k} within {timeout_s:g} s"
-            for msg in self._consumer.consume(100, 0.05):
-                if msg.error() is None and msg.key() == self.key:
-                    self.count += 1
-                    self.stamps.append(msg.timestamp()[1] / 1000)
-                    self.partitions.add(msg.partition())
+            self.count += sum(1 for m in self._consumer.consume(100, 0.05) if m.error() is None and m.key() == self.key)
 
     def close(self) -> None:
         self._consumer.close()
