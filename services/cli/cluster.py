@@ -54,7 +54,9 @@ def stop_cluster(settings: EsperSettings) -> str:
         subprocess.run(["docker", "compose", "-f", str(compose_file(settings)), "stop"], capture_output=True, text=True)
         return "docker kafka stopped (volume kept)"
     stopped = LocalCluster(settings.local_brokers()).stop()
-    return f"kafka stopped, {stopped} node(s) (data kept)" if stopped else "kafka was not running"
+    if not stopped:
+        return "kafka was not running"
+    return "kafka stopped (data kept)" if stopped == 1 else f"kafka stopped, {stopped} nodes (data kept)"
 
 
 def compose_file(settings: EsperSettings):

@@ -45,13 +45,14 @@ def _cmd_broker(args: argparse.Namespace) -> int:
             return 0
         pids = cluster.start()
         for node, pid in zip(cluster.nodes, pids, strict=True):
-            print(f"kafka node {node.cfg.node_id} running pid={pid} bootstrap={node.cfg.bootstrap_servers} "
-                  f"log={node.log_file}")
+            name = "kafka" if len(pids) == 1 else f"kafka node {node.cfg.node_id}"
+            print(f"{name} running pid={pid} bootstrap={node.cfg.bootstrap_servers} log={node.log_file}")
         if len(pids) > 1:
             print(f"kafka cluster of {len(pids)} nodes: bootstrap={cluster.bootstrap_servers}")
     elif args.action == "stop":
         stopped = cluster.stop()
-        print(f"kafka stopped ({stopped} node(s))" if stopped else "kafka was not running")
+        print("kafka was not running" if not stopped else "kafka stopped" if len(cluster.nodes) == 1
+              else f"kafka stopped ({stopped} of {len(cluster.nodes)} nodes running)")
     else:
         nodes = cluster.status()
         if args.json:
