@@ -63,8 +63,8 @@ $(DEPS_VENV)/.installed:
 	$(DEPS_VENV)/bin/pip install -q -r requirements.lock
 	touch $@
 
-up: venv ## install everything, start the broker, create the topics, start the services
-	$(ESPER) up
+up: venv ## install everything, start the broker (BROKERS=3: a local 3-node cluster), create the topics, start the services
+	$(ESPER) up $(if $(BROKERS),--brokers $(BROKERS))
 
 down: venv ## stop the services and the local broker (data is kept)
 	$(ESPER) down
@@ -75,10 +75,10 @@ demo: venv ## on a running system (make up): adaptive run vs --no-adapt baseline
 status: venv ## broker and services: up or down
 	$(ESPER) status
 
-broker: venv ## start only the local single-node Kafka
-	$(ESPER) broker start
+broker: venv ## start only the local Kafka (BROKERS=3: a local 3-node cluster)
+	$(ESPER) broker start $(if $(BROKERS),--brokers $(BROKERS))
 
-broker-stop: venv ## stop the local single-node Kafka
+broker-stop: venv ## stop the local Kafka (every node)
 	$(ESPER) broker stop
 
 schemas: venv ## regenerate schemas/*.avsc (+ history and fixture logs) from contracts/

@@ -7,9 +7,9 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from services.core.errors import LocalBrokerError
-from services.core.paths import COMPOSE_FILE
+from services.core.paths import COMPOSE_CLUSTER_FILE, COMPOSE_FILE
 from services.oona.admin import wait_for_broker
-from services.oona.local_broker import LocalKafka
+from services.oona.local_broker import LocalCluster, record_nodes
 
 if TYPE_CHECKING:
     from services.cli.settings import EsperSettings
@@ -35,12 +35,13 @@ def ensure_cluster(settings: EsperSettings) -> str:
     """Start the cluster if it is ours to start; returns a one-line description."""
     mode = cluster_mode(settings)
     if mode == "docker":
-        result = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "up", "-d", "kafka"],
-                                capture_output=True, text=True)
+        result = subprocess.run(["docker", "compose", "-f", str(compose_file(settings)), "up", "-d",
+                                 *kafka_services(settings)], capture_output=True, text=True)
         if result.returncode != 0:
             raise LocalBrokerError("docker compose could not start Kafka: " + result.stderr.strip()[-300:])
+        record_nodes(settings.state_dir / "broker", settings.broker.nodes or 1)
     elif mode == "local":
-        LocalKafka(settings.local_broker()).start()
+        LocalCluster(settings.local_brokers()).start()
     brokers = wait_for_broker(settings.kafka, timeout_s=max(settings.kafka.connect_timeout_s, 60))
     return f"{mode} cluster at {settings.kafka.bootstrap_servers} ({brokers} broker(s))"
 
@@ -50,7 +51,23 @@ def stop_cluster(settings: EsperSettings) -> str:
     if mode == "external":
         return "external cluster configured: nothing local to stop"
     if mode == "docker":
-        subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "stop"], capture_output=True, text=True)
+        subprocess.run(["docker", "compose", "-f", str(compose_file(settings)), "stop"], capture_output=True, text=True)
         return "docker kafka stopped (volume kept)"
-    stopped = LocalKafka(settings.local_broker()).stop()
-    return "kafka stopped (data kept)" if stopped else "kafka was not running"
+    stopped = LocalCluster(settings.local_brokers()).stop()
+    if not stopped:
+        return "kafka was not running"
+    return "kafka stopped (data kept)" if stopped == 1 else f"kafka stopped, {stopped} nodes (data kept)"
+
+
+def compose_file(settings: EsperSettings):
+    """The compose file of the cluster's size: one broker, or the 3-node cluster (same ports as the local one)."""
+    nodes = settings.broker.nodes or 1
+    if nodes not in (1, 3):
+        raise LocalBrokerError(f"the docker compose files hold 1 or 3 Kafka nodes, not {nodes}; "
+                               "without Docker, `esper broker start --brokers N` runs any count")
+    return COMPOSE_FILE if nodes == 1 else COMPOSE_CLUSTER_FILE
+
+
+def kafka_services(settings: EsperSettings) -> list[str]:
+    nodes = settings.broker.nodes or 1
+    return ["kafka"] if nodes == 1 else [f"kafka-{i}" for i in range(1, nodes + 1)]

@@ -33,25 +33,34 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     from services.cli.settings import load_settings
-    from services.oona.local_broker import LocalKafka
+    from services.oona.local_broker import LocalCluster
 
-    settings = load_settings()
-    broker = LocalKafka(settings.local_broker())
+    settings = load_settings(nodes=args.brokers)
+    cluster = LocalCluster(settings.local_brokers())
     if args.action == "start":
         if settings.external_cluster:
             print(
                 f"an external cluster is configured ({settings.kafka.bootstrap_servers}); not starting a local broker"
             )
             return 0
-        pid = broker.start()
-        print(f"kafka running pid={pid} bootstrap={broker.cfg.bootstrap_servers} log={broker.log_file}")
+        pids = cluster.start()
+        for node, pid in zip(cluster.nodes, pids, strict=True):
+            name = "kafka" if len(pids) == 1 else f"kafka node {node.cfg.node_id}"
+            print(f"{name} running pid={pid} bootstrap={node.cfg.bootstrap_servers} log={node.log_file}")
+        if len(pids) > 1:
+            print(f"kafka cluster of {len(pids)} nodes: bootstrap={cluster.bootstrap_servers}")
     elif args.action == "stop":
-        stopped = broker.stop()
-        print("kafka stopped" if stopped else "kafka was not running")
+        stopped = cluster.stop()
+        print("kafka was not running" if not stopped else "kafka stopped" if len(cluster.nodes) == 1
+              else f"kafka stopped ({stopped} of {len(cluster.nodes)} nodes running)")
     else:
-        status = broker.status()
-        print(json.dumps(status) if args.json else " ".join(f"{k}={v}" for k, v in status.items()))
-        return 0 if status["running"] else 3
+        nodes = cluster.status()
+        if args.json:
+            print(json.dumps(nodes[0] if len(nodes) == 1 else nodes))
+        else:
+            for status in nodes:
+                print(" ".join(f"{k}={v}" for k, v in status.items()))
+        return 0 if all(status["running"] for status in nodes) else 3
     return 0
 
 
@@ -255,9 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["generate", "check"])
     p.set_defaults(func=_cmd_schemas)
 
-    p = sub.add_parser("broker", help="the project's own single-node Kafka (KRaft)")
+    p = sub.add_parser("broker", help="the project's own Kafka (KRaft): one node, or a local cluster")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--brokers", type=int, metavar="N",
+                   help="nodes of the local cluster (default: ESPER_BROKER__NODES, else the count last started, "
+                        "else 1); each node is broker and controller")
     p.set_defaults(func=_cmd_broker)
 
     p = sub.add_parser("topics", help="create (idempotently) or list Esper's topics")

@@ -5,6 +5,7 @@
     SCHEMA_REGISTRY_URL=http://registry:8081     (or ESPER_KAFKA__SCHEMA_REGISTRY_URL)
     ESPER_KAFKA__REPLICATION_FACTOR=3, ESPER_KAFKA__MIN_INSYNC_REPLICAS=2   (unset: derived from the cluster)
     ESPER_BROKER__PORT=9092                      the project's own local broker
+    ESPER_BROKER__NODES=3                        its node count (unset: the count last started, else 1)
     ESPER_STATE_DIR=.state                       broker data, service logs, DuckDB files
 """
 
@@ -18,16 +19,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.errors import ConfigurationError
 from services.core.paths import DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR
-from services.oona.local_broker import LocalBrokerConfig
+from services.oona.local_broker import MAX_NODES, LocalBrokerConfig, cluster_layout, recorded_nodes
 from services.oona.replication import replication_for
 from services.oona.settings import KafkaSettings
 
-# The project's own broker is one node (it is both broker and controller).
-LOCAL_BROKERS = 1
-
 
 class BrokerSettings(BaseModel):
-    """The project's own single-node Kafka (used when no external cluster is configured)."""
+    """The project's own Kafka, one node or a local cluster (used when no external cluster is configured)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +34,9 @@ class BrokerSettings(BaseModel):
     controller_port: int = Field(default=9093, ge=1, le=65535)
     heap: str = Field(default="1G", pattern=r"^\d+[mMgG]$")
     start_timeout_s: float = Field(default=90.0, gt=0)
+    # Nodes of the local cluster (each broker + controller); the ports and folders of each are derived
+    # from the ones above (services.oona.local_broker.cluster_layout). None: the count last started, else 1.
+    nodes: int | None = Field(default=None, ge=1, le=MAX_NODES)
 
 
 class EsperSettings(BaseSettings):
@@ -48,7 +49,11 @@ class EsperSettings(BaseSettings):
     # True when the cluster was named explicitly: then Esper never starts its own broker.
     external_cluster: bool = False
 
-    def local_broker(self) -> LocalBrokerConfig:
+    def local_brokers(self) -> list[LocalBrokerConfig]:
+        """The config of each node of the local cluster (one by default)."""
+        return cluster_layout(self._local_node(), self.broker.nodes or 1)
+
+    def _local_node(self) -> LocalBrokerConfig:
         return LocalBrokerConfig(
             state_dir=self.state_dir / "broker",
             cache_dir=self.cache_dir,
@@ -62,20 +67,28 @@ class EsperSettings(BaseSettings):
         )
 
 
-def load_settings() -> EsperSettings:
-    """Settings from the environment; a bad value raises ConfigurationError naming it."""
+def load_settings(nodes: int | None = None) -> EsperSettings:
+    """Settings from the environment; a bad value raises ConfigurationError naming it.
+
+    ``nodes``: the local cluster's node count asked for on the command line (``--brokers``); it goes
+    before ``ESPER_BROKER__NODES``, which goes before the count recorded by the last start.
+    """
     env = os.environ
     explicit = "KAFKA_BOOTSTRAP_SERVERS" in env or "ESPER_KAFKA__BOOTSTRAP_SERVERS" in env
     try:
         settings = EsperSettings()
+        nodes = nodes or settings.broker.nodes or recorded_nodes(settings.state_dir / "broker") or 1
+        broker = BrokerSettings.model_validate({**settings.broker.model_dump(), "nodes": nodes})
+        settings = settings.model_copy(update={"broker": broker})
         kafka = settings.kafka.model_dump()
         if env.get("KAFKA_BOOTSTRAP_SERVERS"):
             kafka["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
         elif not explicit:
-            # No cluster named: the project's own local broker is the cluster, of one node, so its
-            # replication is known now (and a factor it cannot hold is an error now).
-            kafka["bootstrap_servers"] = f"{settings.broker.host}:{settings.broker.port}"
-            local = replication_for(kafka["replication_factor"], kafka["min_insync_replicas"], brokers=LOCAL_BROKERS)
+            # No cluster named: the project's own local cluster is the cluster, so its size and its
+            # replication are known now (and a factor it cannot hold is an error now). Clients get
+            # every node's address: any one of them down, the others still answer.
+            kafka["bootstrap_servers"] = ",".join(node.bootstrap_servers for node in settings.local_brokers())
+            local = replication_for(kafka["replication_factor"], kafka["min_insync_replicas"], brokers=nodes)
             kafka.update(replication_factor=local.factor, min_insync_replicas=local.min_insync)
         if "SCHEMA_REGISTRY_URL" in env:
             kafka["schema_registry_url"] = env["SCHEMA_REGISTRY_URL"]

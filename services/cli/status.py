@@ -1,9 +1,10 @@
-"""What `esper status` shows: broker health, each topic's replication, each service up or down,
-consumer lag per group.
+"""What `esper status` shows: each broker up or down and the active controller, each topic's
+replication, each service up or down, consumer lag per group.
 
-Exit codes of ``esper status``: 0 when the broker and every service are up; 3 when anything is
-down; with ``--strict``, 4 when everything is up but a service has restarted since ``esper up``,
-a lag is not 0 (or unknown), or a partition is under-replicated. A service in a crash loop is
+Exit codes of ``esper status``: 0 when the brokers and every service are up; 3 when anything is
+down (a node of the local cluster included); with ``--strict``, 4 when everything is up but a
+service has restarted since ``esper up``, a lag is not 0 (or unknown), or a partition is
+under-replicated. A service in a crash loop is
 "up" between its deaths, so its restart count is what tells a script or a test about it.
 
 Lag is the number of events on a service's input partitions that it has not consumed yet:
@@ -55,6 +56,45 @@ def status_exit_code(broker_up: bool, services: list[dict], strict: bool = False
 
 
 @dataclass(frozen=True)
+class BrokerState:
+    id: int
+    address: str
+    up: bool
+    pid: int | None = None  # the local cluster's nodes only
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the cluster says of itself: its live brokers (id -> host:port) and the controller it names."""
+
+    brokers: dict[int, str]
+    controller: int | None
+
+
+def cluster_view(settings: KafkaSettings, timeout_s: float = 3.0) -> ClusterView | None:
+    """The cluster's metadata, None when no broker answers within ``timeout_s``."""
+    client = clients.admin(settings)
+    try:
+        with map_exceptions():
+            metadata = client.list_topics(timeout=timeout_s)
+    except KafkaClientError:
+        return None
+    if not metadata.brokers:
+        return None
+    controller = metadata.controller_id if metadata.controller_id >= 0 else None
+    return ClusterView({b.id: f"{b.host}:{b.port}" for b in metadata.brokers.values()}, controller)
+
+
+def broker_states(view: ClusterView | None, local: list[tuple[int, str, int | None]] | None) -> list[BrokerState]:
+    """Each broker up or down. ``local``: the local cluster's nodes (id, address, pid), each up while its
+    process runs and the cluster lists it; None (an external cluster): the brokers the cluster lists."""
+    alive = view.brokers if view is not None else {}
+    if local is None:
+        return [BrokerState(node, address, True) for node, address in sorted(alive.items())]
+    return [BrokerState(node, address, pid is not None and node in alive, pid) for node, address, pid in local]
+
+
+@dataclass(frozen=True)
 class Lag:
     service: str
     events: int | None  # None: unknown (no offsets yet, or unreadable)
@@ -64,8 +104,12 @@ class Lag:
 def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) -> Lag:
     prefix = settings.topic_prefix
     client = clients.admin(settings)
-    partitions = partitions_of(client, [topic_spec(t.value, prefix).name for t in GROUP_INPUTS[service]])
-    ends = end_offsets(client, partitions, timeout_s=timeout_s)
+    try:
+        with map_exceptions():  # a partition without a leader (a broker just lost): unknown, and why
+            partitions = partitions_of(client, [topic_spec(t.value, prefix).name for t in GROUP_INPUTS[service]])
+            ends = end_offsets(client, partitions, timeout_s=timeout_s)
+    except KafkaClientError as exc:
+        return Lag(service, None, reason(exc))
     group = f"{prefix}{service}"
     request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])
     try:
@@ -103,7 +147,11 @@ def nissa_lag(settings: KafkaSettings, db_path) -> Lag:
         con.close()
     client = clients.admin(settings)
     names = [spec.name for spec in data_topics(settings.topic_prefix)]  # what the sink reads (not the schema log)
-    ends = end_offsets(client, partitions_of(client, names))
+    try:
+        with map_exceptions():
+            ends = end_offsets(client, partitions_of(client, names))
+    except KafkaClientError as exc:
+        return Lag("nissa", None, reason(exc))
     return Lag("nissa", sum(max(0, end - stored.get(key, 0)) for key, end in ends.items()))
 
 

@@ -16,7 +16,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from services.oona.admin import ensure_topics
     from services.oona.topic_registry import all_topics
 
-    settings = load_settings()
+    settings = load_settings(nodes=args.brokers)
     print(ensure_cluster(settings))
     created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
     print(f"topics: {len(created)} created, the rest already present")
@@ -48,50 +48,68 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from services.cli.settings import load_settings
-    from services.cli.status import GROUP_INPUTS, group_lag, nissa_lag, status_exit_code, topic_replication
+    from services.cli.status import (
+        GROUP_INPUTS,
+        broker_states,
+        cluster_view,
+        group_lag,
+        nissa_lag,
+        status_exit_code,
+        topic_replication,
+    )
     from services.cli.supervisor import SERVICES, read_status
-    from services.core.errors import BrokerUnavailableError
     from services.nissa.sink import default_db_path
-    from services.oona.admin import wait_for_broker
-    from services.oona.local_broker import LocalKafka
+    from services.oona.local_broker import LocalCluster
 
     settings = load_settings()
-    try:
-        brokers = wait_for_broker(settings.kafka, timeout_s=3)
-        broker, broker_up = f"up ({brokers} broker(s) at {settings.kafka.bootstrap_servers})", True
-    except BrokerUnavailableError:
-        broker, broker_up = f"down ({settings.kafka.bootstrap_servers})", False
-    if not settings.external_cluster:
-        broker += f", local pid={LocalKafka(settings.local_broker()).pid()}"
+    view = cluster_view(settings.kafka)
+    local = None if settings.external_cluster else LocalCluster(settings.local_brokers())
+    brokers = broker_states(view, None if local is None else
+                            [(n.cfg.node_id, n.cfg.bootstrap_servers, n.pid()) for n in local.nodes])
+    # The local cluster's controller is the quorum's leader its nodes recorded; an external cluster's
+    # is the one its metadata names (in KRaft, a broker standing in for the quorum).
+    controller = local.active_controller() if local is not None else view.controller if view else None
+    broker_up = view is not None and all(b.up for b in brokers)
+    up_count = sum(b.up for b in brokers)
+    broker = (f"up ({up_count} broker(s) at {settings.kafka.bootstrap_servers})" if broker_up else
+              f"down ({up_count} of {len(brokers)} broker(s) up at {settings.kafka.bootstrap_servers})" if view
+              else f"down ({settings.kafka.bootstrap_servers})")
     supervisor = read_status(settings.state_dir)
     services = []
     for name in SERVICES:
         info = (supervisor or {}).get("services", {}).get(name, {})
         lag = None
-        if broker_up:
+        if view is not None:
             lag = (nissa_lag(settings.kafka, default_db_path(settings.state_dir)) if name == "nissa"
                    else group_lag(settings.kafka, name) if name in GROUP_INPUTS else None)
         services.append({"service": name, "up": bool(info.get("pid")), "pid": info.get("pid"),
                          "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"),
                          "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
                          "has_lag": name == "nissa" or name in GROUP_INPUTS})
-    topics = topic_replication(settings.kafka) if broker_up else []
-    code = status_exit_code(broker_up, services, strict=args.strict,
-                            under_replicated=sum(t.under_replicated for t in topics))
+    topics = topic_replication(settings.kafka) if view is not None else []
+    under_replicated = sum(t.under_replicated for t in topics)
+    code = status_exit_code(broker_up, services, strict=args.strict, under_replicated=under_replicated)
     if args.json:
         print(json.dumps({"broker": broker, "broker_up": broker_up,
+                          "brokers": [dataclasses.asdict(b) for b in brokers], "controller": controller,
+                          "under_replicated": under_replicated,
                           "supervisor_pid": supervisor["pid"] if supervisor else None,
                           "topics": [dataclasses.asdict(t) for t in topics],
                           "services": services, "exit": code}))
         return code
     print(f"broker: {broker}")
+    for b in brokers:
+        print(f"  broker {b.id} {b.address} {'up' if b.up else 'down'}" + (f" pid={b.pid}" if b.pid else "")
+              + (" (active controller)" if b.id == controller else ""))
+    print(f"controller: {controller if controller is not None else '?'}; "
+          f"under-replicated partitions: {under_replicated if view is not None else '?'}")
     print(f"supervisor: {'up pid=' + str(supervisor['pid']) if supervisor else 'down'}")
     table = Table(show_header=True)
     for column in ("service", "state", "pid", "restarts", "last exit", "lag (events)"):
         table.add_column(column)
     for s in services:
         lag_text = "-"
-        if broker_up and s["has_lag"]:
+        if view is not None and s["has_lag"]:
             lag_text = str(s["lag"]) if s["lag"] is not None else "?"
             lag_text += f" ({s['lag_detail']})" if s["lag_detail"] else ""
         table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
@@ -131,6 +149,9 @@ def add_system_commands(sub) -> None:
         "up", help="start the broker (unless an external one is set), topics and the supervised services"
     )
     p.add_argument("--no-services", action="store_true", help="only the broker and the topics")
+    p.add_argument("--brokers", type=int, metavar="N",
+                   help="nodes of the local Kafka cluster (default: ESPER_BROKER__NODES, else the count last "
+                        "started, else 1)")
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the services and the local broker; data is kept")
     p.set_defaults(func=_cmd_down)

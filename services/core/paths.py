@@ -17,6 +17,8 @@ SCHEMAS_DIR = REPO_ROOT / "schemas"
 
 DOCKER_DIR = REPO_ROOT / "docker"
 COMPOSE_FILE = DOCKER_DIR / "docker-compose.yml"
+# The same with a 3-node Kafka cluster (`esper up --brokers 3` on a Docker host).
+COMPOSE_CLUSTER_FILE = DOCKER_DIR / "docker-compose.cluster.yml"
 KAFKA_LOCAL_ASSETS = DOCKER_DIR / "kafka-local"
 """The local broker's Maven ``pom.xml`` (which Kafka jars) and its log4j configuration."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
 
 from services.core.errors import BrokerUnavailableError, ConfigurationError
 from services.oona import clients
@@ -53,7 +53,7 @@ def ensure_topics(
     with clients.map_exceptions(lambda reason: BrokerUnavailableError(settings.bootstrap_servers, reason)):
         metadata = client.list_topics(timeout=timeout_s)
     existing = metadata.topics
-    replication = cluster_replication(settings, len(metadata.brokers))
+    replication = cluster_replication(settings, cluster_size(metadata))
     for spec in specs:
         factor = replication_factor_of(existing[spec.name]) if spec.name in existing else 0
         if factor:  # 0: no replica list yet (the topic is being created), nothing to compare
@@ -94,6 +94,15 @@ def ensure_topics(
 def cluster_replication(settings: KafkaSettings, brokers: int) -> Replication:
     """The replication of ``settings`` on a cluster of ``brokers`` brokers (a one-line error if it cannot be)."""
     return replication_for(settings.replication_factor, settings.min_insync_replicas, brokers)
+
+
+def cluster_size(metadata: ClusterMetadata) -> int:
+    """The brokers of the cluster: those answering, and those holding a copy of a partition while they are
+    away (a node of a cluster restarting). A service started during a rolling restart judges the
+    replication setting against the cluster, not against the brokers up at that instant."""
+    holders = {replica for topic in metadata.topics.values()
+               for partition in topic.partitions.values() for replica in partition.replicas}
+    return len(set(metadata.brokers) | holders)
 
 
 def replication_factor_of(topic: TopicMetadata) -> int:

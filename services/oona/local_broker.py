@@ -1,12 +1,23 @@
-"""A single-node Apache Kafka (KRaft) run by the project itself, for hosts without Docker.
+"""Apache Kafka (KRaft) run by the project itself, for hosts without Docker: one node, or a cluster of several.
 
 The broker's jars are resolved by Maven from Maven Central (``docker/kafka-local/pom.xml``)
 into an ignored cache folder; storage is formatted once; data lives in a state folder,
-so it survives stop/start. One node is both broker and controller.
+so it survives stop/start. Every node is both broker and controller (combined mode): one node
+is its own quorum; the nodes of a cluster are the quorum's voters, so losing one of three
+leaves a controller majority and a broker majority alike.
+
+The layout of a cluster of N nodes is derived from the two base ports: node i (1..N) listens on
+``port + 2(i-1)`` (clients) and ``controller_port + 2(i-1)`` (quorum), and keeps its data in
+``node-i/`` under the broker's state folder; one node keeps the single-node layout (the base
+ports, the state folder itself). The node count of the cluster last started is recorded there
+(``nodes``), so later commands find the cluster without being told again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -16,10 +27,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.errors import LocalBrokerError
+from services.core.errors import ConfigurationError, LocalBrokerError
 from services.core.paths import KAFKA_LOCAL_ASSETS
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,9 @@ class LocalBrokerConfig:
     # (services.oona.replication); one node can hold only one copy.
     replication_factor: int = 1
     min_insync_replicas: int = 1
+    node_id: int = 1
+    # The quorum's voters, (node id, controller port) each, when this node is one of several; empty: alone.
+    voters: tuple[tuple[int, int], ...] = ()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -48,8 +63,10 @@ def _server_properties(cfg: LocalBrokerConfig, log_dir: Path) -> str:
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}",
+            f"node.id={cfg.node_id}",
+            # A static quorum of known voters for a cluster; one node bootstraps its own (dynamic) quorum.
+            (f"controller.quorum.voters={','.join(f'{node}@{cfg.host}:{port}' for node, port in cfg.voters)}"
+             if cfg.voters else f"controller.quorum.bootstrap.servers={cfg.host}:{cfg.controller_port}"),
             f"listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
             f"advertised.listeners=PLAINTEXT://{cfg.host}:{cfg.port},CONTROLLER://{cfg.host}:{cfg.controller_port}",
             "controller.listener.names=CONTROLLER",
@@ -147,8 +164,10 @@ class LocalKafka:
         if not cluster_id_file.exists():
             # Kafka's random-uuid is a base64url of 16 random bytes; same as uuid4 encoded so.
             cluster_id_file.write_text(_kafka_uuid())
+        # One node formats itself as a standalone quorum; a cluster's voters are in its properties.
+        quorum = [] if self.cfg.voters else ["--standalone"]
         result = subprocess.run(
-            self._java_cmd(java, "kafka.tools.StorageTool", "format", "--standalone",
+            self._java_cmd(java, "kafka.tools.StorageTool", "format", *quorum,
                            "-t", cluster_id_file.read_text().strip(), "-c", str(self.properties_file)),
             capture_output=True, text=True,
         )
@@ -186,9 +205,15 @@ class LocalKafka:
 
     def start(self) -> int:
         """Start the broker (if not running) and wait until it accepts connections."""
+        pid = self.launch()
+        self.wait_until_ready()
+        return pid
+
+    def launch(self) -> int:
+        """Start the broker process (if not running) without waiting for it: a cluster's nodes answer
+        only once a majority of the quorum is up, so they are launched together, then waited on."""
         existing = self.pid()
         if existing is not None:
-            self._wait_until_ready(existing)
             return existing
         for port in (self.cfg.port, self.cfg.controller_port):
             if self._port_open(port):
@@ -211,14 +236,17 @@ class LocalKafka:
         self._process = proc
         self.pid_file.write_text(str(proc.pid))
         log.info("local Kafka starting pid=%d bootstrap=%s", proc.pid, self.cfg.bootstrap_servers)
-        self._wait_until_ready(proc.pid, proc)
         return proc.pid
 
-    def _wait_until_ready(self, pid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def wait_until_ready(self) -> None:
+        """Until this node answers a metadata request (within the start timeout)."""
         from services.core.errors import BrokerUnavailableError
         from services.oona.admin import wait_for_broker
         from services.oona.settings import KafkaSettings
 
+        pid, proc = self.pid(), self._process
+        if pid is None:
+            raise LocalBrokerError(f"Kafka node {self.cfg.node_id} is not running: {self._log_tail()}")
         deadline = time.monotonic() + self.cfg.start_timeout_s
         while not self.answering():
             if proc is not None and proc.poll() is not None:
@@ -274,6 +302,7 @@ class LocalKafka:
     def status(self) -> dict[str, object]:
         pid = self.pid()
         return {
+            "node": self.cfg.node_id,
             "running": pid is not None,
             "pid": pid,
             "bootstrap_servers": self.cfg.bootstrap_servers,
@@ -281,6 +310,119 @@ class LocalKafka:
             "state_dir": str(self.state_dir),
             "log_file": str(self.log_file),
         }
+
+
+# Node counts a local cluster may have: 1 (the default), or a quorum that survives the loss of a node.
+MAX_NODES = 9
+NODES_RECORD = "nodes"
+
+
+def cluster_layout(base: LocalBrokerConfig, nodes: int) -> list[LocalBrokerConfig]:
+    """The configs of a local cluster of ``nodes`` nodes built around ``base`` (the single node's config).
+
+    One node is ``base`` itself, unchanged. Node i of several gets the ports ``port + 2(i-1)`` and
+    ``controller_port + 2(i-1)`` (so the defaults 9092/9093 give 9092..9097, each node a client port
+    and the next one its controller port) and the data folder ``node-i`` under the state folder.
+    """
+    if not 1 <= nodes <= MAX_NODES:
+        raise ConfigurationError(f"a local cluster has 1 to {MAX_NODES} nodes, not {nodes}")
+    if nodes == 1:
+        return [base]
+    ports = [(i, base.port + 2 * (i - 1), base.controller_port + 2 * (i - 1)) for i in range(1, nodes + 1)]
+    every = [port for _, client, controller in ports for port in (client, controller)]
+    if len(set(every)) != len(every) or max(every) > 65535:
+        raise ConfigurationError(
+            f"the ports of {nodes} nodes from port {base.port} and controller port {base.controller_port} "
+            "overlap or pass 65535; set ESPER_BROKER__CONTROLLER_PORT to ESPER_BROKER__PORT + 1"
+        )
+    voters = tuple((i, controller) for i, _, controller in ports)
+    return [dataclasses.replace(base, state_dir=Path(base.state_dir) / f"node-{i}", port=client,
+                                controller_port=controller, node_id=i, voters=voters)
+            for i, client, controller in ports]
+
+
+def recorded_nodes(broker_state_dir: Path) -> int | None:
+    """The node count of the local cluster last started from this state folder (None: none recorded)."""
+    try:
+        return int((Path(broker_state_dir) / NODES_RECORD).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def record_nodes(broker_state_dir: Path, nodes: int) -> None:
+    """Record the node count of the cluster being started, for the commands after it."""
+    Path(broker_state_dir).mkdir(parents=True, exist_ok=True)
+    (Path(broker_state_dir) / NODES_RECORD).write_text(f"{nodes}\n")
+
+
+def active_controller(log_dirs: Iterable[Path]) -> int | None:
+    """The quorum's leader as the nodes with these data folders last saw it (their ``quorum-state``
+    files, newest epoch first); None when none of them knows one.
+
+    Kafka's clients cannot ask the quorum (in KRaft the metadata a broker answers names a random
+    broker as "controller"), so the local cluster reads what its own running nodes wrote.
+    """
+    best: tuple[int, int] | None = None
+    for log_dir in log_dirs:
+        try:
+            state = json.loads((Path(log_dir) / "__cluster_metadata-0" / "quorum-state").read_text())
+            leader, epoch = int(state.get("leaderId", -1)), int(state.get("leaderEpoch", -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if leader >= 0 and (best is None or epoch > best[1]):
+            best = (leader, epoch)
+    return best[0] if best else None
+
+
+class LocalCluster:
+    """The nodes of the local cluster, started, stopped and reported together."""
+
+    def __init__(self, nodes: list[LocalBrokerConfig]) -> None:
+        self.nodes = [LocalKafka(cfg) for cfg in nodes]
+        # The state folder of the broker (of one node, or the parent of a cluster's node folders).
+        self.state_dir = Path(nodes[0].state_dir) if len(nodes) == 1 else Path(nodes[0].state_dir).parent
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.cfg.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        return next(node for node in self.nodes if node.cfg.node_id == node_id)
+
+    def start(self) -> list[int]:
+        """Start every node not running, and wait until each answers; the pids."""
+        record_nodes(self.state_dir, len(self.nodes))
+        cluster_id = self.state_dir / "cluster.id"
+        if len(self.nodes) > 1:  # one id for every node of the cluster
+            if not cluster_id.exists():
+                cluster_id.write_text(_kafka_uuid())
+            for node in self.nodes:
+                node.state_dir.mkdir(parents=True, exist_ok=True)
+                if not (node.state_dir / "cluster.id").exists():
+                    shutil.copyfile(cluster_id, node.state_dir / "cluster.id")
+        pids = [node.launch() for node in self.nodes]
+        for node in self.nodes:
+            node.wait_until_ready()
+        return pids
+
+    def stop(self) -> int:
+        """Stop every running node; how many were running.
+
+        All are told at once: stopped one by one, the last nodes would wait for a quorum already gone.
+        """
+        running = [(node, pid) for node in self.nodes if (pid := node.pid()) is not None]
+        for _, pid in running:
+            with contextlib.suppress(ProcessLookupError):  # gone meanwhile: stop() below agrees
+                os.kill(pid, signal.SIGTERM)
+        for node, _ in running:
+            node.stop()
+        return len(running)
+
+    def status(self) -> list[dict[str, object]]:
+        return [node.status() for node in self.nodes]
+
+    def active_controller(self) -> int | None:
+        return active_controller(node.log_dir for node in self.nodes if node.pid() is not None)
 
 
 def _wait_exit(pid: int, timeout_s: float) -> bool:

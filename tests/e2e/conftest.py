@@ -2,10 +2,13 @@
 
 The cases share one system and run in this order: the demo, the poison soak (it asserts that no
 service ever restarted, so it comes before the cases that kill services), then the fault cases.
+The cluster's fault cases run first, on a system of their own (a local 3-node cluster on its own
+ports), which is down before the shared one starts: never two systems on the machine at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,7 +24,9 @@ from services.oona.settings import KafkaSettings
 from tests.esper_cli import esper_env, run_esper
 
 E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "19292"))
-MODULE_ORDER = ("test_demo", "test_poison_soak", "test_faults")
+# The 3-node cluster's base port: its nodes listen on base, base + 2, base + 4 (controllers one above each).
+E2E_CLUSTER_PORT = int(os.environ.get("ESPER_E2E_CLUSTER_PORT", str(E2E_BROKER_PORT + 10)))
+MODULE_ORDER = ("test_cluster_faults", "test_demo", "test_poison_soak", "test_faults")
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -45,9 +50,13 @@ class System:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    nodes: int = 1
+
     @property
     def kafka(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=f"127.0.0.1:{self.env['ESPER_BROKER__PORT']}")
+        """Every node's address, as the system's own services get them."""
+        port = int(self.env["ESPER_BROKER__PORT"])
+        return KafkaSettings(bootstrap_servers=",".join(f"127.0.0.1:{port + 2 * i}" for i in range(self.nodes)))
 
     def status(self) -> dict:
         """The supervisor's view: each service's pid and restart count."""
@@ -87,21 +96,27 @@ class System:
             assert time.monotonic() < deadline, f"no kernel for {input_shape} -> {output_shape}: {listed.stderr}"
 
 
-@pytest.fixture(scope="session")
-def system(tmp_path_factory) -> Iterator[System]:
-    state = tmp_path_factory.mktemp("e2e") / "state"
-    env = esper_env(ESPER_BROKER__PORT=str(E2E_BROKER_PORT), ESPER_BROKER__CONTROLLER_PORT=str(E2E_BROKER_PORT + 1),
-                    ESPER_BROKER__HEAP="768m", ESPER_STATE_DIR=str(state))
-    system = System(env, state)
-    up = system.esper("up", timeout=300)
-    assert up.returncode == 0, up.stdout + up.stderr
+@contextlib.contextmanager
+def running_system(state: Path, port: int, nodes: int = 1, heap: str = "768m") -> Iterator[System]:
+    """`esper up` on a fresh state folder (its broker: ``nodes`` nodes from ``port``), until `esper down`."""
+    env = esper_env(ESPER_BROKER__PORT=str(port), ESPER_BROKER__CONTROLLER_PORT=str(port + 1),
+                    ESPER_BROKER__HEAP=heap, ESPER_STATE_DIR=str(state))
+    system = System(env, state, nodes)
+    up = system.esper("up", "--brokers", str(nodes), timeout=300)
     try:
+        assert up.returncode == 0, up.stdout + up.stderr
         system.wait_all_up()
         system.wait_for_kernels([2], [8])  # the examples' slot: Karn -> Tezzeret -> Urabrask
         yield system
     finally:
         down = system.esper("down", timeout=180)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory) -> Iterator[System]:
+    with running_system(tmp_path_factory.mktemp("e2e") / "state", E2E_BROKER_PORT) as system:
+        yield system
 
 
 def vm_rss_kib(pid: int) -> int | None:

@@ -47,7 +47,7 @@ TABLE_OF = {"training.sessions": "training_session_event", "telemetry.seed.healt
 
 
 def kafka_of(system) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=f"127.0.0.1:{system.env['ESPER_BROKER__PORT']}")
+    return system.kafka
 
 
 def config(tmp_path: Path, epochs: int) -> Path:
@@ -346,7 +346,7 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
     settings = EsperSettings(state_dir=system.state_dir)
     settings.broker.port = int(system.env["ESPER_BROKER__PORT"])
     settings.broker.controller_port = int(system.env["ESPER_BROKER__CONTROLLER_PORT"])
-    broker = LocalKafka(settings.local_broker())
+    broker = LocalKafka(settings.local_brokers()[0])
     epochs = 20
     run_id, run = start_run(system, tmp_path, epochs)
     try:

@@ -81,7 +81,7 @@ def test_the_local_broker_settings_resolve_to_one_copy(monkeypatch):
     _clean_env(monkeypatch)
     settings = load_settings()
     assert (settings.kafka.replication_factor, settings.kafka.min_insync_replicas) == (1, 1)
-    broker = settings.local_broker()
+    [broker] = settings.local_brokers()
     assert (broker.replication_factor, broker.min_insync_replicas) == (1, 1)
 
 
@@ -128,3 +128,21 @@ def test_a_topics_factor_is_its_fewest_listed_copies():
 
     assert replication_factor_of(topic([1, 2, 3], [2, 3], [1, 2, 3])) == 2
     assert replication_factor_of(topic([], [])) == 0  # no replica list yet: nothing to compare
+
+
+def test_a_broker_away_still_counts_in_the_cluster_size_while_it_holds_copies():
+    from confluent_kafka.admin import BrokerMetadata, ClusterMetadata, TopicMetadata
+
+    from services.oona.admin import cluster_size
+
+    metadata = ClusterMetadata()
+    metadata.brokers = {1: BrokerMetadata(), 3: BrokerMetadata()}  # broker 2 is restarting
+    topic = TopicMetadata()
+    for number in range(3):
+        partition = PartitionMetadata()
+        partition.id, partition.replicas, partition.isrs = number, [1, 2, 3], [1, 3]
+        topic.partitions[number] = partition
+    metadata.topics = {"t": topic}
+    assert cluster_size(metadata) == 3  # a service starting now accepts replication factor 3
+    metadata.topics = {}
+    assert cluster_size(metadata) == 2  # nothing tells of a third broker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 
 import pytest
 
@@ -16,6 +17,8 @@ def _clean_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("ESPER_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL"):
             monkeypatch.delenv(name)
+    # A fresh state folder: no local cluster recorded by a developer's own `esper broker start --brokers N`.
+    monkeypatch.setenv("ESPER_STATE_DIR", tempfile.mkdtemp(prefix="esper-unit-state-"))
 
 
 def test_defaults_point_at_the_local_broker(monkeypatch):
