@@ -212,7 +212,8 @@ def test_run_lineage_shows_the_fork_tree(tmp_path):
     store = new_store(tmp_path / "nissa.duckdb")
     batch = new_batch()
     batch.add([_session("root", None, None, offset=0), _session("quiet", "root", 3, adapt=False, offset=1),
-               _session("other", "root", 3, policy="gnn-000000000002", offset=2), _session("deep", "other", 5, offset=3),
+               _session("other", "root", 3, policy="gnn-000000000002", offset=2),
+               _session("deep", "other", 5, offset=3),
                _session("orphan", "gone", 1, offset=4)])
     store.write(batch.drain(), {})
     store.close()
