@@ -159,7 +159,8 @@ def test_fossilizing_a_width_seed_merges_its_units_into_the_host(kind, path):
     for _ in range(2):
         manager.after_optimizer_step()
     grafted = model(x).detach()
-    events, reports = manager.fossilize_gate(sid, 1, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
+    events, reports = manager.fossilize_gate(sid, 1, evaluate=lambda: Evaluation(1.0, 0.1),
+                                             current=Evaluation(0.5, 0.9))
     assert [e.to_state for e in events] == [SeedState.FOSSILIZED] and reports[0].outcome.value == "fossilized"
     assert slot.kernel(0) is None and manager.state(sid) is SeedState.FOSSILIZED
     assert torch.allclose(model(x), grafted, rtol=0, atol=1e-5)  # the merged host computes what the seed did
