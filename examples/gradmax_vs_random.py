@@ -45,7 +45,7 @@ def grow(seed: int, gradmax: bool, units: int = 16, before: int = 10, after: int
     (gradient,) = torch.autograd.grad(loss, kernel.fan_out)
     for epoch in range(before, before + after):
         trainer.train_epoch(epoch)
-        if manager.end_of_epoch(epoch, trainer.val_accuracy, trainer.val_accuracy())[0]:
+        if manager.end_of_epoch(epoch, trainer.val_evaluation, trainer.val_evaluation())[0]:
             trainer.rebuild_optimizer()
     return float(gradient.norm()), trainer.val_accuracy()
 

@@ -45,13 +45,26 @@ GradientProbe = Callable[[], torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """The model on the validation split: mean cross-entropy and accuracy."""
+
+    loss: float
+    accuracy: float
+
+
+# The model's validation loss and accuracy now (the fossilization gate evaluates with and without a seed).
+Evaluate = Callable[[], Evaluation]
+
+
+@dataclass(frozen=True)
 class LifecycleSettings:
     training_epochs: int = 2  # TRAINING -> GRAFTING after this many epochs (when auto_advance)
     # True: Kasmina advances and fossilizes seeds itself. False: a controller (Tamiyo) commands
     # ADVANCE and FOSSILIZE when the health signals say a seed is ready; the gates still decide.
     grafting_steps: int = 50  # optimizer steps for alpha to ramp 0 -> 1
     embargo_epochs: int = 2  # CULLED -> DORMANT after this many epochs
-    min_contribution: float = 0.0  # the counterfactual gate: contribution must exceed this
+    # The counterfactual gate: the validation loss without the seed minus with it (nats) must exceed this.
+    min_contribution: float = 0.0
     auto_advance: bool = True
 
 
@@ -229,26 +242,34 @@ class SeedManager:
         slot.set_alpha(seed.seed_idx, 0.0)
         return [event]
 
-    def fossilize_gate(self, seed: SeedId, epoch: int, evaluate: Callable[[], float], current: float,
+    def fossilize_gate(self, seed: SeedId, epoch: int, evaluate: Evaluate, current: Evaluation,
                        command_id: str | None = None) -> tuple[list[SeedTransition], list[FieldReport]]:
-        """GRAFTING -> FOSSILIZED if the seed's counterfactual contribution is positive, else CULLED."""
+        """GRAFTING -> FOSSILIZED if the model's validation loss is lower with the seed than without, else CULLED.
+
+        The counterfactual is the same model with the seed at alpha 0 (a side branch or depth block adds
+        nothing; a width seed's units feed nothing into the next layer: its consumer columns are gone too).
+        It is judged on the validation *loss*, not accuracy: a seed that is still young when its ramp ends
+        (a width seed's fan-out starts at zero and has had ``grafting_steps`` of joint training) moves the
+        model's outputs towards the labels long before it moves enough argmaxes to change the accuracy of
+        a few hundred validation samples by one sample, and a host near chance (an under-capacity one:
+        exactly where growth is wanted) turns accuracy into a coin flip per sample. The cross-entropy sees
+        every sample's margin, so a seed that helps reads positive however small its effect yet, and one
+        that hurts or overfits (held-out data) reads negative. The accuracy contribution is still reported
+        (the field report's ``contribution``: the reward Tamiyo's training reads).
+        """
         slot = self.slot(seed)
         with slot.override_alpha(seed.seed_idx, 0.0):
             without = evaluate()
-        contribution = current - without
-        gate = GateResult(name="counterfactual_contribution", passed=contribution > self.settings.min_contribution,
-                          value=contribution, threshold=self.settings.min_contribution)
+        contribution = current.accuracy - without.accuracy
+        loss_contribution = without.loss - current.loss
+        threshold = self.settings.min_contribution
+        gate = GateResult(name="counterfactual_loss_contribution", passed=loss_contribution > threshold,
+                          value=loss_contribution, threshold=threshold)
+        measured = f"counterfactual contribution {loss_contribution:+.4f} nats (accuracy {contribution:+.4f})"
         if not gate.passed:
-            return self.cull(
-                seed,
-                epoch,
-                f"counterfactual contribution {contribution:+.4f} not above {self.settings.min_contribution:+.4f}",
-                command_id=command_id,
-                gates=[gate],
-                metric=current,
-            )
-        event = self._move(seed, SeedState.FOSSILIZED, epoch, f"counterfactual contribution {contribution:+.4f}",
-                           command_id=command_id, gates=[gate])
+            return self.cull(seed, epoch, f"{measured} not above {threshold:+.4f}", command_id=command_id,
+                             gates=[gate], metric=current.accuracy)
+        event = self._move(seed, SeedState.FOSSILIZED, epoch, measured, command_id=command_id, gates=[gate])
         slot.set_alpha(seed.seed_idx, 1.0)
         link = slot.width_links.get(seed.seed_idx)
         if isinstance(link, WidthLink):  # the units become the host's own (and train on with it)
@@ -259,8 +280,10 @@ class SeedManager:
         kernel = slot.kernel(seed.seed_idx)
         if kernel is not None:
             kernel.requires_grad_(False)
-        return [event], [self._field_report(seed, epoch, current, FieldReportOutcome.FOSSILIZED,
-                                            {"contribution": contribution, "without_seed": without})]
+        return [event], [self._field_report(seed, epoch, current.accuracy, FieldReportOutcome.FOSSILIZED,
+                                            {"contribution": contribution, "without_seed": without.accuracy,
+                                             "loss_contribution": loss_contribution,
+                                             "without_seed_loss": without.loss})]
 
     def _field_report(self, seed: SeedId, epoch: int, post: float, outcome: FieldReportOutcome,
                       extra: dict[str, float] | None = None) -> FieldReport:
@@ -283,7 +306,7 @@ class SeedManager:
                     slot.seed_graft_step[idx] = step
                     slot.set_alpha(idx, min(1.0, step / max(1, int(slot.seed_graft_total[idx]))))
 
-    def end_of_epoch(self, epoch: int, evaluate: Callable[[], float], current: float
+    def end_of_epoch(self, epoch: int, evaluate: Evaluate, current: Evaluation
                      ) -> tuple[list[SeedTransition], list[FieldReport]]:
         """Failures -> CULLED; embargo -> DORMANT; with auto_advance: advance, and finished grafts face the gate."""
         transitions: list[SeedTransition] = []
@@ -294,7 +317,7 @@ class SeedManager:
                 seed = SeedId(layer_id=slot.layer_id, seed_idx=idx)
                 state = slot.state(idx)
                 if idx in failures and state in CULLABLE:
-                    t, r = self.cull(seed, epoch, failures[idx], metric=current)
+                    t, r = self.cull(seed, epoch, failures[idx], metric=current.accuracy)
                     transitions += t
                     reports += r
                     continue

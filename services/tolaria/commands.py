@@ -11,7 +11,7 @@ from services.blueprints.artifacts import ArtifactError
 from services.core.errors import EsperError
 from services.kasmina.growth import fits_slot
 from services.kasmina.lifecycle import IllegalTransitionError
-from services.kasmina.seed_manager import GradientProbe, KernelInfo, SeedManager
+from services.kasmina.seed_manager import Evaluate, Evaluation, GradientProbe, KernelInfo, SeedManager
 from services.kasmina.seed_slot import KasminaError
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
 
@@ -52,16 +52,16 @@ class CommandApplier:
         self.kernel_wait_s = kernel_wait_s
         self.on_parameters_changed = on_parameters_changed
 
-    def apply(self, command: KasminaCommand, epoch: int, evaluate: Callable[[], float], current: float
+    def apply(self, command: KasminaCommand, epoch: int, evaluate: Evaluate, current: Evaluation
               ) -> tuple[list[SeedTransition], list[FieldReport]]:
         seed = SeedId(layer_id=command.layer_id, seed_idx=command.seed_idx)
         try:
             self.manager.slot(seed)
             if command.action == CommandAction.GERMINATE:
-                result = self._germinate(command, seed, epoch, current)
+                result = self._germinate(command, seed, epoch, current.accuracy)
             elif command.action == CommandAction.CULL:
                 result = self.manager.cull(seed, epoch, f"commanded ({command.command_id})",
-                                           command_id=command.command_id, metric=current)
+                                           command_id=command.command_id, metric=current.accuracy)
             elif command.action == CommandAction.ADVANCE and self.manager.state(seed) is SeedState.TRAINING:
                 result = (self.manager.advance(seed, epoch, "commanded", command.command_id), [])
             elif command.action in (CommandAction.ADVANCE, CommandAction.FOSSILIZE):

@@ -94,7 +94,8 @@ class AdaptationConfig(_Strict):
     training_epochs: int = Field(default=2, ge=1)
     grafting_steps: int = Field(default=50, ge=1)
     embargo_epochs: int = Field(default=2, ge=0)
-    min_contribution: float = Field(default=0.0, description="counterfactual gate threshold (accuracy)")
+    min_contribution: float = Field(
+        default=0.0, description="counterfactual gate threshold: validation loss without the seed minus with it (nats)")
     auto_advance: bool = True
     kernel_wait_s: float = Field(default=15.0, ge=0, description="how long to wait for a kernel in the library")
     controller_wait_s: float = Field(

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from contracts import EpochCompleted, FieldReport, KasminaCommand, SeedTransition, SystemStatePacket, TopicName
-from services.kasmina.seed_manager import SeedManager
+from services.kasmina.seed_manager import Evaluate, Evaluation, SeedManager
 from services.oona.consumer import Delivered
 from services.oona.isolation import failure_reason, is_record_failure
 from services.tolaria.commands import AdaptationBudget, CommandApplier, CommandRejected
@@ -68,14 +68,14 @@ class BoundaryOutcome:
 
 class EpochBoundary:
     def __init__(self, run_id: str, model: nn.Module, manager: SeedManager, applier: CommandApplier,
-                 budget: AdaptationBudget, evaluate: Callable[[], float], on_parameters_changed: Callable[[], None],
+                 budget: AdaptationBudget, evaluate: Evaluate, on_parameters_changed: Callable[[], None],
                  *, epochs: int, telemetry_every_epochs: int, checkpoint_every_epochs: int) -> None:
         self.run_id = run_id
         self.model = model
         self.manager = manager
         self.applier = applier
         self.budget = budget
-        self.evaluate = evaluate  # validation accuracy now (the fossilization gate compares with and without a seed)
+        self.evaluate = evaluate  # validation loss and accuracy now (the gate compares with and without a seed)
         self.on_parameters_changed = on_parameters_changed
         self.epochs = epochs
         self.telemetry_every_epochs = telemetry_every_epochs
@@ -84,6 +84,7 @@ class EpochBoundary:
     def step(self, result: EpochResult, commands: list[Delivered], load: tuple[float, float]) -> BoundaryOutcome:
         """Apply the due ``commands`` (pending ones first), then the lifecycle; ``load``: (system load, memory use)."""
         epoch, val_acc = result.epoch, result.val_accuracy
+        current = Evaluation(result.val_loss, val_acc)
         transitions: list[SeedTransition] = []
         reports: list[FieldReport] = []
         later: list[Delivered] = []
@@ -96,12 +97,12 @@ class EpochBoundary:
                 continue
             if command.command_id in self.budget.applied:
                 continue  # applied before the checkpoint we resumed from
-            applied = self._apply(delivered, epoch, val_acc, rejected)
+            applied = self._apply(delivered, epoch, current, rejected)
             if applied is not None:
                 causes[command.command_id] = delivered.message.event_id
                 transitions += applied[0]
                 reports += applied[1]
-        t, r = self.manager.end_of_epoch(epoch, self.evaluate, val_acc)
+        t, r = self.manager.end_of_epoch(epoch, self.evaluate, current)
         if t:
             self.on_parameters_changed()
         transitions += t
@@ -138,12 +139,12 @@ class EpochBoundary:
         return BoundaryOutcome(events, rejected, later, transitions,
                                checkpoint=(epoch + 1) % self.checkpoint_every_epochs == 0)
 
-    def _apply(self, delivered: Delivered, epoch: int, val_acc: float, rejected: list[RejectedCommand]
+    def _apply(self, delivered: Delivered, epoch: int, current: Evaluation, rejected: list[RejectedCommand]
                ) -> tuple[list[SeedTransition], list[FieldReport]] | None:
         """Apply one due command; None when it is rejected or fails (recorded in ``rejected``)."""
         command: KasminaCommand = delivered.message.payload
         try:
-            result = self.applier.apply(command, epoch, self.evaluate, val_acc)
+            result = self.applier.apply(command, epoch, self.evaluate, current)
         except CommandRejected as exc:
             rejected.append(RejectedCommand(delivered, f"command {command.command_id} rejected: {exc}",
                                             "CommandRejected"))

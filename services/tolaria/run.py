@@ -137,7 +137,7 @@ class _RunLoop:
         applier = CommandApplier(setup.manager, clients.library, setup.budget, a.kernel_wait_s,
                                  trainer.rebuild_optimizer, trainer.gradient_probe_loss)
         self.boundary = EpochBoundary(
-            self.run_id, setup.model, setup.manager, applier, setup.budget, trainer.val_accuracy,
+            self.run_id, setup.model, setup.manager, applier, setup.budget, trainer.val_evaluation,
             trainer.rebuild_optimizer, epochs=self.cfg.epochs, telemetry_every_epochs=self.cfg.telemetry.every_epochs,
             checkpoint_every_epochs=self.cfg.checkpoint_every_epochs,
         )

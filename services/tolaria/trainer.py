@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from services.kasmina.seed_manager import SeedManager
+from services.kasmina.seed_manager import Evaluation, SeedManager
 from services.tolaria.config import RunConfig
 from services.tolaria.data import Dataset, Split
 
@@ -154,6 +154,10 @@ class Trainer:
 
     def val_accuracy(self) -> float:
         return self.evaluate("val")[1]
+
+    def val_evaluation(self) -> Evaluation:
+        """Validation loss and accuracy now (what the fossilization gate compares with and without a seed)."""
+        return Evaluation(*self.evaluate("val"))
 
 
 def _to(split: Split, device: torch.device) -> Split:

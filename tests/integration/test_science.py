@@ -6,7 +6,8 @@ perfectly; this host cannot). Three arms per seed:
 - ``scripted``: germinate commands from the test at epoch 5, Kasmina advances on its own;
 - ``tamiyo``: the Tamiyo service decides everything (when, where, which kernel, advance,
   fossilize) from the run's telemetry, with the shipped initial policy.
-Kernels are the starter blueprints for the slot, compiled and characterised for real.
+Kernels are the starter blueprints for the slot, compiled and characterised for real, and those for
+the slot widened by a fossilized width seed of 16 or 32 units (what Karn offers in a running system).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def test_adaptive_runs_beat_the_no_adapt_baseline(esper_settings, tmp_path):
     prefix = kafka.topic_prefix
     scripted_kernels = [publish_kernel(kafka, mlp_adapter(2, 8, 64), init_seed=i, prefix=prefix) for i in range(2)]
     publish_slot_kernels(kafka, [2], [8])
+    for widened in (8 + 16, 8 + 32):  # what Karn offers once a width seed of 16 or 32 units fossilizes
+        publish_slot_kernels(kafka, [2], [widened])
     scripted_cfg = load_config(EXAMPLES / "spirals-adaptive.yaml")
     tamiyo_cfg = load_config(EXAMPLES / "spirals-tamiyo.yaml")
     results: dict[str, list] = {"no_adapt": [], "scripted": [], "tamiyo": []}
@@ -63,4 +66,7 @@ def test_adaptive_runs_beat_the_no_adapt_baseline(esper_settings, tmp_path):
     assert mean["scripted"] > mean["no_adapt"] + 0.05, summary
     assert mean["tamiyo"] > mean["no_adapt"] + 0.05, summary
     assert all(r["seed_params"] == 0 for r in results["no_adapt"])
-    assert sum(r["seeds"].get("fossilized", 0) for r in results["tamiyo"]) >= 1, summary
+    assert sum(r["seeds"].get("fossilized", 0) for r in results["tamiyo"]) >= 2, summary
+    # The gate keeps growth in most runs (on seed 1 this host is stuck at chance and may keep nothing).
+    assert sum(r["params"] > r0["params"] for r, r0 in zip(results["tamiyo"], results["no_adapt"], strict=True)) >= 2, \
+        summary

@@ -17,7 +17,7 @@ import torch
 from contracts import SeedId, SeedState
 from services.blueprints.modules import build_module
 from services.blueprints.starter import conv_adapter, depth_block, mlp_adapter, width_units
-from services.kasmina.seed_manager import KernelInfo, LifecycleSettings, SeedManager
+from services.kasmina.seed_manager import Evaluation, KernelInfo, LifecycleSettings, SeedManager
 from services.kasmina.wrap import wrap_layers
 from services.nissa.confidence import T_975, mean_ci95, t_critical, t_critical_sql, t_expansion
 from services.nissa.experiment_report import ArmRow, ExperimentData, load_experiment, render, text_table
@@ -219,7 +219,7 @@ def grow(kind: str, fossils: list[tuple[str, str]]):
         assert events[-1].to_state is SeedState.TRAINING
         manager.advance(sid, 0, "t")
         manager.after_optimizer_step()
-        events, _ = manager.fossilize_gate(sid, 1, evaluate=lambda: 0.1, current=0.9)
+        events, _ = manager.fossilize_gate(sid, 1, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
         assert events[-1].to_state is SeedState.FOSSILIZED
     base = parse_config({"name": "g", "model": model_cfg.model_dump(), "seeds": {"target_layers": list(slots)}})
     grown = Grown(parameter_count(model), tuple(Fossil(manager.slot(s).layer_name, manager.kernel_info[s].architecture)

@@ -14,7 +14,7 @@ from contracts import SeedId, SeedState, layer_id_for_path
 from services.blueprints.modules import build_module
 from services.blueprints.starter import conv_adapter, mlp_adapter
 from services.kasmina.lifecycle import TRANSITIONS, IllegalTransitionError, check_transition
-from services.kasmina.seed_manager import KernelInfo, LifecycleSettings, SeedManager
+from services.kasmina.seed_manager import Evaluation, KernelInfo, LifecycleSettings, SeedManager
 from services.kasmina.seed_slot import KasminaError, SeedSlot
 from services.kasmina.wrap import wrap_layers
 
@@ -171,12 +171,16 @@ def test_alpha_ramps_over_the_configured_steps_then_the_gate_decides():
         manager.after_optimizer_step()
         alphas.append(slot.alpha(0))
     assert alphas == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    # A seed that helps (+0.1 accuracy with it) fossilizes; its weights freeze.
-    transitions, reports = manager.end_of_epoch(2, evaluate=lambda: 0.6 if slot._alpha_override else 0.9, current=0.7)
+    # A seed that helps (validation loss 0.6 with it, 0.9 without; +0.1 accuracy) fossilizes; its weights freeze.
+    transitions, reports = manager.end_of_epoch(
+        2, evaluate=lambda: Evaluation(0.9, 0.6) if slot._alpha_override else Evaluation(0.5, 0.9),
+        current=Evaluation(0.6, 0.7))
     assert [t.to_state for t in transitions] == [SeedState.FOSSILIZED]
     gate = transitions[0].gates[0]
-    assert gate.name == "counterfactual_contribution" and gate.passed and gate.value == pytest.approx(0.1)
+    assert gate.name == "counterfactual_loss_contribution" and gate.passed and gate.value == pytest.approx(0.3)
     assert reports[0].outcome.value == "fossilized" and reports[0].pre_metric == 0.5 and reports[0].post_metric == 0.7
+    assert reports[0].eval_metrics["contribution"] == pytest.approx(0.1)
+    assert reports[0].eval_metrics["loss_contribution"] == pytest.approx(0.3)
     assert not any(p.requires_grad for p in slot.kernel(0).parameters())
 
 
@@ -186,13 +190,30 @@ def test_a_seed_that_does_not_help_is_culled_then_embargoed_then_dormant():
     sid, _, _ = germinate(manager, slots)
     manager.advance(sid, 1, "test")
     manager.after_optimizer_step()
-    transitions, reports = manager.end_of_epoch(2, evaluate=lambda: 0.8, current=0.8)
+    transitions, reports = manager.end_of_epoch(2, evaluate=lambda: Evaluation(0.5, 0.8), current=Evaluation(0.5, 0.8))
     assert [t.to_state for t in transitions] == [SeedState.CULLED] and not transitions[0].gates[0].passed
     assert reports[0].outcome.value == "culled"
     assert slots["encoder.0.0"].kernel(0) is None
-    assert manager.end_of_epoch(3, lambda: 0.8, 0.8)[0] == []
-    [back] = manager.end_of_epoch(4, lambda: 0.8, 0.8)[0]
+    assert manager.end_of_epoch(3, lambda: Evaluation(0.5, 0.8), Evaluation(0.5, 0.8))[0] == []
+    [back] = manager.end_of_epoch(4, lambda: Evaluation(0.5, 0.8), Evaluation(0.5, 0.8))[0]
     assert (back.from_state, back.to_state) == (SeedState.CULLED, SeedState.DORMANT)
+
+
+@pytest.mark.parametrize("with_seed, without, fossilized", [
+    (Evaluation(1.05, 0.40), Evaluation(1.08, 0.41), True),   # lower loss, accuracy not moved yet (one sample): kept
+    (Evaluation(1.10, 0.45), Evaluation(1.05, 0.40), False),  # higher loss though an accuracy blip: culled
+    (Evaluation(0.80, 0.60), Evaluation(0.80, 0.60), False),  # no effect at all: culled (the threshold is strict)
+])
+def test_the_gate_judges_the_seed_by_the_validation_loss(with_seed, without, fossilized):
+    model, slots, manager = make(settings=LifecycleSettings(grafting_steps=1))
+    model(torch.randn(2, 6))
+    sid, _, _ = germinate(manager, slots)
+    manager.advance(sid, 1, "test")
+    manager.after_optimizer_step()
+    slot = slots["encoder.0.0"]
+    [event], _ = manager.fossilize_gate(sid, 2, lambda: without if slot._alpha_override else with_seed, with_seed)
+    assert (event.to_state is SeedState.FOSSILIZED) is fossilized
+    assert event.gates[0].value == pytest.approx(without.loss - with_seed.loss)
 
 
 @pytest.mark.parametrize("failure", ["raise", "nan", "shape"])
@@ -217,7 +238,7 @@ def test_a_failing_kernel_is_switched_off_and_culled(failure):
     slot.refresh()
     out = model(x)
     assert torch.isfinite(out).all(), "the failure never reaches the model's output"
-    transitions, reports = manager.end_of_epoch(1, lambda: 0.5, 0.5)
+    transitions, reports = manager.end_of_epoch(1, lambda: Evaluation(0.7, 0.5), Evaluation(0.7, 0.5))
     assert [t.to_state for t in transitions] == [SeedState.CULLED]
     assert {"raise": "kernel raised RuntimeError", "nan": "non-finite", "shape": "shape"}[failure] in transitions[
         0
@@ -258,7 +279,7 @@ def test_checkpoint_round_trip_with_seeds_in_every_state():
     manager.advance(f, 0, "t")
     manager.after_optimizer_step()
     manager.after_optimizer_step()
-    manager.fossilize_gate(f, 1, evaluate=lambda: 0.1, current=0.9)
+    manager.fossilize_gate(f, 1, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
     c = germinate(manager, slots, "encoder.1", 1, seed=4)[0]
     manager.cull(c, 1, "t")
     # a GERMINATED seed (kernel loaded, before the probe moves it on)

@@ -15,7 +15,7 @@ from services.blueprints.compiler import compile_blueprint
 from services.blueprints.modules import BlueprintError, build_module
 from services.blueprints.starter import depth_block, width_units
 from services.kasmina.growth import WidthSeed, find_consumer
-from services.kasmina.seed_manager import KernelInfo, LifecycleSettings, SeedManager
+from services.kasmina.seed_manager import Evaluation, KernelInfo, LifecycleSettings, SeedManager
 from services.kasmina.seed_slot import KasminaError
 from services.kasmina.wrap import wrap_layers
 from services.tolaria.config import ModelConfig
@@ -159,7 +159,8 @@ def test_fossilizing_a_width_seed_merges_its_units_into_the_host(kind, path):
     for _ in range(2):
         manager.after_optimizer_step()
     grafted = model(x).detach()
-    events, reports = manager.fossilize_gate(sid, 1, evaluate=lambda: 0.1, current=0.9)
+    events, reports = manager.fossilize_gate(sid, 1, evaluate=lambda: Evaluation(1.0, 0.1),
+                                             current=Evaluation(0.5, 0.9))
     assert [e.to_state for e in events] == [SeedState.FOSSILIZED] and reports[0].outcome.value == "fossilized"
     assert slot.kernel(0) is None and manager.state(sid) is SeedState.FOSSILIZED
     assert torch.allclose(model(x), grafted, rtol=0, atol=1e-5)  # the merged host computes what the seed did
@@ -178,7 +179,7 @@ def test_a_fossilized_depth_block_stays_as_a_frozen_kernel():
     manager.advance(sid, 0, "t")
     manager.after_optimizer_step()
     manager.after_optimizer_step()
-    manager.fossilize_gate(sid, 1, evaluate=lambda: 0.1, current=0.9)
+    manager.fossilize_gate(sid, 1, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
     assert not any(p.requires_grad for p in slots["body.2"].kernel(0).parameters())
 
 
@@ -199,7 +200,7 @@ def test_checkpoint_and_resume_rebuild_widened_hosts_and_live_seeds(kind, paths)
     manager.advance(merged, 0, "t")
     manager.after_optimizer_step()
     manager.after_optimizer_step()
-    manager.fossilize_gate(merged, 1, evaluate=lambda: 0.1, current=0.9)
+    manager.fossilize_gate(merged, 1, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
     live = germinate(manager, second, width_kernel, units=2, seed=3)  # grafting, made for the widened layer
     scramble(second.kernel(0), seed=8)
     manager.advance(live, 1, "t")
@@ -222,7 +223,7 @@ def test_checkpoint_and_resume_rebuild_widened_hosts_and_live_seeds(kind, paths)
     # the resumed width seed still works: fossilizing it merges as before
     manager2.after_optimizer_step()
     before = model2(x).detach()
-    manager2.fossilize_gate(live, 2, evaluate=lambda: 0.1, current=0.9)
+    manager2.fossilize_gate(live, 2, evaluate=lambda: Evaluation(1.0, 0.1), current=Evaluation(0.5, 0.9))
     assert torch.allclose(model2(x), before, rtol=0, atol=1e-5)
 
 
@@ -298,5 +299,5 @@ def test_a_kernel_of_the_wrong_kind_or_shape_fails_its_probe_and_is_culled():
         events, _ = manager.germinate(sid, kernel, info, 0, 0.5)
         assert [e.to_state for e in events] == [SeedState.GERMINATED, SeedState.CULLED]
         assert events[-1].gates[0].name == "kernel_probe" and not events[-1].gates[0].passed
-        manager.end_of_epoch(0, lambda: 0.5, 0.5)  # embargo over: dormant again
+        manager.end_of_epoch(0, lambda: Evaluation(0.7, 0.5), Evaluation(0.7, 0.5))  # embargo over: dormant again
         assert manager.state(sid) is SeedState.DORMANT

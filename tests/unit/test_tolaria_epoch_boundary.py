@@ -70,7 +70,7 @@ def command(action: CommandAction, seed_idx: int, *, epoch: int = 0, command_id:
 def boundary(library=None):
     setup = build_training(parse_config(CONFIG), adapt=True)
     applier = CommandApplier(setup.manager, library, setup.budget, 0.0, setup.trainer.rebuild_optimizer)
-    step = EpochBoundary(RUN, setup.model, setup.manager, applier, setup.budget, setup.trainer.val_accuracy,
+    step = EpochBoundary(RUN, setup.model, setup.manager, applier, setup.budget, setup.trainer.val_evaluation,
                          setup.trainer.rebuild_optimizer, epochs=CONFIG["epochs"], telemetry_every_epochs=1,
                          checkpoint_every_epochs=CONFIG["checkpoint_every_epochs"])
     return setup, applier, step
