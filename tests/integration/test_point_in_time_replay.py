@@ -78,7 +78,7 @@ def test_a_run_whose_catalogue_grows_replays_every_decision_with_its_kernel(espe
     faster: list[str] = []
 
     with tamiyo_running(kafka) as tamiyo:
-        decide = tamiyo.decider.decide
+        decide = tamiyo._decide
 
         def tamiyo_has_the_faster_kernels() -> bool:
             tamiyo.catalog.refresh(0.1)
@@ -94,7 +94,7 @@ def test_a_run_whose_catalogue_grows_replays_every_decision_with_its_kernel(espe
                 wait_until(tamiyo_has_the_faster_kernels, timeout_s=30, what="Tamiyo's catalogue has them")
             return actions
 
-        tamiyo.decider.decide = deciding_then_growing  # type: ignore[method-assign]
+        tamiyo._decide = deciding_then_growing  # type: ignore[method-assign]
         start_run(load_config(EXAMPLE).model_copy(update={"epochs": EPOCHS}), esper_settings, run_id=run_id,
                   progress=False)
 
