@@ -176,6 +176,8 @@ class LocalKafka:
 
     # -- process management ----------------------------------------------------------------------
     def pid(self) -> int | None:
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid  # launched here and alive (mid exec, /proc may not name kafka.Kafka yet)
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
