@@ -43,7 +43,7 @@ from services.oona.consumer import Delivered
 from services.oona.messages import position_of
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
-from services.oona.transactions import ExactlyOnceProcessor, Output
+from services.oona.transactions import TXN_CALL_TIMEOUT_S, ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, record
 from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
 from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
@@ -337,7 +337,7 @@ class Tamiyo:
                 examined, self._examined_now = self._examined_now, {}
                 self.processor.producer.send_offsets_to_transaction(
                     [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
-                    self.processor.consumer.group_metadata())
+                    self.processor.consumer.group_metadata(), TXN_CALL_TIMEOUT_S)
         yield from self._handle_held()
         if batch or self._loading is not None or self._reload is not None or self._held:
             return
@@ -374,7 +374,9 @@ class Tamiyo:
                 handled = self.processor.process_batch(max_messages=500, timeout_s=0.2)
         except EsperError as exc:
             self._batch_decisions.clear()
-            if _fatal(exc):  # e.g. fenced by a newer instance with our transactional id: stop, be restarted
+            # Fenced by a newer instance with our transactional id: stop, be restarted. Any other error of
+            # the producer, fatal ones too, the processor has recovered from (aborted, or a new producer).
+            if isinstance(exc, FatalError) or clients.is_fenced(exc):
                 raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
             # aborted batch, so rebuild everything from the log.
