@@ -239,6 +239,11 @@ class BoundedCalls:
             return value  # type: ignore[no-any-return]
         raise value
 
+    @property
+    def blocked(self) -> bool:
+        """A call outlived its deadline and has not returned yet."""
+        return self.stuck is not None and self._thread is not None and self._thread.is_alive()
+
     def _serve(self) -> None:
         while (request := self._requests.get()) is not None:
             call, outcome, done = request

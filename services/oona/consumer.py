@@ -82,6 +82,10 @@ _REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, Kaf
               KafkaError.UNKNOWN_MEMBER_ID}
 
 
+# An aborted transaction's rewind failing this long (the broker answers nothing about the group) ends
+# the process: its supervisor starts it with new clients.
+REWIND_GIVE_UP_S = 120.0
+
 class Delivered(NamedTuple):
     """A decoded event and where it was read from (a named tuple: one is built per consumed event,
     at a quarter of a frozen dataclass's cost)."""
@@ -127,6 +131,7 @@ class OonaConsumer:
         self._produced: dict[tuple[str, int], set[int]] = {}
         self._early: list[Delivered] = []
         self._rewind_pending = False  # an aborted transaction's rewind is still to be done (rewind_to_committed)
+        self._rewind_failing_since: float | None = None
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
@@ -366,16 +371,37 @@ class OonaConsumer:
         try:
             with clients.map_exceptions():
                 self._rewind(timeout_s)
+        except FatalError:
+            raise
         except EsperError as exc:
             log.warning("rewind to the committed offsets deferred group=%s: %s", self.group_id, exc)
 
     def _rewind(self, timeout_s: float = 10.0) -> None:
+        """Seek every assigned partition to the group's committed offset. When this client cannot read
+        them (its group coordinator lost after a broker restart, or an offset commit of a producer
+        given up pending for ever), they are read by a fresh client, stable ones only. Past
+        ``REWIND_GIVE_UP_S`` of failing, FatalError: the process is restarted with new clients."""
         assignment = self._consumer.assignment()
         if assignment:
-            for tp in self._consumer.committed(assignment, timeout=timeout_s):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            try:
+                with clients.map_exceptions():
+                    committed = {(tp.topic, tp.partition): tp.offset
+                                 for tp in self._consumer.committed(assignment, timeout=timeout_s)}
+            except EsperError as exc:
+                log.warning("committed offsets not read group=%s (%s); asking a fresh client", self.group_id, exc)
+                try:
+                    committed = self._offsets.committed(self.group_id, [(tp.topic, tp.partition) for tp in assignment],
+                                                        timeout_s)
+                except Exception as fresh_exc:
+                    since = self._rewind_failing_since = self._rewind_failing_since or time.monotonic()
+                    if time.monotonic() - since > REWIND_GIVE_UP_S:
+                        raise FatalError(f"consumer {self.group_id} cannot read its committed offsets for "
+                                         f"{REWIND_GIVE_UP_S:g}s: {fresh_exc}") from None
+                    raise
+            for (topic, partition), offset in committed.items():
+                self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
         self._rewind_pending = False
+        self._rewind_failing_since = None
 
     def rewind_to_beginning(self) -> None:
         """Go back to the start of every assigned partition (a projection rebuilding itself)."""

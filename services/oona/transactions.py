@@ -15,6 +15,16 @@ state stays that of the records that committed. Errors of the bus (Kafka excepti
 any kind, fencing, ``DeliveryError``, ``FatalError``) abort the transaction, rewind to the
 committed offsets and propagate, as before: those records are read and handled again.
 
+Every transactional call is bounded (its timeout plus ``producer.TXN_CALL_GRACE_S``): librdkafka's
+``send_offsets_to_transaction`` can wait forever for a group coordinator after a broker restart
+(README "Transactions after a broker restart"). When the abort cannot run (the producer is stuck in
+a call, the abort is refused or fails fatally), the producer is replaced by one with the same
+transactional id: its initialisation fences the old one, and the coordinator aborts the old
+transaction (or first completes a commit it had decided). Only then is the input rewound to the
+committed offsets, which are final by then; while the broker cannot initialise the new producer,
+the next batch tries again first and reads nothing. Fencing by another instance is not answered so:
+the error propagates and the service stops.
+
 Consequences for handlers:
 - a handler runs once per record per delivery, but after an aborted transaction (a bus
   error, a crash) the records come again: side effects outside Kafka (a blob written, a
@@ -78,8 +88,8 @@ TRANSACTION_TIMEOUT_MS = 15_000
 # Each transactional call's timeout: under the transaction's own, so that a call that does not honour
 # it is given up (OonaProducer's grace) and the producer renewed well within the service loop's watchdog.
 TXN_CALL_TIMEOUT_S = 10.0
-# Clients left blocked in a call live on (a thread, librdkafka's threads): past this many the process
-# ends (FatalError) and its supervisor starts it afresh.
+# Clients given up while blocked in a call live on until it returns (a thread, librdkafka's threads):
+# with this many still blocked, the process ends (FatalError) and its supervisor starts it afresh.
 MAX_ABANDONED_CLIENTS = 3
 
 
@@ -237,7 +247,7 @@ class ExactlyOnceProcessor:
         self.consumer.rewind_to_committed(defer=self._renew)
 
     def _renew_producer(self) -> None:
-        if self.producer.abandoned + self.producer.stuck >= MAX_ABANDONED_CLIENTS:
+        if self.producer.blocked_clients >= MAX_ABANDONED_CLIENTS:
             raise FatalError(f"producer {self.producer.transactional_id}: {MAX_ABANDONED_CLIENTS} clients stuck in "
                              "a call; restarting the process frees them")
         try:

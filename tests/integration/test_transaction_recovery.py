@@ -184,9 +184,10 @@ def test_a_transactional_loop_rides_out_broker_restarts_with_every_output_once(t
     finally:
         broker.stop()
     longest = max(service.calls, key=lambda c: c[2])
+    renewed = service.processor.producer
     print(f"inputs={len(inputs)} outputs={sum(outputs.values())} commits={service.commits} "
           f"committed again after the broker was up (s): {resumed_after}; errors: {dict(service.errors)}; "
-          f"producers renewed: {service.processor.producer.renewals} (stuck: {service.processor.producer.abandoned}); "
+          f"producers renewed: {renewed.renewals} (still blocked: {renewed.blocked_clients}); "
           f"longest call: {longest[0]} {longest[2]:.1f}s")
     assert service.fatal is None, service.fatal
     assert len(inputs) > 0 and set(outputs) == inputs, "every input has its output"
