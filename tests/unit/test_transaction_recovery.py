@@ -176,3 +176,33 @@ def test_a_deferred_rewind_is_done_by_the_next_consume_and_replaced_by_a_rewind_
         assert not consumer._rewind_pending
     finally:
         processor.close()
+
+
+class _CannotReadCommitted:
+    """A consumer client whose ``committed`` times out, as one whose group coordinator was lost does."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+
+    def committed(self, *args, **kwargs):
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get committed offsets: Local: Timed out"))
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+def test_a_rewind_the_consumer_cannot_do_reads_the_committed_offsets_with_a_fresh_client(mock_settings):
+    processor, inputs, _ = _pipeline(mock_settings)
+    consumer = processor.consumer
+    try:
+        got = []
+        wait_until(lambda: got.extend(consumer.consume(50, 0.2)) or len(got) == len(inputs), 30, "the inputs read")
+        consumer.commit()  # the offsets stand at the end (the mock keeps no transactional offset commit)
+        consumer._consumer = _CannotReadCommitted(consumer._consumer)
+        consumer.rewind_to_beginning()
+        consumer.rewind_to_committed()
+        assert not consumer._rewind_pending, "rewound from the fresh client's offsets"
+        assert consumer.consume(50, 0.5) == [], "back at the committed offsets: nothing is read again"
+    finally:
+        consumer._consumer = consumer._consumer._client
+        processor.close()
