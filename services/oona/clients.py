@@ -239,6 +239,11 @@ class BoundedCalls:
             return value  # type: ignore[no-any-return]
         raise value
 
+    def close(self) -> None:
+        """End the call thread once its calls are done (a client replaced without being stuck)."""
+        if self._thread is not None and self.stuck is None:
+            self._requests.put(None)
+
     @property
     def blocked(self) -> bool:
         """A call outlived its deadline and has not returned yet."""

@@ -241,6 +241,7 @@ class OonaProducer:
         if not self._initialising or self.stuck:
             if self.stuck:
                 self._abandoned.append(self._calls)
+            self._calls.close()
             old, self._producer = self._producer, clients.producer(self.settings, *self._layers)
             self._calls = clients.BoundedCalls(f"producer {self.transactional_id}", TXN_CALL_GRACE_S)
             with self._lock:

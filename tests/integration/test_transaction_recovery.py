@@ -134,14 +134,13 @@ def test_a_transactional_loop_rides_out_broker_restarts_with_every_output_once(t
     group = f"r{tag}"
     service = Service(lambda: ExactlyOnceProcessor(settings, codec, group_id=group, transactional_id=group,
                                                    inputs=[source], handler=decide, dlq_topic=dlq.name))
-    feeding = threading.Event()
-    feeding.set()
+    fed = threading.Event()  # set: the input stops
 
-    def feed():  # a trickle of input through every fault, as a training run's telemetry
+    def feed():  # a trickle of input through every fault (60 events/s), as a training run's telemetry
         feeder = OonaProducer(settings, codec)
-        while feeding.is_set():
+        while not fed.wait(0.05):  # the pace of a load generator, not a synchronisation
             feeder.publish_many(source, [message_for(source, run_id=f"run-{i}") for i in range(3)])
-            feeder.poll(0.05)
+            feeder.poll(0)
         feeder.flush(300)
 
     feeder = threading.Thread(target=feed, name="feeder", daemon=True)
@@ -167,14 +166,14 @@ def test_a_transactional_loop_rides_out_broker_restarts_with_every_output_once(t
                        f"a commit after the broker's {fault} and restart")
             assert service.fatal is None, service.fatal
             resumed_after[fault] = round(time.monotonic() - up, 1)
-        feeding.clear()
+        fed.set()
         feeder.join(330)
         parts = [(source.name, p) for p in range(source.partitions)]
         ends = end_offsets(clients.admin(settings), parts)
         wait_until(lambda: _committed(settings, group, parts) == ends or service.fatal, 300,
                    "the service caught up with every input")
     finally:
-        feeding.clear()
+        fed.set()
         service.stop.set()
         service.thread.join(120)
         service.processor.close()

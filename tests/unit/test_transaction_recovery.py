@@ -40,6 +40,9 @@ def test_a_bounded_call_returns_its_result_and_raises_its_own_exception():
         calls.call("fails", lambda: (_ for _ in ()).throw(FATAL), 1.0)
     assert raised.value is FATAL
     assert calls.stuck is None
+    thread = calls._thread
+    calls.close()  # a client replaced without being stuck: its call thread ends
+    wait_until(lambda: not thread.is_alive(), 10, "the call thread ended")
 
 
 def test_a_call_blocked_past_its_timeout_and_grace_is_given_up_and_so_is_every_later_call():
