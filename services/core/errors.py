@@ -22,6 +22,7 @@ The command line catches ``EsperError`` once and prints its message, always one 
     │   ├── ContractViolationError     decoded, but the contract rejects it
     │   └── OversizedMessageError      above the consumer's max_event_bytes
     ├── DeliveryError                  the broker did not take a produced message
+    ├── ClientStuckError               a Kafka client call blocked past its timeout; the client was given up
     └── KafkaClientError               a Kafka client call failed (librdkafka's error kept as ``error``)
 """
 
@@ -123,6 +124,16 @@ class DeliveryError(EsperError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"delivery to {topic} failed: {reason}")
+
+
+class ClientStuckError(EsperError):
+    """A client call still running past its timeout and grace (librdkafka does not bound every wait, e.g.
+    ``send_offsets_to_transaction`` while the group coordinator is unknown); the client was given up."""
+
+    def __init__(self, call: str, waited_s: float) -> None:
+        self.call = call
+        self.waited_s = waited_s
+        super().__init__(f"{call} still blocked after {waited_s:g}s; the client is abandoned")
 
 
 class KafkaClientError(EsperError):

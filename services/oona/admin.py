@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, TopicMetadata
 
 from services.core.errors import BrokerUnavailableError, ConfigurationError
@@ -193,3 +193,18 @@ class OffsetReader:
 
     def partitions_of(self, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
         return self._call(lambda c: partitions_of(c, topics), timeout_s)
+
+    def committed(self, group_id: str, partitions: list[tuple[str, int]], timeout_s: float = 10.0
+                  ) -> dict[tuple[str, int], int]:
+        """The group's last *stable* committed offsets (-1001: none), from a fresh client: unlike a
+        read_committed consumer's ``committed``, it does not wait for a pending transactional offset
+        commit to be resolved (one left by a producer given up can stay pending)."""
+        self._client = None  # a new client looks the group coordinator up afresh
+
+        def fetch(client: AdminClient) -> dict[tuple[str, int], int]:
+            request = ConsumerGroupTopicPartitions(group_id, [TopicPartition(t, p) for t, p in partitions])
+            futures = client.list_consumer_group_offsets([request], require_stable=False,
+                                                         request_timeout=timeout_s)
+            result = futures[group_id].result(timeout=timeout_s)
+            return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+        return self._call(fetch, timeout_s)

@@ -11,7 +11,10 @@ What confluent-kafka raises is read here too (httpx's ``map_exceptions``, for Ka
     suppress(codes)         a KafkaException with one of these error codes ends the block quietly
     retry_transient(call)   call again while it fails with a transient error (a leader moving,
                             a broker restarting), until a deadline
-    is_transient / is_fatal what a raised exception says about retrying
+    is_transient / is_fatal / is_fenced   what a raised exception says about retrying
+
+And calls that librdkafka does not always end within their timeout are run through
+``BoundedCalls`` (README "Transactions after a broker restart").
 
 No other module catches ``KafkaException`` (``tests/unit/test_kafka_clients.py`` checks it).
 """
@@ -19,6 +22,8 @@ No other module catches ``KafkaException`` (``tests/unit/test_kafka_clients.py``
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +32,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from services.core.errors import ConfigurationError, KafkaClientError
+from services.core.errors import ClientStuckError, ConfigurationError, KafkaClientError
 from services.oona.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -119,6 +124,13 @@ def is_fatal(exc: BaseException) -> bool:
     return error is not None and error.fatal()
 
 
+def is_fenced(exc: BaseException) -> bool:
+    """A newer producer with the same transactional id took over: this one must stop, not fence it back."""
+    error = kafka_error(exc)
+    return error is not None and error.code() in (
+        KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
+
+
 class map_exceptions:  # noqa: N801 - used as a context manager, like contextlib.suppress
     """A ``KafkaException`` raised inside becomes ``into(reason)`` (raised from None: the reason says
     it all); without ``into``, a ``KafkaClientError`` that keeps librdkafka's error.
@@ -180,3 +192,68 @@ def retry_transient(call: Callable[[], T], timeout_s: float, *, backoff_s: float
             if not quiet:
                 log.warning("transient Kafka error, retrying: %s", reason(exc))
             time.sleep(backoff_s)  # back-off between attempts against an unreachable broker
+
+
+# -- calls that may outlive their timeout ----------------------------------------------------------
+class BoundedCalls:
+    """Runs one client's calls, one at a time, on a daemon thread, and waits for each at most its
+    timeout plus ``grace_s``.
+
+    librdkafka does not bound every wait by the timeout it is given: ``send_offsets_to_transaction``
+    waits without limit for its TxnOffsetCommit, and that request waits, unbounded, for a group
+    coordinator to send it to (librdkafka issues #5456, #5511). The call releases the GIL, so the
+    caller can wait beside it. A call still running at its deadline raises ``ClientStuckError`` and is
+    left where it is: its thread stays blocked inside librdkafka (a daemon: it does not hold the
+    process at exit) and ends if the call ever returns. Every later call raises ``ClientStuckError`` at
+    once; the owner replaces the client (``OonaProducer.renew``).
+    """
+
+    def __init__(self, name: str, grace_s: float) -> None:
+        self.name = name
+        self.grace_s = grace_s
+        self.stuck: str | None = None  # the call that outlived its deadline
+        self._requests: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+
+    def call(self, what: str, call: Callable[[], T], timeout_s: float) -> T:
+        """``call()``'s result or exception, or ``ClientStuckError`` when it is still running after
+        ``timeout_s + grace_s``."""
+        if self.stuck is not None:
+            raise ClientStuckError(f"{what} after {self.stuck}", 0.0)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=f"{self.name}-calls", daemon=True)
+            self._thread.start()
+        outcome: list[Any] = []
+        done = threading.Event()
+        self._requests.put((call, outcome, done))
+        waited_s = timeout_s + self.grace_s
+        if not done.wait(waited_s):
+            self.stuck = what
+            self._requests.put(None)  # the thread ends after the blocked call, if it ever returns
+            log.error("%s: %s still blocked %.0fs after it was called (timeout %gs); giving the client up",
+                      self.name, what, waited_s, timeout_s)
+            raise ClientStuckError(what, waited_s)
+        ok, value = outcome[0]
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def close(self) -> None:
+        """End the call thread once its calls are done (a client replaced without being stuck)."""
+        if self._thread is not None and self.stuck is None:
+            self._requests.put(None)
+
+    @property
+    def blocked(self) -> bool:
+        """A call outlived its deadline and has not returned yet."""
+        return self.stuck is not None and self._thread is not None and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while (request := self._requests.get()) is not None:
+            call, outcome, done = request
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # handed to the caller, raised there
+                outcome.append((False, exc))
+            done.set()

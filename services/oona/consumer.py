@@ -49,6 +49,7 @@ from contracts.dead_letter import (
 )
 from services.core.errors import (
     DecodeError,
+    EsperError,
     FatalError,
     OversizedMessageError,
 )
@@ -80,6 +81,10 @@ CONSUMER_DEFAULTS: dict[str, str | int | bool] = {
 _REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
               KafkaError.UNKNOWN_MEMBER_ID}
 
+
+# An aborted transaction's rewind failing this long (the broker answers nothing about the group) ends
+# the process: its supervisor starts it with new clients.
+REWIND_GIVE_UP_S = 120.0
 
 class Delivered(NamedTuple):
     """A decoded event and where it was read from (a named tuple: one is built per consumed event,
@@ -125,6 +130,8 @@ class OonaConsumer:
         self._on_dlq: dict[tuple[str, int], set[int]] | None = None
         self._produced: dict[tuple[str, int], set[int]] = {}
         self._early: list[Delivered] = []
+        self._rewind_pending = False  # an aborted transaction's rewind is still to be done (rewind_to_committed)
+        self._rewind_failing_since: float | None = None
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
@@ -148,6 +155,8 @@ class OonaConsumer:
         Returns as soon as something arrived (within ``timeout_s``), after waiting at most
         ``gather_s`` more for the events that come with it (e.g. the rest of an epoch's).
         """
+        if self._rewind_pending:  # raises while the broker does not answer: nothing is read past the rewind
+            self._rewind()
         # librdkafka's batch consume waits for a full batch or the timeout: take what is there, and
         # when nothing is, block for the first message only, then gather the rest briefly.
         raw = self._consumer.consume(max_messages, 0)
@@ -350,19 +359,53 @@ class OonaConsumer:
         """The group's metadata, opaque: for ``OonaProducer.send_offsets_to_transaction``."""
         return self._consumer.consumer_group_metadata()
 
-    def rewind_to_committed(self, timeout_s: float = 10.0) -> None:
-        """After an aborted transaction: go back to the last committed offsets."""
+    def rewind_to_committed(self, timeout_s: float = 10.0, *, defer: bool = False) -> None:
+        """After an aborted transaction: go back to the last committed offsets. When the broker does not
+        answer (or ``defer``), the next ``consume`` does it first, so nothing past them is read meanwhile;
+        ``rewind_to_beginning`` replaces it."""
         self._produced.clear()  # the aborted transaction's dead letters are not on the DLQ: read it again
         self._on_dlq = None
-        assignment = self._consumer.assignment()
-        if not assignment:
+        self._rewind_pending = True
+        if defer:
             return
-        for tp in self._consumer.committed(assignment, timeout=timeout_s):
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        try:
+            with clients.map_exceptions():
+                self._rewind(timeout_s)
+        except FatalError:
+            raise
+        except EsperError as exc:
+            log.warning("rewind to the committed offsets deferred group=%s: %s", self.group_id, exc)
+
+    def _rewind(self, timeout_s: float = 10.0) -> None:
+        """Seek every assigned partition to the group's committed offset. When this client cannot read
+        them (its group coordinator lost after a broker restart, or an offset commit of a producer
+        given up pending for ever), they are read by a fresh client, stable ones only. Past
+        ``REWIND_GIVE_UP_S`` of failing, FatalError: the process is restarted with new clients."""
+        assignment = self._consumer.assignment()
+        if assignment:
+            try:
+                with clients.map_exceptions():
+                    committed = {(tp.topic, tp.partition): tp.offset
+                                 for tp in self._consumer.committed(assignment, timeout=timeout_s)}
+            except EsperError as exc:
+                log.warning("committed offsets not read group=%s (%s); asking a fresh client", self.group_id, exc)
+                try:
+                    committed = self._offsets.committed(self.group_id, [(tp.topic, tp.partition) for tp in assignment],
+                                                        timeout_s)
+                except Exception as fresh_exc:
+                    since = self._rewind_failing_since = self._rewind_failing_since or time.monotonic()
+                    if time.monotonic() - since > REWIND_GIVE_UP_S:
+                        raise FatalError(f"consumer {self.group_id} cannot read its committed offsets for "
+                                         f"{REWIND_GIVE_UP_S:g}s: {fresh_exc}") from None
+                    raise
+            for (topic, partition), offset in committed.items():
+                self._consumer.seek(TopicPartition(topic, partition, offset if offset >= 0 else OFFSET_BEGINNING))
+        self._rewind_pending = False
+        self._rewind_failing_since = None
 
     def rewind_to_beginning(self) -> None:
         """Go back to the start of every assigned partition (a projection rebuilding itself)."""
+        self._rewind_pending = False
         for tp in self._consumer.assignment():
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 

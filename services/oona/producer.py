@@ -28,6 +28,11 @@ from services.oona.topic_registry import TopicSpec, topic_spec
 log = logging.getLogger(__name__)
 _RUN_ID = attrgetter("run_id")
 
+# How long a transactional call may run past its own timeout before the client is given up
+# (clients.BoundedCalls). librdkafka overruns a timeout it honours by up to ~7 s while the broker is
+# down (the request's own timer; measured by tests/e2e/txn_restart_soak.py): the grace covers that.
+TXN_CALL_GRACE_S = 10.0
+
 # Large enough for the DLQ (8 MiB topics), which must take any message whole.
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
 
@@ -81,8 +86,14 @@ class OonaProducer:
     ) -> None:
         transactional = {"transactional.id": transactional_id} if transactional_id else {}
         # The delivery callback of every message, set once: produce() then parses no callback argument.
-        self._producer = clients.producer(settings, PRODUCER_DEFAULTS, config or {}, transactional,
-                                          {"on_delivery": self._on_delivery})
+        self._layers = (PRODUCER_DEFAULTS, config or {}, transactional, {"on_delivery": self._on_delivery})
+        self._producer = clients.producer(settings, *self._layers)
+        self.transactional_id = transactional_id
+        # The transactional calls, each bounded (see clients.BoundedCalls); a new one with each client.
+        self._calls = clients.BoundedCalls(f"producer {transactional_id}", TXN_CALL_GRACE_S)
+        self.renewals = 0  # clients replaced (renew) after a call got stuck or failed fatally
+        self._abandoned: list[clients.BoundedCalls] = []  # the calls of clients replaced while stuck in one
+        self._initialising = False  # a renewed client's init_transactions has not succeeded yet
         self.codec = codec
         self.settings = settings
         self._failures: list[str] = []
@@ -180,25 +191,77 @@ class OonaProducer:
         return len(self._producer)
 
     # -- transactions ------------------------------------------------------------------------
+    # Each call runs on the producer's call thread and raises ClientStuckError when it is still
+    # running TXN_CALL_GRACE_S after its timeout (librdkafka issue #5456: send_offsets_to_transaction
+    # can wait forever for the group coordinator after a broker restart).
     def init_transactions(self, timeout_s: float = 30.0) -> None:
-        self._producer.init_transactions(timeout_s)
+        producer = self._producer
+        self._calls.call("init_transactions", lambda: producer.init_transactions(timeout_s), timeout_s)
 
     def begin_transaction(self) -> None:
-        self._producer.begin_transaction()
+        self._calls.call("begin_transaction", self._producer.begin_transaction, 0.0)
         self.transaction_writes = 0
 
     def send_offsets_to_transaction(self, offsets: Iterable[TopicPartition], group_metadata: object,
                                     timeout_s: float = 30.0) -> None:
-        self._producer.send_offsets_to_transaction(list(offsets), group_metadata, timeout_s)
+        producer, offsets = self._producer, list(offsets)
+        self._calls.call("send_offsets_to_transaction",
+                         lambda: producer.send_offsets_to_transaction(offsets, group_metadata, timeout_s), timeout_s)
         self.transaction_writes += 1
 
     def commit_transaction(self, timeout_s: float = 30.0) -> None:
-        self._producer.commit_transaction(timeout_s)
+        producer = self._producer
+        self._calls.call("commit_transaction", lambda: producer.commit_transaction(timeout_s), timeout_s)
 
     def abort_transaction(self, timeout_s: float = 30.0) -> None:
-        self._producer.abort_transaction(timeout_s)
+        producer = self._producer
+        self._calls.call("abort_transaction", lambda: producer.abort_transaction(timeout_s), timeout_s)
+
+    @property
+    def blocked_clients(self) -> int:
+        """Clients given up and still blocked in their call (each holds a thread and librdkafka's threads)."""
+        return self.stuck + sum(calls.blocked for calls in self._abandoned)
+
+    @property
+    def stuck(self) -> bool:
+        """A transactional call outlived its deadline: only ``renew`` makes this producer usable again."""
+        return self._calls.stuck is not None
+
+    def renew(self, timeout_s: float = 30.0) -> None:
+        """Replace the client by a new one with the same ``transactional.id`` and initialise it.
+
+        Its InitProducerId fences the old client: the coordinator aborts the old one's open
+        transaction (or first completes a commit already decided), so nothing the old client still
+        holds (a stuck call, queued messages) can commit. The old client is dropped on a daemon
+        thread, where closing it cannot block the caller. Raises like ``init_transactions``; then
+        call it again: a new client whose initialisation timed out (the broker still loading) is
+        initialised again, not replaced, since its InitProducerId may still complete and would fence
+        a newer one.
+        """
+        if not self._initialising or self.stuck:
+            if self.stuck:
+                self._abandoned.append(self._calls)
+            self._calls.close()
+            old, self._producer = self._producer, clients.producer(self.settings, *self._layers)
+            self._calls = clients.BoundedCalls(f"producer {self.transactional_id}", TXN_CALL_GRACE_S)
+            with self._lock:
+                self._failures = []  # the old client's: its transaction is aborted with it
+            self.transaction_writes = 0
+            self.renewals += 1
+            self._initialising = True
+            threading.Thread(target=_release, args=([old],), name="producer-release", daemon=True).start()
+            del old
+            log.warning("producer transactional.id=%s replaced (renewal %d)", self.transactional_id, self.renewals)
+        self.init_transactions(timeout_s)
+        self._initialising = False
 
     def close(self, timeout_s: float = 30.0) -> None:
-        self._producer.flush(timeout_s)
+        if not self.stuck:  # a stuck client's messages belong to a transaction that cannot commit
+            self._producer.flush(timeout_s)
         if self._schema_log is not None:
             self._schema_log.close()
+
+
+def _release(holder: list[Any]) -> None:
+    """Drop the last reference to a client given up (its destruction may wait on its brokers)."""
+    holder.clear()

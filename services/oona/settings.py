@@ -73,6 +73,12 @@ class KafkaSettings(BaseModel):
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
+            # When every broker it knows is down at once (one broker restarting), librdkafka >= 2.10
+            # "re-bootstraps": it decommissions the brokers it learned. A group coordinator cached on
+            # one of them is never looked up again, and send_offsets_to_transaction then waits for it
+            # without end (librdkafka #5511 with #5456; README "Transactions after a broker restart").
+            # Without it the client reconnects to the brokers it knows, as before 2.10.
+            "metadata.recovery.strategy": "none",
         }
         optional = {
             "sasl.mechanism": self.sasl_mechanism,

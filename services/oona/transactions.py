@@ -15,6 +15,16 @@ state stays that of the records that committed. Errors of the bus (Kafka excepti
 any kind, fencing, ``DeliveryError``, ``FatalError``) abort the transaction, rewind to the
 committed offsets and propagate, as before: those records are read and handled again.
 
+Every transactional call is bounded (its timeout plus ``producer.TXN_CALL_GRACE_S``): librdkafka's
+``send_offsets_to_transaction`` can wait forever for a group coordinator after a broker restart
+(README "Transactions after a broker restart"). When the abort cannot run (the producer is stuck in
+a call, the abort is refused or fails fatally), the producer is replaced by one with the same
+transactional id: its initialisation fences the old one, and the coordinator aborts the old
+transaction (or first completes a commit it had decided). Only then is the input rewound to the
+committed offsets, which are final by then; while the broker cannot initialise the new producer,
+the next batch tries again first and reads nothing. Fencing by another instance is not answered so:
+the error propagates and the service stops.
+
 Consequences for handlers:
 - a handler runs once per record per delivery, but after an aborted transaction (a bus
   error, a crash) the records come again: side effects outside Kafka (a blob written, a
@@ -55,6 +65,8 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from contracts import OonaMessage, TopicName
+from services.core.errors import FatalError
+from services.oona import clients
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered, OonaConsumer
 from services.oona.isolation import is_record_failure
@@ -70,6 +82,15 @@ Encoded = tuple[str, bytes, bytes]  # topic, value, key
 
 # Offsets of batches that wrote nothing wait at most this long for a transaction to ride with.
 MAX_DEFERRED_S = 1.0
+# A producer killed mid-transaction blocks read_committed readers of its partitions until the
+# coordinator aborts it: at restart (same transactional id) or after this timeout.
+TRANSACTION_TIMEOUT_MS = 15_000
+# Each transactional call's timeout: under the transaction's own, so that a call that does not honour
+# it is given up (OonaProducer's grace) and the producer renewed well within the service loop's watchdog.
+TXN_CALL_TIMEOUT_S = 10.0
+# Clients given up while blocked in a call live on until it returns (a thread, librdkafka's threads):
+# with this many still blocked, the process ends (FatalError) and its supervisor starts it afresh.
+MAX_ABANDONED_CLIENTS = 3
 
 
 @dataclass
@@ -103,10 +124,8 @@ class ExactlyOnceProcessor:
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         after_batch: Callable[[list[Delivered]], Iterable[Output]] | None = None,
     ) -> None:
-        # A producer killed mid-transaction blocks read_committed readers of its partitions until the
-        # coordinator aborts it: at restart (same transactional id) or after this timeout.
         self.producer = OonaProducer(settings, codec, transactional_id=transactional_id,
-                                     config={"transaction.timeout.ms": 15000})
+                                     config={"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS})
         self.producer.init_transactions()
         self.consumer = OonaConsumer(
             settings, codec, group_id=group_id, topics=inputs, dead_letters=self.producer,
@@ -119,6 +138,8 @@ class ExactlyOnceProcessor:
         self.max_deferred_s = MAX_DEFERRED_S
         self.times = BatchTimes()
         self._open = False  # a transaction is begun and not ended
+        self._renew = False  # an abort failed: the producer must be replaced before the next transaction
+        self.recoveries = 0  # producers replaced after an abort failed (a stuck call, a fatal error)
         # monotonic time of the first record consumed (or dead-lettered) whose offsets are in no
         # transaction yet; None: there is none
         self._unsent_since: float | None = None
@@ -128,10 +149,12 @@ class ExactlyOnceProcessor:
         when it wrote nothing, leave the transaction open (see the module's docstring). Returns the
         events handled or dead-lettered."""
         times = self.times = BatchTimes()
-        if not self._open:
-            self.producer.begin_transaction()  # local: nothing reaches the broker before the first write
-            self._open = True
+        if self._renew:  # raises while the broker cannot initialise it yet: nothing is consumed meanwhile
+            self._renew_producer()
         try:
+            if not self._open:
+                self.producer.begin_transaction()  # local: nothing reaches the broker before the first write
+                self._open = True
             failed_before = self.consumer.dead_lettered + self.consumer.already_dead_lettered
             start = time.perf_counter()
             batch = self.consumer.consume(max_messages, timeout_s, gather_s)
@@ -151,12 +174,13 @@ class ExactlyOnceProcessor:
                     batch and time.monotonic() - self._unsent_since < self.max_deferred_s)):
                 return len(batch)  # nothing to publish: the offsets wait for the next write or an idle poll
             self._commit(times)
-        except BaseException:
-            self._abort()
+        except BaseException as exc:
+            self._abort(exc)
             raise
         return len(batch)
 
-    def _commit(self, times: BatchTimes, timeout_s: float = 30.0) -> None:
+    def _commit(self, times: BatchTimes, timeout_s: float | None = None) -> None:
+        timeout_s = TXN_CALL_TIMEOUT_S if timeout_s is None else timeout_s
         start = time.perf_counter()
         unsent = self._unsent_since is not None
         positions = [tp for tp in self.consumer.positions() if tp.offset >= 0] if unsent else []
@@ -194,11 +218,46 @@ class ExactlyOnceProcessor:
                       exc_info=exc)
             return []
 
-    def _abort(self) -> None:
-        log.exception("transaction aborted group=%s", self.consumer.group_id)
+    def _abort(self, cause: BaseException) -> None:
+        """End the failed transaction and go back to the committed offsets: abort it, or, when the abort
+        fails (the producer is stuck in a call, or failed fatally), replace the producer with one of
+        the same transactional id, which fences the old one and so aborts its transaction."""
+        log.error("transaction aborted group=%s", self.consumer.group_id, exc_info=cause)
         self._open, self._unsent_since = False, None
-        self.producer.abort_transaction()
-        self.consumer.rewind_to_committed()
+        if clients.is_fenced(cause):
+            return  # another instance has our transactional id: it goes on, we stop (the error propagates)
+        try:
+            self.producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+        except Exception as exc:
+            if clients.is_fenced(exc):
+                return
+            log.warning("abort failed group=%s (%s); replacing the producer", self.consumer.group_id,
+                        clients.reason(exc))
+            self._renew = True
+            self.recoveries += 1
+            try:
+                self._renew_producer()
+            except FatalError:
+                raise
+            except Exception as renew_exc:  # the broker is not back yet: the next batch tries again first
+                log.warning("producer not renewed yet group=%s: %s", self.consumer.group_id,
+                            clients.reason(renew_exc))
+        # After the renewal: the new producer's initialisation waited for the old transaction to end, so
+        # the committed offsets read then are final (until it is renewed, the rewind waits too).
+        self.consumer.rewind_to_committed(defer=self._renew)
+
+    def _renew_producer(self) -> None:
+        if self.producer.blocked_clients >= MAX_ABANDONED_CLIENTS:
+            raise FatalError(f"producer {self.producer.transactional_id}: {MAX_ABANDONED_CLIENTS} clients stuck in "
+                             "a call; restarting the process frees them")
+        try:
+            self.producer.renew(TXN_CALL_TIMEOUT_S)
+        except Exception as exc:
+            if clients.is_fatal(exc) or clients.is_fenced(exc):  # e.g. not authorised: a new one cannot help
+                raise FatalError(f"producer {self.producer.transactional_id} cannot be renewed: "
+                                 f"{clients.reason(exc)}") from None
+            raise
+        self._renew = False
 
     def _produce(self, outputs: list[Encoded], times: BatchTimes) -> None:
         start = time.perf_counter()
@@ -207,7 +266,7 @@ class ExactlyOnceProcessor:
         times.produce_s += time.perf_counter() - start
 
     def close(self) -> None:
-        if self._open and self._unsent_since is not None:
+        if self._open and self._unsent_since is not None and not self._renew and not self.producer.stuck:
             # Deferred offsets: what was read and wrote nothing need not be read again after a restart.
             # Briefly: a transaction without writes leaves nothing on the broker, so failing is harmless.
             try:

@@ -47,7 +47,7 @@ from services.oona.consumer import Delivered
 from services.oona.messages import position_of
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import TopicSpec, topic_spec
-from services.oona.transactions import ExactlyOnceProcessor, Output
+from services.oona.transactions import TXN_CALL_TIMEOUT_S, ExactlyOnceProcessor, Output
 from services.tamiyo.decider import Action, Candidate, Decider, family_of, idle_action, record
 from services.tamiyo.decision_log import CHUNK as DECISIONS_CHUNK
 from services.tamiyo.decision_log import DecisionLogReader, examined_offsets, parse_decision
@@ -397,7 +397,7 @@ class Tamiyo:
                 examined, self._examined_now = self._examined_now, {}
                 self.processor.producer.send_offsets_to_transaction(
                     [TopicPartition(self.decisions.name, p, end) for p, end in examined.items()],
-                    self.processor.consumer.group_metadata())
+                    self.processor.consumer.group_metadata(), TXN_CALL_TIMEOUT_S)
             self._dead_letter_policies()
         yield from self._handle_held()
         if batch or self._loading is not None or self._reload is not None or self._held:
@@ -426,7 +426,7 @@ class Tamiyo:
             self._policies_examined = self.policies.read_to
             self.processor.producer.send_offsets_to_transaction(
                 [TopicPartition(self.policies.published_topic, 0, self._policies_examined)],
-                self.processor.consumer.group_metadata())
+                self.processor.consumer.group_metadata(), TXN_CALL_TIMEOUT_S)
 
     # -- the loop ----------------------------------------------------------------------------------
     def step(self) -> int:
@@ -450,7 +450,9 @@ class Tamiyo:
                 handled = self.processor.process_batch(max_messages=500, timeout_s=0.2)
         except EsperError as exc:
             self._batch_decisions.clear()
-            if _fatal(exc):  # e.g. fenced by a newer instance with our transactional id: stop, be restarted
+            # Fenced by a newer instance with our transactional id: stop, be restarted. Any other error of
+            # the producer, fatal ones too, the processor has recovered from (aborted, or a new producer).
+            if isinstance(exc, FatalError) or clients.is_fenced(exc):
                 raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
             # The transaction was aborted and the offsets rewound; our in-memory state may hold the
             # aborted batch, so rebuild everything from the log.
