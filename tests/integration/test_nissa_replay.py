@@ -32,7 +32,8 @@ from tests.integration.test_tamiyo import EXAMPLE, publish_slot_kernels, tamiyo_
 
 RUN_TABLES = ("training_session_event", "health_signal", "epoch_completed", "adaptation_decision", "kasmina_command",
               "seed_transition", "field_report")
-SHARED_TABLES = ("blueprint_submitted", "kernel_ready", "kernel_characterized", "compiled_kernel", "dead_letters")
+SHARED_TABLES = ("blueprint_submitted", "kernel_ready", "kernel_characterized", "compiled_kernel", "dead_letters",
+                 "policy_published", "policy_promoted")
 DECISION_COLUMNS = ("decision_id, epoch, adaptation_type, action, layer_id, seed_idx, blueprint_id, kernel_id, "
                     "policy_version")
 
