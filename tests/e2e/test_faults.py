@@ -371,17 +371,26 @@ def test_broker_killed_mid_run_and_restarted(system, tmp_path):
 def outage(system, broker, run: subprocess.Popen, run_id: str, tmp_path: Path, epochs: int) -> None:
     """Kill the broker mid-run, keep it down until the run noticed, start it again."""
     kafka = kafka_of(system)
-    # Mid-run: once the run has published a few epochs.
+    # Mid-run: once the run has published a few epochs. Every look at the log holds the run still, and
+    # between looks it runs for a slice of 0.2 s, so however fast its epochs go by (a quiet machine ran
+    # all 20 during one unpaused look) the kill lands within a slice of the 4th, never after the last.
     deadline = time.monotonic() + 300
-    while published_epochs(kafka, run_id) < 4:
-        assert time.monotonic() < deadline and run.poll() is None, "the run did not get going"
-    pid = broker.pid()
-    with paused(run):  # the run cannot finish between the check above and the kill
-        assert run.poll() is None and published_epochs(kafka, run_id) < epochs, "the run was over before the kill"
-        os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        while broker.pid() is not None:
-            assert time.monotonic() - killed < 30
+    while True:
+        with paused(run):
+            assert run.poll() is None, "the run was over before the kill"
+            published = published_epochs(kafka, run_id)
+            if published >= 4:
+                assert published < epochs, "the run was over before the kill"
+                os.kill(broker.pid(), signal.SIGKILL)
+                killed = time.monotonic()
+                while broker.pid() is not None:
+                    assert time.monotonic() - killed < 30
+                break
+        assert time.monotonic() < deadline, "the run did not get going"
+        try:
+            run.wait(timeout=0.2)  # the run's slice; it ends early only when the run ends (the next look says so)
+        except subprocess.TimeoutExpired:
+            pass
     # The outage lasts until the run has felt it: its clients report the broker unreachable.
     run_log = tmp_path / f"{run_id}.log"
     noticed = ("transient Kafka error", "code=_TRANSPORT", "_ALL_BROKERS_DOWN")
