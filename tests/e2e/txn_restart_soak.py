@@ -40,6 +40,7 @@ from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.oona.transactions import ExactlyOnceProcessor
 from tests.samples import message_for
+from tests.waiting import wait_until
 
 log = logging.getLogger("soak")
 
@@ -51,6 +52,7 @@ class CallLog:
         self.calls: list[dict[str, Any]] = []
         self.in_flight: tuple[str, float] | None = None
         self.commits = 0
+        self.committed = threading.Condition()  # notified at every commit
 
     def wrap(self, producer: OonaProducer) -> None:
         for name in ("send_offsets_to_transaction", "commit_transaction", "abort_transaction", "init_transactions"):
@@ -70,7 +72,9 @@ class CallLog:
                 self.in_flight = None
                 took = time.monotonic() - start
                 if name == "commit_transaction" and error is None:
-                    self.commits += 1
+                    with self.committed:
+                        self.commits += 1
+                        self.committed.notify_all()
                 if error is not None or took > 1.0:
                     log.info("call %s took %.2fs error=%s", name, took, error)
                 self.calls.append({"call": name, "at": start, "s": round(took, 3), "error": error})
@@ -149,7 +153,7 @@ def main() -> int:
         while not stop.is_set() and feeding.is_set():
             producer.publish_many(source, [message_for(source, run_id=f"r{i}") for i in range(5)])
             producer.poll(0)
-            time.sleep(0.05)  # a steady trickle of input, as a training run's telemetry
+            stop.wait(0.05)  # a steady trickle of input, as a training run's telemetry
         producer.flush(300)
 
     def process() -> None:
@@ -192,7 +196,8 @@ def main() -> int:
             if time.monotonic() - start > 2 * args.stuck_s:
                 dump_and_exit(f"no commit for {time.monotonic() - start:.0f}s ({what}); in flight: {flight}",
                               cycles_done)
-            time.sleep(0.05)
+            with calls.committed:  # woken by the next commit; at least once a second to look for a stuck call
+                calls.committed.wait_for(lambda: calls.commits >= target, timeout=1.0)
         return time.monotonic() - start
 
     cycles: list[dict[str, Any]] = []
@@ -206,7 +211,7 @@ def main() -> int:
             broker.kill()
         else:
             broker.stop()
-        time.sleep(random.uniform(0, args.down_s))  # the outage (fault injection, not synchronisation)
+        stop.wait(random.uniform(0, args.down_s))  # the outage's length (fault injection, not synchronisation)
         broker.start()
         up = time.monotonic()
         resumed = wait_commits(1, f"after {how} cycle {cycle}", cycles)
@@ -219,19 +224,23 @@ def main() -> int:
     feeding.clear()
     feeder.join(330)
     # Let the processor catch up with all the input, then check exactly-once on the output.
+    from confluent_kafka import TopicPartition
+
     from services.oona.admin import end_offsets
-    deadline = time.monotonic() + 300
+
     admin = clients.admin(settings)
     parts = [(source.name, p) for p in range(source.partitions)]
-    while time.monotonic() < deadline:
+
+    def caught_up() -> bool:
         ends = end_offsets(admin, parts)
         cons = clients.consumer(settings, {"group.id": f"soak-{tag}"})
-        from confluent_kafka import TopicPartition
-        committed = cons.committed([TopicPartition(t, p) for t, p in parts], timeout=10)
-        cons.close()
-        if all(tp.offset == ends[(tp.topic, tp.partition)] for tp in committed):
-            break
-        time.sleep(0.5)
+        try:
+            committed = cons.committed([TopicPartition(t, p) for t, p in parts], timeout=10)
+        finally:
+            cons.close()
+        return all(tp.offset == ends[(tp.topic, tp.partition)] for tp in committed)
+
+    wait_until(caught_up, 300, "the processor caught up with the input")
     stop.set()
     worker.join(60)
     verdict = verify(settings, codec, source, sink)
