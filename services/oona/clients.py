@@ -216,9 +216,12 @@ class BoundedCalls:
             queue.SimpleQueue())
         self._thread: threading.Thread | None = None
 
-    def call(self, what: str, call: Callable[[], T], timeout_s: float) -> T:
+    def call(self, what: str, call: Callable[[], T], timeout_s: float, *,
+             on_wait: Callable[[float], None] | None = None, tick_s: float = 5.0) -> T:
         """``call()``'s result or exception, or ``ClientStuckError`` when it is still running after
-        ``timeout_s + grace_s``."""
+        ``timeout_s + grace_s``. ``on_wait(seconds)`` is told every ``tick_s`` the call goes on (e.g. to
+        log that a commit waits for an unreachable coordinator: its client's own error reports are only
+        served between calls)."""
         if self.stuck is not None:
             raise ClientStuckError(f"{what} after {self.stuck}", 0.0)
         if self._thread is None:
@@ -228,7 +231,12 @@ class BoundedCalls:
         done = threading.Event()
         self._requests.put((call, outcome, done))
         waited_s = timeout_s + self.grace_s
-        if not done.wait(waited_s):
+        started = time.monotonic()
+        while not done.wait(min(tick_s, max(0.0, started + waited_s - time.monotonic()))):
+            if time.monotonic() - started < waited_s:
+                if on_wait is not None:
+                    on_wait(time.monotonic() - started)
+                continue
             self.stuck = what
             self._requests.put(None)  # the thread ends after the blocked call, if it ever returns
             log.error("%s: %s still blocked %.0fs after it was called (timeout %gs); giving the client up",

@@ -85,6 +85,11 @@ _REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, Kaf
 # An aborted transaction's rewind failing this long (the broker answers nothing about the group) ends
 # the process: its supervisor starts it with new clients.
 REWIND_GIVE_UP_S = 120.0
+# A synchronous commit waits without limit for a group coordinator: it is waited for beside it, its wait
+# logged every COMMIT_WAIT_LOG_S, and given up COMMIT_GRACE_S past its timeout.
+COMMIT_WAIT_LOG_S = 5.0
+COMMIT_GRACE_S = 10.0
+
 
 class Delivered(NamedTuple):
     """A decoded event and where it was read from (a named tuple: one is built per consumed event,
@@ -130,6 +135,7 @@ class OonaConsumer:
         self._on_dlq: dict[tuple[str, int], set[int]] | None = None
         self._produced: dict[tuple[str, int], set[int]] = {}
         self._early: list[Delivered] = []
+        self._commits = clients.BoundedCalls(f"consumer {group_id}", grace_s=COMMIT_GRACE_S)
         self._rewind_pending = False  # an aborted transaction's rewind is still to be done (rewind_to_committed)
         self._rewind_failing_since: float | None = None
         self._settings = settings
@@ -306,7 +312,12 @@ class OonaConsumer:
 
     def commit(self, timeout_s: float = 120.0) -> None:
         """Commit the positions of everything consumed so far (synchronously; retried while the
-        broker is briefly unreachable)."""
+        broker is briefly unreachable).
+
+        librdkafka's synchronous commit waits without limit for a group coordinator (it defers the
+        commit while none is known), so it runs beside the caller, which logs the wait every few
+        seconds and gives the consumer up (``ClientStuckError``) past ``timeout_s``.
+        """
         self.dead_letters.flush()
 
         def skipped(error: KafkaError) -> None:
@@ -316,8 +327,16 @@ class OonaConsumer:
                 log.warning("commit skipped group=%s reason=%s", self.group_id, error.str())
 
         # _NO_OFFSET: nothing consumed since the last commit, nothing to do.
-        with clients.suppress(_REJOINING | {KafkaError._NO_OFFSET}, on_suppressed=skipped):
-            clients.retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
+        def waiting(seconds: float) -> None:
+            log.warning("commit waiting for the group coordinator group=%s for %.0fs (broker unreachable?)",
+                        self.group_id, seconds)
+
+        def commit() -> None:
+            with clients.suppress(_REJOINING | {KafkaError._NO_OFFSET}, on_suppressed=skipped):
+                clients.retry_transient(lambda: self._consumer.commit(asynchronous=False), timeout_s)
+
+        self._commits.call(f"commit of group {self.group_id}", commit, timeout_s, on_wait=waiting,
+                           tick_s=COMMIT_WAIT_LOG_S)
 
     def wait_for_assignment(self, timeout_s: float = 30.0) -> list[TopicPartition]:
         """Join the group: poll until partitions are assigned (events read meanwhile are returned by catch_up)."""
@@ -410,7 +429,9 @@ class OonaConsumer:
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
 
     def close(self) -> None:
-        self._consumer.close()
+        self._commits.close()
+        if not self._commits.blocked:  # closing under a commit still blocked in librdkafka would block too
+            self._consumer.close()
 
 
 def dead_letter_from_message(msg: Message) -> DeadLetter:

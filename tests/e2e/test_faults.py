@@ -393,7 +393,8 @@ def outage(system, broker, run: subprocess.Popen, run_id: str, tmp_path: Path, e
             pass
     # The outage lasts until the run has felt it: its clients report the broker unreachable.
     run_log = tmp_path / f"{run_id}.log"
-    noticed = ("transient Kafka error", "code=_TRANSPORT", "_ALL_BROKERS_DOWN")
+    noticed = ("transient Kafka error", "code=_TRANSPORT", "_ALL_BROKERS_DOWN",
+               "commit waiting for the group coordinator")  # blocked in its commit of the consumed commands
     while not any(marker in run_log.read_text() for marker in noticed):
         if time.monotonic() - killed >= 120 and run.poll() is None:
             # Rare here (once in many runs): say where the run is. `kill -USR1` makes it print every

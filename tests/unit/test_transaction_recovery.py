@@ -209,3 +209,42 @@ def test_a_rewind_the_consumer_cannot_do_reads_the_committed_offsets_with_a_fres
     finally:
         consumer._consumer = consumer._consumer._client
         processor.close()
+
+
+def test_a_commit_waiting_for_its_coordinator_is_logged_and_given_up_past_its_timeout(mock_settings, monkeypatch,
+                                                                                       caplog):
+    """librdkafka's synchronous commit defers itself while no group coordinator is known, without a
+    limit: the consumer says so while it waits and gives up at its timeout instead of hanging a run."""
+    from services.oona import consumer as consumer_module
+    from services.oona.consumer import OonaConsumer
+
+    monkeypatch.setattr(consumer_module, "COMMIT_WAIT_LOG_S", 0.05)
+    monkeypatch.setattr(consumer_module, "COMMIT_GRACE_S", 0.05)
+    codec = SingleObjectCodec()
+    source = dataclasses.replace(topic_spec("telemetry.seed.health"), name=f"commit-{uuid.uuid4().hex[:8]}")
+    consumer = OonaConsumer(mock_settings, codec, group_id=f"c{uuid.uuid4().hex[:8]}", topics=[source],
+                            dead_letters=OonaProducer(mock_settings, codec))
+    release = threading.Event()
+
+    class HeldCommits:
+        def __init__(self, real):
+            self.real = real
+
+        def commit(self, **kwargs):
+            release.wait()  # as librdkafka's commit waits for a coordinator that does not come
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    real = consumer._consumer
+    consumer._consumer = HeldCommits(real)
+    try:
+        with caplog.at_level("WARNING"), pytest.raises(ClientStuckError, match="commit of group"):
+            consumer.commit(timeout_s=0.3)
+        assert "commit waiting for the group coordinator" in caplog.text
+        with pytest.raises(ClientStuckError):  # and it is not called again behind the blocked one
+            consumer.commit(timeout_s=0.3)
+    finally:
+        release.set()
+        consumer._consumer = real
+        consumer.close()
