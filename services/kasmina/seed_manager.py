@@ -430,8 +430,7 @@ class SeedManager:
                 if arch.kind == WIDTH:
                     kernel, link = self._width_seed(slot, idx, kernel, None)
                     slot.width_links[idx] = link
-                slot.kernels[str(idx)] = kernel.to(slot.host.weight.device)
-                slot.kinds[idx] = arch.kind
+                slot.attach_kernel(idx, kernel, arch.kind)
 
     def after_load(self) -> None:
         """Call after ``load_state_dict``: re-read buffers, freeze fossils, check every kernel is there."""

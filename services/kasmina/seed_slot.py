@@ -133,6 +133,10 @@ class SeedSlot(nn.Module):
     def attach_kernel(self, idx: int, kernel: nn.Module, kind: str | None = None) -> None:
         device = self.host.weight.device
         self.kernels[str(idx)] = kernel.to(device)
+        # In seed order, however they germinated: a checkpoint's optimizer state is matched to the
+        # parameters by position, and a resumed run attaches its kernels in seed order.
+        if list(self.kernels) != sorted(self.kernels, key=int):
+            self.kernels = nn.ModuleDict(dict(sorted(self.kernels.items(), key=lambda item: int(item[0]))))
         self.kinds[idx] = kind
         self.refresh()
 

@@ -307,3 +307,35 @@ def test_checkpoint_round_trip_with_seeds_in_every_state():
     assert int(slots2["encoder.1"].seed_embargo_left[1]) == 3
     assert not any(p.requires_grad for p in slots2["encoder.1"].kernel(0).parameters())
     assert torch.equal(model.eval()(x), model2.eval()(x))
+
+
+def test_a_slot_orders_its_kernels_by_seed_index_whatever_order_they_came_in():
+    """A resumed run attaches its kernels in seed order; the live run attached them as they germinated
+    (seed 2, then seed 0). The optimizer's saved state is matched to the parameters by position, so both
+    must list their parameters in the same order, or Adam's moments land on the wrong kernel."""
+    def kernel(hidden: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+    torch.manual_seed(0)
+    live = SeedSlot(nn.Linear(4, 4), "layer", num_seeds=12)
+    for idx, hidden in ((2, 3), (0, 5), (10, 7)):  # germination order, and "10" sorts before "2" as text
+        live.attach_kernel(idx, kernel(hidden))
+    optimizer = torch.optim.Adam(live.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    sum(k(x).square().mean() for k in live.kernels.values()).backward()
+    optimizer.step()
+
+    resumed = SeedSlot(nn.Linear(4, 4), "layer", num_seeds=12)
+    for idx, hidden in ((0, 5), (2, 3), (10, 7)):  # the order a resume rebuilds them in
+        resumed.attach_kernel(idx, kernel(hidden))
+    resumed.load_state_dict(live.state_dict())
+    again = torch.optim.Adam(resumed.parameters(), lr=0.1)
+    again.load_state_dict(optimizer.state_dict())
+    assert list(live.kernels) == list(resumed.kernels) == ["0", "2", "10"]
+    mine = dict(resumed.named_parameters())
+    for name, param in live.named_parameters():
+        if param in optimizer.state:
+            assert torch.equal(again.state[mine[name]]["exp_avg"], optimizer.state[param]["exp_avg"]), name
+    live.detach_kernel(2)
+    live.attach_kernel(2, kernel(3))  # re-germinated after a cull: back in its place
+    assert list(live.kernels) == ["0", "2", "10"]
