@@ -476,9 +476,13 @@ def _expected_types(con: duckdb.DuckDBPyConnection, table: Table) -> dict[str, s
 def _typed_columns(con: duckdb.DuckDBPyConnection, source: str, table: Table) -> str:
     """``table``'s columns as SQL over ``source``; a column no archived file has (a schema version added it
     after they were written) is its default."""
-    archived = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    archived = _archived_columns(con, source)
     return ", ".join(f'"{c.name}"' if c.name in archived else f'{_literal(c.default)}::{c.sql_type} AS "{c.name}"'
                      for c in table.columns)
+
+
+def _archived_columns(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
+    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
 
 
 def _literal(value: object) -> str:
@@ -512,7 +516,9 @@ def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
             pattern = str(reader.root / f"topic={topic}" / "*" / "*.parquet").replace("'", "''")
             source = f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
             columns = _typed_columns(con, source, table)
-            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded')
+            # Rows the contract rejected when archived are dead letters to the sink, not rows of its tables.
+            passed = f" AND {VERDICT} IS NULL" if VERDICT in _archived_columns(con, source) else ""
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded{passed}')
         else:
             con.execute(table.ddl())
     create_views(con)

@@ -172,6 +172,10 @@ def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_p
     rows = rows.set_column(rows.schema.get_field_index("kafka_value"), "kafka_value", pa.array(values, pa.binary()))
     write_archive_files(tmp_path / "archive", HEALTH.name, True, rows)
     assert ArchiveReader(tmp_path / "archive").select("run-a").sources[0].verdicts is verdicts
+    con = archive_connection(tmp_path / "archive")  # esper sql --archive: what the contract passed, when known
+    shown = [o for (o,) in con.execute("SELECT kafka_offset FROM health_signal ORDER BY 1").fetchall()]
+    con.close()
+    assert shown == ([0, 2, 3, 5] if verdicts else [0, 1, 2, 3, 5])
 
     result = replay_from_archive(tmp_path / "archive", "run-a", tmp_path / "replay.duckdb")
     assert result.run_events == 6
