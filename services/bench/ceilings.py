@@ -13,6 +13,9 @@ of what the machine allows at that moment:
                             beginning, no decoding, timed from ``assign``
     arrow_insert_rate(...)  one DuckDB ``INSERT ... SELECT`` of a pre-built Arrow table into a
                             fresh file: what storing the rows costs once they are columns
+    parquet_copy_rate(...)  one DuckDB ``INSERT ... SELECT ... FROM read_parquet(...)`` of archive
+                            files' decoded rows into a fresh file: DuckDB's own copy, what a replay
+                            from the archive does with every check taken out
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ CONSUME_BATCH = 1000
 PRODUCE_CEILING = "pre-encoded produce (confluent-kafka, same settings; faster of produce loop, produce_batch)"
 CONSUME_CEILING = f"raw consume({CONSUME_BATCH}), no decoding"
 INSERT_CEILING = "DuckDB insert of a pre-built Arrow table"
+PARQUET_CEILING = "DuckDB INSERT ... SELECT from the archive's Parquet files"
 
 
 class CeilingProducer:
@@ -126,6 +130,20 @@ def arrow_insert_rate(table: Table, rows: pa.Table, db: Path) -> float:
     if stored != rows.num_rows:
         raise RuntimeError(f"ceiling insert: {stored} rows stored of {rows.num_rows}")
     return rows.num_rows / seconds if seconds > 0 else 0.0
+
+
+def parquet_copy_rate(table: Table, files: Sequence[Path], db: Path) -> float:
+    """Rows/s of one ``INSERT ... SELECT`` of the decoded rows of archive ``files`` into ``table`` in a fresh
+    DuckDB file (autocommit)."""
+    columns = ", ".join(f'"{name}"' for name in table.column_names)
+    listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+    with duckdb.connect(str(db)) as con:
+        con.execute(table.ddl())
+        start = time.perf_counter()
+        (stored,) = con.execute(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} '
+                                f"FROM read_parquet([{listed}]) WHERE decoded").fetchall()[0]
+        seconds = time.perf_counter() - start
+    return stored / seconds if seconds > 0 else 0.0
 
 
 def stored_rows(db: Path, table: Table) -> pa.Table:

@@ -7,12 +7,14 @@ partition per topic), plus a few hundred of another run that the replay must lea
 * ``replay_from_kafka`` rebuilds the run into a fresh DuckDB file, timed from the call (offset
   lookups, schema, scan, decode, insert) to the closed file;
 * the prefix is archived (``esper archive``, untimed) and ``replay_from_archive`` rebuilds the run
-  from the Parquet files alone (DuckDB's Parquet reader, the archived typed columns), timed the same way.
+  from the Parquet files alone (DuckDB copies the archived typed columns itself, ``archive_copy.py``),
+  timed the same way.
 
 Row counts are checked each time. Baseline, measured in the same run on a sample: read +
 ``codec.decode`` + one INSERT per row (``nissa_ingest``'s naive sink), scaled to events/s. Ceilings,
 at the largest size: a raw ``consume(1000)`` of the topic with the sink's consumer settings (all of
-it: the other run's events too), and one DuckDB insert of the run's rows as a pre-built Arrow table.
+it: the other run's events too), and one DuckDB insert of the run's rows as a pre-built Arrow table; for the
+archive, DuckDB's bare ``INSERT ... SELECT ... FROM read_parquet(...)`` of the run's files (no checks).
 
     esper bench --only replay
 """
@@ -30,7 +32,15 @@ from pathlib import Path
 import duckdb
 
 from services.bench.bus_throughput import telemetry_batch
-from services.bench.ceilings import CONSUME_CEILING, INSERT_CEILING, arrow_insert_rate, consume_rate, stored_rows
+from services.bench.ceilings import (
+    CONSUME_CEILING,
+    INSERT_CEILING,
+    PARQUET_CEILING,
+    arrow_insert_rate,
+    consume_rate,
+    parquet_copy_rate,
+    stored_rows,
+)
 from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
 from services.bench.results import BenchResult, Ceiling
 from services.bench.start_up_curves import Point, exponent
@@ -62,6 +72,7 @@ class SizeTimings:
     naive: float = 0.0
     consume_ceiling: float = 0.0
     insert_ceiling: float = 0.0
+    parquet_ceiling: float = 0.0
 
 
 def parse_sizes(text: str | None) -> tuple[int, ...]:
@@ -118,6 +129,8 @@ def measure_size(settings: KafkaSettings, events: int, ceilings: bool) -> SizeTi
                                                        SINK_CONSUMER_CONFIG)
                 table = table_for(spec, codec.store)
                 timings.insert_ceiling = arrow_insert_rate(table, stored_rows(db, table), Path(tmp) / "ceiling.duckdb")
+                files = sorted(archive.glob(f"topic=telemetry.seed.health/run_id={RUN_ID}/*.parquet"))
+                timings.parquet_ceiling = parquet_copy_rate(table, files, Path(tmp) / "parquet-ceiling.duckdb")
     finally:
         delete_topics(kafka, [s.name for s in specs])
     return timings
@@ -130,6 +143,7 @@ def _curve(label: str, points: list[tuple[Point, float]]) -> dict[str, float | i
         details[f"{label}cpu_seconds_at_{point.events}"] = round(cpu, 3)
         details[f"{label}seconds_for_1M_at_this_rate_{point.events}"] = round(
             1_000_000 * point.seconds / point.events, 2)
+        details[f"{label}events_per_cpu_second_at_{point.events}"] = round(point.events / cpu) if cpu > 0 else 0
     if len(points) > 1:
         details[f"{label}exponent"] = round(exponent(points[0][0], points[-1][0]), 3)
     return details
@@ -149,6 +163,8 @@ def bench_replay(settings: KafkaSettings, sizes: tuple[int, ...] | None = None) 
                     details={"events": largest.events} | kafka),
         BenchResult(f"Parquet archive -> fresh DuckDB replay of one run ({largest.events:,} events)", "events/s",
                     largest.archive.rate, "replay from Kafka", largest.kafka.rate,
-                    target=ARCHIVE_TARGET_EVENTS_PER_S, ceilings=[Ceiling(INSERT_CEILING, largest.insert_ceiling)],
+                    target=ARCHIVE_TARGET_EVENTS_PER_S,
+                    ceilings=[Ceiling(PARQUET_CEILING, largest.parquet_ceiling),
+                              Ceiling(INSERT_CEILING, largest.insert_ceiling)],
                     details={"events": largest.events} | archive),
     ]

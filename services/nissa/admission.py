@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,16 +65,14 @@ def dead_letter_row(message: Any, reason: str, error_type: str) -> tuple:
     return tuple(values[c.name] for c in dead_letters_table().columns)
 
 
-class Admission:
-    """Screens decoded batches against the contracts and the stored event ids, then writes them.
+class Contracts:
+    """The contracts of the tables ``routes`` (topic -> (spec, table), as ``Batch`` holds them) route to.
 
-    ``routes`` maps topic names to (spec, table) as ``Batch`` holds them. The stored event ids
-    are loaded by ``load`` (the sink calls it while starting), else on the first write.
+    ``rejections`` is the one verdict the sink, the archive and a replay give a decoded row: vectorised
+    checks (``validity.py``), and the contract itself per event where only pydantic can decide.
     """
 
-    def __init__(self, routes: Mapping[str, tuple[TopicSpec, Any]], store: NissaStore,
-                 codec: SingleObjectCodec | None = None) -> None:
-        self.store = store
+    def __init__(self, routes: Mapping[str, tuple[TopicSpec, Any]], codec: SingleObjectCodec | None = None) -> None:
         self.checks: dict[str, TableChecks] = {}
         self.topics: dict[str, str] = {}
         self.specs: dict[str, TopicSpec] = {}
@@ -85,6 +83,47 @@ class Admission:
             self.topics[table.name] = topic
             self.specs[table.name] = spec
         self._codec = codec
+
+    def rejections(self, name: str, part: pa.Table, message_at: Callable[[int, int], Any]) -> dict[int, str]:
+        """The rows of ``part`` (decoded rows of table ``name``) that the contract rejects, with the reason;
+        ``message_at(partition, offset)`` gives a row's message (for the checks only pydantic can run)."""
+        checks = self.checks.get(name)
+        if checks is None:
+            return {}
+        rejected = {r.row: r.reason for r in checks.rejections(part)}
+        if checks.exact:
+            for row in range(part.num_rows):
+                if row not in rejected:
+                    reason = self._exact(checks, message_at(*_place(part, row)))
+                    if reason is not None:
+                        rejected[row] = reason
+        return rejected
+
+    def _exact(self, checks: TableChecks, message: Any) -> str | None:
+        """The contract's own verdict on one event (models with validators only pydantic can run)."""
+        value = message.value()
+        if value is None or value[:2] != SINGLE_OBJECT_MAGIC:
+            return None  # Confluent-framed: Batch validated it with the contract already
+        if self._codec is None:
+            self._codec = SingleObjectCodec()
+        try:
+            self._codec.decode(self.specs[checks.table], value)
+        except DecodeError as exc:
+            return str(exc)
+        return None
+
+
+class Admission:
+    """Screens decoded batches against the contracts and the stored event ids, then writes them.
+
+    ``routes`` maps topic names to (spec, table) as ``Batch`` holds them. The stored event ids
+    are loaded by ``load`` (the sink calls it while starting), else by the first write that needs them.
+    """
+
+    def __init__(self, routes: Mapping[str, tuple[TopicSpec, Any]], store: NissaStore,
+                 codec: SingleObjectCodec | None = None) -> None:
+        self.store = store
+        self.contracts = Contracts(routes, codec)
         self.seen: SeenKeys | None = None
         self.duplicates = 0
 
@@ -93,31 +132,35 @@ class Admission:
         if self.seen is not None:
             return self.seen
         seen = SeenKeys()
-        for table in self.checks:
+        for table in self.contracts.checks:
             for chunk in self.store.event_ids(table):
                 seen.add(event_keys(chunk))
         log.info("nissa event ids loaded count=%d", len(seen))
         self.seen = seen
         return seen
 
+    def forget(self) -> None:
+        """Drop the event ids held in memory (rows were stored besides ``write``); the next write that needs
+        them loads them again."""
+        self.seen = None
+
     def write(self, pending: Mapping[str, list], decoded: Mapping[str, list[pa.Table]],
               offsets: Mapping[tuple[str, int], int]) -> int:
         """Screen ``decoded`` (rows of ``pending``), write it with ``offsets``; returns the rows written."""
-        seen = self.load()
         messages = Messages(pending)
         out: dict[str, list[pa.Table]] = {}
         dead: list[tuple] = []
         new_keys: list[np.ndarray] = []
         for name, parts in decoded.items():
-            checks = self.checks.get(name)
-            if checks is None:  # dead_letters, or a table this admission has no contract for
+            if name not in self.contracts.checks:  # dead_letters, or a table this admission has no contract for
                 out[name] = list(parts)
                 continue
-            topic = self.topics[name]
-            valid = [self._valid(checks, topic, part, messages, dead) for part in parts]
+            topic = self.contracts.topics[name]
+            valid = [self._valid(name, topic, part, messages, dead) for part in parts]
             valid = [part for part in valid if part.num_rows]
             if not valid:
                 continue
+            seen = self.load()
             merged = _concat(valid)
             keys = event_keys(merged.column("event_id"))
             verdicts = resolve_ids(merged, keys, seen, topic, functools.partial(self.store.stored_events, name))
@@ -133,20 +176,13 @@ class Admission:
         if dead:
             out.setdefault(dead_letters_table().name, []).append(arrow_batch(dead_letters_table(), dead))
         written = self.store.write(out, offsets)
-        for keys in new_keys:
-            seen.add(keys)
+        if self.seen is not None:
+            for keys in new_keys:
+                self.seen.add(keys)
         return written
 
-    def _valid(
-        self, checks: TableChecks, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]
-    ) -> pa.Table:
-        rejected = {r.row: r.reason for r in checks.rejections(part)}
-        if checks.exact:
-            for row in range(part.num_rows):
-                if row not in rejected:
-                    reason = self._exact(checks, messages.get(topic, *_place(part, row)))
-                    if reason is not None:
-                        rejected[row] = reason
+    def _valid(self, name: str, topic: str, part: pa.Table, messages: Messages, dead: list[tuple]) -> pa.Table:
+        rejected = self.contracts.rejections(name, part, functools.partial(messages.get, topic))
         if not rejected:
             return part
         for row, reason in sorted(rejected.items()):
@@ -154,19 +190,6 @@ class Admission:
         keep = np.ones(part.num_rows, dtype=bool)
         keep[list(rejected)] = False
         return part.filter(pa.array(keep))
-
-    def _exact(self, checks: TableChecks, message: Any) -> str | None:
-        """The contract's own verdict on one event (models with validators only pydantic can run)."""
-        value = message.value()
-        if value is None or value[:2] != SINGLE_OBJECT_MAGIC:
-            return None  # Confluent-framed: Batch validated it with the contract already
-        if self._codec is None:
-            self._codec = SingleObjectCodec()
-        try:
-            self._codec.decode(self.specs[checks.table], value)
-        except DecodeError as exc:
-            return str(exc)
-        return None
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:

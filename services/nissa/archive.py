@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from services.nissa.admission import Contracts
 from services.nissa.errors import ArchiveError
 from services.nissa.tables import Table
 from services.oona.schema_log import schema_log_reader
@@ -64,6 +65,9 @@ RAW_FIELDS = [
     pa.field("kafka_value", pa.binary()), pa.field("kafka_headers", HEADERS_TYPE),
 ]
 RAW_COLUMNS = [f.name for f in RAW_FIELDS]
+ARCHIVE_COLUMNS = (*RAW_COLUMNS, "decoded")  # what every archive file holds besides the typed columns
+# The contract's verdict on a decoded row when it was archived: NULL when it passes, else the reason.
+VERDICT = "contract_violation"
 
 
 # -- the manifest (pure) -------------------------------------------------------------------------
@@ -136,14 +140,25 @@ def raw_columns(messages: list) -> list[pa.Array]:
     ]
 
 
-def archive_table(table: Table, typed: list[pa.Table], messages: list) -> pa.Table:
+def archive_table(table: Table, typed: list[pa.Table], messages: list, contracts: Contracts | None = None
+                  ) -> pa.Table:
     """One row per message (one partition, offset order): typed columns aligned by offset, then raw.
 
-    ``typed`` are the Batch's Arrow tables for ``table`` (rows for the values that decoded).
+    ``typed`` are the Batch's Arrow tables for ``table`` (rows for the values that decoded). With
+    ``contracts``, the rows also carry the contract's verdict on each decoded row (``VERDICT``: NULL
+    when it passes, else the reason), which a replay from the archive then takes as it is.
     """
     raw = raw_columns(messages)
     offsets = raw[1].to_numpy()
+    if contracts is not None:
+        by_offset = {m.offset(): m for m in messages}
+        typed = [part.append_column(VERDICT, pa.array(
+            [reasons.get(row) for row in range(part.num_rows)] if (reasons := contracts.rejections(
+                table.name, part, lambda _partition, offset: by_offset[offset])) else [None] * part.num_rows,
+            pa.string())) for part in typed]
     decoded = pa.concat_tables(typed) if typed else table.arrow_schema.empty_table()
+    if contracts is not None and VERDICT not in decoded.column_names:
+        decoded = decoded.append_column(VERDICT, pa.nulls(decoded.num_rows, pa.string()))
     have = decoded.column("kafka_offset").to_numpy() if decoded.num_rows else np.empty(0, np.int64)
     order = np.argsort(have, kind="stable")
     ordered = have[order]
@@ -153,8 +168,13 @@ def archive_table(table: Table, typed: list[pa.Table], messages: list) -> pa.Tab
     # NULL indices take NULL rows: the values that did not decode.
     index = pa.array(order[np.where(found, at, 0)] if len(have) else np.zeros(len(offsets), np.int64), mask=~found)
     aligned = decoded.drop_columns(["kafka_partition", "kafka_offset"]).take(index)
-    columns = [*aligned.columns, pa.array(found), *raw]
-    schema = pa.schema([*aligned.schema, pa.field("decoded", pa.bool_()), *RAW_FIELDS])
+    columns, fields = [*aligned.columns, pa.array(found)], [*aligned.schema, pa.field("decoded", pa.bool_())]
+    if VERDICT in aligned.column_names:  # after ``decoded``
+        at = aligned.schema.get_field_index(VERDICT)
+        columns.append(columns.pop(at))
+        fields.append(fields.pop(at))
+    columns, fields = [*columns, *raw], [*fields, *RAW_FIELDS]
+    schema = pa.schema(fields)
     return pa.Table.from_arrays(columns, schema=schema)
 
 
@@ -221,6 +241,7 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
     by_record = {t.record_name: t for t in tables}
     routes = {s.name: (s, dead_letters_table() if s.raw else by_record[s.record_name]) for s in specs.values()}
     batch = Batch(routes, Decoders(schemas, schema_log_reader(settings)))  # writers one version ahead too
+    contracts = Contracts(routes)
     available = {(t[len(prefix):], p): r for (t, p), r in log_ranges(settings, list(specs)).items()}
     plan = manifest.plan(available)
     lost_before = sum(manifest.lost.values())
@@ -233,8 +254,9 @@ def archive_log(settings: KafkaSettings, root: Path, progress: bool = False) -> 
                             for m in chunk]
                 table = routes[spec.name][1]
                 typed = batch.decode({spec.name: messages}).get(table.name, []) if messages else []
-                files += write_archive_files(root, name, spec.run_scoped, archive_table(table, typed, messages)
-                                             if messages else table.arrow_schema.empty_table())
+                rows = (archive_table(table, typed, messages, contracts) if messages
+                        else table.arrow_schema.empty_table())
+                files += write_archive_files(root, name, spec.run_scoped, rows)
                 events += len(messages)
             manifest.archived((name, partition), start, end)
             save_manifest(root, manifest)
@@ -295,6 +317,7 @@ class Source:
     source: str
     where: str
     columns: str  # the table's columns as SQL over ``source`` (defaults where older files lack one)
+    verdicts: bool = False  # every file carries the contract's verdict (VERDICT): DuckDB can copy the rows
 
 
 @dataclass
@@ -313,14 +336,17 @@ class Selection:
     ends: dict[tuple[str, int], int]
     batch_rows: int = 100_000
 
-    def items(self, advance: Callable[[int], None]) -> Iterator[tuple[str, pa.Table | None, pa.Table]]:
+    def items(self, advance: Callable[[int], None], copied: frozenset[str] = frozenset()
+              ) -> Iterator[tuple[str, pa.Table | None, pa.Table]]:
+        """As the class says; for the topics in ``copied`` (their decoded rows stored already by DuckDB
+        itself, ``archive_copy.py``) only the rows the archive could not decode."""
         con = duckdb.connect()
         try:
             for src in self.sources:
                 order = "ORDER BY kafka_partition, kafka_offset"
                 raw_columns = ", ".join(RAW_COLUMNS)
                 extra = ", ".join(c for c in RAW_COLUMNS if c not in ("kafka_partition", "kafka_offset"))
-                if not src.spec.raw:
+                if not src.spec.raw and src.spec.name not in copied:
                     typed_names = src.table.column_names
                     query = f"SELECT {src.columns}, {extra} FROM {src.source} WHERE {src.where} AND decoded {order}"
                     for batch in _batches(con, query, self.batch_rows):
@@ -386,13 +412,14 @@ class ArchiveReader:
                 try:
                     counts = con.execute(f"SELECT kafka_partition, max(kafka_offset), count(*) FROM {source} "
                                          f"WHERE {' AND '.join(where)} GROUP BY 1").fetchall()
+                    verdicts = check_files(con, files, table)
                     columns = _typed_columns(con, source, table)
                 except duckdb.Error as exc:
                     raise ArchiveError(f"unreadable archive file under {self.root}: "
                                        f"{str(exc).splitlines()[0]}") from None
                 if not counts:
                     continue
-                sources.append(Source(spec, table, source, " AND ".join(where), columns))
+                sources.append(Source(spec, table, source, " AND ".join(where), columns, verdicts))
                 for partition, last, count in counts:
                     ends[(spec.name, partition)] = last + 1
                     rows += count
@@ -402,12 +429,60 @@ class ArchiveReader:
         return Selection(sources, rows, run_rows, ends)
 
 
+# A column a file may hold narrower than the table: an older schema version's type, promoted since (Avro).
+_WIDENED = {("INTEGER", "BIGINT"), ("FLOAT", "DOUBLE")}
+
+
+def check_files(con: duckdb.DuckDBPyConnection, files: list[Path], table: Table) -> bool:
+    """Refuse (ArchiveError, one line) a file that is not an archive file of ``table``: a raw column or
+    ``decoded`` missing or of another type, or a column of the table of another type than the table's (or a
+    narrower one an older schema version had). Only the files' footers are read, and each distinct schema
+    is described once. Returns whether every file carries the contract's verdict (``VERDICT``)."""
+    listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+    representatives = con.execute(
+        "SELECT min(file_name) FROM (SELECT file_name, string_agg(part, ',' ORDER BY part) AS signature FROM ("
+        "SELECT file_name, concat_ws(':', name, type, converted_type, logical_type, num_children) AS part "
+        f"FROM parquet_schema([{listed}])) GROUP BY file_name) GROUP BY signature").fetchall()
+    expected = _expected_types(con, table)
+    verdicts = True
+    for path in sorted(file for (file,) in representatives):
+        quoted = path.replace("'", "''")
+        found = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{quoted}')"
+                                                               ).fetchall()}
+        for name, kind in expected.items():
+            have = found.get(name)
+            if have is None and (name in ARCHIVE_COLUMNS or name == VERDICT):
+                if name == VERDICT:
+                    verdicts = False
+                    continue
+                raise ArchiveError(f"{path} is not an archive file of {table.name}: it has no column {name}")
+            if have is not None and have != kind and (have, kind) not in _WIDENED:
+                raise ArchiveError(f"{path} is not an archive file of {table.name}: column {name} is {have}, "
+                                   f"the table's is {kind}")
+    return verdicts
+
+
+def _expected_types(con: duckdb.DuckDBPyConnection, table: Table) -> dict[str, str]:
+    """Every column an archive file of ``table`` may hold, with its type as DuckDB names it."""
+    empty = pa.schema([*[f for f in table.arrow_schema if f.name not in ("kafka_partition", "kafka_offset")],
+                       pa.field("decoded", pa.bool_()), pa.field(VERDICT, pa.string()), *RAW_FIELDS]).empty_table()
+    con.register("_nissa_archive_columns", empty)
+    try:
+        return {name: kind for name, kind, *_ in con.execute("DESCRIBE _nissa_archive_columns").fetchall()}
+    finally:
+        con.unregister("_nissa_archive_columns")
+
+
 def _typed_columns(con: duckdb.DuckDBPyConnection, source: str, table: Table) -> str:
     """``table``'s columns as SQL over ``source``; a column no archived file has (a schema version added it
     after they were written) is its default."""
-    archived = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    archived = _archived_columns(con, source)
     return ", ".join(f'"{c.name}"' if c.name in archived else f'{_literal(c.default)}::{c.sql_type} AS "{c.name}"'
                      for c in table.columns)
+
+
+def _archived_columns(con: duckdb.DuckDBPyConnection, source: str) -> set[str]:
+    return {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
 
 
 def _literal(value: object) -> str:
@@ -441,7 +516,9 @@ def archive_connection(root: Path) -> duckdb.DuckDBPyConnection:
             pattern = str(reader.root / f"topic={topic}" / "*" / "*.parquet").replace("'", "''")
             source = f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
             columns = _typed_columns(con, source, table)
-            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded')
+            # Rows the contract rejected when archived are dead letters to the sink, not rows of its tables.
+            passed = f" AND {VERDICT} IS NULL" if VERDICT in _archived_columns(con, source) else ""
+            con.execute(f'CREATE VIEW "{table.name}" AS SELECT {columns} FROM {source} WHERE decoded{passed}')
         else:
             con.execute(table.ddl())
     create_views(con)

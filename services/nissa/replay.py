@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 
 from services.core.progress import progress_bar
+from services.nissa.archive import Source
 from services.nissa.batch import Batch, Decoders
 from services.nissa.counterfactual import write_counterfactual
 from services.nissa.errors import UnknownRunError
@@ -153,6 +154,20 @@ class ReplayWriter:
         self.committer.submit((LazyMessages(topic, lambda: archived_messages(topic, raw)), {},
                                {table.name: [typed]}))
 
+    def copy_archived(self, src: Source) -> int:
+        """``src``'s rows archived decoded (with the contract's verdict), copied by DuckDB itself
+        (``archive_copy.py``) once everything submitted before is written; returns the rows read."""
+        from services.nissa.archive_copy import copy_archived
+
+        self.committer.wait()  # the connection is this thread's until the next submit
+        name = self._keep.get(src.spec.name)
+        copied = copy_archived(self.store, self.committer.admission, src, keep=name is not None)
+        self.events += copied.rows
+        self.run_events += copied.rows if src.spec.name in self._run_topics else 0
+        if name is not None:
+            self.kept[name].extend(copied.kept)
+        return copied.rows
+
     def finish(self, offsets: dict[tuple[str, int], int]) -> dict[str, int]:
         """Write what is pending with the end ``offsets``; close the file; rows per table."""
         try:
@@ -248,9 +263,11 @@ def replay_from_archive(archive: Path, run_id: str, out: Path, *, from_offset: i
                         progress: bool = False) -> ReplayResult:
     """Replay ``run_id`` from an ``esper archive`` folder (no broker needed) into a fresh DuckDB file.
 
-    DuckDB's Parquet reader reads the run's files; rows the archive holds decoded go to the tables as
-    Arrow columns (no Avro decoding, and no dead letter for a writer schema newer than this code: it
-    was decoded when archived, with the schema log), the rest are decoded from their exact bytes.
+    Rows the archive holds decoded, with the contract's verdict, are copied by DuckDB itself from the
+    Parquet files (``archive_copy.py``: no Avro decoding, and no dead letter for a writer schema newer
+    than this code: it was decoded when archived, with the schema log); rows of files written before
+    the verdict was archived go to the tables as Arrow columns through the sink's admission; the rest
+    are decoded from their exact bytes.
     """
     from services.nissa.archive import ArchiveReader, archived_messages
 
@@ -259,8 +276,13 @@ def replay_from_archive(archive: Path, run_id: str, out: Path, *, from_offset: i
     if not selection.run_rows:
         raise UnknownRunError(f"no events of run {run_id!r} in the archive {archive}")
 
+    copied = frozenset(src.spec.name for src in selection.sources if src.verdicts and not src.spec.raw)
+
     def feed(writer: ReplayWriter, advance: Callable[[int], None]) -> None:
-        for topic, typed, raw in selection.items(advance):
+        for src in selection.sources:
+            if src.spec.name in copied:
+                advance(writer.copy_archived(src))
+        for topic, typed, raw in selection.items(advance, copied):
             if typed is None:
                 writer.add(archived_messages(topic, raw))
             else:

@@ -79,8 +79,13 @@ class NissaStore:
         rows = self._connection().execute("SELECT topic, partition, next_offset FROM nissa_offsets").fetchall()
         return {(topic, partition): offset for topic, partition, offset in rows}
 
-    def write(self, batches: Mapping[str, list[pa.Table]], offsets: Mapping[tuple[str, int], int]) -> int:
-        """Insert every batch and upsert the offsets in one transaction; returns the rows written."""
+    def write(self, batches: Mapping[str, list[pa.Table]], offsets: Mapping[tuple[str, int], int],
+              copies: Mapping[str, str] | None = None) -> int:
+        """Insert every batch and upsert the offsets in one transaction; returns the rows written.
+
+        ``copies`` maps tables to a query of their columns (``column_names``, in order) that DuckDB runs into
+        them in the same transaction (a replay from the archive: ``archive_copy.py``).
+        """
         con = self._connection()
         written = 0
         views: list[str] = []
@@ -96,6 +101,9 @@ class NissaStore:
                     columns = ", ".join(f'"{name}"' for name in table.column_names)
                     con.execute(f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM {view}')
                     written += part.num_rows
+            for name, query in (copies or {}).items():
+                columns = ", ".join(f'"{name}"' for name in self.tables[name].column_names)
+                written += con.execute(f'INSERT INTO "{self.tables[name].name}" ({columns}) {query}').fetchall()[0][0]
             if offsets:
                 con.executemany(
                     "INSERT INTO nissa_offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
@@ -147,6 +155,10 @@ class NissaStore:
         reader = self._connection().sql(f'SELECT event_id FROM "{self.tables[table].name}"').to_arrow_reader(batch_rows)
         for chunk in reader:
             yield chunk.column(0)
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The open connection (opened if need be), for reads beside ``write`` by the one thread writing."""
+        return self._connection()
 
     def release(self) -> None:
         """Close the file so that readers can open it; the next write reopens it (the writer lock stays)."""

@@ -71,6 +71,21 @@ def counts(db, run_id: str | None) -> dict[str, int]:
                                   ).fetchone()[0] for name in (*RUN_TABLES, *SHARED_TABLES)}
 
 
+def assert_same_rows(db, live, run_id: str) -> None:
+    """Every table of ``db`` holds, row for row, what the live sink stored of the run (run-scoped tables) and
+    everything it stored of the shared ones (a dead letter's ``failed_at`` aside: when it was made)."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute(f"ATTACH '{live}' AS live (READ_ONLY)")
+        for name in (*RUN_TABLES, *SHARED_TABLES):
+            where = " WHERE run_id = ?" if name in RUN_TABLES else ""
+            params = [run_id] if where else []
+            columns = "* EXCLUDE (failed_at)" if name == "dead_letters" else "*"
+            ours = con.execute(f'SELECT {columns} FROM main."{name}"{where} ORDER BY ALL', params).fetchall()
+            theirs = con.execute(f'SELECT {columns} FROM live."{name}"{where} ORDER BY ALL', params).fetchall()
+            assert ours == theirs, f"{name}: {len(ours)} rows replayed, {len(theirs)} live, or other values"
+        assert con.execute("SELECT count(*) FROM main.health_signal").fetchone()[0] > 0
+
+
 def rows(db, sql: str, *params) -> list[tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, list(params)).fetchall()
@@ -82,6 +97,7 @@ def test_replay_rebuilds_the_run_like_the_live_sink_and_the_initial_policy_decid
     result = replay_from_kafka(settings.kafka, run, out, policy=INITIAL_POLICY)
     expected = counts(live, run)
     assert counts(out, None) == expected
+    assert_same_rows(out, live, run)
     assert expected["epoch_completed"] == 12 and expected["health_signal"] > 0 and expected["seed_transition"] > 0
     assert result.run_events == sum(expected[t] for t in RUN_TABLES)
     # Other runs' events are not in the replay.
@@ -113,6 +129,7 @@ def test_archive_then_replay_and_sql_with_the_broker_gone(recorded):
     # Replay from the archive alone (no settings at all), with the counterfactual policy too.
     result = replay_from_archive(archive, run, work / "from-archive.duckdb", policy=INITIAL_POLICY)
     assert counts(result.db, None) == counts(live, run)
+    assert_same_rows(result.db, live, run)  # DuckDB copied the rows: the same as the live sink's, row for row
     assert (result.agreeing_epochs, result.compared_epochs) == (12, 12)
     assert ArchiveReader(archive).select(baseline).run_rows == sum(counts(live, baseline)[t] for t in RUN_TABLES)
 

@@ -140,35 +140,45 @@ def test_a_missing_or_empty_archive_is_refused(tmp_path):
         archive_connection(tmp_path / "empty")
 
 
-def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_path):
+@pytest.mark.parametrize("verdicts", [True, False], ids=["copied-by-duckdb", "archived-without-verdicts"])
+def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_path, verdicts):
     """Rows the archive holds decoded are stored as archived: one whose bytes this code cannot decode (a newer
     writer schema, decoded when archived) is kept, one the contract rejects is dead-lettered with its exact
-    bytes, an event id seen before with other content is a conflict; a row the archive could not decode is
-    dead-lettered from its bytes."""
+    bytes, an event id seen before with other content is a conflict, an exact duplicate is stored once; a row
+    the archive could not decode is dead-lettered from its bytes. The same whether the archive carries the
+    contract's verdicts (DuckDB copies the rows) or was written before it did (the sink's admission on Arrow)."""
     import duckdb
     import pyarrow as pa
 
+    from services.nissa.admission import Contracts
     from services.nissa.replay import replay_from_archive
 
     messages = health_messages(["run-a"] * 4)
     messages.append(ArchivedMessage(HEALTH.name, 0, 4, 1_700_000_000_004, b"run-a", b"not avro", None))
+    messages.append(ArchivedMessage(HEALTH.name, 0, 5, 1_700_000_000_005, b"run-a", messages[2].value(), None))
     table = BY_RECORD[HEALTH.record_name]
-    typed = new_batch().decode({HEALTH.name: messages})[table.name]
-    rows = archive_table(table, typed, messages)
+    typed = pa.concat_tables(new_batch().decode({HEALTH.name: messages})[table.name])
+    epochs = typed.column("epoch").to_pylist()
+    epochs[1] = -1  # the contract says epoch >= 0
+    ids = typed.column("event_id").to_pylist()
+    ids[3] = ids[2]  # another event (epoch 3, seed 1) under the id of the one before
+    typed = typed.set_column(typed.schema.get_field_index("epoch"), "epoch", pa.array(epochs, pa.int64()))
+    typed = typed.set_column(typed.schema.get_field_index("event_id"), "event_id", pa.array(ids, pa.string()))
+    rows = archive_table(table, [typed], messages, Contracts(new_batch().routes) if verdicts else None)
+    assert ("contract_violation" in rows.column_names) is verdicts
     values = rows.column("kafka_value").to_pylist()
     newer = b"\xc3\x01" + b"\xff" * 8 + values[0][10:]  # a fingerprint this code has never seen
     values[0] = newer
-    epochs = rows.column("epoch").to_pylist()
-    epochs[1] = -1  # the contract says epoch >= 0
-    ids = rows.column("event_id").to_pylist()
-    ids[3] = ids[2]  # another event (epoch 3, seed 1) under the id of the one before
     rows = rows.set_column(rows.schema.get_field_index("kafka_value"), "kafka_value", pa.array(values, pa.binary()))
-    rows = rows.set_column(rows.schema.get_field_index("epoch"), "epoch", pa.array(epochs, pa.int64()))
-    rows = rows.set_column(rows.schema.get_field_index("event_id"), "event_id", pa.array(ids, pa.string()))
     write_archive_files(tmp_path / "archive", HEALTH.name, True, rows)
+    assert ArchiveReader(tmp_path / "archive").select("run-a").sources[0].verdicts is verdicts
+    con = archive_connection(tmp_path / "archive")  # esper sql --archive: what the contract passed, when known
+    shown = [o for (o,) in con.execute("SELECT kafka_offset FROM health_signal ORDER BY 1").fetchall()]
+    con.close()
+    assert shown == ([0, 2, 3, 5] if verdicts else [0, 1, 2, 3, 5])
 
     result = replay_from_archive(tmp_path / "archive", "run-a", tmp_path / "replay.duckdb")
-    assert result.run_events == 5
+    assert result.run_events == 6
     with duckdb.connect(str(tmp_path / "replay.duckdb"), read_only=True) as con:
         assert con.execute("SELECT kafka_offset FROM health_signal ORDER BY 1").fetchall() == [(0,), (2,)]
         dead = con.execute("SELECT source_offset, error_type, original_value FROM dead_letters ORDER BY 1").fetchall()
@@ -176,7 +186,7 @@ def test_archive_replay_stores_archived_columns_through_the_same_admission(tmp_p
     assert [(o, t) for o, t, _ in dead] == [(1, "ContractViolationError"), (3, "EventIdConflict"),
                                             (4, "DecodeError")]
     assert [v for _, _, v in dead] == [values[1], values[3], b"not avro"]
-    assert offsets == [(HEALTH.name, 0, 5)]
+    assert offsets == [(HEALTH.name, 0, 6)]
 
 
 def test_a_replay_from_the_archive_starts_at_an_offset_or_a_time(tmp_path):
@@ -198,3 +208,28 @@ def test_a_replay_from_the_archive_starts_at_an_offset_or_a_time(tmp_path):
     later = reader.select("run-a", from_time=since)
     assert offsets(later) == [(0, 2), (0, 3)] and later.run_rows == 2 and later.ends == {(HEALTH.name, 0): 4}
     assert reader.select("run-b").run_rows == 0
+
+
+@pytest.mark.parametrize("damage", ["foreign", "retyped", "corrupt"])
+def test_a_foreign_retyped_or_corrupt_archive_file_is_one_line_not_wrong_rows(tmp_path, damage):
+    import pyarrow as pa
+
+    root = tmp_path / "archive"
+    archived(root, health_messages(["run-a"] * 3))
+    folder = root / f"topic={HEALTH.name}" / "run_id=run-a"
+    bad = folder / "part-0-100.parquet"
+    if damage == "foreign":  # some other Parquet file: no Kafka coordinates
+        pq.write_table(pa.table({"event_id": ["x"], "epoch": [1]}), bad)
+    elif damage == "retyped":  # an archive file whose epoch column is text
+        rows = pq.read_table(next(folder.glob("*.parquet")))
+        index = rows.schema.get_field_index("epoch")
+        pq.write_table(rows.set_column(index, "epoch", rows.column("epoch").cast(pa.string())), bad)
+    else:
+        bad.write_bytes(b"PAR1 not really a Parquet file PAR1")
+    with pytest.raises(ArchiveError) as raised:
+        ArchiveReader(root).select("run-a")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert {"foreign": "is not an archive file of health_signal: it has no column",
+            "retyped": "column epoch is VARCHAR, the table's is BIGINT",
+            "corrupt": "unreadable archive file"}[damage] in message
