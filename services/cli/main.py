@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli import nissa_commands as nissa_cli
     from services.cli.dlq import add_dlq_command
     from services.cli.experiment_command import add_experiment_command
+    from services.cli.learn_command import add_learn_command
     from services.cli.system import add_system_commands
     from services.cli.tamiyo_commands import add_policy_command, add_tamiyo_serve_options
 
@@ -320,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     add_experiment_command(sub)
+    add_learn_command(sub)
 
     p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
     p.add_argument("service", choices=["karn", "nissa", "tamiyo", "tezzeret", "urabrask"])
