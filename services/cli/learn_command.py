@@ -19,7 +19,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     plan = LoopPlan(args.loop_id or new_experiment_id(f"learn-{cfg.name}"), cfg, tuple(args.train_seeds),
                     tuple(args.heldout_seeds), exploration=args.exploration, fork_epoch=args.fork_epoch,
-                    train_epochs=args.train_epochs)
+                    train_epochs=args.train_epochs, reward=args.reward, parameter_charge=args.parameter_charge)
     settings = load_settings()
     wait_for_broker(settings.kafka)
     print(f"learn {plan.loop_id}: {cfg.name}, training seeds {' '.join(map(str, plan.train_seeds))}, "
@@ -57,6 +57,11 @@ def add_learn_command(sub: argparse._SubParsersAction) -> None:
                    help="collect: chance per epoch of a random germination (default: 0.3)")
     p.add_argument("--fork-epoch", type=int, default=2, help="the paired forks start after this epoch (default: 2)")
     p.add_argument("--train-epochs", type=int, default=10, help="policy training epochs (default: 10)")
+    p.add_argument("--reward", choices=["loss", "accuracy"], default="loss",
+                   help="train: a seed's reward is the gate's contribution in validation loss (default) or accuracy")
+    p.add_argument("--parameter-charge", type=float, default=0.0,
+                   help="train: minus this times seed parameters / host parameters (default 0: arms are judged on "
+                        "accuracy; esper policy train charges 0.05)")
     p.add_argument("--loop-id", help="name the loop (default: learn-NAME-TIMESTAMP); its runs are LOOP-...")
     p.add_argument("--reports", type=Path, help="report folder (default: STATE_DIR/reports)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),

@@ -35,7 +35,8 @@ def report_data(result: LoopResult) -> dict:
     out: dict = {
         "loop_id": plan.loop_id, "config": plan.config.name, "epochs": plan.config.epochs,
         "train_seeds": list(plan.train_seeds), "heldout_seeds": list(plan.heldout_seeds),
-        "exploration": plan.exploration, "fork_epoch": plan.fork_epoch,
+        "exploration": plan.exploration, "fork_epoch": plan.fork_epoch, "reward": plan.reward,
+        "parameter_charge": plan.parameter_charge,
         "promoted": result.promoted, "new": result.new_version, "policy_path": result.policy_path,
         "train_metrics": result.train_metrics, "explored_decisions": result.explored_decisions,
         "collected": [vars(r) for r in result.collected],
@@ -76,7 +77,8 @@ def markdown(data: dict) -> str:
         f"Collected {len(data['collected'])} runs under the promoted policy `{data['promoted']}` with exploration "
         f"{data['exploration']} ({data['explored_decisions']} explored germinations); trained "
         f"`{data['new']}` on {int(data['train_metrics'].get('samples', 0))} germinations "
-        f"(mean reward {data['train_metrics'].get('mean_reward', 0.0):+.4f}).",
+        f"(reward: the gate's contribution in validation {data['reward']}, parameter charge "
+        f"{data['parameter_charge']}; mean reward {data['train_metrics'].get('mean_reward', 0.0):+.4f}).",
         "",
     ]
     forks = f"Paired forks (of each task's no_adapt run at the end of epoch {data['fork_epoch']})"

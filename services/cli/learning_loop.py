@@ -46,6 +46,8 @@ class LoopPlan:
     exploration: float = 0.3
     fork_epoch: int = 2
     train_epochs: int = 10
+    reward: str = "loss"  # the gate's contribution in validation loss (``services.tamiyo.training``)
+    parameter_charge: float = 0.0  # the arms are judged on accuracy alone
 
     def __post_init__(self) -> None:
         if not self.train_seeds or not self.heldout_seeds:
@@ -141,7 +143,9 @@ class Loop:
         run_ids = [r.run_id for r in result.collected]
         with progress_bar(f"learn {self.plan.loop_id}: train", self.plan.train_epochs, self.progress) as advance:
             policy, metrics = train_from_runs(self.settings.kafka, self.codec, start, run_ids,
-                                              epochs=self.plan.train_epochs, progress=lambda done, total: advance(1))
+                                              epochs=self.plan.train_epochs, reward=self.plan.reward,
+                                              parameter_charge=self.plan.parameter_charge,
+                                              progress=lambda done, total: advance(1))
         path = save_policy(policy, self.settings.state_dir / "policies", "runs " + ",".join(run_ids), metrics)
         _, record = load_policy(path)
         publish_policy(self.settings.kafka, self.codec, published_record(policy, record))
