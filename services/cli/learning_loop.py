@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from contracts import CommandAction
-from services.core.errors import UsageError
+from services.core.errors import EsperError, UsageError
 from services.tolaria.config import RunConfig, parse_config
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Loop:
 
         r = start_run(cfg, self.settings, run_id=run_id, no_adapt=no_adapt, progress=False)
         return self._done(ArmRun(arm, seed, "real", r.run_id, r.validation_accuracy, r.test_accuracy,
-                                 r.parameter_count, self._germinations(r.run_id)))
+                                 r.parameter_count, self._germinations(r.run_id, decided=not no_adapt)))
 
     def _fork(self, arm: str, seed: int, parent: str, how: dict) -> ArmRun:
         from services.tolaria.fork import ForkRequest
@@ -193,7 +193,8 @@ class Loop:
         run_id = self.plan.fork_id(arm, seed)
         r = fork_run(ForkRequest(parent, self.plan.fork_epoch, **how), self.settings, run_id=run_id, progress=False)
         return self._done(ArmRun(arm, seed, "fork", r.run_id, r.validation_accuracy, r.test_accuracy,
-                                 r.parameter_count, self._germinations(r.run_id), parent, self.plan.fork_epoch))
+                                 r.parameter_count, self._germinations(r.run_id, decided=not how.get("no_adapt")),
+                                 parent, self.plan.fork_epoch))
 
     def _done(self, run: ArmRun) -> ArmRun:
         log.info("learn run done arm=%s kind=%s seed=%d run_id=%s val_acc=%.4f germinations=%d", run.arm, run.kind,
@@ -211,9 +212,13 @@ class Loop:
         except UnknownRunError:
             return []
 
-    def _germinations(self, run_id: str) -> int:
-        """Germinations Tamiyo decided in the run (the budget a random baseline gets to match it)."""
-        return sum(1 for d in self._decisions(run_id) if d.action is CommandAction.GERMINATE)
+    def _germinations(self, run_id: str, *, decided: bool) -> int:
+        """Germinations Tamiyo decided in the run (the budget a random baseline gets to match it). ``decided``: a
+        run with a controller, which Tamiyo must have decided: an arm nobody decided is no evidence, so stop."""
+        decisions = self._decisions(run_id)
+        if decided and not decisions:
+            raise EsperError(f"Tamiyo decided nothing in run {run_id}: is it serving this system (esper status)?")
+        return sum(1 for d in decisions if d.action is CommandAction.GERMINATE)
 
     def _explored(self, run_id: str) -> int:
         return sum(1 for d in self._decisions(run_id) if d.explored)
