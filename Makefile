@@ -18,7 +18,7 @@ PY := $(VENV)/bin/python
 ESPER := $(VENV)/bin/esper
 PYTEST_ARGS ?=
 
-.PHONY: help venv venv-path up down demo status broker broker-stop schemas schemas-check lint test test-unit test-integration test-cluster bench fuzz clean clean-state
+.PHONY: help venv venv-path up down demo status broker broker-stop schemas schemas-check lint test test-unit test-integration test-cluster learn bench fuzz clean clean-state
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -106,6 +106,11 @@ test-unit: venv ## unit tests only (no broker)
 
 test-integration: venv ## integration tests only (a real broker, started if needed)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+LEARN_CONFIG ?= examples/spirals-learn.yaml
+LEARN_ARGS ?=
+learn: venv ## on a running system (make up): the learning loop on LEARN_CONFIG (collect, train, evaluate vs baselines, report)
+	$(ESPER) learn $(LEARN_CONFIG) $(LEARN_ARGS)
 
 bench: venv ## benchmarks: side-by-side ratios, JSON in bench-results/
 	$(ESPER) bench

@@ -54,6 +54,9 @@ class AdaptationDecision(Contract):
     ``catalog_positions`` (v3) says which Urza catalogue the decision was made with: per partition of
     each catalogue topic, how far Tamiyo had folded it. Urza's catalogue as of those positions
     (``services.urza.catalog_as_of``) is what a replay decides with. Empty in records before v3.
+
+    ``explored`` (v4): the decision's slot and family were drawn at random (the run asked for exploration),
+    not the policy's argmax; ``policy_version`` is still the policy whose run it was. False before v4.
     """
 
     decision_id: str = Field(default="", max_length=80)
@@ -78,6 +81,7 @@ class AdaptationDecision(Contract):
                                description="Blueprint family the policy chose (germinations)")
     catalog_positions: list[CatalogPosition] = Field(
         default_factory=list, max_length=1024, description="The catalogue read up to these positions (v3)")
+    explored: bool = Field(default=False, description="Chosen at random by exploration, not by the policy (v4)")
 
     @model_validator(mode="before")
     @classmethod

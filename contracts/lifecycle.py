@@ -31,3 +31,9 @@ class TrainingSessionEvent(Contract):
         default_factory=dict, description="topic:partition -> the parent's end offset at the fork point"
     )
     policy_version: str | None = Field(default=None, max_length=80, description="Tamiyo policy version asked for")
+    # v6: how Tamiyo chooses the run's germinations. ``controller``: None or "policy" (the policy version's
+    # GNN), "heuristic" (the teacher's rule the shipped policy imitates), "random" (random slot, kernel and
+    # epoch, as many germinations as the budget left at the start). ``exploration``: with the policy, the
+    # chance per epoch that a germination is chosen at random instead (recorded as ``explored`` on the decision).
+    controller: str | None = Field(default=None, max_length=40, description="policy, heuristic or random")
+    exploration: float = Field(default=0.0, ge=0, le=1, description="chance per epoch of a random germination")

@@ -96,11 +96,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.policy is not None and args.no_adapt:
         raise UsageError("--policy VERSION and --no-adapt exclude each other (--no-adapt: no controller at all)")
-    if (args.at_epoch is not None or args.epochs is not None) and not args.fork:
-        raise UsageError("--at-epoch and --epochs go with --fork RUN_ID")
+    if (args.at_epoch is not None or args.epochs is not None or args.budget is not None) and not args.fork:
+        raise UsageError("--at-epoch, --epochs and --budget go with --fork RUN_ID")
+    if args.no_adapt and (args.controller is not None or args.exploration is not None):
+        raise UsageError("--controller/--exploration and --no-adapt exclude each other (--no-adapt: no controller)")
+    if args.exploration is not None and not 0 <= args.exploration <= 1:
+        raise UsageError(f"--exploration must be within 0..1 (got {args.exploration})")
     settings = load_settings()
     if args.resume:
-        if args.config or args.no_adapt or args.run_id or args.fork or args.policy is not None:
+        if args.config or args.no_adapt or args.run_id or args.fork or args.policy is not None \
+                or args.controller is not None or args.exploration is not None:
             raise UsageError("--resume RUN_ID takes no CONFIG, --run-id, --fork, --policy or --no-adapt "
                              "(they come from the checkpoint)")
         result = resume_run(args.resume, settings, progress=not args.quiet)
@@ -110,7 +115,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.policy is not None:
             check_policy_version(settings, args.policy)
         request = ForkRequest(args.fork, args.at_epoch, no_adapt=args.no_adapt, policy_version=args.policy,
-                              epochs=args.epochs)
+                              epochs=args.epochs, controller=args.controller, exploration=args.exploration,
+                              budget=args.budget)
         result = fork_run(request, settings, run_id=args.run_id, progress=not args.quiet)
     else:
         if not args.config:
@@ -121,6 +127,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cfg = parse_config({**cfg.model_dump(mode="json"), "policy_version": args.policy}, "--policy")
         elif cfg.policy_version is not None:
             check_policy_version(settings, cfg.policy_version)
+        overrides = {k: v for k, v in (("controller", args.controller), ("exploration", args.exploration))
+                     if v is not None}
+        if overrides:
+            cfg = parse_config({**cfg.model_dump(mode="json"), **overrides}, "--controller/--exploration")
         result = start_run(cfg, settings, run_id=args.run_id, no_adapt=args.no_adapt, progress=not args.quiet)
     print(
         f"run {result.run_id} completed: val_acc={result.validation_accuracy:.4f} test_acc={result.test_accuracy:.4f} "
@@ -253,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     from services.cli import nissa_commands as nissa_cli
     from services.cli.dlq import add_dlq_command
     from services.cli.experiment_command import add_experiment_command
+    from services.cli.learn_command import add_learn_command
     from services.cli.system import add_system_commands
     from services.cli.tamiyo_commands import add_policy_command, add_tamiyo_serve_options
 
@@ -299,10 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", metavar="VERSION",
                    help="the Tamiyo policy version this run asks for (a fork's other controller; default: the "
                         "parent's for a fork, the promoted one otherwise)")
+    p.add_argument("--controller", choices=["policy", "heuristic", "random"],
+                   help="how Tamiyo chooses germinations: the policy (default), the teacher's heuristic rule, or "
+                        "random slot, kernel and epoch with the budget left")
+    p.add_argument("--exploration", type=float, metavar="EPS",
+                   help="with the policy: chance per epoch of a random germination, recorded as explored")
+    p.add_argument("--budget", type=int, metavar="N",
+                   help="--fork: germinations in all, the parent's included (default: the parent's budget)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch output")
     p.set_defaults(func=_cmd_run)
 
     add_experiment_command(sub)
+    add_learn_command(sub)
 
     p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
     p.add_argument("service", choices=["karn", "nissa", "tamiyo", "tezzeret", "urabrask"])

@@ -56,6 +56,7 @@ from contracts import (
     deterministic_event_id,
 )
 from contracts.blueprint_ir import DEPTH, WIDTH
+from services.tamiyo import controllers
 from services.tamiyo.features import STATES, GraphView, build_graph
 from services.tamiyo.policy import TamiyoPolicy
 from services.tamiyo.run_state import Issued, RunState
@@ -206,18 +207,33 @@ class Decider:
         bad = graph.non_finite()
         if bad:
             return None, f"no action: non-finite features ({', '.join(bad)}); the policy was not asked", None, 0.0
-        out = self.policy.decide(graph.x, graph.edge_index)
-        p, urgency = float(out.adapt_probability), float(out.urgency)
         slots = np.flatnonzero(dormant)
-        scores = out.node_scores.detach().cpu().numpy().astype(np.float64)[topology.layer_count + slots]
-        probabilities = out.blueprint_probabilities.detach().cpu().numpy().astype(np.float64)
-        wrong = [name for name, values in (("adapt_probability", np.array([p])), ("urgency", np.array([urgency])),
-                                           ("node_scores", scores), ("blueprint_probabilities", probabilities))
-                 if not np.isfinite(values).all()]
-        if wrong:
-            return None, f"no action: the policy's output is not finite ({', '.join(wrong)})", None, 0.0
-        if not p >= self.threshold:  # written so that a NaN that got this far would not grow either
-            return None, f"policy chose not to grow (p={p:.2f})", p, urgency
+        explored = False
+        if run.controller == "policy":
+            out = self.policy.decide(graph.x, graph.edge_index)
+            p, urgency = float(out.adapt_probability), float(out.urgency)
+            scores = out.node_scores.detach().cpu().numpy().astype(np.float64)[topology.layer_count + slots]
+            probabilities = out.blueprint_probabilities.detach().cpu().numpy().astype(np.float64)
+            wrong = [name for name, values in (("adapt_probability", np.array([p])),
+                                               ("urgency", np.array([urgency])),
+                                               ("node_scores", scores), ("blueprint_probabilities", probabilities))
+                     if not np.isfinite(values).all()]
+            if wrong:
+                return None, f"no action: the policy's output is not finite ({', '.join(wrong)})", None, 0.0
+            explored = controllers.explores(run, graph.epoch)
+            if explored:  # a random slot and family, whatever the policy would do (its p stays on the record)
+                scores, probabilities = controllers.random_choice(run, graph.epoch, len(slots), len(probabilities))
+            elif not p >= self.threshold:  # written so that a NaN that got this far would not grow either
+                return None, f"policy chose not to grow (p={p:.2f})", p, urgency
+        else:
+            urgency = 0.5
+            if run.controller == "heuristic":
+                p, scores, probabilities = controllers.heuristic_proposal(graph, slots, len(FAMILIES))
+            else:
+                p = 1.0 if controllers.random_due(run, graph.epoch) else 0.0
+                scores, probabilities = controllers.random_choice(run, graph.epoch, len(slots), len(FAMILIES))
+            if not p >= self.threshold:
+                return None, f"{run.controller} controller chose not to grow", p, urgency
         # The highest score; among equal scores, the first slot (the lowest node).
         best = int(np.flatnonzero(scores == scores.max())[0])
         seed = graph.seed(int(slots[best]))
@@ -239,15 +255,16 @@ class Decider:
         family = FAMILIES[int(np.flatnonzero(rated == rated.max())[0])]
         chosen = next(c for c in candidates if c.family == family)
         extra["family_probability"] = float(probabilities[FAMILIES.index(family)])
+        why = "explore: " if explored else "" if run.controller == "policy" else f"{run.controller}: "
         action = self._action(run, graph, GERMINATION_INDEX, CommandAction.GERMINATE, seed.node,
-                              f"grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
-                              p, urgency, extra, chosen)
+                              f"{why}grow {family} kernel in {seed.layer_name}[{seed.seed_idx}] (p={p:.2f})",
+                              p, urgency, extra, chosen, explored=explored)
         return action, "", p, urgency
 
     # -- building the records ------------------------------------------------------------------------
     def _action(self, run: RunState, graph: GraphView, index: int, action: CommandAction | None, node: int,
                 reason: str, confidence: float, urgency: float, extra: dict[str, float] | None = None,
-                kernel: Candidate | None = None) -> Action:
+                kernel: Candidate | None = None, *, explored: bool = False) -> Action:
         """The decision (and its command, when ``action`` is one) at ``index`` of the epoch, about ``node``."""
         slot = node - graph.topology.layer_count
         seed = graph.seed(slot) if 0 <= slot < len(graph.topology.slots) else None
@@ -262,7 +279,7 @@ class Decider:
             blueprint_id=kernel.blueprint_id if kernel else None, kernel_id=kernel.kernel_id if kernel else None,
             policy_version=self.policy_version, reason=reason, features=features,
             command_id=command_id, action=action, family=kernel.family if kernel else None,
-            catalog_positions=self.chooser.positions(),
+            catalog_positions=self.chooser.positions(), explored=explored,
         )
         command = None
         if action is not None and seed is not None:

@@ -99,6 +99,9 @@ class RunState:
     # The policy version that decides the run: the one its session names, else the one that made its first
     # decision (``decider.record``), so that a promotion does not change the policy of a run in progress.
     policy_version: str | None = None
+    # How its germinations are chosen (``controllers``): its session's controller and exploration rate.
+    controller: str = "policy"
+    exploration: float = 0.0
     # Tamiyo's own side: epochs decided and the commands it issued.
     decided: set[int] = field(default_factory=set)
     issued: list[Issued] = field(default_factory=list)
@@ -141,6 +144,7 @@ class RunState:
                                 for s in event.session.seeds if s.state is not SeedState.DORMANT}
         if event.policy_version:
             self.policy_version = event.policy_version
+        self.controller, self.exploration = event.controller or "policy", event.exploration
         if self.session is None or event.session.status.value in ("completed", "failed"):
             self.session = event.session
             self.slots = frozenset((s.layer_id, s.seed_idx) for s in event.session.seeds)

@@ -348,22 +348,27 @@ class Tamiyo:
         next epochs."""
         registry = self.policies.registry
         version = run.policy_version or registry.promoted
+        name = None
+        if run.controller != "policy":  # the heuristic or random germinations (the promoted policy is only held)
+            version, name = registry.promoted, run.controller
         if registry.why_not(version) is not None:
             self.policies.refresh()  # it may have been published a moment ago
         try:
-            decider = self.decider_for(version)
+            decider = self.decider_for(version, name)
         except PolicyError as exc:
             log.warning("tamiyo run_id=%s epoch=%d not decided by a policy: %s", run.run_id, epoch, exc)
             return [idle_action(run.run_id, epoch, version, f"no action: {exc}")]
         return decider.decide(run, epoch)
 
-    def decider_for(self, version: str) -> Decider:
-        """The decider of a policy version (PolicyError when the registry cannot load it)."""
-        decider = self._deciders.get(version)
+    def decider_for(self, version: str, name: str | None = None) -> Decider:
+        """The decider of a policy version (PolicyError when the registry cannot load it); ``name``: what its
+        decisions record as their policy version (the heuristic and random controllers' name, not a version)."""
+        name = name or version
+        decider = self._deciders.get(name)
         policy = self.policies.registry.policy(version)
         if decider is None or decider.policy is not policy:
             policy.scatter = self.scatter
-            decider = self._deciders[version] = Decider(policy, version, self.chooser)
+            decider = self._deciders[name] = Decider(policy, name, self.chooser)
             while len(self._deciders) > POLICIES_KEPT_LOADED:
                 self._deciders.pop(next(iter(self._deciders)))
         return decider

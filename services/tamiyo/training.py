@@ -8,7 +8,10 @@ family chosen, and the outcome from the field report that closed the seed's life
              measured by Kasmina's fossilization gate; a culled seed earns CULL_REWARD)
              - PARAMETER_CHARGE * seed parameters / host parameters
 
-(esper-lite's lesson: reward the measured contribution, charge for the parameters added.)
+(esper-lite's lesson: reward the measured contribution, charge for the parameters added.) ``reward="loss"`` takes
+the gate's contribution in validation loss instead (nats the seed removes; the quantity the fossilization gate
+itself judges, and far less coarse than accuracy on a few hundred validation points: the learning loop's choice,
+with no parameter charge when only accuracy is judged).
 Each sample pushes the adapt head toward growing when the reward was positive and away
 when negative, and the slot and family heads along the advantage (reward minus the mean);
 the value head regresses the reward.
@@ -46,7 +49,11 @@ class Sample:
     reward: float
 
 
-def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int]) -> list[Sample]:
+REWARDS = ("accuracy", "loss")
+
+
+def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int], *, reward: str = "accuracy",
+                     parameter_charge: float = PARAMETER_CHARGE) -> list[Sample]:
     run = fold_run(recorded)
     decisions = sorted(recorded.decisions, key=lambda d: d.epoch)
     reports = recorded.of(TopicName.INNOVATION_FIELD_REPORTS)
@@ -65,17 +72,19 @@ def samples_from_run(recorded: RecordedRun, parameters_of: Callable[[str], int])
                 family, kernel_id = d.family, d.kernel_id  # kernel_id: set on every one of ``grows``
                 if report is None or node is None or kernel_id is None or family is None or family not in FAMILIES:
                     continue  # the seed's life did not end in this run, or the record is incomplete
-                gain = (report.eval_metrics.get("contribution", 0.0) if report.outcome is FieldReportOutcome.FOSSILIZED
+                metric = "contribution" if reward == "accuracy" else "loss_contribution"
+                gain = (report.eval_metrics.get(metric, 0.0) if report.outcome is FieldReportOutcome.FOSSILIZED
                         else CULL_REWARD)
-                reward = gain - PARAMETER_CHARGE * parameters_of(kernel_id) / host
-                out.append(Sample(graph, node, FAMILIES.index(family), reward))
+                value = gain - parameter_charge * parameters_of(kernel_id) / host
+                out.append(Sample(graph, node, FAMILIES.index(family), value))
         for d in mine:
             record(run, d)
     return out
 
 
 def train_from_runs(settings: KafkaSettings, codec: Codec, start: TamiyoPolicy, run_ids: list[str], *,
-                    epochs: int = 10, seed: int = 0, lr: float = 1e-3,
+                    epochs: int = 10, seed: int = 0, lr: float = 1e-3, reward: str = "accuracy",
+                    parameter_charge: float = PARAMETER_CHARGE,
                     progress: Callable[[int, int], None] | None = None) -> tuple[TamiyoPolicy, dict[str, float]]:
     catalog = load_catalog(settings, codec)
 
@@ -84,7 +93,8 @@ def train_from_runs(settings: KafkaSettings, codec: Codec, start: TamiyoPolicy, 
         return entry.metadata.parameter_count if entry else 0
 
     runs = load_recorded_runs(settings, codec, run_ids)
-    samples = [s for run_id in run_ids for s in samples_from_run(runs[run_id], parameters_of)]
+    samples = [s for run_id in run_ids for s in samples_from_run(runs[run_id], parameters_of, reward=reward,
+                                                                 parameter_charge=parameter_charge)]
     if not samples:
         raise EsperError(f"nothing to learn from in run(s) {', '.join(run_ids)}: no germination decided by Tamiyo "
                          "ended in a field report")

@@ -165,6 +165,11 @@ class RunConfig(_Strict):
         default=None, pattern=POLICY_VERSION_PATTERN,
         description="the Tamiyo policy version this run asks for (`esper policy list`; None: the promoted one)",
     )
+    controller: Literal["policy", "heuristic", "random"] = Field(
+        default="policy", description="how Tamiyo chooses germinations: the policy, the teacher's heuristic rule, or "
+                                      "random slot, kernel and epoch (as many as the budget left at the start)")
+    exploration: float = Field(default=0.0, ge=0, le=1,
+                               description="policy controller: chance per epoch of a random germination (explored)")
     fork: ForkOrigin | None = Field(default=None, description="set by `esper run --fork`, not by hand")
     experiment: ExperimentTag | None = Field(default=None, description="set by `esper experiment`, not by hand")
     peer_growth: PeerGrowthConfig | None = Field(default=None, description="set by `esper experiment`'s gromo arm")

@@ -9,9 +9,10 @@ seed's kernel and lifecycle, the spent budget; the data order and torch's RNG ar
 (seed, epoch) that every epoch sets afresh (``run._RunLoop._epoch``, ``Trainer.train_epoch``). So a
 fork under the parent's controller that is sent the parent's commands retraces the parent.
 
-The controller of a fork: the parent's (its ``--no-adapt`` and its policy version) unless
-``--no-adapt`` or ``--policy VERSION`` says otherwise. Commands the parent's controller had
-issued for epochs after K go with a fork that keeps that controller and are dropped otherwise.
+The controller of a fork: the parent's (its ``--no-adapt``, its policy version, controller and
+exploration) unless ``--no-adapt``, ``--policy VERSION`` or ``--controller`` says otherwise. Commands
+the parent's controller had issued for epochs after K go with a fork that keeps that controller and are
+dropped otherwise. ``budget``: the fork's germinations in all (a random baseline matched to a policy's).
 Everything here is pure (checkpoint in, checkpoint out) but for reading the parent's files.
 """
 
@@ -45,6 +46,9 @@ class ForkRequest:
     no_adapt: bool = False
     policy_version: str | None = None
     epochs: int | None = None  # the fork's last epoch + 1, as a config's ``epochs`` (default: the parent's)
+    controller: str | None = None  # how Tamiyo chooses germinations (policy, heuristic, random; default: the parent's)
+    exploration: float | None = None  # the policy's exploration (default: the parent's when it keeps its controller)
+    budget: int | None = None  # germinations in all, the parent's included (default: the parent's budget)
 
 
 def _span(epochs: list[int]) -> str:
@@ -82,13 +86,19 @@ def forked(parent: Checkpoint, run_id: str, request: ForkRequest) -> Checkpoint:
     if epochs <= start:
         raise ForkError(f"--epochs {epochs} leaves nothing to train after epoch {request.at_epoch} "
                         f"(the fork trains epochs {start}..N-1: give --epochs {start + 1} or more)")
-    keeps_controller = not request.no_adapt and request.policy_version is None
+    keeps_controller = not request.no_adapt and request.policy_version is None and request.controller is None
     no_adapt = meta.no_adapt if keeps_controller else request.no_adapt
     policy = cfg.policy_version if keeps_controller else request.policy_version
     position = {f"{topic}:{partition}": offset for topic, parts in sorted(meta.log_positions.items())
                 for partition, offset in sorted(parts.items())}
     origin = ForkOrigin(parent_run_id=meta.run_id, epoch=request.at_epoch, parent_log_position=position)
+    controller = cfg.controller if keeps_controller else request.controller or "policy"
+    exploration = request.exploration if request.exploration is not None else \
+        cfg.exploration if keeps_controller else 0.0
+    adaptation = cfg.adaptation.model_dump(mode="json") | (
+        {"budget": request.budget} if request.budget is not None else {})
     config = parse_config({**cfg.model_dump(mode="json"), "epochs": epochs, "policy_version": policy,
+                           "controller": controller, "exploration": exploration, "adaptation": adaptation,
                            "experiment": None, "fork": origin.model_dump(mode="json")}, "fork")
     fork_meta = meta.model_copy(update={
         "run_id": run_id, "config": config, "no_adapt": no_adapt, "next_epoch": start,

@@ -62,4 +62,6 @@ def session_event(run_id: str, cfg: RunConfig, setup: TrainingSetup, adapt: bool
                                 parent_run_id=fork.parent_run_id if fork else None,
                                 fork_epoch=fork.epoch if fork else None,
                                 parent_log_position=dict(fork.parent_log_position) if fork else {},
-                                policy_version=cfg.policy_version)
+                                policy_version=cfg.policy_version,
+                                controller=None if cfg.controller == "policy" else cfg.controller,
+                                exploration=cfg.exploration)

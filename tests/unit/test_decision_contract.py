@@ -76,7 +76,7 @@ def test_the_v1_fixture_log_decodes_into_the_new_model():
         assert (decision.command_id, decision.action, decision.family) == (None, None, None)
         assert decision.metadata == {"why": "low health"}
     latest = max(v for v, _ in history_versions(SCHEMAS_DIR, RECORD))
-    assert latest == SchemaStore().version(RECORD) == 3
+    assert latest == SchemaStore().version(RECORD) == 4
     for version in (2, 3):
         for raw in read_fixture_log(fixture_path(RECORD, version)):
             decision = codec.decode(SPEC, raw).payload

@@ -60,8 +60,8 @@ def test_the_typed_columns_hold_v2_and_the_views_read_v1_from_metadata(tmp_path)
     con = duckdb.connect(str(tmp_path / "nissa.duckdb"), read_only=True)
     typed = con.execute("SELECT decision_id, command_id, action, family, schema_version FROM adaptation_decision "
                         "ORDER BY decision_id").fetchall()
-    assert typed == [("d-0", None, None, None, 1), ("d-1", None, None, None, 1), ("d-2", "c-2", "advance", None, 3),
-                     ("d-3", None, None, None, 3)]  # written by today's code: v3
+    assert typed == [("d-0", None, None, None, 1), ("d-1", None, None, None, 1), ("d-2", "c-2", "advance", None, 4),
+                     ("d-3", None, None, None, 4)]  # written by today's code: v4
     history = con.execute("SELECT decision_id, decision_action FROM adaptation_history ORDER BY decision_id").fetchall()
     assert history == EXPECTED_ACTIONS
     report = load_run(con, RUN)
