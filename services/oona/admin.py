@@ -184,13 +184,14 @@ class OffsetReader:
     after a broker restart a client can keep answering FENCED_LEADER_EPOCH from stale metadata.
 
     So each attempt is short (``ATTEMPT_S``, growing by half on each failure up to ``ATTEMPT_MAX_S``,
-    so that a slow but healthy cluster is still answered), and any failed attempt drops the client:
-    the next attempt starts from fresh metadata, which names the new leader as soon as there is one.
-    Attempts go on until ``timeout_s`` has passed.
+    so that a slow but healthy cluster is still answered: a fresh client's first answer took ~0.5 s at
+    load 60 on 2 cores), and any failed attempt drops the client: the next attempt starts from fresh
+    metadata, which names the new leader as soon as there is one, an attempt later at most. (A cap of
+    10 s was measured to answer up to 9 s after the election.) Attempts go on until ``timeout_s``.
     """
 
     ATTEMPT_S = 2.0
-    ATTEMPT_MAX_S = 10.0
+    ATTEMPT_MAX_S = 4.0
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
