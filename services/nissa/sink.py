@@ -45,7 +45,7 @@ from services.nissa.log_scan import SCAN_CONFIG
 from services.nissa.store import NissaStore
 from services.nissa.tables import Table, arrow_batch, dead_letters_table, table_for
 from services.oona import clients
-from services.oona.admin import end_offsets
+from services.oona.admin import OffsetReader
 from services.oona.codec import ConfluentCodec, make_codec
 from services.oona.isolation import is_record_failure
 from services.oona.log_reader import ReadToEnds
@@ -209,6 +209,7 @@ class NissaSink:
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._offsets = OffsetReader(settings)  # end offsets through a leader's loss
         # Every registered topic but the bus-internal schema log (schemas are not events).
         self.topics = topics if topics is not None else list(data_topics(settings.topic_prefix))
         schemas = SchemaStore()
@@ -310,7 +311,7 @@ class NissaSink:
     def run_until_caught_up(self, timeout_s: float = 60.0) -> int:
         """Ingest until every partition reached the end offsets it had when called; returns messages read."""
         assert self._consumer is not None, "start() first"
-        ends = end_offsets(clients.admin(self.settings), [(tp.topic, tp.partition) for tp in self._assignment])
+        ends = self._offsets.end_offsets([(tp.topic, tp.partition) for tp in self._assignment])
         # A partition nothing was read from since assign() has no position yet: it is where it started.
         progress = ReadToEnds(ends, self._start)
         deadline = time.monotonic() + timeout_s

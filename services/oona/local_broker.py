@@ -73,6 +73,13 @@ def _server_properties(cfg: LocalBrokerConfig, log_dir: Path) -> str:
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={log_dir}",
+            # A cluster's quorum on one host: more patience than Kafka's 2 s / 1 s defaults. With one node
+            # killed, the leader of the two left resigns when the other's fetch is 1.5 fetch-timeouts late,
+            # and on a loaded 2-core machine (load 60-440) it was, again and again: no stable controller,
+            # so no new partition leaders, for up to 3 min (README "On the local 3-node cluster"). The cost:
+            # the active controller's own loss is noticed after 10 s, not 2 s.
+            *(["controller.quorum.fetch.timeout.ms=10000", "controller.quorum.election.timeout.ms=3000"]
+              if cfg.voters else []),
             "num.partitions=3",
             # The internal topics get the deployment's replication: a factor above the broker count
             # would leave them uncreated and transactions hanging.

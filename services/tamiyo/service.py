@@ -41,7 +41,7 @@ from contracts import AdaptationDecision, CatalogPosition, OonaMessage, TopicNam
 from contracts.blueprint_ir import DEPTH, WIDTH
 from services.core.errors import EsperError, FatalError, KafkaClientError
 from services.oona import clients
-from services.oona.admin import end_offsets
+from services.oona.admin import OffsetReader
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.messages import position_of
@@ -140,6 +140,7 @@ class Tamiyo:
         self.scatter = backend
         shipped.scatter = backend
         self.settings = settings
+        self._offsets = OffsetReader(settings)  # end offsets through a leader's loss
         self.codec = codec
         prefix = settings.topic_prefix
         self.prefix = prefix
@@ -222,7 +223,7 @@ class Tamiyo:
     def _start_loading(self) -> None:
         partitions, self._reload = self._reload or [], None
         wanted = [(self.decisions.name, p) for p in partitions]
-        ends = end_offsets(clients.admin(self.settings), wanted) if wanted else {}
+        ends = self._offsets.end_offsets(wanted) if wanted else {}
         self._examined = examined_offsets(self.settings, self.processor.consumer.group_id, self.decisions.name,
                                           partitions)
         if 0 in partitions:
@@ -510,7 +511,7 @@ class Tamiyo:
 
     def lag(self) -> int:
         positions = [tp for tp in self.processor.consumer.positions() if tp.offset >= 0]
-        ends = end_offsets(clients.admin(self.settings), [(tp.topic, tp.partition) for tp in positions])
+        ends = self._offsets.end_offsets([(tp.topic, tp.partition) for tp in positions])
         return sum(max(0, ends[(tp.topic, tp.partition)] - tp.offset) for tp in positions)
 
     def _report(self) -> None:

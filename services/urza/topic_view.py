@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from contracts import OonaMessage
 from services.oona import clients
-from services.oona.admin import end_offsets
+from services.oona.admin import OffsetReader
 from services.oona.codec import Codec
 from services.oona.isolation import failure_reason, is_record_failure
 from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds, read_range
@@ -58,7 +58,7 @@ class TopicView:
         self._consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": f"view-{uuid.uuid4().hex[:8]}"})
         self.partitions: list[int] = sorted(self._consumer.list_topics(spec.name, timeout=10).topics[spec.name]
                                             .partitions)
-        self._progress = ReadToEnds(end_offsets(clients.admin(settings), [(spec.name, p) for p in self.partitions]))
+        self._progress = ReadToEnds(OffsetReader(settings).end_offsets([(spec.name, p) for p in self.partitions]))
         self._consumer.assign([TopicPartition(spec.name, p, OFFSET_BEGINNING) for p in self.partitions])
 
     def poll(self, timeout_s: float = 0.2) -> list[OonaMessage]:

@@ -28,7 +28,7 @@ def test_one_node_is_the_single_broker_unchanged():
     assert cluster_layout(BASE, 1) == [BASE]
     lines = set(_server_properties(BASE, log_dir=Path("d")).splitlines())
     assert {"node.id=1", "controller.quorum.bootstrap.servers=127.0.0.1:9093"} <= lines
-    assert not any(line.startswith("controller.quorum.voters") for line in lines)
+    assert not any(line.startswith(("controller.quorum.voters", "controller.quorum.fetch")) for line in lines)
 
 
 def test_three_nodes_get_their_own_ports_folders_and_one_quorum():
@@ -43,6 +43,7 @@ def test_three_nodes_get_their_own_ports_folders_and_one_quorum():
         assert {voters, f"node.id={node.node_id}", f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
                 f"CONTROLLER://127.0.0.1:{node.controller_port}"} <= lines
         assert not any(line.startswith("controller.quorum.bootstrap.servers") for line in lines)
+        assert {"controller.quorum.fetch.timeout.ms=10000", "controller.quorum.election.timeout.ms=3000"} <= lines
 
 
 @pytest.mark.parametrize("port, controller_port, nodes", [(9092, 9094, 3), (65530, 65531, 4), (9092, 9093, 0),
