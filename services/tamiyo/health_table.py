@@ -97,11 +97,11 @@ class HealthTable:
         for k in sorted((k for k in self._blocks if k <= epoch), reverse=True):
             present = self._present[k]
             if uniform and highest < present.shape[0] and present[rows].all():  # the whole column at once
-                at = int(count[0])
-                values[:, at] = self._blocks[k][rows]
-                epochs[:, at] = k
+                column = int(count[0])
+                values[:, column] = self._blocks[k][rows]
+                epochs[:, column] = k
                 count += 1
-                if at + 1 >= last:
+                if column + 1 >= last:
                     break
                 continue
             uniform = False
