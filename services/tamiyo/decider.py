@@ -195,8 +195,7 @@ class Decider:
         undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
         dormant &= topology.slot_declared  # a slot without a declared layer has no shape
         assert run.session is not None  # decide() answers runs that have a session
-        growth = derive_for(run.session, run.layers(), run.topology(), run.transitions, graph.epoch,
-                            self.chooser.units)
+        growth = derive_for(run, graph.epoch, self.chooser.units)
         if growth.widening:  # a layer a live width seed grows takes no other seed (Kasmina would refuse it)
             dormant &= ~np.isin(topology.slot_layer_id, sorted(growth.widening))
         if not graph.can_germinate or not dormant.any():

@@ -167,6 +167,8 @@ class Topology:
 
     layer_count: int
     seed_layer: torch.Tensor  # (S,) int64: the layer node of each seed (0 for a slot on an undeclared layer)
+    seed_count: torch.Tensor  # (L, 1) float32: the seeds of each layer, at least 1 (the layer row's divisor)
+    seedless: torch.Tensor | None  # (L,) bool: the layers without a seed; None when every layer has one
     seed_conv: np.ndarray  # (S,) float64: is_conv of that layer
     conv: torch.Tensor  # (L,) float32
     node_depth: torch.Tensor  # (N,) float32
@@ -206,9 +208,13 @@ def _topology(run: RunState) -> Topology:
     seeds_of_slot: dict[tuple[int, int], list[int]] = {}
     for i, (layer_id, seed_idx, _) in enumerate(slots):
         seeds_of_slot.setdefault((layer_id, seed_idx), []).append(i)
+    seed_index = torch.tensor(seed_layer, dtype=torch.long)
+    counts = torch.zeros(len(layers)).index_add_(0, seed_index, torch.ones(len(slots)))
     topology = run.views["graph_topology"] = Topology(
         layer_count=len(layers),
-        seed_layer=torch.tensor(seed_layer, dtype=torch.long),
+        seed_layer=seed_index,
+        seed_count=counts.clamp_min(1).unsqueeze(1),
+        seedless=(counts == 0) if bool((counts == 0).any()) else None,
         seed_conv=np.array([conv[at] if layers else 0.0 for at in seed_layer], dtype=np.float64),
         conv=torch.tensor(conv),
         node_depth=torch.tensor(depth + [depth[at] for at in seed_layer] if layers else [0.0] * len(slots)),
@@ -296,10 +302,9 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
     # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
     index = topology.seed_layer
     layers = topology.layer_count
-    counts = torch.zeros(layers).index_add_(0, index, torch.ones(index.shape[0]))
-    layer_x = torch.zeros(layers, width).index_add_(0, index, seed_x) / counts.clamp_min(1).unsqueeze(1)
-    empty = counts == 0
-    if bool(empty.any()):
+    layer_x = torch.zeros(layers, width).index_add_(0, index, seed_x) / topology.seed_count
+    empty = topology.seedless
+    if empty is not None:
         layer_x[empty] = torch.tensor(
             [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
     layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, topology.conv

@@ -174,14 +174,17 @@ class RunState:
     def apply_health(self, signal: HealthSignal) -> None:
         # The hot path of the fold (one call per seed per epoch): dict work only, no per-event numpy (a row
         # write costs more than the whole of this). A slot of the session finds its row in one lookup.
-        slot = (signal.layer_id, signal.seed_idx)
+        # Fields read from the model's __dict__: a quarter of an attribute read's cost on a pydantic model here.
+        fields = signal.__dict__
+        slot = (fields["layer_id"], fields["seed_idx"])
         row = self.session_rows.get(slot)
         if row is None:
             self._apply_health_off_session(slot, signal)
             return
-        if not self.health.add(row, signal.epoch, signal):
-            raise RejectedEvent(f"second health signal for seed {slot[0]}:{slot[1]} epoch {signal.epoch}")
-        self.health_per_epoch[signal.epoch] += 1
+        epoch = fields["epoch"]
+        if not self.health.add(row, epoch, signal):
+            raise RejectedEvent(f"second health signal for seed {slot[0]}:{slot[1]} epoch {epoch}")
+        self.health_per_epoch[epoch] += 1
 
     def _apply_health_off_session(self, slot: tuple[int, int], signal: HealthSignal) -> None:
         """A signal before the session arrived (checked then), or of a slot the session does not have."""

@@ -22,10 +22,12 @@ head), unless it is the network's output (its output is the classes and nothing 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from contracts import LayerEdge, LayerSpec, SeedState, SeedTransition, TrainingSession
+from contracts import LayerEdge, LayerSpec, SeedState, SeedTransition
+from services.tamiyo.run_state import RunState
 
 _LIVE = (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
 
@@ -35,8 +37,8 @@ class Growth:
     """Per declared layer id: its shapes now; which layers could take a width seed, which take no seed."""
 
     shapes: dict[int, tuple[list[int], list[int]]]
-    outputs: set[int] = field(default_factory=set)  # the network's output layer (no consumer at all)
-    consumer: dict[int, int] = field(default_factory=dict)  # producer layer id -> consumer layer id
+    outputs: AbstractSet[int] = frozenset()  # the network's output layer (no consumer at all)
+    consumer: Mapping[int, int] = field(default_factory=dict)  # producer layer id -> consumer layer id
     holds_kernel: set[int] = field(default_factory=set)
     widening: set[int] = field(default_factory=set)  # layers a live width seed is growing (both of its layers)
 
@@ -50,23 +52,50 @@ class Growth:
         return layer_id not in self.widening
 
 
-def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterable[SeedTransition], epoch: int,
-           units_of: Callable[[str], int], num_classes: int,
-           merged: frozenset[tuple[int, int]] = frozenset()) -> Growth:
-    """The growth view after the boundary of ``epoch`` (transitions of later epochs are not yet seen);
-    ``merged``: the seeds (layer id, seed index) whose widening the declared shapes include."""
+@dataclass(frozen=True)
+class Layout:
+    """What the session alone fixes (built once per session by ``derive_for``): the declared layers, each
+    producer's consumer, the declared shapes, the output layers, the seeds whose widening those shapes hold."""
+
+    declared: dict[int, LayerSpec]
+    consumer: dict[int, int]
+    shapes: dict[int, tuple[list[int], list[int]]]  # never changed: ``derive`` replaces what it widens
+    outputs: frozenset[int]
+    merged: frozenset[tuple[int, int]]
+
+
+def layout(layers: list[LayerSpec], edges: list[LayerEdge], num_classes: int,
+           merged: frozenset[tuple[int, int]] = frozenset()) -> Layout:
     by_name = {layer.name: layer for layer in layers}
     consumer: dict[int, int] = {}
     for edge in edges:
         source, target = by_name.get(edge.source), by_name.get(edge.target)
         if source is not None and target is not None:
             consumer.setdefault(source.layer_id, target.layer_id)
-    declared = {layer.layer_id: layer for layer in layers}
-    shapes = {layer.layer_id: (list(layer.input_shape), list(layer.output_shape)) for layer in layers}
-    transitions = list(transitions)
-    for t in transitions:  # back to the shapes the run started with
-        if t.to_state is SeedState.FOSSILIZED and t.kernel_id and (t.layer_id, t.seed_idx) in merged:
-            _widen(declared, shapes, consumer, t.layer_id, -units_of(t.kernel_id))
+    outputs = frozenset(layer.layer_id for layer in layers
+                        if layer.layer_id not in consumer and layer.output_shape == [num_classes])
+    return Layout({layer.layer_id: layer for layer in layers}, consumer,
+                  {layer.layer_id: (list(layer.input_shape), list(layer.output_shape)) for layer in layers},
+                  outputs, merged)
+
+
+def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterable[SeedTransition], epoch: int,
+           units_of: Callable[[str], int], num_classes: int,
+           merged: frozenset[tuple[int, int]] = frozenset()) -> Growth:
+    """The growth view after the boundary of ``epoch`` (transitions of later epochs are not yet seen);
+    ``merged``: the seeds (layer id, seed index) whose widening the declared shapes include."""
+    return grow(layout(layers, edges, num_classes, merged), transitions, epoch, units_of)
+
+
+def grow(fixed: Layout, transitions: Iterable[SeedTransition], epoch: int, units_of: Callable[[str], int]) -> Growth:
+    """``derive`` on a session's ``Layout``: what the transitions of epochs <= ``epoch`` make of it."""
+    declared, consumer, merged = fixed.declared, fixed.consumer, fixed.merged
+    shapes = dict(fixed.shapes)
+    if merged:
+        transitions = list(transitions)  # read twice
+        for t in transitions:  # back to the shapes the run started with
+            if t.to_state is SeedState.FOSSILIZED and t.kernel_id and (t.layer_id, t.seed_idx) in merged:
+                _widen(declared, shapes, consumer, t.layer_id, -units_of(t.kernel_id))
     last: dict[tuple[int, int], SeedTransition] = {}
     kernels: dict[tuple[int, int], str] = {}  # the kernel a seed was germinated with (named on its transitions)
     for t in transitions:
@@ -77,9 +106,7 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
             kernels[(t.layer_id, t.seed_idx)] = t.kernel_id
         if t.to_state is SeedState.FOSSILIZED and t.kernel_id:
             _widen(declared, shapes, consumer, t.layer_id, units_of(t.kernel_id))
-    outputs = {layer.layer_id for layer in layers
-               if layer.layer_id not in consumer and layer.output_shape == [num_classes]}
-    growth = Growth(shapes, outputs, consumer)
+    growth = Growth(shapes, fixed.outputs, consumer)
     for (layer_id, seed_idx), t in last.items():
         kernel = kernels.get((layer_id, seed_idx))
         width = bool(kernel) and units_of(kernel or "") > 0
@@ -92,19 +119,29 @@ def derive(layers: list[LayerSpec], edges: list[LayerEdge], transitions: Iterabl
 
 def _widen(declared: dict[int, LayerSpec], shapes: dict[int, tuple[list[int], list[int]]],
            consumer: dict[int, int], layer_id: int, units: int) -> None:
+    """Add ``units`` to the layer's output and its consumer's input: new lists in ``shapes`` (the session's own
+    are shared by every decision)."""
     producer = declared.get(layer_id)
     if units == 0 or producer is None or not producer.output_shape:
         return
-    shapes[layer_id][1][0] += units
+    inputs, outputs = shapes[layer_id]
+    shapes[layer_id] = (inputs, [outputs[0] + units, *outputs[1:]])
     target = consumer.get(layer_id)
     if target is None or not declared[target].input_shape:
         return
     per_unit = max(1, declared[target].input_shape[0] // producer.output_shape[0])
-    shapes[target][0][0] += units * per_unit
+    inputs, outputs = shapes[target]
+    shapes[target] = ([inputs[0] + units * per_unit, *inputs[1:]], outputs)
 
 
-def derive_for(session: TrainingSession, layers: list[LayerSpec], edges: list[LayerEdge],
-               transitions: Iterable[SeedTransition], epoch: int, units_of: Callable[[str], int]) -> Growth:
-    """``derive`` for a run's session (its classes, and the fossils its declared shapes already hold)."""
-    merged = frozenset((s.layer_id, s.seed_idx) for s in session.seeds if s.state is SeedState.FOSSILIZED)
-    return derive(layers, edges, transitions, epoch, units_of, session.training_model_config.num_classes, merged)
+def derive_for(run: RunState, epoch: int, units_of: Callable[[str], int]) -> Growth:
+    """``derive`` for a run (its session's classes, and the fossils its declared shapes already hold), the
+    session's ``Layout`` built once and kept in ``run.views``."""
+    fixed = run.views.get("growth_layout")
+    if fixed is None:
+        session = run.session
+        assert session is not None, "growth is derived for runs that have a session"
+        merged = frozenset((s.layer_id, s.seed_idx) for s in session.seeds if s.state is SeedState.FOSSILIZED)
+        fixed = run.views["growth_layout"] = layout(run.layers(), run.topology(),
+                                                    session.training_model_config.num_classes, merged)
+    return grow(fixed, run.transitions, epoch, units_of)
