@@ -24,7 +24,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         pid, fresh = processes.start(settings.state_dir)
         print(f"supervisor: {'started' if fresh else 'already running'} pid={pid} "
               f"log={log_file(settings.state_dir, 'supervisor')}")
-        print(f"services: {', '.join(SERVICES)} (logs in {log_file(settings.state_dir, 'x').parent}); "
+        counts = settings.services.instances()
+        names = [name if counts.get(name, 1) == 1 else f"{name} x{counts[name]}" for name in SERVICES]
+        print(f"services: {', '.join(names)} (logs in {log_file(settings.state_dir, 'x').parent}); "
               "`esper status` shows them")
     return 0
 

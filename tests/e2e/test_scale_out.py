@@ -28,19 +28,21 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from services.blueprints.files import load_blueprints
+from services.karn.service import submit
 from services.oona import clients
 from services.oona.admin import partitions_of
 from services.oona.codec import SingleObjectCodec
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from tests.e2e.conftest import E2E_CLUSTER_PORT, System, running_system
-from tests.e2e.test_faults import EXAMPLE, assert_exactly_once, finish, restarts, wait_for_nissa
+from tests.e2e.test_faults import assert_exactly_once, finish, restarts, wait_for_nissa
+from tests.e2e.test_faults import config as run_config
 from tests.esper_cli import ESPER, REPO
 from tests.waiting import wait_until
 
 NODES = 3
 TAMIYOS, TEZZERETS = 3, 2
-RUNS, EPOCHS = 4, 12
+RUNS, EPOCHS = 4, 16
 BLUEPRINTS = 6
 
 
@@ -81,7 +83,9 @@ class Watch:
                 continue
             message = self.codec.decode(self.spec, msg.value())
             payload = message.payload
-            self.seen.append(Seen(getattr(payload, "blueprint_id", None) or message.run_id,
+            # Kernels by blueprint; decisions by run (a decision names a blueprint too when it germinates).
+            key = payload.blueprint_id if self.spec.name == "compilation.kernel.ready" else message.run_id
+            self.seen.append(Seen(key,
                                   getattr(payload, "epoch", -1), message.event_id, message.sender_id,
                                   msg.timestamp()[1] / 1000))
         return self.seen
@@ -90,16 +94,8 @@ class Watch:
         self._consumer.close()
 
 
-def run_config(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(EXAMPLE.read_text())
-    raw["epochs"] = EPOCHS
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def start_runs(system: System, tmp_path: Path) -> dict[str, subprocess.Popen]:
-    config = run_config(tmp_path)
+    config = run_config(tmp_path, EPOCHS)  # five times the example's data: epochs long enough to see go by
     runs = {}
     for _ in range(RUNS):
         run_id = f"scale-{uuid.uuid4().hex[:6]}"
@@ -148,11 +144,10 @@ def test_a_tamiyo_instance_and_a_tezzeret_worker_killed_mid_run(scaled_system, t
             counts = Counter(s.key for s in decisions.poll())
             return all(counts[run_id] >= 2 for run_id in runs)
         wait_until(decided_twice, 600, "two decisions of every run")
-        # Submitted just before the kills (the runs are held still only for the instant of the kills,
-        # well under any client's session timeout): Tezzeret is compiling them when its worker dies.
-        submitted = {bp.blueprint_id for bp in load_blueprints(blueprint_file(tmp_path))}
-        sent = system.esper("blueprint", "submit", str(tmp_path / "blueprints.yaml"), timeout=120)
-        assert sent.returncode == 0, sent.stdout + sent.stderr
+        # The runs are held still (SIGSTOP) only for the instant of the kills, well under any client's session
+        # timeout. Blueprints submitted then, in-process: Tezzeret is compiling them when its worker dies.
+        blueprints = load_blueprints(blueprint_file(tmp_path))
+        submitted = {bp.blueprint_id for bp in blueprints}
         pause_all(runs, signal.SIGSTOP)
         try:
             assert all(r.poll() is None for r in runs.values()), "a run ended before the kills"
@@ -164,6 +159,7 @@ def test_a_tamiyo_instance_and_a_tezzeret_worker_killed_mid_run(scaled_system, t
             chosen = min(last)
             victim = last[chosen][1].removeprefix("tamiyo-")
             moved = sorted(r for r, (_, sender) in last.items() if sender == f"tamiyo-{victim}")
+            submit(kafka, SingleObjectCodec(), blueprints, submitted_by="user")
             tamiyo_pid, tezzeret_pid = instance_pid(system, "tamiyo", victim), instance_pid(system, "tezzeret", "1")
             assert tamiyo_pid and tezzeret_pid
             os.kill(tamiyo_pid, signal.SIGKILL)
@@ -191,13 +187,21 @@ def test_a_tamiyo_instance_and_a_tezzeret_worker_killed_mid_run(scaled_system, t
         raise
 
     # Every epoch of every run decided (the last one may be decided after the run ended: not waited for).
+    missing: list[tuple[str, int]] = []
+
     def all_decided() -> dict[tuple[str, int], list[Seen]] | None:
         by_epoch: dict[tuple[str, int], list[Seen]] = defaultdict(list)
         for seen in decisions.poll():
             if seen.key in runs:
                 by_epoch[(seen.key, seen.epoch)].append(seen)
-        return by_epoch if all((r, e) in by_epoch for r in runs for e in range(EPOCHS - 1)) else None
-    by_epoch = wait_until(all_decided, 240, "every epoch of every run decided")
+        missing[:] = [(r, e) for r in runs for e in range(EPOCHS - 1) if (r, e) not in by_epoch]
+        return None if missing else by_epoch
+    try:
+        by_epoch = wait_until(all_decided, 240, "every epoch of every run decided")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: undecided (run, epoch) {missing}; killed tamiyo-{victim} (deciding "
+                             f"{moved}, last epochs decided before the kill {last}) at {killed_at:.1f}; "
+                             f"next decisions {next_decisions}") from None
     records = [s for group in by_epoch.values() for s in group]
     doubled = len(records) - len({s.event_id for s in records})
     deciders = {key: {s.sender for s in group} for key, group in by_epoch.items()}
