@@ -56,17 +56,17 @@ def _start_tamiyos(kafka, workdir: Path, instances: int) -> list[subprocess.Pope
     return processes
 
 
-def _group_members(kafka, group: str) -> int:
-    from services.oona import clients
-
-    try:
-        with clients.map_exceptions():
-            described = next(iter(clients.admin(kafka).describe_consumer_groups([group], request_timeout=10)
-                                  .values())).result(timeout=10)
-    except Exception:  # the coordinator not ready yet: no members known
-        return 0
-    assigned = [m for m in described.members if m.assignment and m.assignment.topic_partitions]
-    return len(assigned) if str(described.state).endswith("STABLE") else 0
+def _partitions_held(workdir: Path, instances: int) -> set[int]:
+    """The run partitions the instances hold, rebuilt, as their logs last said (an admin client's
+    describe_consumer_groups timed out here while the group was stable)."""
+    held: set[int] = set()
+    for i in range(1, instances + 1):
+        path = workdir / f"tamiyo-{i}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        rebuilt = [n for n, line in enumerate(lines) if "rebuilding partitions=" in line]
+        if rebuilt and any("past decisions" in line for line in lines[rebuilt[-1]:]):
+            held |= {int(p) for p in lines[rebuilt[-1]].rsplit("=", 1)[1].strip("[]").split(",") if p.strip()}
+    return held
 
 
 def _run_all(kafka, config: Path, count: int, workdir: Path, lag: Callable[[], int | None]
@@ -139,7 +139,7 @@ def bench_scale_out(kafka: KafkaSettings, lag_of: Callable[[KafkaSettings], int 
         tamiyos = _start_tamiyos(kafka, workdir, instances)
         try:
             deadline = time.monotonic() + 600
-            while _group_members(kafka, f"{prefix}tamiyo") < min(instances, kafka.run_partitions):
+            while _partitions_held(workdir, instances) != set(range(kafka.run_partitions)):
                 if time.monotonic() > deadline or any(p.poll() is not None for p in tamiyos):
                     tail = (workdir / "tamiyo-1.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"the Tamiyo instances did not form their group: {tail}")
