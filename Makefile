@@ -91,12 +91,15 @@ schemas-check: venv ## fail if schemas/ drifted from contracts/ or history break
 lint: venv ## ruff (lint + import order) and mypy (strict for contracts/ and services/oona/), as pyproject.toml sets them
 	@status=0; $(PY) -m ruff check . || status=1; $(PY) -m mypy || status=1; exit $$status
 
-CLUSTER_FAULTS = tests/e2e/test_cluster_faults.py
+# The scale-out case (3 Tamiyo + 2 Tezzeret on the 3-node cluster, one of each killed mid-run) takes 5-10 min,
+# too long for every `make test`: it runs with the cluster's fault cases in `make test-cluster`.
+SCALE_OUT = tests/e2e/test_scale_out.py
+CLUSTER_FAULTS = tests/e2e/test_cluster_faults.py $(SCALE_OUT)
 
 test: lint ## make lint, then the whole suite, including integration tests on a real broker (started if needed)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=$(SCALE_OUT) $(PYTEST_ARGS)
 
-test-cluster: venv ## the fault cases on a local 3-node cluster (its own system: kill -9 of the leaders' broker, a rolling restart)
+test-cluster: venv ## the cases on a local 3-node cluster (its own system: kill -9 of the leaders' broker, a rolling restart, scale-out)
 	$(PY) -m pytest $(CLUSTER_FAULTS) $(PYTEST_ARGS)
 
 test-unit: venv ## unit tests only (no broker)

@@ -8,6 +8,7 @@ from services.bench import (
     bus_throughput,
     nissa_ingest,
     nissa_replay,
+    scale_out,
     start_up,
     start_up_curves,
     system_load,
@@ -19,7 +20,7 @@ from services.cli.cluster import ensure_cluster
 from services.cli.settings import load_settings
 from services.core.paths import REPO_ROOT
 
-NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay", "curve")
+NEEDS_BROKER = ("encode", "produce", "consume", "control", "ingest", "load", "replay", "curve", "scale")
 
 
 def run_benchmarks(events: int, output: str, only: list[str]) -> int:
@@ -49,6 +50,10 @@ def run_benchmarks(events: int, output: str, only: list[str]) -> int:
         results.extend(tamiyo_latency.bench_decision_latency())
     if wanted("load"):
         results.append(system_load.bench_system_load(settings.kafka))
+    if wanted("scale-out"):  # several Tamiyo processes: the local cluster of ESPER_BROKER__NODES (3) fits it
+        from services.cli.status import group_lag
+
+        results.append(scale_out.bench_scale_out(settings.kafka, lambda kafka: group_lag(kafka, "tamiyo").events))
     if wanted("control"):
         results.append(tamiyo_latency.bench_control_loop(settings.kafka))
     if wanted("training"):

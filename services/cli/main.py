@@ -72,10 +72,11 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     settings = load_settings()
     wait_for_broker(settings.kafka)
     if args.action == "create":
-        created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
+        created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix), grow=args.grow_partitions)
         print(f"{len(created)} topics created, {len(TOPICS) - len(created)} already present")
     else:
         for spec in TOPICS:
+            spec = spec.sized(settings.kafka.run_partitions, settings.kafka.work_partitions)
             print(f"{spec.name:36} {spec.payload.__name__:22} key={spec.key:12} partitions={spec.partitions} "
                   f"{'compacted' if spec.compacted else 'delete'}")
     return 0
@@ -176,11 +177,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif args.service == "tezzeret":
         from services.tezzeret.service import Tezzeret
 
-        service = Tezzeret(settings.kafka, codec, blobs)
+        service = Tezzeret(settings.kafka, codec, blobs, worker=args.instance)
     elif args.service == "urabrask":
         from services.urabrask.service import Urabrask
 
-        service = Urabrask(settings.kafka, codec, blobs)
+        service = Urabrask(settings.kafka, codec, blobs, worker=args.instance)
     else:
         from services.karn.service import Karn
         from services.karn.starter_library import DEFAULT_SLOTS, parse_slot, starter_library
@@ -189,7 +190,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             slots = [parse_slot(s) for s in args.slot] or list(DEFAULT_SLOTS)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        service = Karn(settings.kafka, codec, starter_library(slots))
+        service = Karn(settings.kafka, codec, starter_library(slots), worker=args.instance)
     stop = StopFlag()
     stop.install_signal_handlers()
     print(f"{args.service} serving on {settings.kafka.bootstrap_servers} (Ctrl-C to stop)", flush=True)
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("topics", help="create (idempotently) or list Esper's topics")
     p.add_argument("action", choices=["create", "list"])
+    p.add_argument("--grow-partitions", action="store_true",
+                   help="create: give existing topics the partition counts the settings ask for when they have "
+                        "fewer (Kafka cannot remove partitions; adding moves keys: only with no run in flight)")
     p.set_defaults(func=_cmd_topics)
 
     add_system_commands(sub)
@@ -326,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run a service until Ctrl-C / SIGTERM")
     p.add_argument("service", choices=["karn", "nissa", "tamiyo", "tezzeret", "urabrask"])
     p.add_argument("--slot", action="append", default=[], help="karn: slot shapes to seed, e.g. 64:16 or 1x8x8:4x8x8")
+    p.add_argument("--instance", help="this instance's name, unique in the service's group and stable across "
+                                      "restarts: it names the transactional id, so a restarted instance fences "
+                                      "its predecessor (tamiyo default: 1; others: a random one)")
     add_tamiyo_serve_options(p)
     nissa_cli.add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)

@@ -6,6 +6,8 @@
     ESPER_KAFKA__REPLICATION_FACTOR=3, ESPER_KAFKA__MIN_INSYNC_REPLICAS=2   (unset: derived from the cluster)
     ESPER_BROKER__PORT=9092                      the project's own local broker
     ESPER_BROKER__NODES=3                        its node count (unset: the count last started, else 1)
+    ESPER_KAFKA__RUN_PARTITIONS=3, ESPER_KAFKA__WORK_PARTITIONS=3   partitions: the unit of scale-out
+    ESPER_SERVICES__TAMIYO__INSTANCES=3          processes of a service run by `esper up` (nissa: 1)
     ESPER_STATE_DIR=.state                       broker data, service logs, DuckDB files
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.errors import ConfigurationError
@@ -39,11 +41,40 @@ class BrokerSettings(BaseModel):
     nodes: int | None = Field(default=None, ge=1, le=MAX_NODES)
 
 
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Processes of the service `esper up` runs, one consumer group: they share its partitions, so more
+    # instances than the topics' partitions leave the extra ones idle (standing by for a failed one).
+    instances: int = Field(default=1, ge=1, le=64)
+
+
+class ServicesSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nissa: ServiceSettings = Field(default_factory=ServiceSettings)
+    tamiyo: ServiceSettings = Field(default_factory=ServiceSettings)
+    tezzeret: ServiceSettings = Field(default_factory=ServiceSettings)
+    urabrask: ServiceSettings = Field(default_factory=ServiceSettings)
+    karn: ServiceSettings = Field(default_factory=ServiceSettings)
+
+    @field_validator("nissa")
+    @classmethod
+    def _one_sink(cls, value: ServiceSettings) -> ServiceSettings:
+        if value.instances != 1:
+            raise ValueError("Nissa runs as one instance (one writer of its DuckDB file)")
+        return value
+
+    def instances(self) -> dict[str, int]:
+        return {name: getattr(self, name).instances for name in type(self).model_fields}
+
+
 class EsperSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ESPER_", env_nested_delimiter="__", extra="ignore")
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
     state_dir: Path = DEFAULT_STATE_DIR
     cache_dir: Path = DEFAULT_CACHE_DIR
     # True when the cluster was named explicitly: then Esper never starts its own broker.

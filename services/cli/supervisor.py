@@ -17,6 +17,11 @@ up``. SIGTERM, not SIGKILL: each service then stops as cleanly as on ``esper dow
 The status file records every pid with its command line; ``read_status`` believes a pid
 only while ``/proc/PID/cmdline`` still matches (``process_identity``), so a stale file never
 gets an unrelated process signalled.
+
+A service can run as several instances (``ESPER_SERVICES__TAMIYO__INSTANCES=3``): each is a process
+of its own (``serve NAME --instance I``, hence its own transactional id), logged to ``NAME-I.log``
+and restarted on its own; they share the service's consumer group, so its partitions are shared out
+among them. The status file lists each service's instances (pid, restarts) under its name.
 """
 
 from __future__ import annotations
@@ -63,8 +68,15 @@ class ServiceState:
     cmdline: list[str] = field(default_factory=list)  # what `pid` runs: checked before anyone signals it
 
 
-def service_command(name: str) -> list[str]:
-    return [sys.executable, "-m", "services.cli", "-v", "serve", name]
+def service_command(name: str, instance: int = 1) -> list[str]:
+    return [sys.executable, "-m", "services.cli", "-v", "serve", name, "--instance", str(instance)]
+
+
+def unit_names(instances: dict[str, int]) -> dict[str, tuple[str, int]]:
+    """Each process the supervisor runs: its label (the service's name when it runs alone, else
+    ``NAME-I``) -> (service, instance)."""
+    return {(name if count == 1 else f"{name}-{i}"): (name, i)
+            for name, count in instances.items() for i in range(1, count + 1)}
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -87,11 +99,13 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
 
 class Supervisor:
     def __init__(self, state_dir: Path, names: tuple[str, ...] = SERVICES,
-                 command: Callable[[str], list[str]] = service_command, grace_s: float = 20.0) -> None:
+                 command: Callable[[str, int], list[str]] = service_command, grace_s: float = 20.0,
+                 instances: dict[str, int] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.command = command
         self.grace_s = grace_s
-        self.states = {name: ServiceState() for name in names}
+        self.units = unit_names({name: (instances or {}).get(name, 1) for name in names})
+        self.states = {label: ServiceState() for label in self.units}
         self.processes: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (process, started)
         self.cmdline = own_command_line()
 
@@ -99,7 +113,7 @@ class Supervisor:
         path = log_file(self.state_dir, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        command = self.command(name)
+        command = self.command(*self.units[name])
         # In the supervisor's process group (no new session), and SIGTERM when the supervisor dies.
         with open(path, "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -140,11 +154,21 @@ class Supervisor:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"pid": os.getpid(), "cmdline": self.cmdline,
                 "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "services": {name: {k: v for k, v in asdict(s).items() if k not in ("next_start", "backoff_s")}
-                             for name, s in self.states.items()}}
+                "services": self._services()}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
+
+    def _services(self) -> dict[str, dict]:
+        """Per service: its instances (pid, restarts, ...), and the first instance's fields with the restarts
+        of all (the shape of a service that runs alone)."""
+        grouped: dict[str, dict] = {}
+        for label, (name, instance) in self.units.items():
+            state = {k: v for k, v in asdict(self.states[label]).items() if k not in ("next_start", "backoff_s")}
+            entry = grouped.setdefault(name, {**state, "restarts": 0, "instances": {}})
+            entry["instances"][str(instance)] = state
+            entry["restarts"] += state["restarts"]
+        return grouped
 
     def stop_all(self) -> None:
         for process, _ in self.processes.values():
@@ -200,6 +224,7 @@ def read_status(state_dir: Path) -> dict | None:
     if data is None or not supervisor_running(data):
         return None
     for info in data["services"].values():
-        if info.get("pid") and not is_running(int(info["pid"]), info.get("cmdline") or []):
-            info["pid"] = None
+        for entry in [info, *info.get("instances", {}).values()]:
+            if entry.get("pid") and not is_running(int(entry["pid"]), entry.get("cmdline") or []):
+                entry["pid"] = None
     return data

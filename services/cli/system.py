@@ -18,13 +18,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     settings = load_settings(nodes=args.brokers)
     print(ensure_cluster(settings))
-    created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix))
+    created = ensure_topics(settings.kafka, all_topics(settings.kafka.topic_prefix), grow=args.grow_partitions)
     print(f"topics: {len(created)} created, the rest already present")
     if not args.no_services:
         pid, fresh = processes.start(settings.state_dir)
         print(f"supervisor: {'started' if fresh else 'already running'} pid={pid} "
               f"log={log_file(settings.state_dir, 'supervisor')}")
-        print(f"services: {', '.join(SERVICES)} (logs in {log_file(settings.state_dir, 'x').parent}); "
+        counts = settings.services.instances()
+        names = [name if counts.get(name, 1) == 1 else f"{name} x{counts[name]}" for name in SERVICES]
+        print(f"services: {', '.join(names)} (logs in {log_file(settings.state_dir, 'x').parent}); "
               "`esper status` shows them")
     return 0
 
@@ -82,7 +84,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if view is not None:
             lag = (nissa_lag(settings.kafka, default_db_path(settings.state_dir)) if name == "nissa"
                    else group_lag(settings.kafka, name) if name in GROUP_INPUTS else None)
-        services.append({"service": name, "up": bool(info.get("pid")), "pid": info.get("pid"),
+        instances = [{"instance": int(i), "up": bool(e.get("pid")), "pid": e.get("pid"),
+                      "restarts": e.get("restarts", 0), "last_exit": e.get("last_exit")}
+                     for i, e in sorted(info.get("instances", {}).items(), key=lambda item: int(item[0]))]
+        up = all(e["up"] for e in instances) if instances else bool(info.get("pid"))
+        services.append({"service": name, "up": up, "pid": info.get("pid"), "instances": instances,
                          "restarts": info.get("restarts", 0), "last_exit": info.get("last_exit"),
                          "lag": lag.events if lag is not None else None, "lag_detail": lag.detail if lag else "",
                          "has_lag": name == "nissa" or name in GROUP_INPUTS})
@@ -114,6 +120,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
             lag_text += f" ({s['lag_detail']})" if s["lag_detail"] else ""
         table.add_row(s["service"], "up" if s["up"] else "down", str(s["pid"] or "-"), str(s["restarts"]),
                       str(s["last_exit"] if s["last_exit"] is not None else "-"), lag_text)
+        if len(s["instances"]) > 1:  # each instance of a scaled-out service (the row above: all of them)
+            for e in s["instances"]:
+                table.add_row(f"  {s['service']} #{e['instance']}", "up" if e["up"] else "down", str(e["pid"] or "-"),
+                              str(e["restarts"]), str(e["last_exit"] if e["last_exit"] is not None else "-"), "")
     Console().print(table)
     if topics:
         replicas = Table(show_header=True)
@@ -133,7 +143,7 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     settings = load_settings()
     stop = StopFlag()
     stop.install_signal_handlers()
-    Supervisor(settings.state_dir).run(stop.is_set)
+    Supervisor(settings.state_dir, instances=settings.services.instances()).run(stop.is_set)
     return 0
 
 
@@ -152,6 +162,9 @@ def add_system_commands(sub) -> None:
     p.add_argument("--brokers", type=int, metavar="N",
                    help="nodes of the local Kafka cluster (default: ESPER_BROKER__NODES, else the count last "
                         "started, else 1)")
+    p.add_argument("--grow-partitions", action="store_true",
+                   help="give existing topics the partition counts the settings ask for when they have fewer "
+                        "(ESPER_KAFKA__RUN_PARTITIONS / WORK_PARTITIONS; only with no run in flight)")
     p.set_defaults(func=_cmd_up)
     p = sub.add_parser("down", help="stop the services and the local broker; data is kept")
     p.set_defaults(func=_cmd_down)

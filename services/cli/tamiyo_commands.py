@@ -16,8 +16,6 @@ def add_tamiyo_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", type=Path, help="tamiyo: the policy file known without library.policies and "
                                                    "promoted while the log promotes none (default: the shipped "
                                                    "initial policy)")
-    parser.add_argument("--instance", default="1", help="tamiyo: this instance's name, unique in the group and stable "
-                                                       "across restarts (it names the transactional id)")
     parser.add_argument("--scatter", choices=["auto", "native", "torch_scatter"], default="auto",
                         help="tamiyo: scatter backend (auto: the faster one, measured at start)")
     parser.add_argument("--device", default="cpu", help="tamiyo: torch device for the policy")
@@ -26,7 +24,7 @@ def add_tamiyo_serve_options(parser: argparse.ArgumentParser) -> None:
 def tamiyo_service(args: argparse.Namespace, settings, codec):
     from services.tamiyo.service import Tamiyo
 
-    return Tamiyo(settings.kafka, codec, policy_path=args.policy, instance=args.instance, scatter=args.scatter,
+    return Tamiyo(settings.kafka, codec, policy_path=args.policy, instance=args.instance or "1", scatter=args.scatter,
                   device=args.device)
 
 

@@ -42,13 +42,17 @@ def ensure_topics(
     settings: KafkaSettings,
     specs: Iterable[TopicSpec] = TOPICS,
     timeout_s: float = 30.0,
+    grow: bool = False,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names created. Idempotent.
 
     Topics get the replication of ``settings`` (derived from the broker count when unset); an
-    existing topic with fewer copies than that is refused, never recreated or ignored.
+    existing topic with fewer copies than that is refused, never recreated or ignored. Run-scoped and
+    work topics get the partition counts of ``settings``; an existing one with another count is refused
+    (Kafka cannot remove partitions), or, with ``grow``, one with fewer is given more
+    (``plan_partitions``).
     """
-    specs = list(specs)
+    specs = [spec.sized(settings.run_partitions, settings.work_partitions) for spec in specs]
     client = clients.admin(settings)
     with clients.map_exceptions(lambda reason: BrokerUnavailableError(settings.bootstrap_servers, reason)):
         metadata = client.list_topics(timeout=timeout_s)
@@ -58,12 +62,11 @@ def ensure_topics(
         factor = replication_factor_of(existing[spec.name]) if spec.name in existing else 0
         if factor:  # 0: no replica list yet (the topic is being created), nothing to compare
             check_existing(spec.name, factor, replication)
-        if spec.run_scoped and spec.name in existing and len(existing[spec.name].partitions) != spec.partitions:
-            raise ConfigurationError(
-                f"topic {spec.name} has {len(existing[spec.name].partitions)} partitions, "
-                f"Esper needs {spec.partitions} "
-                "(run-scoped topics must be co-partitioned); delete the topic or the local state (make clean-state)"
-            )
+    counts = {spec.name: len(existing[spec.name].partitions) for spec in specs
+              if spec.name in existing and existing[spec.name].partitions}
+    growing = plan_partitions(specs, counts, grow)
+    if growing:
+        _grow_partitions(client, growing, timeout_s)
     wanted = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=replication.factor,
                  config={**spec.topic_configs(), "min.insync.replicas": str(replication.min_insync)})
@@ -89,6 +92,45 @@ def ensure_topics(
     # Leaders known to the metadata are not always serving yet: wait until every partition answers.
     end_offsets(client, partitions_of(client, created), timeout_s=timeout_s)
     return created
+
+
+def plan_partitions(specs: Iterable[TopicSpec], existing: dict[str, int], grow: bool) -> dict[str, int]:
+    """The topics to give more partitions: name -> the new count (empty unless ``grow``).
+
+    ``existing``: the partition count of each topic already there. A scaled topic with more partitions
+    than ``specs`` ask for cannot be shrunk (Kafka only adds partitions); one with fewer is grown only
+    when asked, since adding partitions moves keys: a run in flight would have its next events on
+    another partition than its past ones. Both are a ConfigurationError naming the way out.
+    """
+    growing: dict[str, int] = {}
+    for spec in specs:
+        have = existing.get(spec.name)
+        if have is None or have == spec.partitions or spec.scaling is None:
+            continue
+        setting = f"ESPER_KAFKA__{spec.scaling.upper()}_PARTITIONS"
+        if have > spec.partitions:
+            raise ConfigurationError(
+                f"topic {spec.name} has {have} partitions, the settings ask for {spec.partitions}: Kafka cannot "
+                f"remove partitions; set {setting}={have} (or delete the topic, and its history with it)")
+        if not grow:
+            raise ConfigurationError(
+                f"topic {spec.name} has {have} partitions, the settings ask for {spec.partitions}; Kafka can add "
+                "partitions: `esper topics create --grow-partitions` adds them (only with no run in flight: "
+                f"adding partitions moves keys), or set {setting}={have}")
+        growing[spec.name] = spec.partitions
+    return growing
+
+
+def _grow_partitions(client: AdminClient, growing: dict[str, int], timeout_s: float) -> None:
+    from confluent_kafka.admin import NewPartitions
+
+    requests = [NewPartitions(name, count) for name, count in growing.items()]
+    for name, future in client.create_partitions(requests, request_timeout=timeout_s).items():
+        with clients.map_exceptions(_cannot_create(name)):
+            future.result(timeout=timeout_s)
+        log.warning("topic partitions added topic=%s partitions=%d (keys hashed from now on go to the new count)",
+                    name, growing[name])
+    _wait_for_metadata(client, list(growing), timeout_s)
 
 
 def cluster_replication(settings: KafkaSettings, brokers: int) -> Replication:

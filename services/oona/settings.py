@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from services.oona.topic_registry import RUN_PARTITIONS, WORK_PARTITIONS
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"]
 
@@ -41,6 +43,12 @@ class KafkaSettings(BaseModel):
     # 3 / 2 on 3 brokers or more, 1 / 1 below (services.oona.replication).
     replication_factor: int | None = Field(default=None, ge=1)
     min_insync_replicas: int | None = Field(default=None, ge=1)
+    # Partitions of the run-scoped topics (co-partitioned: all the same count) and of the innovation plane's
+    # work topics (blueprints submitted, kernels ready, kernels characterised). The partitions are the unit of
+    # scale-out: a consumer group shares them out, so at most this many instances of Tamiyo (runs) or of
+    # Tezzeret / Urabrask (work) are busy. Kafka can add partitions but never remove them (admin.ensure_topics).
+    run_partitions: int = Field(default=RUN_PARTITIONS, ge=1, le=1000)
+    work_partitions: int = Field(default=WORK_PARTITIONS, ge=1, le=1000)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -30,11 +30,17 @@ from contracts.published_schema import PublishedSchema
 from services.core.errors import UnknownTopicError
 
 KeyKind = Literal["run_id", "blueprint_id", "kernel_id", "version", "source", "fingerprint"]
+# What sets a topic's partition count per deployment (KafkaSettings.run_partitions / work_partitions): the
+# run-scoped topics, and the work queues of the innovation plane (one per blueprint or kernel); None: fixed,
+# a topic every reader reads whole.
+Scaling = Literal["run", "work"]
 
 # Run-scoped topics are co-partitioned (same partition count, keyed by run_id with the same
 # partitioner), so a run's events land on the same partition number of every topic and a
 # consumer group using the range assignor gives all of one run to one member (Tamiyo relies on it).
+# The partitions are the unit of scale-out: at most this many instances of a service share the work.
 RUN_PARTITIONS = 3
+WORK_PARTITIONS = 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,12 @@ class TopicSpec:
     # Bus-internal (the schema log): created with the others, but no event topic (Nissa does not sink it).
     internal: bool = False
     configs: dict[str, str] = field(default_factory=dict)
+    scaling: Scaling | None = None
+
+    def sized(self, run_partitions: int, work_partitions: int) -> TopicSpec:
+        """This topic with the partition count a deployment sets for its kind (fixed topics unchanged)."""
+        count = {"run": run_partitions, "work": work_partitions}.get(self.scaling or "", self.partitions)
+        return self if count == self.partitions else dataclasses.replace(self, partitions=count)
 
     @property
     def record_name(self) -> str:
@@ -73,16 +85,18 @@ class TopicSpec:
 _DATA = {"max.message.bytes": str(2 * 1024 * 1024)}
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(TopicName.TRAINING_SESSIONS.value, TrainingSessionEvent, "run_id", configs=_DATA),
-    TopicSpec(TopicName.TELEMETRY_SEED_HEALTH.value, HealthSignal, "run_id", configs=_DATA),
-    TopicSpec(TopicName.SYSTEM_EVENTS_EPOCH.value, EpochCompleted, "run_id", configs=_DATA),
-    TopicSpec(TopicName.CONTROL_TAMIYO_DECISIONS.value, AdaptationDecision, "run_id", configs=_DATA),
-    TopicSpec(TopicName.CONTROL_KASMINA_COMMANDS.value, KasminaCommand, "run_id", configs=_DATA),
-    TopicSpec(TopicName.LIFECYCLE_SEED_TRANSITIONS.value, SeedTransition, "run_id", configs=_DATA),
-    TopicSpec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, BlueprintSubmitted, "blueprint_id", configs=_DATA),
-    TopicSpec(TopicName.COMPILATION_KERNEL_READY.value, KernelReady, "blueprint_id", configs=_DATA),
-    TopicSpec(TopicName.VALIDATION_KERNEL_CHARACTERIZED.value, KernelCharacterized, "kernel_id", configs=_DATA),
-    TopicSpec(TopicName.INNOVATION_FIELD_REPORTS.value, FieldReport, "run_id", configs=_DATA),
+    TopicSpec(TopicName.TRAINING_SESSIONS.value, TrainingSessionEvent, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.TELEMETRY_SEED_HEALTH.value, HealthSignal, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.SYSTEM_EVENTS_EPOCH.value, EpochCompleted, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.CONTROL_TAMIYO_DECISIONS.value, AdaptationDecision, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.CONTROL_KASMINA_COMMANDS.value, KasminaCommand, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.LIFECYCLE_SEED_TRANSITIONS.value, SeedTransition, "run_id", configs=_DATA, scaling="run"),
+    TopicSpec(TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value, BlueprintSubmitted, "blueprint_id", configs=_DATA,
+              scaling="work"),
+    TopicSpec(TopicName.COMPILATION_KERNEL_READY.value, KernelReady, "blueprint_id", configs=_DATA, scaling="work"),
+    TopicSpec(TopicName.VALIDATION_KERNEL_CHARACTERIZED.value, KernelCharacterized, "kernel_id", configs=_DATA,
+              scaling="work"),
+    TopicSpec(TopicName.INNOVATION_FIELD_REPORTS.value, FieldReport, "run_id", configs=_DATA, scaling="run"),
     TopicSpec(TopicName.LIBRARY_KERNELS.value, CompiledKernel, "kernel_id", partitions=1, compacted=True,
               configs=_DATA),
     # Tamiyo's policy versions and their promotions (services/tamiyo/policy_registry.py): every instance reads

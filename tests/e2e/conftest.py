@@ -2,8 +2,9 @@
 
 The cases share one system and run in this order: the demo, the poison soak (it asserts that no
 service ever restarted, so it comes before the cases that kill services), then the fault cases.
-The cluster's fault cases run first, on a system of their own (a local 3-node cluster on its own
-ports), which is down before the shared one starts: never two systems on the machine at once.
+The cluster's fault cases and its scale-out case run first, each module on a system of its own (a
+local 3-node cluster on its own ports), which is down before the next one starts: never two systems
+on the machine at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.esper_cli import esper_env, run_esper
 E2E_BROKER_PORT = int(os.environ.get("ESPER_E2E_BROKER_PORT", "19292"))
 # The 3-node cluster's base port: its nodes listen on base, base + 2, base + 4 (controllers one above each).
 E2E_CLUSTER_PORT = int(os.environ.get("ESPER_E2E_CLUSTER_PORT", str(E2E_BROKER_PORT + 10)))
-MODULE_ORDER = ("test_cluster_faults", "test_demo", "test_poison_soak", "test_faults")
+MODULE_ORDER = ("test_cluster_faults", "test_scale_out", "test_demo", "test_poison_soak", "test_faults")
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -97,10 +98,12 @@ class System:
 
 
 @contextlib.contextmanager
-def running_system(state: Path, port: int, nodes: int = 1, heap: str = "768m") -> Iterator[System]:
-    """`esper up` on a fresh state folder (its broker: ``nodes`` nodes from ``port``), until `esper down`."""
+def running_system(state: Path, port: int, nodes: int = 1, heap: str = "768m",
+                   **settings: str) -> Iterator[System]:
+    """`esper up` on a fresh state folder (its broker: ``nodes`` nodes from ``port``), until `esper down`;
+    ``settings``: more of its environment (e.g. ``ESPER_SERVICES__TAMIYO__INSTANCES="3"``)."""
     env = esper_env(ESPER_BROKER__PORT=str(port), ESPER_BROKER__CONTROLLER_PORT=str(port + 1),
-                    ESPER_BROKER__HEAP=heap, ESPER_STATE_DIR=str(state))
+                    ESPER_BROKER__HEAP=heap, ESPER_STATE_DIR=str(state), **settings)
     system = System(env, state, nodes)
     up = system.esper("up", "--brokers", str(nodes), timeout=300)
     try:

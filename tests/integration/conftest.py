@@ -95,7 +95,8 @@ def topic_factory(kafka_settings: KafkaSettings):
     def make(name: str, partitions: int | None = None) -> TopicSpec:
         base = topic_spec(name)
         spec = dataclasses.replace(
-            base, name=f"test.{uuid.uuid4().hex[:10]}.{name}", partitions=partitions or base.partitions
+            base, name=f"test.{uuid.uuid4().hex[:10]}.{name}", partitions=partitions or base.partitions,
+            scaling=None if partitions else base.scaling,  # a count asked for here is not the settings' to change
         )
         ensure_topics(kafka_settings, [spec])
         created.append(spec.name)

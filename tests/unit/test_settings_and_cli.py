@@ -51,6 +51,17 @@ def test_external_cluster_and_security_settings(monkeypatch):
     assert settings.kafka.schema_registry_url == "https://registry:8081"
 
 
+def test_partition_counts_and_instances_per_deployment(monkeypatch):
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("ESPER_KAFKA__RUN_PARTITIONS", "6")
+    monkeypatch.setenv("ESPER_KAFKA__WORK_PARTITIONS", "2")
+    monkeypatch.setenv("ESPER_SERVICES__TAMIYO__INSTANCES", "3")
+    monkeypatch.setenv("ESPER_SERVICES__TEZZERET__INSTANCES", "2")
+    settings = load_settings()
+    assert (settings.kafka.run_partitions, settings.kafka.work_partitions) == (6, 2)
+    assert settings.services.instances() == {"nissa": 1, "tamiyo": 3, "tezzeret": 2, "urabrask": 1, "karn": 1}
+
+
 @pytest.mark.parametrize(
     "name, value, fragment",
     [
@@ -58,6 +69,9 @@ def test_external_cluster_and_security_settings(monkeypatch):
         ("SCHEMA_REGISTRY_URL", "registry:8081", "invalid setting SCHEMA_REGISTRY_URL"),
         ("ESPER_KAFKA__SECURITY_PROTOCOL", "CARRIER_PIGEON", "invalid setting ESPER_KAFKA__SECURITY_PROTOCOL"),
         ("ESPER_BROKER__PORT", "99999", "invalid setting ESPER_BROKER__PORT"),
+        ("ESPER_KAFKA__RUN_PARTITIONS", "0", "invalid setting ESPER_KAFKA__RUN_PARTITIONS"),
+        ("ESPER_SERVICES__NISSA__INSTANCES", "2", "invalid setting ESPER_SERVICES__NISSA.*one instance"),
+        ("ESPER_SERVICES__TAMIYO__INSTANCES", "0", "invalid setting ESPER_SERVICES__TAMIYO__INSTANCES"),
     ],
 )
 def test_invalid_settings_name_the_variable(monkeypatch, name, value, fragment):

@@ -24,6 +24,10 @@ COMMANDS = {
 }
 
 
+def command(name: str, _instance: int) -> list[str]:
+    return COMMANDS[name]
+
+
 def step_until(supervisor: Supervisor, condition, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -32,7 +36,7 @@ def step_until(supervisor: Supervisor, condition, timeout_s: float = 30.0) -> No
 
 
 def test_a_dying_service_is_restarted_with_growing_back_off_and_the_others_keep_running(tmp_path):
-    supervisor = Supervisor(tmp_path, names=("crashy", "steady"), command=COMMANDS.__getitem__, grace_s=5)
+    supervisor = Supervisor(tmp_path, names=("crashy", "steady"), command=command, grace_s=5)
     try:
         supervisor.step()
         steady_pid = supervisor.states["steady"].pid
@@ -55,7 +59,7 @@ import sys
 from pathlib import Path
 from services.cli.supervisor import Supervisor
 steady = [sys.executable, "-c", "import signal; signal.pause()"]
-Supervisor(Path(sys.argv[1]), names=("one", "two"), command=lambda name: steady).run(lambda: False)
+Supervisor(Path(sys.argv[1]), names=("one", "two"), command=lambda name, instance: steady).run(lambda: False)
 """
 
 
@@ -122,7 +126,7 @@ def test_esper_down_on_a_dead_pid_says_so_in_one_line(tmp_path):
 
 
 def test_a_recycled_service_pid_reads_as_down(tmp_path):
-    supervisor = Supervisor(tmp_path, names=("steady",), command=COMMANDS.__getitem__, grace_s=5)
+    supervisor = Supervisor(tmp_path, names=("steady",), command=command, grace_s=5)
     unrelated = subprocess.Popen(["sleep", "60"])
     try:
         supervisor.step()
@@ -136,3 +140,30 @@ def test_a_recycled_service_pid_reads_as_down(tmp_path):
         supervisor.stop_all()
         unrelated.kill()
         unrelated.wait()
+
+
+def test_a_service_runs_as_several_instances_each_restarted_on_its_own(tmp_path):
+    started: list[tuple[str, int]] = []
+
+    def recorded(name: str, instance: int) -> list[str]:
+        started.append((name, instance))
+        return COMMANDS[name]
+
+    supervisor = Supervisor(tmp_path, names=("steady", "crashy"), command=recorded, grace_s=5,
+                            instances={"steady": 3})
+    try:
+        supervisor.step()
+        assert sorted(supervisor.states) == ["crashy", "steady-1", "steady-2", "steady-3"]
+        assert sorted(started) == [("crashy", 1), ("steady", 1), ("steady", 2), ("steady", 3)]
+        victim = supervisor.states["steady-2"].pid
+        os.kill(victim, signal.SIGKILL)
+        step_until(supervisor, lambda: supervisor.states["steady-2"].pid not in (None, victim))
+        supervisor.write_status()
+        steady = read_status(tmp_path)["services"]["steady"]
+        assert sorted(steady["instances"]) == ["1", "2", "3"]
+        assert [steady["instances"][i]["restarts"] for i in ("1", "2", "3")] == [0, 1, 0]
+        assert steady["restarts"] == 1 and steady["pid"] == supervisor.states["steady-1"].pid
+        assert all(steady["instances"][i]["pid"] for i in ("1", "2", "3"))
+        assert (tmp_path / "logs" / "steady-3.log").exists()
+    finally:
+        supervisor.stop_all()
