@@ -49,7 +49,7 @@ class NotFast(EsperError):
     """The contract holds a rule (or the schema a type) that the generated checks do not reproduce."""
 
 
-class ContractCheckFailed(Exception):
+class ContractCheckFailed(EsperError):
     """A value breaks a constraint of its contract: pydantic gives the verdict and the reason."""
 
 
