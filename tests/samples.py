@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
 
 from contracts import (
     AdaptationDecision,
@@ -37,6 +41,8 @@ from contracts import (
     TrainingSessionEvent,
     TrainingSpec,
 )
+from services.oona.avro import SINGLE_OBJECT_MAGIC
+from services.oona.codec import SingleObjectCodec
 from services.oona.topic_registry import TopicSpec, avro_topics
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -182,6 +188,18 @@ def health_signal(epoch: int = 0, seed_idx: int = 0) -> HealthSignal:
         dead_neuron_ratio=0.0, avg_correlation=-1.0, gradient_norm=0.1, capacity_gain=0.03, health_score=1.0,
         execution_latency=0.05, total_seeds=2, timestamp=T0,
     )
+
+
+def single_object_value(codec: SingleObjectCodec, spec: TopicSpec, record: dict[str, Any]) -> bytes | None:
+    """``record`` as a single-object value of today's schema, written by fastavro; None where Avro cannot
+    hold it (e.g. an int beyond 32 bits for an Avro int, a string for a number: never a value on the bus)."""
+    body = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(body, codec.store.reader(spec.record_name),
+                                   {**record, "schema_version": record.get("schema_version", 1)})
+    except Exception:  # noqa: BLE001 - whatever fastavro refuses to write
+        return None
+    return SINGLE_OBJECT_MAGIC + codec.store.fingerprint(spec.record_name) + body.getvalue()
 
 
 def message_for(spec: TopicSpec, run_id: str = "run-sample", **envelope) -> OonaMessage:

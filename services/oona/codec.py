@@ -13,11 +13,17 @@ decoders do and builds fastavro's record; a body of another writer schema is che
 layer's validator, then read by fastavro with Avro's resolution. Whatever the bytes,
 ``decode_record`` returns fastavro's record or raises ``DecodeError``.
 
-``decode_batch`` decodes a consumed batch of one topic and validates every record against
-the contract in one pydantic-core call (a ``TypeAdapter`` of the list); only a batch with a
-contract violation in it is validated again record by record, to tell which records fail
-and why (the same reasons as ``decode``). The cyclic garbage collector is paused while a batch
-is decoded: the records and messages are acyclic (reference counting frees them), yet their
+Fast path: a value of the reader's own schema on a topic whose contract has a plan
+(``contract_checks.py``: every rule of the model reproduced) is read by a decoder generated from
+the schema and the plan (``avro/model_decoder.py``), straight into the message, its constraints
+checked inline, without pydantic. A value that breaks a constraint, or is corrupt, or of another
+writer schema, takes the path below, so pydantic gives every rejection and its reason.
+
+Otherwise ``decode_batch`` decodes a consumed batch of one topic into records and validates them
+against the contract in one pydantic-core call (a ``TypeAdapter`` of the list); only a batch with
+a contract violation in it is validated again record by record, to tell which records fail and
+why (the same reasons as ``decode``). The cyclic garbage collector is paused while a batch is
+decoded: the records and messages are acyclic (reference counting frees them), yet their
 allocations would trigger collections that trace the whole heap, a fifth of the batch's time.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -50,11 +57,18 @@ from services.oona.avro import (
     compile_validator,
     single_object_fingerprint,
 )
+from services.oona.avro.model_decoder import ContractCheckFailed, NotFast, compile_model_decoder
+from services.oona.contract_checks import model_plan
 from services.oona.isolation import is_record_failure
 from services.oona.schema_store import SchemaStore, WriterSchema
 from services.oona.topic_registry import TopicSpec
 
+log = logging.getLogger(__name__)
+
 RecordDecoder = Callable[[bytes], dict[str, Any]]
+MessageDecoder = Callable[[bytes], OonaMessage[Any]]
+# What sends a value from the fast path to pydantic's: a broken constraint, or bytes to be judged.
+_TO_PYDANTIC = (ContractCheckFailed, DecodeError)
 
 
 class Codec(Protocol):
@@ -178,6 +192,7 @@ class SingleObjectCodec:
         self.store = store or SchemaStore()
         self._encoders: dict[str, Callable[[Any], bytes]] = {}
         self._decoders: dict[tuple[bytes, str], RecordDecoder] = {}
+        self._fast: dict[str, tuple[bytes, MessageDecoder] | None] = {}
         self._schema_logs: list[SchemaLookup] = []
 
     def use_schema_log(self, schema_log: SchemaLookup) -> None:
@@ -253,16 +268,66 @@ class SingleObjectCodec:
         except DecodeError as exc:
             raise DecodeError(f"corrupt Avro body for {spec.record_name}: {exc.reason}") from None
 
-    def decode(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
+    def fast_decoder(self, spec: TopicSpec) -> tuple[bytes, MessageDecoder] | None:
+        """(header, decoder) of the fast path for ``spec``'s values of the reader's own schema (those
+        starting with ``header``), or None where its contract keeps pydantic (compiled once)."""
+        try:
+            return self._fast[spec.record_name]
+        except KeyError:
+            pass
+        fast = None
+        try:
+            decoder = compile_model_decoder(self.store.raw(spec.record_name), model_plan(spec.message_type),
+                                            HEADER_LEN, _PER_EVENT)
+            fast = (SINGLE_OBJECT_MAGIC + self.store.fingerprint(spec.record_name), decoder)
+        except NotFast as exc:
+            log.debug("no fast path record=%s reason=%s", spec.record_name, exc)
+        self._fast[spec.record_name] = fast
+        return fast
+
+    def _decode_slow(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
         return record_to_message(spec, self.decode_record(spec, data))
 
+    def decode(self, spec: TopicSpec, data: bytes | None) -> OonaMessage[Any]:
+        fast = self.fast_decoder(spec)
+        if fast is not None and data is not None and data.startswith(fast[0]):
+            try:
+                return fast[1](data)
+            except _TO_PYDANTIC:
+                pass
+        return self._decode_slow(spec, data)
+
     def decode_batch(self, spec: TopicSpec, values: Sequence[bytes | None]) -> list[OonaMessage[Any] | Exception]:
+        fast = self.fast_decoder(spec)
+        if fast is not None:
+            return self._decode_batch_fast(spec, values, *fast)
         with cyclic_gc_paused():
             results = _each_or_failure(lambda value: self.decode_record(spec, value), values)
             at = [i for i, r in enumerate(results) if not isinstance(r, Exception)]  # the records' places
             for i, message in zip(at, records_to_messages(spec, [results[i] for i in at]), strict=True):
                 results[i] = message
         return results
+
+
+    def _decode_batch_fast(self, spec: TopicSpec, values: Sequence[bytes | None], header: bytes,
+                           decode: MessageDecoder) -> list[OonaMessage[Any] | Exception]:
+        out: list[OonaMessage[Any] | Exception] = []
+        append = out.append
+        with cyclic_gc_paused():
+            for value in values:
+                if value is not None and value.startswith(header):
+                    try:
+                        append(decode(value))
+                        continue
+                    except _TO_PYDANTIC:
+                        pass
+                try:
+                    append(self._decode_slow(spec, value))
+                except Exception as exc:
+                    if not is_record_failure(exc):
+                        raise
+                    append(exc)
+        return out
 
 
 def _resolving_decoder(writer: WriterSchema, reader: dict[str, Any]) -> RecordDecoder:

@@ -10,34 +10,23 @@ messages, reject the others with the same error type and reason, and keep the ba
 from __future__ import annotations
 
 import gc
-import io
 from typing import Any
 
-import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.errors import ContractViolationError, DecodeError
-from services.oona.avro import SINGLE_OBJECT_MAGIC
 from services.oona.codec import SingleObjectCodec, cyclic_gc_paused, message_to_record
 from services.oona.topic_registry import avro_topics
-from tests.samples import message_for
+from tests.samples import message_for, single_object_value
 
 CODEC = SingleObjectCodec()
 SPECS = avro_topics()
 
 
 def _value(spec, record: dict[str, Any]) -> bytes | None:
-    """``record`` as a single-object value of today's schema; None where Avro cannot hold it."""
-    store = CODEC.store
-    body = io.BytesIO()
-    try:
-        fastavro.schemaless_writer(body, store.reader(spec.record_name),
-                                   {**record, "schema_version": record.get("schema_version", 1)})
-    except Exception:  # noqa: BLE001 - e.g. an int beyond 32 bits for an Avro int: not a value on the bus
-        return None
-    return SINGLE_OBJECT_MAGIC + store.fingerprint(spec.record_name) + body.getvalue()
+    return single_object_value(CODEC, spec, record)
 
 
 def _leaf(draw, value: Any) -> Any:

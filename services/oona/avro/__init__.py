@@ -13,6 +13,8 @@ timestamps fastavro can represent) and trailing bytes.
     wire.py          varints and the value bounds every decoder checks
     encoder.py       objects -> bytes, generated once per schema
     row_decoder.py   bytes -> one row tuple, one record (dicts), or nothing (a validator), generated
+    model_decoder.py bytes -> the contract's models, its constraints checked inline, generated
+                     (from the plans of ``services/oona/contract_checks.py``)
     columnar.py      a batch of bytes -> Arrow columns, vectorised with numpy
 
 ``columnar`` is imported from its module (``services.oona.avro.columnar``), not from here:
