@@ -31,7 +31,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING
 
 from services.bench.results import BenchResult
-from services.bench.system_load import MAX_P99_RATIO, TRAINING_NICENESS
+from services.bench.system_load import MAX_P99_RATIO, TRAINING_NICENESS, isolated_topics
 from services.core.paths import DEFAULT_RUN_CONFIG, REPO_ROOT
 from services.oona.settings import KafkaSettings
 
@@ -121,18 +121,10 @@ def _quantile(values: list[float], q: int) -> float:
 def bench_scale_out(kafka: KafkaSettings, lag_of: Callable[[KafkaSettings], int | None], runs: int = 30,
                     epochs: int = 4, instances: int = 3) -> BenchResult:
     """``lag_of(kafka)``: the Tamiyo group's consumer lag (events) on the prefixed topics, None if unknown."""
-    from services.blueprints.starter import for_slot
-    from services.oona.admin import delete_topics, ensure_topics, wait_for_broker
-    from services.oona.topic_registry import all_topics
-    from services.urabrask.seed_library import publish_characterised_kernel
+    from services.oona.admin import delete_topics, wait_for_broker
 
     brokers = wait_for_broker(kafka)
-    prefix = f"scale.{uuid.uuid4().hex[:8]}."
-    kafka = kafka.model_copy(update={"topic_prefix": prefix})
-    topics = all_topics(prefix)
-    ensure_topics(kafka, topics)
-    for blueprint in for_slot([2], [8]):
-        publish_characterised_kernel(kafka, blueprint, prefix=prefix)
+    kafka, topics = isolated_topics(kafka, "scale")
     load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

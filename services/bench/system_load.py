@@ -52,20 +52,29 @@ def _run_all(kafka, prefix: str, config: Path, count: int, workdir: Path, tamiyo
     return time.monotonic() - start, sum(p.returncode == 0 for p in processes), max_lag
 
 
-def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
+def isolated_topics(kafka, label: str):
+    """The settings for a fresh set of topics under their own prefix (``label.<random>.``), created, with
+    a characterised kernel for the bench runs' one slot; and those topics (to delete afterwards)."""
     from services.blueprints.starter import for_slot
-    from services.oona.admin import delete_topics, ensure_topics
-    from services.oona.codec import SingleObjectCodec
+    from services.oona.admin import ensure_topics
     from services.oona.topic_registry import all_topics
-    from services.tamiyo.service import Tamiyo
     from services.urabrask.seed_library import publish_characterised_kernel
 
-    prefix = f"load.{uuid.uuid4().hex[:8]}."
+    prefix = f"{label}.{uuid.uuid4().hex[:8]}."
     kafka = kafka.model_copy(update={"topic_prefix": prefix})
     topics = all_topics(prefix)
     ensure_topics(kafka, topics)
     for blueprint in for_slot([2], [8]):
         publish_characterised_kernel(kafka, blueprint, prefix=prefix)
+    return kafka, topics
+
+
+def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
+    from services.oona.admin import delete_topics
+    from services.oona.codec import SingleObjectCodec
+    from services.tamiyo.service import Tamiyo
+
+    kafka, topics = isolated_topics(kafka, "load")
     tamiyo = Tamiyo(kafka, SingleObjectCodec(), instance="load", scatter="native")
     stop = threading.Event()
 
@@ -83,15 +92,15 @@ def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
             config = workdir / "run.yaml"
             config.write_text(yaml.safe_dump(raw))
             load = [os.getloadavg()[0]]
-            _run_all(kafka, prefix, config, 1, workdir, tamiyo)  # warm-up
+            _run_all(kafka, kafka.topic_prefix, config, 1, workdir, tamiyo)  # warm-up
             tamiyo.latencies_ms.clear()
             tamiyo.loop_stages.clear()
-            _run_all(kafka, prefix, config, 1, workdir, tamiyo)
+            _run_all(kafka, kafka.topic_prefix, config, 1, workdir, tamiyo)
             single, single_stages = tamiyo.stats(), tamiyo.loop_breakdown()
             tamiyo.latencies_ms.clear()
             tamiyo.loop_stages.clear()
             load.append(os.getloadavg()[0])
-            seconds, completed, max_lag = _run_all(kafka, prefix, config, runs, workdir, tamiyo)
+            seconds, completed, max_lag = _run_all(kafka, kafka.topic_prefix, config, runs, workdir, tamiyo)
             loaded, loaded_stages = tamiyo.stats(), tamiyo.loop_breakdown()
             load.append(os.getloadavg()[0])
     finally:
