@@ -260,7 +260,7 @@ def test_the_search_met_both_verdicts_on_every_fast_topic():
     """Not vacuous: across a fixed sample, each fast topic had values pydantic accepts and values it rejects."""
     seen: set[tuple[str, bool]] = set()
 
-    @settings(max_examples=150, derandomize=True, database=None, deadline=None,
+    @settings(max_examples=400, derandomize=True, database=None, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(batches())
     def sample(batch):
