@@ -225,6 +225,7 @@ class NissaSink:
         self.max_delay_s = max_delay_s
         self.on_commit = on_commit
         self._committer: Committer | None = None
+        self._rows_before_close = 0
         self._first_pending = 0.0
         self._consumer: Consumer | None = None
         self._assignment: list[TopicPartition] = []
@@ -261,6 +262,7 @@ class NissaSink:
         finally:
             if self._committer is not None:
                 self._committer.stop()
+                self._rows_before_close = self._committer.committed_rows
                 self._committer = None
             if self._consumer is not None:
                 self._consumer.close()
@@ -269,7 +271,8 @@ class NissaSink:
 
     @property
     def committed_rows(self) -> int:
-        return self._committer.committed_rows if self._committer is not None else 0
+        """Rows committed since ``start`` (after ``close``: in all, as the CLI reports at its stop)."""
+        return self._committer.committed_rows if self._committer is not None else self._rows_before_close
 
     # -- the loop ------------------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.2) -> int:

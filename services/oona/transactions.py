@@ -65,7 +65,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from contracts import OonaMessage, TopicName
-from services.core.errors import FatalError
+from services.core.errors import ClientStuckError, FatalError
 from services.oona import clients
 from services.oona.codec import Codec
 from services.oona.consumer import Delivered, OonaConsumer
@@ -123,6 +123,8 @@ class ExactlyOnceProcessor:
         consumer_config: dict[str, Any] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         after_batch: Callable[[list[Delivered]], Iterable[Output]] | None = None,
+        stateless: bool = False,
+        on_abort: Callable[[], None] | None = None,
     ) -> None:
         self.producer = OonaProducer(settings, codec, transactional_id=transactional_id,
                                      config={"transaction.timeout.ms": TRANSACTION_TIMEOUT_MS})
@@ -133,6 +135,12 @@ class ExactlyOnceProcessor:
         )
         self.handler = handler
         self.after_batch = after_batch
+        # A handler that keeps no state between records (``stateless``), or whose state ``on_abort`` puts back
+        # as it was at the last commit, loses nothing when a batch is aborted: a broker error (a coordinator
+        # moving, a call stuck) then ends the batch, not the process, and the batch is read again.
+        self.on_abort = on_abort
+        self.goes_on_after_abort = stateless or on_abort is not None
+        self.batches_aborted = 0  # batches of a stateless handler aborted on a broker error, handled again
         self.failed = 0  # records dead-lettered because their handler raised
         self.after_batch_failures = 0
         self.max_deferred_s = MAX_DEFERRED_S
@@ -150,7 +158,13 @@ class ExactlyOnceProcessor:
         events handled or dead-lettered."""
         times = self.times = BatchTimes()
         if self._renew:  # raises while the broker cannot initialise it yet: nothing is consumed meanwhile
-            self._renew_producer()
+            try:
+                self._renew_producer()
+            except Exception as exc:
+                if not self._rides_out(exc):
+                    raise
+                log.warning("producer not renewed yet group=%s: %s", self.consumer.group_id, clients.reason(exc))
+                return 0
         try:
             if not self._open:
                 self.producer.begin_transaction()  # local: nothing reaches the broker before the first write
@@ -176,8 +190,19 @@ class ExactlyOnceProcessor:
             self._commit(times)
         except BaseException as exc:
             self._abort(exc)
-            raise
+            if not self._rides_out(exc):
+                raise
+            self.batches_aborted += 1
+            log.warning("batch aborted on a broker error group=%s (%s); its records come again",
+                        self.consumer.group_id, clients.reason(exc))
+            return 0
         return len(batch)
+
+    def _rides_out(self, exc: BaseException) -> bool:
+        """A stateless handler's batch ended by a passing broker error (not a fencing: another instance
+        owns the transactional id, and this one must stop)."""
+        return (self.goes_on_after_abort and isinstance(exc, Exception) and not clients.is_fenced(exc)
+                and (clients.is_transient(exc) or isinstance(exc, ClientStuckError)))
 
     def _commit(self, times: BatchTimes, timeout_s: float | None = None) -> None:
         timeout_s = TXN_CALL_TIMEOUT_S if timeout_s is None else timeout_s
@@ -224,6 +249,8 @@ class ExactlyOnceProcessor:
         the same transactional id, which fences the old one and so aborts its transaction."""
         log.error("transaction aborted group=%s", self.consumer.group_id, exc_info=cause)
         self._open, self._unsent_since = False, None
+        if self.on_abort is not None:  # nothing handled in the aborted transaction stands
+            self.on_abort()
         if clients.is_fenced(cause):
             return  # another instance has our transactional id: it goes on, we stop (the error propagates)
         try:

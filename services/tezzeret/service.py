@@ -54,6 +54,7 @@ class Tezzeret:
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}tezzeret", transactional_id=f"{prefix}tezzeret-{worker}",
             inputs=[self.submitted], handler=self.handle, dlq_topic=topic_spec(TopicName.DLQ.value, prefix).name,
+            on_abort=self._answers.aborted,  # nothing in an aborted transaction was answered
         )
         self.compiled = 0
 
@@ -91,11 +92,7 @@ class Tezzeret:
                                 compile_seconds=seconds))
 
     def step(self) -> int:
-        try:
-            handled = self.processor.process_batch(max_messages=50, timeout_s=0.5)
-        except BaseException:
-            self._answers.aborted()  # nothing in the aborted transaction was answered
-            raise
+        handled = self.processor.process_batch(max_messages=50, timeout_s=0.5)
         self._answers.committed_now()
         return handled
 

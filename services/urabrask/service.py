@@ -40,6 +40,7 @@ class Urabrask:
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}urabrask", transactional_id=f"{prefix}urabrask-{worker}",
             inputs=[self.ready], handler=self.handle, dlq_topic=topic_spec(TopicName.DLQ.value, prefix).name,
+            stateless=True,  # each answer is a function of its record and the kernel library alone
         )
 
     def handle(self, delivered: Delivered):

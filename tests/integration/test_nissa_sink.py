@@ -51,7 +51,13 @@ def test_events_of_every_type_land_typed_in_duckdb(esper_settings, producer_fact
     producer.flush()
 
     db = tmp_path / "nissa.duckdb"
-    assert ingest(esper_settings, db) == len(sent) + 2
+    sink = NissaSink(esper_settings.kafka, db)
+    sink.start()
+    try:
+        assert sink.run_until_caught_up(60.0) == len(sent) + 2
+    finally:
+        sink.close()
+    assert sink.committed_rows == len(sent) + 2, "what the sink reports at its stop (`esper serve nissa`)"
     con = duckdb.connect(str(db), read_only=True)
     for spec in all_topics(prefix):
         if spec.raw:

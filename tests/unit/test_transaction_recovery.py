@@ -248,3 +248,31 @@ def test_a_commit_waiting_for_its_coordinator_is_logged_and_given_up_past_its_ti
         release.set()
         consumer._consumer = real
         consumer.close()
+
+
+COORDINATOR_MOVED = KafkaException(KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                              "Failed to add offsets to transaction: Coordinator not available"))
+
+
+@pytest.mark.parametrize("stateless", [True, False])
+def test_a_stateless_handlers_batch_aborted_on_a_broker_error_is_handled_again_without_ending_the_service(
+        mock_settings, short_timeouts, stateless):
+    """A coordinator moving mid-commit (seen when the leaders' broker of a 3-node cluster was killed) aborts
+    the batch. A stateless handler's service goes on and reads the batch again; a stateful one's error
+    propagates (its service rebuilds or restarts), as before."""
+    processor, inputs, out = _pipeline(mock_settings)
+    processor.goes_on_after_abort = stateless
+    real = processor.producer._producer
+    processor.producer._producer = _Holds(real, fail={"send_offsets_to_transaction": COORDINATOR_MOVED})
+    try:
+        if stateless:
+            wait_until(lambda: processor.process_batch(max_messages=50, timeout_s=0.5) == 0
+                       and processor.batches_aborted > 0, 30, "a batch aborted")
+        else:
+            with pytest.raises(KafkaException):
+                _drain(processor, len(inputs))
+        processor.producer._producer = real  # the coordinator is back
+        assert _drain(processor, len(inputs)) == len(inputs), "every input handled again after the abort"
+    finally:
+        processor.close()
+    assert sorted(_outputs(mock_settings, out)) == sorted(m.event_id for m in inputs)
