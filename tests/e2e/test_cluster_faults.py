@@ -12,6 +12,7 @@ Every wait is bounded; a broker that does not come back, or a partition left und
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -115,6 +116,44 @@ def wait_for_epochs(kafka: KafkaSettings, run_id: str, count: int, run: subproce
     return wait_until(reached, timeout_s, f"epoch {count} of {run_id}")
 
 
+class Pacer:
+    """Holds the run (SIGSTOP) whenever it has ``limit`` epochs on the log, until ``allow`` raises the limit or
+    ``release`` ends the pacing: a quiet machine ran all 120 epochs of the rolling restart's run in under a
+    minute, before the roll was done, and a loaded one runs them ten times slower; so the run keeps going
+    through the roll at its own pace and never ends before it, whatever the machine's speed."""
+
+    def __init__(self, kafka: KafkaSettings, run_id: str, run: subprocess.Popen, limit: int) -> None:
+        self.kafka, self.run_id, self.run, self.limit = kafka, run_id, run, limit
+        self.held_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pace, daemon=True)
+        self._thread.start()
+
+    def allow(self, count: int) -> None:
+        self.limit = max(self.limit, count)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _published(self) -> int | None:
+        try:
+            return len(epoch_stamps(self.kafka, self.run_id)[1])
+        except (KafkaException, KafkaClientError, AssertionError):  # a leader just lost: ask again
+            return None
+
+    def _pace(self) -> None:
+        while not self._stop.wait(0.5) and self.run.poll() is None:
+            published = self._published()
+            if published is None or published < self.limit:
+                continue
+            held = time.monotonic()
+            with paused(self.run):  # until the test needs more epochs or the roll is done
+                while not self._stop.wait(0.5) and self.limit <= published:
+                    pass
+            self.held_s += time.monotonic() - held
+
+
 def longest_gap(stamps: list[float], start: float, end: float) -> float:
     """The longest time between two consecutive epochs, over the epochs stamped in (start, end], each
     with the one before it: the epoch the fault interrupted counts."""
@@ -200,12 +239,15 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
     epochs = 120  # ~2 s each here: the run outlasts the roll
     run_id, run = start_run(system, tmp_path, epochs)
     rolls: list[str] = []
+    pacer = Pacer(kafka, run_id, run, limit=epochs - 20)
     try:
         _, stamps = wait_for_epochs(kafka, run_id, 3, run)
         started = time.time()
         for node in cluster.nodes:  # one at a time: the next goes only when every partition is in sync
             stop = time.monotonic()
             assert node.stop()
+            _, stamps = wait_for_epochs(kafka, run_id, 0, run)  # where the run stands now
+            pacer.allow(len(stamps) + 1)
             _, stamps = wait_for_epochs(kafka, run_id, len(stamps) + 1, run)  # an epoch while it is down
             restart_node(system, node)
             rolls.append(f"broker {node.cfg.node_id} down {time.monotonic() - stop:.1f}s, "
@@ -213,9 +255,11 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
         rolled = time.time()
         assert run.poll() is None, "the run ended before the roll did: it was not under load throughout"
     except BaseException:
+        pacer.release()
         run.kill()
         run.wait()
         raise
+    pacer.release()
     output = finish(run, tmp_path, run_id, timeout=900)
     figures = check_run(system, run_id, epochs, output)
     # Not asserted here: a transactional service may hang after its coordinator moved and be restarted
@@ -223,5 +267,6 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
     restarted = {name: n - before[name] for name, n in restarts(system).items() if n != before[name]}
     _, stamps = epoch_stamps(kafka, run_id)
     during, before_roll = longest_gap(stamps, started, rolled), longest_gap(stamps, 0, started)
-    print(f"\nrolling restart: {'; '.join(rolls)}; longest epoch during the roll {during:.2f}s "
+    print(f"\nrolling restart: {'; '.join(rolls)}; the run held {pacer.held_s:.0f}s near its end; "
+          f"longest epoch during the roll {during:.2f}s "
           f"(before it {before_roll:.2f}s); {figures}; services restarted during the roll: {restarted or 'none'}")
