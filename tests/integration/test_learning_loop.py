@@ -3,7 +3,7 @@
 It asserts the loop's structure and honesty, not that the new policy wins (that is the science run's job, README
 "The learning loop"): a new version was trained from the collected runs (exploration recorded on their decisions)
 and published; every arm has a real run and a fork; the forks share their parent and fork epoch; the random arm
-germinated as often as the new policy; and the report's numbers are what Nissa's SQL gives.
+germinated at most as often as the new policy (its budget); and the report's numbers are what Nissa's SQL gives.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def test_the_learning_loop_trains_publishes_and_reports_what_nissa_says(esper_se
     assert {(r.parent_run_id, r.fork_epoch) for r in forks} == {(plan.real_id("no_adapt", 0), 1)}
     for kind in ("real", "fork"):
         arm = {r.arm: r for r in result.runs if r.kind == kind}
-        assert arm["random"].germinations == arm["new"].germinations  # the same budget, spent at random
+        # The same budget, spent at random: a planned epoch that falls where no germination can go (the
+        # cooldown after the last one, the run's end) may leave part of it unspent, never more spent.
+        assert arm["random"].germinations <= arm["new"].germinations
         assert arm["no_adapt"].germinations == 0
         assert all(report[kind]["arms"][a]["n"] == 1 for a in ARMS)
 
