@@ -13,7 +13,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from contracts.dead_letter import DLQ_HEADER_ERROR_TYPE, DLQ_HEADER_OFFSET, DLQ_HEADER_REASON
 from services.core.errors import BrokerUnavailableError, DecodeError, DeliveryError, FatalError
@@ -23,9 +23,9 @@ from services.oona.consumer import OonaConsumer
 from services.oona.isolation import failure_reason, is_record_failure, replay_skipping_failures
 from services.oona.log_reader import RANGE_READER_CONFIG, ReadToEnds
 from services.oona.producer import OonaProducer
-from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.oona.transactions import ExactlyOnceProcessor
+from tests.mock_cluster import mock_cluster
 from tests.samples import message_for
 
 TRANSIENT = KafkaException(KafkaError(KafkaError._TRANSPORT, "broker went away"))
@@ -112,10 +112,8 @@ def test_a_view_skips_a_record_whatever_its_decoder_raised_but_not_a_bus_error()
 # -- against librdkafka's mock cluster ----------------------------------------------------------
 @pytest.fixture
 def mock_settings():
-    owner = Producer({"test.mock.num.brokers": 1, "log_level": 0})  # the mock cluster lives as long as its owner
-    brokers = owner.list_topics(timeout=10).brokers.values()
-    yield KafkaSettings(bootstrap_servers=",".join(f"{b.host}:{b.port}" for b in brokers), client_id="isolation-tests")
-    owner.flush(1)
+    with mock_cluster(1, "isolation-tests") as settings:
+        yield settings
 
 
 def _spec(name):

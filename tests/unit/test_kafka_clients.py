@@ -18,6 +18,7 @@ from services.core.errors import ConfigurationError, DeliveryError, KafkaClientE
 from services.oona import clients
 from services.oona.log_reader import ReadToEnds, read_range, scan_range
 from services.oona.settings import KafkaSettings
+from tests.mock_cluster import mock_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTORY = ROOT / "services" / "oona" / "clients.py"
@@ -216,10 +217,8 @@ def test_retry_transient_stops_at_its_deadline():
 # -- the end-offsets reader, on librdkafka's mock cluster --------------------------------------------
 @pytest.fixture
 def mock_settings():
-    owner = clients.producer(KafkaSettings(), {"test.mock.num.brokers": 1, "log_level": 0})  # lives with its owner
-    brokers = owner.list_topics(timeout=10).brokers.values()
-    yield KafkaSettings(bootstrap_servers=",".join(f"{b.host}:{b.port}" for b in brokers), client_id="clients-tests")
-    owner.flush(1)
+    with mock_cluster(1, "clients-tests") as settings:
+        yield settings
 
 
 def _topic_with(settings: KafkaSettings, count: int) -> str:

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException
 from services.oona import admin, clients
 from services.oona.admin import OffsetReader
 from services.oona.settings import KafkaSettings
+from tests.mock_cluster import mock_cluster
 
 
 class _Answer:
@@ -100,10 +101,8 @@ def test_a_non_transient_error_is_not_retried(monkeypatch):
 # -- against librdkafka's mock cluster ------------------------------------------------------------------
 @pytest.fixture
 def mock_settings():
-    owner = clients.producer(KafkaSettings(), {"test.mock.num.brokers": 3, "log_level": 0})  # lives with its owner
-    brokers = owner.list_topics(timeout=10).brokers.values()
-    yield KafkaSettings(bootstrap_servers=",".join(f"{b.host}:{b.port}" for b in brokers), client_id="reader-tests")
-    owner.flush(1)
+    with mock_cluster(3, "reader-tests") as settings:
+        yield settings
 
 
 def test_end_offsets_of_a_real_client_and_one_list_offsets_per_attempt(mock_settings):

@@ -21,9 +21,9 @@ from services.core.errors import ClientStuckError
 from services.oona import clients, producer, transactions
 from services.oona.codec import SingleObjectCodec
 from services.oona.producer import OonaProducer
-from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
 from services.oona.transactions import ExactlyOnceProcessor
+from tests.mock_cluster import mock_cluster
 from tests.samples import message_for
 from tests.unit.test_failure_isolation import _drain, _echo, _read
 from tests.waiting import wait_until
@@ -63,10 +63,8 @@ def test_a_call_blocked_past_its_timeout_and_grace_is_given_up_and_so_is_every_l
 # -- the processor against the mock cluster -------------------------------------------------------
 @pytest.fixture
 def mock_settings():
-    owner = Producer({"test.mock.num.brokers": 1, "log_level": 0})  # the mock cluster lives as long as its owner
-    brokers = owner.list_topics(timeout=10).brokers.values()
-    yield KafkaSettings(bootstrap_servers=",".join(f"{b.host}:{b.port}" for b in brokers), client_id="recovery-tests")
-    owner.flush(1)
+    with mock_cluster(1, "recovery-tests") as settings:
+        yield settings
 
 
 @pytest.fixture
