@@ -56,14 +56,16 @@ def _services_of(state_dir: Path) -> dict[str, list[int]]:
         if not entry.name.isdigit():
             continue
         cmdline = command_line(int(entry.name))
-        if not cmdline or cmdline[-2:-1] != ["serve"] or cmdline[:-1] != service_command("x")[:-1]:
+        # `... serve NAME --instance I`: the supervisor's command for a service, whatever its name and instance
+        prefix = service_command("x")[:-3]
+        if not cmdline or len(cmdline) != len(prefix) + 3 or cmdline[:len(prefix)] != prefix:
             continue
         try:
             if wanted not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
         except OSError:
             continue
-        found.setdefault(cmdline[-1], []).append(int(entry.name))
+        found.setdefault(cmdline[len(prefix)], []).append(int(entry.name))
     return found
 
 
