@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -107,6 +108,38 @@ def test_characterize_measures_and_tags():
     params_mb = kernel.metadata.parameter_count * 4 / 2**20
     assert result.peak_memory_mb > params_mb, "parameters plus measured activations"
     assert "high-capacity" in result.tags  # 64*256 + 256*16 weights
+
+
+class _Stalls(torch.nn.Module):
+    """The kernel ``inner``, its calls ``stalled`` stalled by 60 ms (a process descheduled on a loaded machine)."""
+
+    def __init__(self, inner: torch.nn.Module, stalled: range) -> None:
+        super().__init__()
+        self.inner, self.stalled, self.calls = inner, stalled, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls in self.stalled:
+            time.sleep(0.060)
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("stalled, passed, rounds", [
+    (range(2, 7), True, 2),  # the first round's calls stalled (call 1 is the probe): measured again, within budget
+    (range(2, 10**6), False, 3),  # slow in every round: over the 50 ms budget after the last round
+])
+def test_the_latency_gate_measures_again_a_round_over_budget(monkeypatch, stalled, passed, rounds):
+    import services.urabrask.characterize as urabrask
+
+    monkeypatch.setattr(urabrask, "WARMUP", 1)
+    monkeypatch.setattr(urabrask, "RUNS", 4)
+    bp = mlp_adapter(2, 8, 16)
+    kernel, _ = compile_blueprint(bp)
+    module = _Stalls(build_module(bp.architecture), stalled)
+    result = characterize(module, kernel.metadata, torch.device("cpu"), bp.architecture)
+    assert result.passed is passed and module.calls == 1 + rounds * 5
+    assert (result.latency_ms_p95 > urabrask.MAX_LATENCY_MS) is not passed
+    assert (result.failure_reason is None) is passed
 
 
 def test_blueprint_files(tmp_path):
