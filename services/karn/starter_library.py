@@ -5,9 +5,10 @@ from __future__ import annotations
 from contracts import Blueprint
 from services.blueprints.starter import for_slot
 
-# (input shape, output shape) of the slots in examples/ and common small layers.
+# (input shape, output shape) of the slots in examples/ (every run config's, tested) and common small layers.
 DEFAULT_SLOTS: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
     ((2,), (8,)),
+    ((6,), (4,)),
     ((64,), (16,)),
     ((16,), (10,)),
     ((128,), (128,)),

@@ -5,6 +5,13 @@ Memory on CPU is parameters + buffers + every activation the forward pass produc
 
 The probe's shape is the kernel's validated architecture's input shape, and its batch is
 cut so that the analytic activation memory of the probe stays within ``MAX_PROBE_BYTES``.
+
+Latency is wall-clock time, so a process descheduled on a loaded machine reads calls of a
+0.2 ms kernel as 50-160 ms (seen at load average 30 on 2 cores: every conv kernel of the digits
+slots failed the budget once). A round of ``RUNS`` calls whose tail is over the budget but whose median
+is within it is measured again, up to ``LATENCY_ROUNDS`` rounds and while the measuring has taken under
+``REMEASURE_WITHIN_S`` (the batch's transaction must not outlive its timeout), and the quickest round is
+kept: a kernel that is slow is slow in the median of every round.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ LOW_LATENCY_MS = 0.2
 LOW_MEMORY_MB = 1.0
 HIGH_CAPACITY_PARAMS = 10_000
 MAX_LATENCY_MS = 50.0
+LATENCY_ROUNDS = 3  # rounds of RUNS calls while the p95 is over MAX_LATENCY_MS; the quickest counts
+REMEASURE_WITHIN_S = 1.0  # no further round once the rounds so far took this long
 MAX_PROBE_BYTES = 256 * 2**20
 
 
@@ -41,6 +50,37 @@ def probe_batch(architecture: BlueprintArchitecture) -> int:
     except BlueprintError as exc:
         raise CharacterizationError(str(exc)) from None
     return max(1, min(BATCH, MAX_PROBE_BYTES // max(1, per_sample)))
+
+
+def _latency_round(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """(p50, p95) in ms of ``RUNS`` calls after ``WARMUP`` ones."""
+    cuda = device.type == "cuda"
+    times = []
+    with torch.inference_mode():
+        for i in range(WARMUP + RUNS):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            module(x)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i >= WARMUP:
+                times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * (len(times) - 1))]
+
+
+def _latency(module: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """(p50, p95) of the quickest round: rounds go on while the p95 is over the budget and the p50 within it,
+    ``LATENCY_ROUNDS`` at most, none started after ``REMEASURE_WITHIN_S``."""
+    start = time.perf_counter()
+    best = _latency_round(module, x, device)
+    for _ in range(LATENCY_ROUNDS - 1):
+        stalled = best[1] > MAX_LATENCY_MS and best[0] <= MAX_LATENCY_MS
+        if not stalled or time.perf_counter() - start >= REMEASURE_WITHIN_S:
+            break
+        best = min(best, _latency_round(module, x, device), key=lambda round_: round_[1])
+    return best
 
 
 def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.device,
@@ -73,19 +113,7 @@ def characterize(module: nn.Module, metadata: KernelMetadata, device: torch.devi
     finite = bool(torch.isfinite(out).all())
     expected = seed_output_shape(architecture)  # a width seed's module makes its new units
     shape_ok = list(out.shape[1:]) == expected
-    times = []
-    with torch.inference_mode():
-        for i in range(WARMUP + RUNS):
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            module(x)
-            if cuda:
-                torch.cuda.synchronize(device)
-            if i >= WARMUP:
-                times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    p50, p95 = statistics.median(times), times[int(0.95 * (len(times) - 1))]
+    p50, p95 = _latency(module, x, device)
     state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated(device) - base + state_bytes) / 2**20

@@ -108,3 +108,16 @@ def test_the_example_hosts_are_under_capacity(example, wide):
     host = _validation_accuracy(EXAMPLES / example, cfg.model.hidden)
     big = _validation_accuracy(EXAMPLES / example, wide)
     assert big >= 0.8 and big - host >= 0.2, (host, big)
+
+
+def test_karns_default_library_has_kernels_for_every_example_slot():
+    """`esper up` starts Karn with its default slots: Tamiyo can germinate in every example run without
+    `esper serve karn --slot ...` (parity's Linear 6 -> 4 slot had no kernels: the adaptive arm could not grow)."""
+    from services.karn.starter_library import DEFAULT_SLOTS
+    from services.tolaria.training_setup import build_training
+
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        shapes = build_training(load_config(path), adapt=True).slot_shapes()
+        assert shapes, path.name
+        for slot, (in_shape, out_shape) in shapes.items():
+            assert (tuple(in_shape), tuple(out_shape)) in DEFAULT_SLOTS, (path.name, slot, in_shape, out_shape)
