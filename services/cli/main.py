@@ -202,8 +202,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_blueprint(args: argparse.Namespace) -> int:
     from services.blueprints.files import load_blueprints
     from services.karn.service import submit
+    from services.karn.starter_library import DEFAULT_SLOTS, parse_slot, starter_library
 
-    blueprints = load_blueprints(args.file)
+    if args.action == "submit":
+        if args.file is None or args.slot or args.widened:
+            raise UsageError("blueprint submit takes one FILE (and no --slot / --widened)")
+        blueprints = load_blueprints(args.file)
+    else:
+        if args.file is not None:
+            raise UsageError("blueprint starters takes no FILE: name the slots with --slot")
+        try:
+            slots = [parse_slot(s) for s in args.slot] or list(DEFAULT_SLOTS)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        blueprints = starter_library(slots, widened=args.widened)
     settings, codec = _connected()
     submit(settings.kafka, codec, blueprints, submitted_by=args.submitted_by)
     for bp in blueprints:
@@ -337,9 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     nissa_cli.add_serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("blueprint", help="submit blueprints (YAML/JSON: one blueprint or a list)")
-    p.add_argument("action", choices=["submit"])
-    p.add_argument("file")
+    p = sub.add_parser("blueprint", help="submit blueprints: a file's (YAML/JSON: one blueprint or a list), or the "
+                                         "starter blueprints of slots")
+    p.add_argument("action", choices=["submit", "starters"])
+    p.add_argument("file", nargs="?", help="submit: the YAML/JSON file")
+    p.add_argument("--slot", action="append", default=[],
+                   help="starters: a slot's shapes, e.g. 2:8 or 1x8x8:4x8x8 (repeatable; default: Karn's "
+                        "default slots)")
+    p.add_argument("--widened", action="store_true",
+                   help="starters: also the slots the width seeds of those slots make once fossilized (Karn offers "
+                        "these only after such a fossil)")
     p.add_argument("--submitted-by", default="user")
     p.set_defaults(func=_cmd_blueprint)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contracts import Blueprint
-from services.blueprints.starter import for_slot
+from services.blueprints.starter import for_slot, widened_slot
 
 # (input shape, output shape) of the slots in examples/ (every run config's, tested) and common small layers.
 DEFAULT_SLOTS: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = (
@@ -27,9 +27,16 @@ def parse_slot(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         raise ValueError(f"slot {text!r} must look like 64:16 or 1x8x8:4x8x8") from None
 
 
-def starter_library(slots=DEFAULT_SLOTS) -> list[Blueprint]:
+def starter_library(slots=DEFAULT_SLOTS, widened: bool = False) -> list[Blueprint]:
+    """The starter blueprints of ``slots``; with ``widened``, also those of every slot a width seed of one of them
+    makes once it fossilizes (what Karn would offer only after that fossil: ``KarnGenerator``'s field reports)."""
     library: dict[str, Blueprint] = {}
     for in_shape, out_shape in slots:
         for bp in for_slot(list(in_shape), list(out_shape)):
+            library.setdefault(bp.blueprint_id, bp)
+    if widened:
+        shapes = [widened_slot(bp) for bp in library.values()]
+        grown = sorted({(tuple(i), tuple(o)) for i, o in filter(None, shapes)})
+        for bp in starter_library(grown):
             library.setdefault(bp.blueprint_id, bp)
     return list(library.values())

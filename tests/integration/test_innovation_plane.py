@@ -58,6 +58,20 @@ def _cli(settings, *args):
         ESPER_STATE_DIR=str(settings.state_dir)))
 
 
+def test_esper_blueprint_starters_submits_a_slots_starters_and_its_widened_slots(esper_settings):
+    from services.karn.starter_library import starter_library
+
+    kafka, codec = esper_settings.kafka, SingleObjectCodec()
+    submitted = _cli(esper_settings, "blueprint", "starters", "--slot", "2:8", "--widened")
+    assert submitted.returncode == 0, submitted.stderr
+    wanted = {bp.blueprint_id for bp in starter_library([((2,), (8,))], widened=True)}
+    assert {line.split()[1] for line in submitted.stdout.splitlines()} == wanted
+    blueprints = {m.payload.blueprint.blueprint_id: m.payload.blueprint
+                  for m in _all(kafka, codec, TopicName.COMPILATION_BLUEPRINT_SUBMITTED.value)}
+    assert wanted <= set(blueprints)
+    assert {tuple(blueprints[b].architecture.output_shape) for b in wanted} == {(8,), (24,), (40,)}
+
+
 def test_submitted_blueprints_become_characterised_kernels_that_tolaria_can_grow(esper_settings, tmp_path, monkeypatch):
     kafka, codec = esper_settings.kafka, SingleObjectCodec()
     blobs = esper_settings.state_dir / "blobs"

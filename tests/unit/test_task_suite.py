@@ -121,3 +121,37 @@ def test_karns_default_library_has_kernels_for_every_example_slot():
         assert shapes, path.name
         for slot, (in_shape, out_shape) in shapes.items():
             assert (tuple(in_shape), tuple(out_shape)) in DEFAULT_SLOTS, (path.name, slot, in_shape, out_shape)
+
+
+def test_widened_starters_cover_the_slots_karn_offers_after_a_width_fossil():
+    """`esper blueprint starters --widened`: every slot a fossilized width seed of a slot makes (what Karn's
+    generator answers such a fossil with) has the same starters as Karn would give it, and nothing else is added."""
+    from services.blueprints.starter import for_slot, widened_slot
+    from services.karn.starter_library import starter_library
+
+    slots = [((2,), (8,)), ((1, 8, 8), (4, 8, 8))]
+    base = {bp.blueprint_id for bp in starter_library(slots)}
+    grown = {bp.blueprint_id: bp for bp in starter_library(slots, widened=True)}
+    width = [bp for bp in starter_library(slots) if widened_slot(bp)]
+    assert len(width) == 4  # two widths per slot
+    expected = set(base)
+    for bp in width:
+        in_shape, out_shape = widened_slot(bp)
+        assert out_shape[0] > bp.architecture.output_shape[0]
+        expected |= {starter.blueprint_id for starter in for_slot(in_shape, out_shape)}
+    assert set(grown) == expected and len(expected) > len(base)
+    assert [bp.blueprint_id for bp in starter_library(slots, widened=True)] == list(grown)  # the same ids each time
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["blueprint", "starters", "--slot", "2-8"], "must look like 64:16"),
+    (["blueprint", "starters", "some.yaml"], "takes no FILE"),
+    (["blueprint", "submit"], "takes one FILE"),
+    (["blueprint", "submit", "some.yaml", "--widened"], "takes one FILE"),
+])
+def test_blueprint_command_misuse_is_a_one_line_error(argv, message, capsys):
+    from services.cli.main import main
+
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
