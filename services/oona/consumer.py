@@ -223,7 +223,6 @@ class OonaConsumer:
         """
         if self._rewind_pending:  # raises while the broker does not answer: nothing is read past the rewind
             self._rewind()
-        self._rejoin_if_dropped()
         # librdkafka's batch consume waits for a full batch or the timeout: take what is there, and
         # when nothing is, block for the first message only, then gather the rest briefly.
         raw = self._consumer.consume(max_messages, 0)
@@ -242,6 +241,10 @@ class OonaConsumer:
                 log.warning("consume error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
                 continue
             good.append(msg)
+        if good:
+            self._unassigned_since = None  # it reads: it has partitions
+        else:
+            self._rejoin_if_dropped()  # only after a poll that read nothing: a busy consumer pays nothing for it
         values = [msg.value() for msg in good]
         delivered: list[Delivered] = []
         for msg, value, outcome in zip(good, values, self._decode(good, values), strict=True):
