@@ -254,6 +254,9 @@ class OffsetReader:
             nonlocal attempt_s
             self._client = None
             failures.append(clients.reason(exc))
+            if len(failures) == 1:  # once a call: a caller blocked here through an outage says so at its start
+                log.warning("%s: transient Kafka error (%s); asking again on new clients for up to %.0fs", what,
+                            failures[0], timeout_s)
             attempt_s = min(self.ATTEMPT_MAX_S, attempt_s * 1.5)
 
         result = clients.retry_transient(call, timeout_s, backoff_s=0.2, on_error=drop_client, quiet=True)
@@ -269,6 +272,17 @@ class OffsetReader:
 
     def partitions_of(self, topics: list[str], timeout_s: float = 30.0) -> list[tuple[str, int]]:
         return self._call("partitions", lambda c, attempt_s: partitions_of(c, topics, attempt_s), timeout_s)
+
+    def group_members(self, group_id: str, timeout_s: float = 10.0) -> set[str]:
+        """The member ids the group coordinator counts in the group now (none: the group is empty)."""
+        def describe(client: AdminClient, attempt_s: float) -> set[str]:
+            future = client.describe_consumer_groups([group_id], request_timeout=attempt_s)[group_id]
+            try:
+                return {member.member_id for member in future.result(timeout=attempt_s + 1).members}
+            except TimeoutError:  # never resolved: as transient as a broker that did not answer
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "describe_consumer_groups timed out")) from None
+
+        return self._call("group members", describe, timeout_s)
 
     def committed(self, group_id: str, partitions: list[tuple[str, int]], timeout_s: float = 10.0
                   ) -> dict[tuple[str, int], int]:

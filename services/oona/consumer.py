@@ -23,6 +23,7 @@ committed offsets (which a rebuild moves back) play no part.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -85,6 +86,10 @@ _REJOINING = {KafkaError._ASSIGNMENT_LOST, KafkaError.REBALANCE_IN_PROGRESS, Kaf
 # An aborted transaction's rewind failing this long (the broker answers nothing about the group) ends
 # the process: its supervisor starts it with new clients.
 REWIND_GIVE_UP_S = 120.0
+# A consumer without partitions past ``KafkaSettings.rejoin_after_s`` asks the broker about its membership at most
+# this often; the old client of a re-created consumer is given this long to leave the group.
+MEMBERSHIP_CHECK_S = 10.0
+CLOSE_WAIT_S = 10.0
 # A synchronous commit waits without limit for a group coordinator: it is waited for beside it, its wait
 # logged every COMMIT_WAIT_LOG_S, and given up COMMIT_GRACE_S past its timeout.
 COMMIT_WAIT_LOG_S = 5.0
@@ -118,7 +123,8 @@ class OonaConsumer:
         on_dead_letter: Callable[[DeadLetter], None] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
-        self._consumer = clients.consumer(settings, CONSUMER_DEFAULTS, {"group.id": group_id}, config or {})
+        self._config = config or {}
+        self._consumer = clients.consumer(settings, CONSUMER_DEFAULTS, {"group.id": group_id}, self._config)
         self.codec = codec
         use_schema_log = getattr(codec, "use_schema_log", None)
         if use_schema_log is not None:  # unknown writer schemas: those a newer producer put on the schema log
@@ -141,10 +147,19 @@ class OonaConsumer:
         self._settings = settings
         self._offsets = OffsetReader(settings)
         self._specs = {spec.name: spec for spec in topics}
+        self._on_assign = on_assign
+        self.rejoin_after_s = settings.rejoin_after_s
+        self.recreated = 0  # clients replaced because the group had dropped this member for good
+        self._unassigned_since: float | None = time.monotonic()  # monotonic time since when it has no partitions
+        self._next_membership_check = 0.0
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         # Another member may dead-letter while a partition is not ours: read the DLQ again when needed.
         def revoked(consumer: Consumer, partitions: list[TopicPartition]) -> None:
             self._on_dlq = None
 
+        on_assign = self._on_assign
         if on_assign is None:
             self._consumer.subscribe(list(self._specs), on_revoke=revoked, on_lost=revoked)
         else:
@@ -154,6 +169,51 @@ class OonaConsumer:
                 consumer.assign(partitions)
 
             self._consumer.subscribe(list(self._specs), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def _rejoin_if_dropped(self) -> None:
+        """Re-create the client when it has had no partitions for ``rejoin_after_s`` and the group coordinator
+        does not count it as a member.
+
+        librdkafka rejoins by itself after a session timeout, max.poll.interval.ms or a lost assignment, on
+        the next poll. Once, after a load spike (load 75-210), it did not: the broker removed the member on
+        heartbeat expiration, the group stayed empty, and the client sent no JoinGroup for 6 minutes while it
+        was polled every 0.2 s. A member without partitions because the group has more members than partitions
+        is left alone (the coordinator counts it), and so is one the coordinator cannot be asked about.
+        """
+        if self._consumer.assignment():
+            self._unassigned_since = None
+            return
+        now = time.monotonic()
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+        if now - self._unassigned_since < self.rejoin_after_s or now < self._next_membership_check:
+            return
+        self._next_membership_check = now + MEMBERSHIP_CHECK_S
+        member = self._consumer.memberid()
+        try:  # asked even without a member id: a broker that does not answer would not take a new client either
+            members = self._offsets.group_members(self.group_id, timeout_s=MEMBERSHIP_CHECK_S)
+        except Exception as exc:
+            log.warning("consumer group=%s has had no partitions for %.0fs; its membership is not known (%s)",
+                        self.group_id, now - self._unassigned_since, clients.reason(exc))
+            return
+        if member and member in members:
+            return
+        log.warning("consumer group=%s has had no partitions for %.0fs and is no member of its group (member=%s, "
+                    "members=%d); re-creating the consumer to rejoin", self.group_id, now - self._unassigned_since,
+                    member or "-", len(members))
+        self._recreate()
+
+    def _recreate(self) -> None:
+        old, self._consumer = self._consumer, clients.consumer(self._settings, CONSUMER_DEFAULTS,
+                                                               {"group.id": self.group_id}, self._config)
+        # The old client leaves the group (a stuck one is left to its thread: a daemon, it does not hold the exit).
+        closing = threading.Thread(target=old.close, name=f"close-{self.group_id}", daemon=True)
+        closing.start()
+        closing.join(CLOSE_WAIT_S)
+        self._on_dlq, self._early, self._rewind_pending = None, [], False
+        self._unassigned_since = time.monotonic()
+        self.recreated += 1
+        self._subscribe()
 
     def consume(self, max_messages: int = 500, timeout_s: float = 1.0, gather_s: float = 0.0) -> list[Delivered]:
         """Up to ``max_messages`` decoded events; undecodable ones go to the DLQ instead.
@@ -181,6 +241,10 @@ class OonaConsumer:
                 log.warning("consume error group=%s code=%s reason=%s", self.group_id, error.name(), error.str())
                 continue
             good.append(msg)
+        if good:
+            self._unassigned_since = None  # it reads: it has partitions
+        else:
+            self._rejoin_if_dropped()  # only after a poll that read nothing: a busy consumer pays nothing for it
         values = [msg.value() for msg in good]
         delivered: list[Delivered] = []
         for msg, value, outcome in zip(good, values, self._decode(good, values), strict=True):

@@ -49,6 +49,9 @@ class KafkaSettings(BaseModel):
     # Tezzeret / Urabrask (work) are busy. Kafka can add partitions but never remove them (admin.ensure_topics).
     run_partitions: int = Field(default=RUN_PARTITIONS, ge=1, le=1000)
     work_partitions: int = Field(default=WORK_PARTITIONS, ge=1, le=1000)
+    # A consumer of a group that has had no partitions this long asks the broker whether it is still a member;
+    # when it is not (librdkafka did not rejoin), it is re-created, and so rejoins (``OonaConsumer``).
+    rejoin_after_s: float = Field(default=60.0, gt=0)
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -197,6 +197,8 @@ class Tamiyo:
         self._reset(sorted({tp.partition for tp in partitions}))
 
     def _reset(self, partitions: list[int]) -> None:
+        """Forget the state of every run: only where the consumer reads the assigned partitions from their
+        start (an assignment at OFFSET_BEGINNING, or ``rebuild``), else the events already consumed are lost."""
         self._partitions = partitions
         self.runs = Runs()
         self.orphans.clear()
@@ -446,7 +448,9 @@ class Tamiyo:
                 if _fatal(exc):
                     raise FatalError(f"tamiyo instance {self.instance} cannot continue: {exc}") from None
                 log.warning("tamiyo instance=%s reading past decisions failed (%s); starting over", self.instance, exc)
-                self._reset(sorted({tp.partition for tp in self.processor.consumer.assignment()}))
+                # From the start of the log, as a fresh start: the input events held meanwhile are dropped with
+                # the state, so they must be read again (the consumer is past them).
+                self.rebuild()
             if self._loading is not None:
                 return 0  # one chunk per step: the loop (and its watchdog) sees progress
         try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from confluent_kafka import OFFSET_BEGINNING
 
 from contracts import AdaptationDecision, AdaptationType, SessionStatus, TopicName
-from services.core.errors import DecodeError
+from services.core.errors import DecodeError, KafkaClientError
 from services.oona import clients
 from services.oona.admin import end_offsets, partitions_of
 from services.oona.codec import SingleObjectCodec
@@ -199,3 +199,38 @@ def test_a_long_decision_history_is_read_a_chunk_per_step(esper_settings):
           f"{max(s for _, s in steps):.2f}s; whole history {sum(s for _, s in steps):.2f}s")
     assert sum(sizes) == total and max(sizes) <= 100 and len(steps) >= total // 100
     assert len(states) == len(runs) and all(decided == set(range(10)) for decided in states.values())
+
+
+def test_reading_past_decisions_failing_mid_rebuild_starts_over_from_the_start_of_the_log(esper_settings):
+    """A rebuild whose read of past decisions fails (a broker hiccup: list_offsets timed out) starts over as a
+    fresh start does: the input events consumed and held meanwhile (here the run's session) are read again, so
+    the run is decided. Before, the held events were dropped with the consumer left past them: with its session
+    lost, the run was never decided (lag 0)."""
+    kafka = esper_settings.kafka
+    run_id = f"over-{uuid.uuid4().hex[:6]}"
+    publish_runs(kafka, {run_id: plateau_run(epochs=3)})
+    service = Tamiyo(kafka, SingleObjectCodec(), instance="over", scatter="native")
+    sessions = topic_spec(SESSIONS, kafka.topic_prefix).name
+    held_when_failed: list[int] = []
+    end_offsets_of = service._offsets.end_offsets
+
+    def failing_until_the_session_is_held(*args, **kwargs):
+        # Reading the ends of our decisions topic fails until a failure drops the run's session, held.
+        if not held_when_failed:
+            if any(d.topic == sessions for d in service._held):
+                held_when_failed.append(len(service._held))
+            raise KafkaClientError(None, "list_offsets timed out")
+        return end_offsets_of(*args, **kwargs)
+
+    service._offsets.end_offsets = failing_until_the_session_is_held  # type: ignore[method-assign]
+    # Each failure rewinds the consumer, and the fetch it restarts can take longer than the service's 0.2 s poll
+    # on a loaded machine (every poll empty, every read failing again): poll until the events come.
+    process_batch = service.processor.process_batch
+    service.processor.process_batch = lambda *args, **kwargs: process_batch(500, 5.0, 0.5)  # type: ignore[method-assign]
+    try:
+        step_until(service, lambda: bool(held_when_failed), 60, "a failed read of past decisions with the session held")
+        step_until(service, lambda: {m.payload.epoch for m in decisions_on_log(kafka) if m.run_id == run_id}
+                   == {0, 1, 2}, 90, "the run's three epochs decided after the failed rebuild")
+    finally:
+        service.close()
+    assert held_when_failed[0] >= 1
