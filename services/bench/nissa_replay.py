@@ -42,6 +42,7 @@ from services.bench.ceilings import (
     stored_rows,
 )
 from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult, Ceiling
 from services.bench.start_up_curves import Point, exponent
 from services.nissa.archive import archive_log
@@ -85,9 +86,10 @@ def parse_sizes(text: str | None) -> tuple[int, ...]:
     return sizes
 
 
-def _timed(replay: Callable[[], ReplayResult], db: Path, events: int) -> tuple[Point, float]:
+def _timed(replay: Callable[[], ReplayResult], db: Path, events: int, part: str) -> tuple[Point, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
-    replay()
+    with own_path(part):
+        replay()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     with duckdb.connect(str(db), read_only=True) as con:
         stored = con.execute("SELECT count(*) FROM health_signal WHERE run_id = ?", [RUN_ID]).fetchall()[0][0]
@@ -116,12 +118,12 @@ def measure_size(settings: KafkaSettings, events: int, ceilings: bool) -> SizeTi
     try:
         with tempfile.TemporaryDirectory(prefix="nissa-replay-bench-") as tmp:
             db = Path(tmp) / "replay.duckdb"
-            kafka_point, kafka_cpu = _timed(lambda: replay_from_kafka(kafka, RUN_ID, db), db, events)
+            kafka_point, kafka_cpu = _timed(lambda: replay_from_kafka(kafka, RUN_ID, db), db, events, "kafka")
             archive = Path(tmp) / "archive"
             archive_log(kafka, archive)
             from_archive = Path(tmp) / "from-archive.duckdb"
             archive_point, archive_cpu = _timed(lambda: replay_from_archive(archive, RUN_ID, from_archive),
-                                                from_archive, events)
+                                                from_archive, events, "archive")
             timings = SizeTimings(events, kafka_point, kafka_cpu, archive_point, archive_cpu)
             if ceilings:
                 timings.naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")
