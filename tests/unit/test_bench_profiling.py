@@ -37,7 +37,7 @@ def test_the_profile_holds_the_own_path_and_the_threads_it_started(tmp_path):
     assert result == [1, 2]  # the figure's own result comes back unchanged
     text = (tmp_path / "demo.txt").read_text()
     assert text.startswith("# esper bench profile: demo ")
-    assert "# load average" in text and "2 thread spans" in text
+    assert "# load average" in text and "2 thread spans" in text and "# the own path: wall " in text
     assert "_busy_in_a_thread" in text  # the started thread's work
     assert "_ceiling_work" not in text
     assert "Ordered by: internal time" in text
