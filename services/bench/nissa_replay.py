@@ -102,8 +102,9 @@ def _timed(replay: Callable[[], ReplayResult], db: Path, events: int, part: str)
 
 def measure_size(settings: KafkaSettings, events: int, ceilings: bool) -> SizeTimings:
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
-    kafka = settings.model_copy(update={"topic_prefix": prefix})
-    # One partition per topic: a run lives on one partition anyway, and the baseline reads partition 0.
+    # One partition per topic: a run lives on one partition anyway, and the baseline reads partition 0 (the
+    # settings' partition counts too: ensure_topics sizes run and work topics by them, e.g. 3 on a 3-node cluster).
+    kafka = settings.model_copy(update={"topic_prefix": prefix, "run_partitions": 1, "work_partitions": 1})
     specs = [dataclasses.replace(s, partitions=1) for s in all_topics(prefix)]
     ensure_topics(kafka, specs)
     spec = topic_spec("telemetry.seed.health", prefix)
