@@ -74,6 +74,7 @@ def run_benchmarks(events: int, output: str, only: list[str], profile: str | Non
                 name = figure or "produce, consume"
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 print(f"esper bench: {name} failed: {failed[name]}", file=sys.stderr)
+            write_json(results, Path(output), failed)  # after each figure: a run cut short keeps what it measured
     print_table(results)
     write_json(results, Path(output), failed)
     print(f"results written to {output}")
