@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -72,7 +73,8 @@ def run_benchmarks(events: int, output: str, only: list[str], profile: str | Non
                 results.extend(measured(figure, work) if figure else work())
             except Exception as exc:  # one figure's failure (a timeout on a loaded machine) keeps the others
                 name = figure or "produce, consume"
-                failed[name] = f"{type(exc).__name__}: {exc}"
+                where = traceback.extract_tb(exc.__traceback__)[-1]  # its own line: a bare TimeoutError says little
+                failed[name] = f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
                 print(f"esper bench: {name} failed: {failed[name]}", file=sys.stderr)
             write_json(results, Path(output), failed)  # after each figure: a run cut short keeps what it measured
     print_table(results)
