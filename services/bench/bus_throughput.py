@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from contracts import HealthSignal, OonaMessage
 from services.bench.ceilings import CONSUME_CEILING, PRODUCE_CEILING, CeilingProducer, consume_rate
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult, Ceiling
 from services.oona import clients
 from services.oona.admin import delete_topics, ensure_topics
@@ -97,11 +98,12 @@ def bench_produce(settings: KafkaSettings, events: int) -> tuple[BenchResult, To
     rates, loop_ceilings, batch_ceilings = [], [], []
     for repeat in range(REPEATS):  # the machine is shared: report the median of several runs
         def ours() -> None:
-            start = time.perf_counter()
-            for i in range(0, events, PRODUCE_CHUNK):
-                producer.publish_many(spec, messages[i : i + PRODUCE_CHUNK])
-            producer.flush()
-            rates.append(_rate(events, time.perf_counter() - start))
+            with own_path():
+                start = time.perf_counter()
+                for i in range(0, events, PRODUCE_CHUNK):
+                    producer.publish_many(spec, messages[i : i + PRODUCE_CHUNK])
+                producer.flush()
+                rates.append(_rate(events, time.perf_counter() - start))
 
         runs = [ours, lambda: loop_ceilings.append(ceiling_producer.rate(ceiling_topic.name, encoded, keys)),
                 lambda: batch_ceilings.append(ceiling_producer.batch_rate(ceiling_topic.name, encoded, keys))]
@@ -147,11 +149,12 @@ def _services_consume_rate(settings: KafkaSettings, codec: SingleObjectCodec, sp
     got = 0
     start = cpu_start = None
     deadline = time.monotonic() + 300
-    while got < expected and time.monotonic() < deadline:
-        batch = consumer.consume(SERVICES_CONSUME_BATCH, 1.0)
-        if batch and start is None:
-            start, cpu_start = time.perf_counter() - 1e-9, time.process_time()
-        got += len(batch)
+    with own_path():
+        while got < expected and time.monotonic() < deadline:
+            batch = consumer.consume(SERVICES_CONSUME_BATCH, 1.0)
+            if batch and start is None:
+                start, cpu_start = time.perf_counter() - 1e-9, time.process_time()
+            got += len(batch)
     wall = time.perf_counter() - (start or time.perf_counter())
     cpu = time.process_time() - (cpu_start or time.process_time())
     consumer.close()

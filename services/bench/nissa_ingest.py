@@ -35,6 +35,7 @@ import duckdb
 
 from services.bench.bus_throughput import telemetry_batch
 from services.bench.ceilings import CONSUME_CEILING, INSERT_CEILING, arrow_insert_rate, consume_rate, stored_rows
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult, Ceiling
 from services.bench.start_up_curves import Point, exponent
 from services.nissa.sink import SINK_CONSUMER_CONFIG, NissaSink, sink_tables
@@ -74,9 +75,10 @@ def bench_ingest(settings: KafkaSettings, events: int = 200_000, sizes: tuple[in
             db = Path(tmp) / "esper.duckdb"
             sink = NissaSink(kafka, db, hold_s=3600)
             start, cpu_start = time.perf_counter(), time.process_time()
-            sink.start()
-            read = sink.run_until_caught_up(timeout_s=600)
-            sink.close()
+            with own_path():
+                sink.start()
+                read = sink.run_until_caught_up(timeout_s=600)
+                sink.close()
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             with duckdb.connect(str(db), read_only=True) as con:
                 stored = con.execute("SELECT count(*) FROM health_signal").fetchall()[0][0]
@@ -176,7 +178,8 @@ def naive_insert_rate(kafka: KafkaSettings, spec, codec: SingleObjectCodec, db: 
     con.execute(table.ddl())
     insert = f'INSERT INTO "{table.name}" VALUES ({", ".join("?" for _ in table.columns)})'
     start = time.perf_counter()
-    raw = read_range(kafka, {(spec.name, 0): (0, BASELINE_EVENTS)})
+    # As long as the benches' own reads may take: on a loaded machine 60 s was not always enough.
+    raw = read_range(kafka, {(spec.name, 0): (0, BASELINE_EVENTS)}, timeout_s=300)
     rows = [row_from_record(table, message_to_record(codec.decode(spec, m.value())), *position_of(m)[1:])
             for m in raw]
     con.executemany(insert, rows)

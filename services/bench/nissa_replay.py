@@ -42,6 +42,7 @@ from services.bench.ceilings import (
     stored_rows,
 )
 from services.bench.nissa_ingest import naive_insert_rate  # the one naive baseline, shared with the ingest bench
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult, Ceiling
 from services.bench.start_up_curves import Point, exponent
 from services.nissa.archive import archive_log
@@ -85,9 +86,10 @@ def parse_sizes(text: str | None) -> tuple[int, ...]:
     return sizes
 
 
-def _timed(replay: Callable[[], ReplayResult], db: Path, events: int) -> tuple[Point, float]:
+def _timed(replay: Callable[[], ReplayResult], db: Path, events: int, part: str) -> tuple[Point, float]:
     start, cpu_start = time.perf_counter(), time.process_time()
-    replay()
+    with own_path(part):
+        replay()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     with duckdb.connect(str(db), read_only=True) as con:
         stored = con.execute("SELECT count(*) FROM health_signal WHERE run_id = ?", [RUN_ID]).fetchall()[0][0]
@@ -100,8 +102,9 @@ def _timed(replay: Callable[[], ReplayResult], db: Path, events: int) -> tuple[P
 
 def measure_size(settings: KafkaSettings, events: int, ceilings: bool) -> SizeTimings:
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
-    kafka = settings.model_copy(update={"topic_prefix": prefix})
-    # One partition per topic: a run lives on one partition anyway, and the baseline reads partition 0.
+    # One partition per topic: a run lives on one partition anyway, and the baseline reads partition 0 (the
+    # settings' partition counts too: ensure_topics sizes run and work topics by them, e.g. 3 on a 3-node cluster).
+    kafka = settings.model_copy(update={"topic_prefix": prefix, "run_partitions": 1, "work_partitions": 1})
     specs = [dataclasses.replace(s, partitions=1) for s in all_topics(prefix)]
     ensure_topics(kafka, specs)
     spec = topic_spec("telemetry.seed.health", prefix)
@@ -116,12 +119,12 @@ def measure_size(settings: KafkaSettings, events: int, ceilings: bool) -> SizeTi
     try:
         with tempfile.TemporaryDirectory(prefix="nissa-replay-bench-") as tmp:
             db = Path(tmp) / "replay.duckdb"
-            kafka_point, kafka_cpu = _timed(lambda: replay_from_kafka(kafka, RUN_ID, db), db, events)
+            kafka_point, kafka_cpu = _timed(lambda: replay_from_kafka(kafka, RUN_ID, db), db, events, "kafka")
             archive = Path(tmp) / "archive"
             archive_log(kafka, archive)
             from_archive = Path(tmp) / "from-archive.duckdb"
             archive_point, archive_cpu = _timed(lambda: replay_from_archive(archive, RUN_ID, from_archive),
-                                                from_archive, events)
+                                                from_archive, events, "archive")
             timings = SizeTimings(events, kafka_point, kafka_cpu, archive_point, archive_cpu)
             if ceilings:
                 timings.naive = naive_insert_rate(kafka, spec, codec, Path(tmp) / "naive.duckdb")

@@ -134,7 +134,8 @@ def print_table(results: list[BenchResult]) -> None:
     Console().print(table)
 
 
-def write_json(results: list[BenchResult], path: Path) -> None:
+def write_json(results: list[BenchResult], path: Path, failed: dict[str, str] | None = None) -> None:
+    """The results, the machine and its load; ``failed``: each figure that raised, with its error."""
     import confluent_kafka
     import fastavro
 
@@ -146,6 +147,7 @@ def write_json(results: list[BenchResult], path: Path) -> None:
         "versions": {"confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
                      "fastavro": fastavro.__version__},
         "results": [r.as_dict() for r in results],
+        "failed": dict(failed or {}),
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
 

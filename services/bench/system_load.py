@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult
 from services.core.paths import DEFAULT_RUN_CONFIG, REPO_ROOT
 
@@ -83,7 +84,8 @@ def bench_system_load(kafka, runs: int = 10, epochs: int = 12) -> BenchResult:
             tamiyo.step()
 
     thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    with own_path():  # Tamiyo's serving thread, its whole life: warm-up, one run alone, the concurrent runs
+        thread.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)

@@ -46,6 +46,7 @@ from contracts import (
     TrainingSessionEvent,
     TrainingSpec,
 )
+from services.bench.profiling import own_path
 from services.bench.results import BenchResult, Ceiling
 from services.tamiyo import decider as decider_module
 from services.tamiyo.decider import Candidate, Decider, record
@@ -182,16 +183,17 @@ def measure_decisions(backend: ScatterBackend, layers: int = LAYERS, epochs: int
     try:
         for epoch, (signals, done) in enumerate(events):
             clock.spent = dict.fromkeys(STAGES, 0.0)
-            start, cpu = time.perf_counter(), time.thread_time()
-            for signal in signals:
-                run.apply_health(signal)
-            run.apply_epoch(done)
-            ready = run.ready_epochs()
-            middle = time.perf_counter()
-            for e in ready:
-                for action in decider.decide(run, e):
-                    record(run, action.decision)
-            end, cpu_end = time.perf_counter(), time.thread_time()
+            with own_path(f"{nodes}-nodes"):
+                start, cpu = time.perf_counter(), time.thread_time()
+                for signal in signals:
+                    run.apply_health(signal)
+                run.apply_epoch(done)
+                ready = run.ready_epochs()
+                middle = time.perf_counter()
+                for e in ready:
+                    for action in decider.decide(run, e):
+                        record(run, action.decision)
+                end, cpu_end = time.perf_counter(), time.thread_time()
             if edge_index is None:
                 edge_index = build_graph(run, epoch).edge_index
             gcn_wall, gcn_cpu = _timed(lambda edges=edge_index: gcn(gcn_x, edges))
@@ -289,22 +291,23 @@ def bench_control_loop(kafka, epochs: int = 60) -> BenchResult:
     load = os.getloadavg()[0]
     try:
         reader.wait_for_assignment()
-        thread.start()
-        send(TopicName.TRAINING_SESSIONS.value, _session(2, 2, epochs + 1))
-        for epoch in range(epochs):
-            signals, done = _epoch_events(epoch, 2, 2)
-            for signal in signals:
-                send(TopicName.TELEMETRY_SEED_HEALTH.value, signal)
-            send(TopicName.SYSTEM_EVENTS_EPOCH.value, done)
-            start = time.perf_counter()
-            producer.flush()
-            deadline = time.monotonic() + 30
-            seen = False
-            while not seen and time.monotonic() < deadline:
-                seen = any(d.message.payload.epoch == epoch for d in reader.consume(100, 0.5))
-            if not seen:
-                raise RuntimeError(f"no decision for epoch {epoch} within 30s")
-            loop_ms.append((time.perf_counter() - start) * 1000)
+        with own_path():  # Tamiyo's serving thread, its whole life, and the loop that feeds and reads it
+            thread.start()
+            send(TopicName.TRAINING_SESSIONS.value, _session(2, 2, epochs + 1))
+            for epoch in range(epochs):
+                signals, done = _epoch_events(epoch, 2, 2)
+                for signal in signals:
+                    send(TopicName.TELEMETRY_SEED_HEALTH.value, signal)
+                send(TopicName.SYSTEM_EVENTS_EPOCH.value, done)
+                start = time.perf_counter()
+                producer.flush()
+                deadline = time.monotonic() + 30
+                seen = False
+                while not seen and time.monotonic() < deadline:
+                    seen = any(d.message.payload.epoch == epoch for d in reader.consume(100, 0.5))
+                if not seen:
+                    raise RuntimeError(f"no decision for epoch {epoch} within 30s")
+                loop_ms.append((time.perf_counter() - start) * 1000)
         # Baseline: the same producer -> the same consumer, without Tamiyo in between.
         for i in range(epochs):
             send(TopicName.CONTROL_TAMIYO_DECISIONS.value, AdaptationDecision(

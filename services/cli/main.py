@@ -269,7 +269,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from services.cli.bench import run_benchmarks
 
-    return run_benchmarks(events=args.events, output=args.output, only=args.only)
+    return run_benchmarks(events=args.events, output=args.output, only=args.only, profile=args.profile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=200_000, help="events per throughput benchmark")
     p.add_argument("--output", default="bench-results/bench.json", help="JSON results file")
     p.add_argument("--only", action="append", default=[], help="run only benchmarks whose name contains this")
+    p.add_argument("--profile", metavar="DIR",
+                   help="run each figure under cProfile; its top functions in DIR/FIGURE.txt")
     p.set_defaults(func=_cmd_bench)
     return parser
 

@@ -121,6 +121,8 @@ def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) ->
                 timeout=timeout_s)
     except KafkaClientError:
         return Lag(service, None, "group coordinator not ready")
+    except TimeoutError:  # the admin future's own timeout (a loaded broker): unknown, not a failure of the caller
+        return Lag(service, None, f"group coordinator did not answer within {timeout_s:g}s")
     try:
         with map_exceptions():
             result = client.list_consumer_group_offsets([request], request_timeout=timeout_s)
@@ -128,6 +130,8 @@ def group_lag(settings: KafkaSettings, service: str, timeout_s: float = 10.0) ->
                          next(iter(result.values())).result(timeout=timeout_s).topic_partitions}
     except KafkaClientError as exc:  # unknown, and why
         return Lag(service, None, reason(exc))
+    except TimeoutError:
+        return Lag(service, None, f"committed offsets not answered within {timeout_s:g}s")
     lag = sum(max(0, end - max(0, committed.get(key, -1))) for key, end in ends.items())
     never = all(committed.get(key, -1) < 0 for key in ends)
     return Lag(service, lag, "no committed offsets yet" if never and lag else "")

@@ -64,6 +64,21 @@ class ReadToEnds:
         return moved
 
 
+def in_range(messages: list[Message], todo: Ranges, lowest_end: int) -> list[Message]:
+    """The ``messages`` without an error and before their partition's end in ``todo``.
+
+    A chunk of a long scan has no error and no offset as high as the lowest end: that is checked in
+    one pass in C (``map`` of the messages' own methods), then the chunk is taken whole; only a chunk
+    near an end, or with an error, is filtered message by message (a replay's profile spent a fifth of
+    its Python time in the per-message check).
+    """
+    # Typed ``int | None``: only a message with an error has no offset, and those were ruled out first.
+    if messages and not any(map(Message.error, messages)) and (
+            max(map(Message.offset, messages)) < lowest_end):  # type: ignore[type-var,operator]
+        return messages
+    return [m for m in messages if m.error() is None and _before_end(m, todo)]
+
+
 def _before_end(msg: Message, todo: Ranges) -> bool:
     topic, partition, offset = position_of(msg)
     return offset < todo[(topic, partition)][1]
@@ -87,6 +102,7 @@ def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, ti
                                 {"group.id": f"range-reader-{uuid.uuid4().hex[:8]}"})
     progress = ReadToEnds({key: end for key, (_, end) in todo.items()},
                           {key: start for key, (start, _) in todo.items()})
+    lowest_end = min(end for _, end in todo.values())
     deadline = time.monotonic() + timeout_s
     try:
         consumer.assign([TopicPartition(t, p, todo[(t, p)][0]) for t, p in todo])
@@ -95,7 +111,7 @@ def scan_range(settings: KafkaSettings, ranges: Ranges, *, chunk: int = 1000, ti
                 left = sum(1 for key, end in progress.ends.items() if progress.reached[key] < end)
                 raise FatalError(f"could not read {left} partition range(s) within {timeout_s:g}s")
             messages = consumer.consume(chunk, 0.5)
-            good = [m for m in messages if m.error() is None and _before_end(m, todo)]
+            good = in_range(messages, todo, lowest_end)
             if good:
                 yield good
             moved = progress.advance(consumer)

@@ -81,6 +81,15 @@ def test_json_carries_the_primary_ceiling_and_every_ceiling(tmp_path):
         ("raw consume", 0.25, False), ("arrow insert", 0.1, None)]
     assert entry["meets_target"] is False and entry["target"] == 200_000 and entry["ratio"] == 100.0
     assert len(payload["machine"]["load_average"]) == 3
+    assert payload["failed"] == {}
+
+
+def test_a_failed_figure_is_named_in_the_json_with_its_error(tmp_path):
+    out = tmp_path / "bench.json"
+    write_json([rate(100_000.0)], out, {"replay": "FatalError: could not read 1 partition range(s) within 60s"})
+    payload = json.loads(out.read_text())
+    assert payload["failed"] == {"replay": "FatalError: could not read 1 partition range(s) within 60s"}
+    assert [r["name"] for r in payload["results"]] == ["ingest"]  # the figures that ran are kept
 
 
 def test_a_figure_without_ceiling_keeps_its_old_fields():

@@ -254,3 +254,32 @@ def test_scan_range_reads_from_a_start_to_an_end_and_stops(mock_settings):
               for m in chunk]
     assert [m.offset() for m in middle] == [2, 3] and sum(moved) == 2
     assert list(scan_range(mock_settings, {(topic, 0): (6, 6)})) == [], "an empty range reads nothing"
+
+
+def _message(topic: str, partition: int, offset: int, error: bool = False):
+    from confluent_kafka import KafkaError, Message
+
+    if error:
+        return Message(topic=topic, partition=partition, error=KafkaError(KafkaError._PARTITION_EOF))
+    return Message(topic=topic, partition=partition, offset=offset, value=b"v")
+
+
+@pytest.mark.parametrize("chunk", [
+    [("a", 0, 0), ("a", 0, 1), ("a", 0, 2)],  # a whole chunk before every end: taken as it is
+    [("a", 0, 8), ("a", 0, 9), ("a", 0, 10), ("a", 0, 11)],  # crossing a's end (10)
+    [("a", 0, 3), ("b", 1, 3), ("b", 1, 4), ("a", 0, 4)],  # b's end (4) is the lowest: b's 4 left out
+    [("a", 0, 3), ("a", 0, None), ("a", 0, 5)],  # an error (None: a message with an error) left out
+    [("b", 1, 9)],  # a partition past its end
+    [],
+])
+def test_in_range_keeps_exactly_the_messages_without_error_before_their_end(chunk):
+    from services.oona.log_reader import _before_end, in_range
+
+    todo = {("a", 0): (0, 10), ("b", 1): (2, 4)}
+    messages = [_message(t, p, 0 if o is None else o, error=o is None) for t, p, o in chunk]
+    expected = [m for m in messages if m.error() is None and _before_end(m, todo)]  # the per-message check
+
+    kept = in_range(messages, todo, min(end for _, end in todo.values()))
+
+    assert [(m.topic(), m.partition(), m.offset()) for m in kept] == [
+        (m.topic(), m.partition(), m.offset()) for m in expected]
