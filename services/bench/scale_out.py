@@ -31,7 +31,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING
 
 from services.bench.results import BenchResult
-from services.bench.system_load import MAX_P99_RATIO, TRAINING_NICENESS, isolated_topics
+from services.bench.system_load import MAX_P99_RATIO, TRAINING_NICENESS, isolated_topics, run_concurrently
 from services.core.paths import DEFAULT_RUN_CONFIG, REPO_ROOT
 from services.oona.settings import KafkaSettings
 
@@ -74,14 +74,9 @@ def _run_all(kafka, config: Path, count: int, workdir: Path, lag: Callable[[], i
     """``count`` runs at once; (seconds, run ids, runs completed, max lag seen)."""
     command = ["nice", "-n", str(TRAINING_NICENESS), sys.executable, "-m", "services.cli", "run", str(config), "-q"]
     run_ids = [f"scale-{uuid.uuid4().hex[:8]}" for _ in range(count)]
-    start = time.monotonic()
-    processes = [subprocess.Popen([*command, "--run-id", run_id], env=_env(kafka, workdir), cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for run_id in run_ids]
-    max_lag = 0
-    while any(p.poll() is None for p in processes):
-        max_lag = max(max_lag, lag() or 0)
-        time.sleep(0.5)  # the lag sampling interval
-    return time.monotonic() - start, run_ids, sum(p.returncode == 0 for p in processes), max_lag
+    seconds, completed, max_lag = run_concurrently([[*command, "--run-id", run_id] for run_id in run_ids],
+                                                   _env(kafka, workdir), lag)
+    return seconds, run_ids, completed, max_lag
 
 
 def _decision_latencies(kafka, run_ids: list[str]) -> tuple[list[float], Counter[str], int]:

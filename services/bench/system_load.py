@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -42,15 +43,30 @@ def _run_all(kafka, prefix: str, config: Path, count: int, workdir: Path, tamiyo
     """Start ``count`` runs at once; returns (seconds, runs completed, max lag seen)."""
     env = dict(os.environ, ESPER_KAFKA__BOOTSTRAP_SERVERS=kafka.bootstrap_servers, ESPER_KAFKA__TOPIC_PREFIX=prefix,
                ESPER_STATE_DIR=str(workdir / "state"), PYTHONPATH=str(REPO_ROOT))
-    start = time.monotonic()
     command = ["nice", "-n", str(TRAINING_NICENESS), sys.executable, "-m", "services.cli", "run", str(config), "-q"]
-    processes = [subprocess.Popen([*command, "--run-id", f"load-{uuid.uuid4().hex[:8]}"], env=env, cwd=REPO_ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
-    max_lag = 0
-    while any(p.poll() is None for p in processes):
-        max_lag = max(max_lag, tamiyo.lag())
-        time.sleep(0.5)  # the lag sampling interval
-    return time.monotonic() - start, sum(p.returncode == 0 for p in processes), max_lag
+    commands = [[*command, "--run-id", f"load-{uuid.uuid4().hex[:8]}"] for _ in range(count)]
+    return run_concurrently(commands, env, tamiyo.lag)
+
+
+def run_concurrently(commands: list[list[str]], env: dict[str, str], lag: Callable[[], int | None]
+                     ) -> tuple[float, int, int]:
+    """Run ``commands`` at once, sampling ``lag`` meanwhile; (seconds, commands that succeeded, max lag seen).
+    Whatever ends the wait early (an error, Ctrl-C) kills the processes still running: a bench that failed
+    leaves no trainers loading the machine."""
+    start = time.monotonic()
+    processes = [subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for command in commands]
+    try:
+        max_lag = 0
+        while any(p.poll() is None for p in processes):
+            max_lag = max(max_lag, lag() or 0)
+            time.sleep(0.5)  # the lag sampling interval
+        return time.monotonic() - start, sum(p.returncode == 0 for p in processes), max_lag
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def isolated_topics(kafka, label: str):
