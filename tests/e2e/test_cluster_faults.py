@@ -104,10 +104,11 @@ def epoch_stamps(kafka: KafkaSettings, run_id: str) -> tuple[int, list[float]]:
 
 
 def wait_for_epochs(kafka: KafkaSettings, run_id: str, count: int, run: subprocess.Popen,
-                    timeout_s: float = 300) -> tuple[int, list[float]]:
-    """Until ``count`` epochs of the still running run are on the log; its partition and epoch stamps."""
+                    timeout_s: float = 300, may_end: bool = False) -> tuple[int, list[float]]:
+    """Until ``count`` epochs of the run are on the log, the run still running (unless ``may_end``); its
+    partition and epoch stamps."""
     def reached() -> tuple[int, list[float]] | None:
-        assert run.poll() is None, f"the run ended before epoch {count}"
+        assert may_end or run.poll() is None, f"the run ended before epoch {count}"
         try:
             partition, stamps = epoch_stamps(kafka, run_id)
         except (KafkaException, KafkaClientError):  # the partition's leader just lost, not re-elected yet
@@ -214,8 +215,11 @@ def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_pa
             controller = cluster.active_controller()
             assert victim.kill()
             killed, killed_at = time.monotonic(), time.time()
-        # The run goes on without the broker: three more epochs on the log while it is away.
-        wait_for_epochs(kafka, run_id, len(stamps) + 3, run)
+        # The run goes on without the broker: three more epochs on the log while it is away. It may even end
+        # meanwhile (a quiet spell of the machine let it finish ~25 s after the kill, before this test's fresh
+        # clients had read 3 more epochs during the election): every epoch on the log since was written
+        # without the broker.
+        wait_for_epochs(kafka, run_id, len(stamps) + 3, run, may_end=True)
         new_leader = leader_of(kafka, "system.events.epoch", partition)
         assert new_leader != victim.cfg.node_id
         restart_node(system, victim)
