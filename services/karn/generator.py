@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from contracts import Blueprint, BlueprintArchitecture, BlueprintOp, FieldReport, FieldReportOutcome, OpSpec
 from services.blueprints.ir_checks import BlueprintError, check_buildable
@@ -38,6 +38,14 @@ class Generator:
     def __init__(self) -> None:
         self.blueprints: dict[str, Blueprint] = {}
         self.scores: dict[str, Score] = defaultdict(Score)
+
+    def copy(self) -> Generator:
+        """An independent copy: what the copy records or proposes leaves this one as it is (the blueprints,
+        never changed, are shared)."""
+        twin = Generator()
+        twin.blueprints = dict(self.blueprints)
+        twin.scores.update((bid, replace(score)) for bid, score in self.scores.items())
+        return twin
 
     def know(self, blueprint: Blueprint) -> None:
         self.blueprints.setdefault(blueprint.blueprint_id, blueprint)

@@ -4,6 +4,10 @@ State (which blueprints exist, how they fared) is rebuilt at start from
 ``compilation.blueprint.submitted`` and ``innovation.field_reports``; new candidates
 and the consumed report offsets are committed in one transaction. A report whose
 handling raises is dead-lettered by the processor (and skipped when replayed).
+
+A batch aborted on a passing broker error (a coordinator moving after a broker died) is
+read again, so the generator goes back to the copy taken at the last commit: the reports of
+the aborted batch are not counted twice, and its candidates, unpublished, are proposed again.
 """
 
 from __future__ import annotations
@@ -70,7 +74,9 @@ class Karn:
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=group, transactional_id=f"{prefix}karn-{worker}", inputs=[reports],
             handler=self.handle, dlq_topic=topic_spec(TopicName.DLQ.value, prefix).name,
+            on_abort=self._back_to_last_commit,
         )
+        self._committed = self.generator.copy()  # the state the committed offsets stand for
 
     def handle(self, delivered: Delivered):
         report = delivered.message.payload
@@ -81,7 +87,13 @@ class Karn:
             yield self.submitted, submission(self.submitted, bp, "karn", trace_id=delivered.message.event_id)
 
     def step(self) -> int:
-        return self.processor.process_batch(max_messages=100, timeout_s=0.5)
+        handled = self.processor.process_batch(max_messages=100, timeout_s=0.5)
+        if self.processor.times.committed:
+            self._committed = self.generator.copy()
+        return handled
+
+    def _back_to_last_commit(self) -> None:
+        self.generator = self._committed.copy()
 
     def close(self) -> None:
         self.processor.close()

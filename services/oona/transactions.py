@@ -12,8 +12,10 @@ transaction. The record is then dead-lettered in the same transaction (reason: e
 type and message) and the batch goes on; the records before and after it commit with the
 offsets past it, atomically. The handler is not run again and the service's in-memory
 state stays that of the records that committed. Errors of the bus (Kafka exceptions of
-any kind, fencing, ``DeliveryError``, ``FatalError``) abort the transaction, rewind to the
-committed offsets and propagate, as before: those records are read and handled again.
+any kind, fencing, ``DeliveryError``, ``FatalError``) abort the transaction and rewind to the
+committed offsets: those records are read and handled again. A passing one (a coordinator
+moving, a call stuck) ends only the batch when the handler's state can be put back as it was at
+the last commit (``on_abort``); otherwise, and for the others, the error propagates.
 
 Every transactional call is bounded (its timeout plus ``producer.TXN_CALL_GRACE_S``): librdkafka's
 ``send_offsets_to_transaction`` can wait forever for a group coordinator after a broker restart
@@ -109,6 +111,10 @@ class BatchTimes:
     committed_at: float = 0.0
 
 
+def nothing_to_undo() -> None:
+    """``on_abort`` of a handler that keeps no state between records: an aborted batch changed nothing."""
+
+
 class ExactlyOnceProcessor:
     def __init__(
         self,
@@ -123,7 +129,6 @@ class ExactlyOnceProcessor:
         consumer_config: dict[str, Any] | None = None,
         on_assign: Callable[[list[TopicPartition]], None] | None = None,
         after_batch: Callable[[list[Delivered]], Iterable[Output]] | None = None,
-        stateless: bool = False,
         on_abort: Callable[[], None] | None = None,
     ) -> None:
         self.producer = OonaProducer(settings, codec, transactional_id=transactional_id,
@@ -135,12 +140,12 @@ class ExactlyOnceProcessor:
         )
         self.handler = handler
         self.after_batch = after_batch
-        # A handler that keeps no state between records (``stateless``), or whose state ``on_abort`` puts back
-        # as it was at the last commit, loses nothing when a batch is aborted: a broker error (a coordinator
-        # moving, a call stuck) then ends the batch, not the process, and the batch is read again.
+        # ``on_abort`` puts the handler's state back as it was at the last commit (``nothing_to_undo`` for a
+        # handler that keeps none): an aborted batch then loses nothing, so a passing broker error (a coordinator
+        # moving, a call stuck) ends the batch, not the process, and the batch is read again. Without it the
+        # error propagates: the service cannot undo what the batch folded, and rebuilds from the log instead.
         self.on_abort = on_abort
-        self.goes_on_after_abort = stateless or on_abort is not None
-        self.batches_aborted = 0  # batches of a stateless handler aborted on a broker error, handled again
+        self.batches_aborted = 0  # batches aborted on a passing broker error and read again
         self.failed = 0  # records dead-lettered because their handler raised
         self.after_batch_failures = 0
         self.max_deferred_s = MAX_DEFERRED_S
@@ -199,9 +204,9 @@ class ExactlyOnceProcessor:
         return len(batch)
 
     def _rides_out(self, exc: BaseException) -> bool:
-        """A stateless handler's batch ended by a passing broker error (not a fencing: another instance
-        owns the transactional id, and this one must stop)."""
-        return (self.goes_on_after_abort and isinstance(exc, Exception) and not clients.is_fenced(exc)
+        """A batch whose handler's state ``on_abort`` put back, ended by a passing broker error (not a
+        fencing: another instance owns the transactional id, and this one must stop)."""
+        return (self.on_abort is not None and isinstance(exc, Exception) and not clients.is_fenced(exc)
                 and (clients.is_transient(exc) or isinstance(exc, ClientStuckError)))
 
     def _commit(self, times: BatchTimes, timeout_s: float | None = None) -> None:

@@ -20,7 +20,7 @@ from services.oona.codec import Codec
 from services.oona.consumer import Delivered
 from services.oona.settings import KafkaSettings
 from services.oona.topic_registry import topic_spec
-from services.oona.transactions import ExactlyOnceProcessor
+from services.oona.transactions import ExactlyOnceProcessor, nothing_to_undo
 from services.urabrask.characterize import CharacterizationError, characterize
 from services.urza.kernel_library import KernelLibrary, KernelNotFoundError
 
@@ -40,7 +40,7 @@ class Urabrask:
         self.processor = ExactlyOnceProcessor(
             settings, codec, group_id=f"{prefix}urabrask", transactional_id=f"{prefix}urabrask-{worker}",
             inputs=[self.ready], handler=self.handle, dlq_topic=topic_spec(TopicName.DLQ.value, prefix).name,
-            stateless=True,  # each answer is a function of its record and the kernel library alone
+            on_abort=nothing_to_undo,  # each answer is a function of its record and the kernel library alone
         )
 
     def handle(self, delivered: Delivered):

@@ -103,16 +103,22 @@ class TopicView:
         self._consumer.close()
 
 
-def replay_until_committed(settings: KafkaSettings, codec: Codec, spec: TopicSpec, group_id: str) -> list[OonaMessage]:
+def replay_until_committed(settings: KafkaSettings, codec: Codec, spec: TopicSpec, group_id: str,
+                           timeout_s: float = 60.0) -> list[OonaMessage]:
     """The events a consumer group has already consumed (from the start up to its committed offsets).
 
-    A stateless service calls this at start-up to rebuild the state it had when it last committed.
+    A stateless service calls this at start-up to rebuild the state it had when it last committed. The
+    group's coordinator may not answer yet (on a fresh broker, or one just elected): asked again until
+    ``timeout_s``.
     """
     # Joins nothing (no subscribe): the group id only names whose committed offsets to ask for.
     consumer = clients.consumer(settings, RANGE_READER_CONFIG, {"group.id": group_id})
-    try:
+
+    def committed_offsets() -> list[TopicPartition]:
         partitions = consumer.list_topics(spec.name, timeout=10).topics[spec.name].partitions
-        committed = consumer.committed([TopicPartition(spec.name, p) for p in partitions], timeout=10)
+        return consumer.committed([TopicPartition(spec.name, p) for p in partitions], timeout=10)
+    try:
+        committed = clients.retry_transient(committed_offsets, timeout_s)
     finally:
         consumer.close()
     ranges = {(spec.name, tp.partition): (OFFSET_BEGINNING, tp.offset) for tp in committed if tp.offset > 0}

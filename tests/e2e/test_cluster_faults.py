@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaException
@@ -41,13 +41,15 @@ from tests.e2e.test_faults import (
 from tests.waiting import wait_until
 
 NODES = 3
+RESTART_TIMEOUT_S = 240  # a node's start, until it answers
 
 
 @pytest.fixture(scope="module")
 def cluster_system(tmp_path_factory) -> Iterator[System]:
-    # Three JVMs on a small machine: a small heap each.
+    # Three JVMs on a small machine: a small heap each. A node restarted under load 230 from other work was
+    # still starting 130 s later (its JVM silent for 110 s), past `esper broker start`'s default 90 s.
     with running_system(tmp_path_factory.mktemp("e2e-cluster") / "state", E2E_CLUSTER_PORT, nodes=NODES,
-                        heap="320m") as system:
+                        heap="320m", ESPER_BROKER__START_TIMEOUT_S=str(RESTART_TIMEOUT_S)) as system:
         yield system
 
 
@@ -84,7 +86,7 @@ def wait_caught_up(kafka: KafkaSettings, timeout_s: float = 240) -> float:
 
 
 def restart_node(system: System, node: LocalKafka) -> None:
-    started = system.esper("broker", "start", timeout=180)  # starts the nodes that are not running
+    started = system.esper("broker", "start", timeout=RESTART_TIMEOUT_S + 60)  # starts the nodes not running
     assert started.returncode == 0, started.stdout + started.stderr
     assert node.pid() is not None
 
@@ -104,10 +106,11 @@ def epoch_stamps(kafka: KafkaSettings, run_id: str) -> tuple[int, list[float]]:
 
 
 def wait_for_epochs(kafka: KafkaSettings, run_id: str, count: int, run: subprocess.Popen,
-                    timeout_s: float = 300) -> tuple[int, list[float]]:
-    """Until ``count`` epochs of the still running run are on the log; its partition and epoch stamps."""
+                    timeout_s: float = 300, may_end: bool = False) -> tuple[int, list[float]]:
+    """Until ``count`` epochs of the run are on the log, the run still running (unless ``may_end``); its
+    partition and epoch stamps."""
     def reached() -> tuple[int, list[float]] | None:
-        assert run.poll() is None, f"the run ended before epoch {count}"
+        assert may_end or run.poll() is None, f"the run ended before epoch {count}"
         try:
             partition, stamps = epoch_stamps(kafka, run_id)
         except (KafkaException, KafkaClientError):  # the partition's leader just lost, not re-elected yet
@@ -125,6 +128,7 @@ class Pacer:
     def __init__(self, kafka: KafkaSettings, run_id: str, run: subprocess.Popen, limit: int) -> None:
         self.kafka, self.run_id, self.run, self.limit = kafka, run_id, run, limit
         self.held_s = 0.0
+        self.holds: list[tuple[float, float]] = []  # (start, end) of each hold, time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pace, daemon=True)
         self._thread.start()
@@ -147,17 +151,22 @@ class Pacer:
             published = self._published()
             if published is None or published < self.limit:
                 continue
-            held = time.monotonic()
+            held, since = time.monotonic(), time.time()
             with paused(self.run):  # until the test needs more epochs or the roll is done
                 while not self._stop.wait(0.5) and self.limit <= published:
                     pass
             self.held_s += time.monotonic() - held
+            self.holds.append((since, time.time()))
 
 
-def longest_gap(stamps: list[float], start: float, end: float) -> float:
+def longest_gap(stamps: list[float], start: float, end: float,
+                holds: Sequence[tuple[float, float]] = ()) -> float:
     """The longest time between two consecutive epochs, over the epochs stamped in (start, end], each
-    with the one before it: the epoch the fault interrupted counts."""
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if start < b <= end]
+    with the one before it: the epoch the fault interrupted counts. The time the run was held still
+    (``holds``: (start, end) pairs, the pacer's) is left out: the run was not trying then."""
+    def held(a: float, b: float) -> float:
+        return sum(max(0.0, min(b, h_end) - max(a, h_start)) for h_start, h_end in holds)
+    gaps = [b - a - held(a, b) for a, b in zip(stamps, stamps[1:], strict=False) if start < b <= end]
     assert gaps, f"no epoch stamped between {start:.0f} and {end:.0f}"
     return max(gaps)
 
@@ -165,9 +174,11 @@ def longest_gap(stamps: list[float], start: float, end: float) -> float:
 def check_run(system: System, run_id: str, epochs: int, output: str) -> str:
     """Exactly once on the log and in Nissa, every epoch decided, the cluster whole; the figures."""
     kafka = system.kafka
+    # Tamiyo first: the log is read once, and Tamiyo, behind after the roll, was still deciding the last epochs
+    # (run 7: 116 decisions read, 120 in Nissa soon after). Its decision of the last epoch is not waited for.
+    decided = wait_for_decisions(system, run_id, epochs, timeout_s=240)
     events = assert_exactly_once(kafka, run_id, epochs, output)
     rows = wait_for_nissa(system, run_id, events, timeout_s=240)
-    decided = wait_for_decisions(system, run_id, epochs)
     produced = sum(len(ids) for ids in events.values())
     duplicated = produced - sum(len(set(ids)) for ids in events.values())
     in_nissa = sum(n for n, _ in rows.values())
@@ -199,6 +210,7 @@ def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_pa
     before = restarts(system)
     epochs = 30
     run_id, run = start_run(system, tmp_path, epochs)
+    victim: LocalKafka | None = None
     try:
         partition, stamps = wait_for_epochs(kafka, run_id, 4, run)  # mid-run
         with paused(run):  # the run cannot finish between the check and the kill
@@ -208,8 +220,11 @@ def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_pa
             controller = cluster.active_controller()
             assert victim.kill()
             killed, killed_at = time.monotonic(), time.time()
-        # The run goes on without the broker: three more epochs on the log while it is away.
-        wait_for_epochs(kafka, run_id, len(stamps) + 3, run)
+        # The run goes on without the broker: three more epochs on the log while it is away. It may even end
+        # meanwhile (a quiet spell of the machine let it finish ~25 s after the kill, before this test's fresh
+        # clients had read 3 more epochs during the election): every epoch on the log since was written
+        # without the broker.
+        wait_for_epochs(kafka, run_id, len(stamps) + 3, run, may_end=True)
         new_leader = leader_of(kafka, "system.events.epoch", partition)
         assert new_leader != victim.cfg.node_id
         restart_node(system, victim)
@@ -219,6 +234,8 @@ def test_partition_leaders_broker_killed_mid_run_and_back(cluster_system, tmp_pa
     except BaseException:
         run.kill()
         run.wait()
+        if victim is not None and victim.pid() is None:  # the next case needs every node: fail this one only
+            system.esper("broker", "start", timeout=RESTART_TIMEOUT_S + 60)
         raise
     output = finish(run, tmp_path, run_id, timeout=900)
     figures = check_run(system, run_id, epochs, output)
@@ -239,7 +256,7 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
     epochs = 120  # ~2 s each here: the run outlasts the roll
     run_id, run = start_run(system, tmp_path, epochs)
     rolls: list[str] = []
-    pacer = Pacer(kafka, run_id, run, limit=epochs - 20)
+    pacer = Pacer(kafka, run_id, run, limit=epochs - 5)  # the run's tail after the roll: 5 epochs
     try:
         _, stamps = wait_for_epochs(kafka, run_id, 3, run)
         started = time.time()
@@ -266,7 +283,8 @@ def test_rolling_restart_of_every_broker_under_load(cluster_system, tmp_path):
     # by its watchdog (issue 17 item 4); what it wrote is still exactly once (checked above).
     restarted = {name: n - before[name] for name, n in restarts(system).items() if n != before[name]}
     _, stamps = epoch_stamps(kafka, run_id)
-    during, before_roll = longest_gap(stamps, started, rolled), longest_gap(stamps, 0, started)
+    during, before_roll = longest_gap(stamps, started, rolled, pacer.holds), longest_gap(stamps, 0, started)
     print(f"\nrolling restart: {'; '.join(rolls)}; the run held {pacer.held_s:.0f}s near its end; "
-          f"longest epoch during the roll {during:.2f}s "
+          f"longest epoch during the roll {during:.2f}s without the pacer's holds "
+          f"({longest_gap(stamps, started, rolled):.2f}s with them) "
           f"(before it {before_roll:.2f}s); {figures}; services restarted during the roll: {restarted or 'none'}")

@@ -256,10 +256,10 @@ COORDINATOR_MOVED = KafkaException(KafkaError(KafkaError.COORDINATOR_NOT_AVAILAB
 def test_a_stateless_handlers_batch_aborted_on_a_broker_error_is_handled_again_without_ending_the_service(
         mock_settings, short_timeouts, stateless):
     """A coordinator moving mid-commit (seen when the leaders' broker of a 3-node cluster was killed) aborts
-    the batch. A stateless handler's service goes on and reads the batch again; a stateful one's error
-    propagates (its service rebuilds or restarts), as before."""
+    the batch. A stateless handler's service (``on_abort=nothing_to_undo``) goes on and reads the batch again;
+    without ``on_abort`` (a state that cannot be put back) the error propagates: the service rebuilds or restarts."""
     processor, inputs, out = _pipeline(mock_settings)
-    processor.goes_on_after_abort = stateless
+    processor.on_abort = transactions.nothing_to_undo if stateless else None
     real = processor.producer._producer
     processor.producer._producer = _Holds(real, fail={"send_offsets_to_transaction": COORDINATOR_MOVED})
     try:
