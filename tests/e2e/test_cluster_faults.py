@@ -175,7 +175,7 @@ def check_run(system: System, run_id: str, epochs: int, output: str) -> str:
     """Exactly once on the log and in Nissa, every epoch decided, the cluster whole; the figures."""
     kafka = system.kafka
     # Tamiyo first: the log is read once, and Tamiyo, behind after the roll, was still deciding the last epochs
-    # (run 7: 116 decisions read, 120 in Nissa soon after). Its decision of the last epoch is not waited for.
+    # (run 7: 116 decisions read, 120 in Nissa soon after); its last epoch's decision is waited for a while too.
     decided = wait_for_decisions(system, run_id, epochs, timeout_s=240)
     events = assert_exactly_once(kafka, run_id, epochs, output)
     rows = wait_for_nissa(system, run_id, events, timeout_s=240)

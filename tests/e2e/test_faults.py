@@ -163,14 +163,24 @@ def published_epochs(kafka: KafkaSettings, run_id: str) -> int:
                if msg.key() == run_id.encode())
 
 
+LAST_DECISION_WAIT_S = 30.0
+
+
 def wait_for_decisions(system, run_id: str, epochs: int, timeout_s: float = 120) -> set[int]:
-    """Until Tamiyo has decided every epoch of the run but the last (in Nissa); the epochs decided."""
+    """Until Tamiyo has decided every epoch of the run but the last (in Nissa); the epochs decided.
+
+    The last epoch's decision, which the run no longer waits for, is then waited for up to
+    LAST_DECISION_WAIT_S, so a log read right after does not miss a decision Nissa counts a moment later."""
     deadline = time.monotonic() + timeout_s
+    settled: float | None = None
     while True:
         decided = {r["e"] for r in system.sql(f"SELECT DISTINCT epoch AS e FROM adaptation_decision "
                                                f"WHERE run_id = '{run_id}'")}
         if decided >= set(range(epochs - 1)):
-            return decided
+            settled = settled or time.monotonic() + LAST_DECISION_WAIT_S
+            if epochs - 1 in decided or time.monotonic() >= settled:
+                return decided
+            continue
         assert time.monotonic() < deadline, (f"Tamiyo left epochs of {run_id} undecided: "
                                              f"{sorted(set(range(epochs - 1)) - decided)}")
 
