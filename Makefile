@@ -91,15 +91,11 @@ schemas-check: venv ## fail if schemas/ drifted from contracts/ or history break
 lint: venv ## ruff (lint + import order) and mypy (strict for contracts/ and services/oona/), as pyproject.toml sets them
 	@status=0; $(PY) -m ruff check . || status=1; $(PY) -m mypy || status=1; exit $$status
 
-# The 3-node cluster's cases (each module on a 3-node system of its own). The scale-out case is part of `make test`;
-# the broker-fault cases (kill -9 of the leaders' broker, the rolling restart) are not yet: both failed in a
-# fresh-clone CI-like run on a quiet machine (2026-12-02) while they passed beside it on a loaded one, so they run
-# with `make test-cluster` until they pass there.
+# The 3-node cluster's cases (each module on a 3-node system of its own), also part of `make test`.
 CLUSTER_CASES = tests/e2e/test_cluster_faults.py tests/e2e/test_scale_out.py
-NOT_YET_IN_TEST = tests/e2e/test_cluster_faults.py
 
 test: lint ## make lint, then the whole suite, including integration tests on a real broker (started if needed)
-	$(PY) -m pytest $(addprefix --ignore=,$(NOT_YET_IN_TEST)) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-cluster: venv ## only the cases on a local 3-node cluster (kill -9 of the leaders' broker, a rolling restart, scale-out)
 	$(PY) -m pytest $(CLUSTER_CASES) $(PYTEST_ARGS)
