@@ -110,17 +110,28 @@ def test_characterize_measures_and_tags():
     assert "high-capacity" in result.tags  # 64*256 + 256*16 weights
 
 
-class _Stalls(torch.nn.Module):
-    """The kernel ``inner``, its calls ``stalled`` stalled by 60 ms (a process descheduled on a loaded machine)."""
+class _Clock:
+    """``time`` for the latency gate: the real clock, plus the stalls a test adds (no sleeping)."""
 
-    def __init__(self, inner: torch.nn.Module, stalled: range) -> None:
+    def __init__(self) -> None:
+        self.stalled_s = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.stalled_s
+
+
+class _Stalls(torch.nn.Module):
+    """The kernel ``inner``, its calls ``stalled`` stalled by 60 ms on ``clock`` (a process descheduled on a loaded
+    machine)."""
+
+    def __init__(self, inner: torch.nn.Module, stalled: range, clock: _Clock) -> None:
         super().__init__()
-        self.inner, self.stalled, self.calls = inner, stalled, 0
+        self.inner, self.stalled, self.clock, self.calls = inner, stalled, clock, 0
 
     def forward(self, x):
         self.calls += 1
         if self.calls in self.stalled:
-            time.sleep(0.060)
+            self.clock.stalled_s += 0.060
         return self.inner(x)
 
 
@@ -140,7 +151,9 @@ def test_the_latency_gate_measures_again_a_round_whose_tail_stalled(monkeypatch,
     monkeypatch.setattr(urabrask, "REMEASURE_WITHIN_S", within_s)
     bp = mlp_adapter(2, 8, 16)
     kernel, _ = compile_blueprint(bp)
-    module = _Stalls(build_module(bp.architecture), stalled)
+    clock = _Clock()
+    monkeypatch.setattr(urabrask, "time", clock)
+    module = _Stalls(build_module(bp.architecture), stalled, clock)
     result = characterize(module, kernel.metadata, torch.device("cpu"), bp.architecture)
     assert result.passed is passed and (module.calls - 1) // 6 in rounds and (module.calls - 1) % 6 == 0
     assert (result.latency_ms_p95 > urabrask.MAX_LATENCY_MS) is not passed
