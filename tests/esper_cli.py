@@ -24,6 +24,14 @@ def run_esper(*args: str, env: dict[str, str], timeout: float = 120) -> subproce
     return subprocess.run([*ESPER, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """``stderr`` without the log lines of a broker call that was slow to answer (a loaded machine's
+    passing stall, logged as a warning once it lasts ``OffsetReader.SLOW_S``): what the command itself said."""
+    slow = ("transient Kafka error", "answered after")
+    return [line for line in stderr.strip().splitlines()
+            if not (" WARNING services.oona." in line and any(marker in line for marker in slow))]
+
+
 def run_esper_watching_torch(*args: str, env: dict[str, str], timeout: float = 120
                              ) -> tuple[subprocess.CompletedProcess, bool]:
     """``esper ARGS`` as ``run_esper``, and whether it imported torch (from ``tests/torch_free.py``'s last line)."""

@@ -234,6 +234,7 @@ class OffsetReader:
 
     ATTEMPT_S = 2.0
     ATTEMPT_MAX_S = 4.0
+    SLOW_S = 5.0  # a call failing this long is logged as a warning
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
@@ -244,6 +245,7 @@ class OffsetReader:
         attempt_s = self.ATTEMPT_S
         started = time.monotonic()
         failures: list[str] = []
+        warned = False
 
         def call() -> T:
             if self._client is None:
@@ -251,18 +253,23 @@ class OffsetReader:
             return fn(self._client, min(attempt_s, max(0.5, started + timeout_s - time.monotonic())))
 
         def drop_client(exc: BaseException) -> None:
-            nonlocal attempt_s
+            nonlocal attempt_s, warned
             self._client = None
             failures.append(clients.reason(exc))
-            if len(failures) == 1:  # once a call: a caller blocked here through an outage says so at its start
-                log.warning("%s: transient Kafka error (%s); asking again on new clients for up to %.0fs", what,
-                            failures[0], timeout_s)
+            if not warned:
+                # A caller blocked here through an outage says so once, SLOW_S in; a passing blip (one slow
+                # attempt on a loaded machine) is only info, and stays out of a one-shot command's stderr.
+                warned = time.monotonic() - started >= self.SLOW_S
+                (log.warning if warned else log.info)(
+                    "%s: transient Kafka error (%s); asking again on new clients for up to %.0fs", what,
+                    failures[-1], timeout_s)
             attempt_s = min(self.ATTEMPT_MAX_S, attempt_s * 1.5)
 
         result = clients.retry_transient(call, timeout_s, backoff_s=0.2, on_error=drop_client, quiet=True)
         if failures:
-            log.warning("%s answered after %.1fs and %d failed attempt(s) on replaced clients (last: %s)",
-                        what, time.monotonic() - started, len(failures), failures[-1])
+            (log.warning if warned else log.info)(
+                "%s answered after %.1fs and %d failed attempt(s) on replaced clients (last: %s)",
+                what, time.monotonic() - started, len(failures), failures[-1])
         return result
 
     def end_offsets(self, partitions: list[tuple[str, int]], committed_only: bool = True,

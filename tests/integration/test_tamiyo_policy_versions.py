@@ -20,7 +20,7 @@ from services.tamiyo.policy_store import INITIAL_POLICY, PolicyRecord, load_poli
 from services.tamiyo.policy_topics import load_registry, promote_policy, publish_policy
 from services.tolaria.config import load_config
 from services.tolaria.run import start_run
-from tests.esper_cli import esper_env, run_esper
+from tests.esper_cli import error_lines, esper_env, run_esper
 from tests.integration.test_tamiyo import EXAMPLE, publish_slot_kernels, run_messages, tamiyo_running
 from tests.integration.test_tamiyo_totality import dead_letters, header
 from tests.waiting import wait_until
@@ -118,4 +118,4 @@ def test_esper_policy_publish_list_promote_and_run_policy_on_the_bus(esper_setti
                            (("run", str(EXAMPLE), "--policy", "gnn-00000000dead"), "is not on library.policies")):
         result = run_esper(*args, env=env)
         assert result.returncode == 1 and fragment in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr, result.stderr

@@ -9,6 +9,7 @@ stand-in here whose request never completes; the real case is ``tests/e2e/test_c
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from concurrent.futures import Future
@@ -63,6 +64,7 @@ def built(monkeypatch):
 
 def test_a_client_stuck_on_a_dead_leader_is_replaced_after_one_short_attempt(built, caplog):
     made, _ = built
+    caplog.set_level(logging.INFO, logger=admin.__name__)
     reader = OffsetReader(KafkaSettings())
     assert reader.end_offsets([("t", 0), ("t", 1)], timeout_s=30) == {("t", 0): 7, ("t", 1): 7}
     assert len(made) == 2, "the stale client is dropped, the fresh one answers"
@@ -71,6 +73,25 @@ def test_a_client_stuck_on_a_dead_leader_is_replaced_after_one_short_attempt(bui
 
     assert reader.end_offsets([("t", 0)], timeout_s=30) == {("t", 0): 7}
     assert len(made) == 2 and len(made[1].timeouts) == 2, "a client that answers is kept"
+
+
+@pytest.mark.parametrize("slow_s, warned", [(60.0, False), (0.0, True)])
+def test_failures_are_a_warning_only_once_the_call_has_been_failing_slow_s(built, caplog, monkeypatch, slow_s, warned):
+    """A blip (a slow attempt on a loaded machine) stays out of a one-shot command's stderr; a caller
+    blocked through an outage says so, once, SLOW_S in."""
+    made, state = built
+    state["fresh_from"] = 3
+    monkeypatch.setattr(OffsetReader, "SLOW_S", slow_s)
+    caplog.set_level(logging.INFO, logger=admin.__name__)
+    assert OffsetReader(KafkaSettings()).end_offsets([("t", 0)], timeout_s=30) == {("t", 0): 7}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    if warned:
+        assert len(warnings) == 2 and "transient Kafka error" in warnings[0] and "answered after" in warnings[1]
+        assert not any("transient Kafka error" in m for m in infos), "the warning is said once, not per failure"
+    else:
+        assert warnings == [] and sum("transient Kafka error" in m for m in infos) == 3
+        assert any("answered after" in m and "3 failed attempt(s)" in m for m in infos)
 
 
 def test_attempts_grow_to_their_cap_on_new_clients_until_the_deadline(built):
