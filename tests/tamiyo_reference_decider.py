@@ -105,7 +105,7 @@ class ReferenceDecider:
         dormant = [s for s in dormant if s.layer_id in declared]  # a slot without a declared layer has no shape
         assert run.session is not None
         # The growth rules are the package's (``shapes``): this oracle checks the array work around them.
-        growth = derive_for(run, graph.epoch, self.chooser.units)
+        growth = derive_for(run, graph.epoch, self.chooser.units, run.pending(graph.epoch))
         dormant = [s for s in dormant if growth.any_seed_ok(s.layer_id)]
         if not graph.can_germinate or not dormant:
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"

@@ -149,10 +149,11 @@ class Decider:
 
     def _decide(self, run: RunState, epoch: int) -> list[Action]:
         graph = build_graph(run, epoch)
-        pending = _slot_mask(graph, run.pending(graph.epoch))
+        issued = run.pending(graph.epoch)
+        pending = _slot_mask(graph, issued)
         actions = self._lifecycle(run, graph, pending)
         acted = _slot_mask(graph, [a.command for a in actions if a.command])
-        germination, why_not, p, urgency = self._germination(run, graph, pending | acted)
+        germination, why_not, p, urgency = self._germination(run, graph, pending | acted, issued)
         if germination is not None:
             actions.append(germination)
         if not actions:
@@ -183,11 +184,12 @@ class Decider:
         return actions
 
     # -- the policy's choice ----------------------------------------------------------------------
-    def _germination(self, run: RunState, graph: GraphView, busy: np.ndarray
+    def _germination(self, run: RunState, graph: GraphView, busy: np.ndarray, issued: list[Issued]
                      ) -> tuple[Action | None, str, float | None, float]:
         """(the germination or a no-op explaining why not, the reason when neither, adapt probability,
         urgency); the probability is None when the policy was not asked (nothing could be grown, or
-        its inputs were not finite). ``busy``: the slots with a command pending or decided this epoch."""
+        its inputs were not finite). ``busy``: the slots with a command pending or decided this epoch;
+        ``issued``: our commands not yet seen taking effect."""
         topology = graph.topology
         if not topology.slots:
             return None, "no action: the session declares no seed slots", None, 0.0
@@ -195,7 +197,7 @@ class Decider:
         undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
         dormant &= topology.slot_declared  # a slot without a declared layer has no shape
         assert run.session is not None  # decide() answers runs that have a session
-        growth = derive_for(run, graph.epoch, self.chooser.units)
+        growth = derive_for(run, graph.epoch, self.chooser.units, issued)
         if growth.widening:  # a layer a live width seed grows takes no other seed (Kasmina would refuse it)
             dormant &= ~np.isin(topology.slot_layer_id, sorted(growth.widening))
         if not graph.can_germinate or not dormant.any():
@@ -337,4 +339,5 @@ def record(run: RunState, decision: AdaptationDecision) -> None:
     command_id, action = decision.command_id, decision.action
     if command_id and action and decision.layer_id is not None and decision.seed_idx is not None:
         if all(i.command_id != command_id for i in run.issued):
-            run.issued.append(Issued(command_id, action, decision.layer_id, decision.seed_idx, decision.epoch))
+            run.issued.append(Issued(command_id, action, decision.layer_id, decision.seed_idx, decision.epoch,
+                                     decision.kernel_id))

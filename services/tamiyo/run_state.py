@@ -72,6 +72,7 @@ class Issued:
     layer_id: int
     seed_idx: int
     epoch: int  # the epoch whose completion it answered
+    kernel_id: str | None = None  # the kernel a germination loads
 
 
 @dataclass

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from contracts import LayerEdge, LayerSpec, SeedState, SeedTransition
-from services.tamiyo.run_state import RunState
+from contracts import CommandAction, LayerEdge, LayerSpec, SeedState, SeedTransition
+from services.tamiyo.run_state import Issued, RunState
 
 _LIVE = (SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING)
 
@@ -50,6 +50,14 @@ class Growth:
 
     def any_seed_ok(self, layer_id: int) -> bool:
         return layer_id not in self.widening
+
+    def take(self, layer_id: int, width: bool) -> None:
+        """A live seed in ``layer_id`` (or a germination of one on its way): a width seed is growing the
+        layer and its consumer, any other holds a kernel there."""
+        if width:
+            self.widening.update(i for i in (layer_id, self.consumer.get(layer_id)) if i is not None)
+        else:
+            self.holds_kernel.add(layer_id)
 
 
 @dataclass(frozen=True)
@@ -110,9 +118,9 @@ def grow(fixed: Layout, transitions: Iterable[SeedTransition], epoch: int, units
     for (layer_id, seed_idx), t in last.items():
         kernel = kernels.get((layer_id, seed_idx))
         width = bool(kernel) and units_of(kernel or "") > 0
-        if t.to_state in _LIVE and width:
-            growth.widening.update(i for i in (layer_id, consumer.get(layer_id)) if i is not None)
-        elif t.to_state in _LIVE or (t.to_state is SeedState.FOSSILIZED and not width):
+        if t.to_state in _LIVE:
+            growth.take(layer_id, width)
+        elif t.to_state is SeedState.FOSSILIZED and not width:
             growth.holds_kernel.add(layer_id)
     return growth
 
@@ -134,9 +142,12 @@ def _widen(declared: dict[int, LayerSpec], shapes: dict[int, tuple[list[int], li
     shapes[target] = ([inputs[0] + units * per_unit, *inputs[1:]], outputs)
 
 
-def derive_for(run: RunState, epoch: int, units_of: Callable[[str], int]) -> Growth:
+def derive_for(run: RunState, epoch: int, units_of: Callable[[str], int], issued: Iterable[Issued] = ()
+               ) -> Growth:
     """``derive`` for a run (its session's classes, and the fossils its declared shapes already hold), the
-    session's ``Layout`` built once and kept in ``run.views``."""
+    session's ``Layout`` built once and kept in ``run.views``. ``issued``: our commands not yet seen taking
+    effect; a germination among them takes its layers now, as Kasmina will when it lands (a fast run can
+    complete an epoch before the command is applied)."""
     fixed = run.views.get("growth_layout")
     if fixed is None:
         session = run.session
@@ -144,4 +155,8 @@ def derive_for(run: RunState, epoch: int, units_of: Callable[[str], int]) -> Gro
         merged = frozenset((s.layer_id, s.seed_idx) for s in session.seeds if s.state is SeedState.FOSSILIZED)
         fixed = run.views["growth_layout"] = layout(run.layers(), run.topology(),
                                                     session.training_model_config.num_classes, merged)
-    return grow(fixed, run.transitions, epoch, units_of)
+    growth = grow(fixed, run.transitions, epoch, units_of)
+    for command in issued:
+        if command.action is CommandAction.GERMINATE:
+            growth.take(command.layer_id, units_of(command.kernel_id or "") > 0)
+    return growth

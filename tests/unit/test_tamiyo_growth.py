@@ -17,12 +17,12 @@ from contracts import (
 )
 from services.blueprints.starter import for_slot, width_units
 from services.karn.generator import Generator
-from services.tamiyo.decider import FAMILIES, Decider, family_of
+from services.tamiyo.decider import FAMILIES, Decider, family_of, record
 from services.tamiyo.features import build_graph
 from services.tamiyo.policy_store import load_policy
 from services.tamiyo.shapes import derive
 from services.tamiyo.teacher import teacher
-from tests.tamiyo_events import FixedChooser, epoch_event, plateau_run, session
+from tests.tamiyo_events import FixedChooser, epoch_event, health, plateau_run, session
 from tests.unit.test_tamiyo_decisions import ScriptedPolicy, decide_all, fold_all
 
 G, T, F, C = SeedState.GERMINATED, SeedState.TRAINING, SeedState.GRAFTING, SeedState.FOSSILIZED
@@ -151,3 +151,26 @@ def test_a_session_declaring_the_widened_shapes_gives_every_epoch_the_shapes_it_
     for epoch, shapes in ((1, {1: ([2], [8]), 2: ([8], [6])}), (3, {1: ([2], [12]), 2: ([12], [6])})):
         assert derive(widened, EDGES, log, epoch, units, 3, merged=frozenset({(1, 0)})).shapes == shapes
         assert derive(MLP, EDGES, log, epoch, units, 3).shapes == shapes
+
+
+def test_a_width_germination_on_its_way_takes_its_two_layers_before_its_transition_lands():
+    """Tolaria applies a command at an epoch boundary; a fast run may complete the next epoch before it
+    lands. Tamiyo must not grow another seed in the layers the width seed will take (Kasmina refuses it)."""
+    events: list[tuple[str, object]] = [(TopicName.TRAINING_SESSIONS.value, session(epochs=8))]
+    for epoch in (0, 1):
+        for layer_id in (11, 22):
+            for k in (0, 1):
+                dead = 0.45 if layer_id == 11 else 0.05  # body.0 scores highest
+                events.append((TopicName.TELEMETRY_SEED_HEALTH.value,
+                               health(epoch, layer_id, k, score=1 - dead, dead=dead)))
+        events.append((TopicName.SYSTEM_EVENTS_EPOCH.value, epoch_event(epoch, 0.4)))
+    run = fold_all(events)
+    chooser = FixedChooser(("mlp", "width"))
+    [first] = [a for a in Decider(ScriptedPolicy(family="width"), "v", chooser).decide(run, 0) if a.command]
+    assert first.command.layer_name == "body.0" and first.command.kernel_id.startswith("kernel-width-")
+    record(run, first.decision)
+    side_branches = Decider(ScriptedPolicy(family="mlp"), "v", chooser)
+    second = side_branches.decide(run, 1)  # no transition of the width seed on the log yet
+    assert [a.command for a in second] == [None] and "no germination possible" in second[0].decision.reason
+    run.issued.clear()  # the same epoch without the command on its way: a side branch would be grown
+    assert any(a.command is not None for a in side_branches.decide(run, 1))
