@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
 
 ROWS = 32  # rows of a sampled batch that feed the estimate
 
@@ -64,12 +65,20 @@ def outer_rows(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 class CapacityAccumulator:
-    """Mean over sampled steps of M, fed by a layer (``stage``) and its consumer's output gradient."""
+    """Mean over sampled steps of M, fed by a layer (``stage``) and its consumer's output gradient.
+
+    The consumer is hooked only on the steps its producer staged (a forward hook on every step would
+    take every forward of the consumer off torch's hook-free fast path)."""
 
     def __init__(self) -> None:
-        self.enabled = False  # set when a consumer is attached (``attach_capacity_probes``)
+        self.consumer: nn.Module | None = None  # set by ``attach_capacity_probes``; None: no signal
         self._staged: tuple[torch.Tensor, float] | None = None
+        self._probe: RemovableHandle | None = None
         self.reset()
+
+    @property
+    def enabled(self) -> bool:
+        return self.consumer is not None
 
     def reset(self) -> None:
         self._sum: torch.Tensor | None = None
@@ -77,13 +86,26 @@ class CapacityAccumulator:
 
     def stage(self, layer_input: torch.Tensor) -> None:
         """The layer's input on a sampled training step; the consumer's output gradient completes it."""
-        if self.enabled:
+        if self.consumer is not None:
             rows = layer_input.detach()[:ROWS]
             self._staged = (rows, layer_input.shape[0] / max(1, rows.shape[0]))
+            if self._probe is None:  # first among its hooks, as when it was registered for good
+                self._probe = self.consumer.register_forward_hook(self._on_consumer_output, prepend=True)
 
     def take_staged(self) -> tuple[torch.Tensor, float] | None:
         staged, self._staged = self._staged, None
         return staged
+
+    def _on_consumer_output(self, module: nn.Module, inputs: object, output: object) -> None:
+        """The consumer's forward after a staged step: hooks the gradient of its output, then unhooks itself."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
+        staged = self.take_staged()
+        if staged is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        rows, scale = staged
+        output.register_hook(lambda grad: self.observe(rows, scale, grad))
 
     def observe(self, rows: torch.Tensor, scale: float, grad: torch.Tensor) -> None:
         g = grad.detach()[: rows.shape[0]]
@@ -109,27 +131,6 @@ class CapacityAccumulator:
         return 0.0 if m is None else capacity_gain(m)
 
 
-class _ConsumerProbe:
-    """Forward hook on the consumer layer: hooks the gradient of its output on the steps its producer staged.
-
-    A class rather than a closure so that ``copy.deepcopy`` of a model copies it along with its slot."""
-
-    def __init__(self, accumulator: CapacityAccumulator) -> None:
-        self.accumulator = accumulator
-
-    def __call__(self, module: nn.Module, inputs: object, output: object) -> None:
-        staged = self.accumulator.take_staged()
-        if staged is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
-            return
-        rows, scale = staged
-        accumulator = self.accumulator
-
-        def on_grad(grad: torch.Tensor) -> None:
-            accumulator.observe(rows, scale, grad)
-
-        output.register_hook(on_grad)
-
-
 def consumers(model: nn.Module, slot_paths: list[str]) -> dict[str, nn.Module]:
     """For each slot path, the next weight layer in module order (another slot, or a Linear or Conv2d not
     inside a slot): the layer that consumes the slot's output in the hosts Tolaria builds (module order is
@@ -147,7 +148,6 @@ def consumers(model: nn.Module, slot_paths: list[str]) -> dict[str, nn.Module]:
 
 
 def attach_capacity_probes(model: nn.Module, accumulators: dict[str, CapacityAccumulator]) -> None:
-    """Hook the consumer of each slot (by path) so that the slot's accumulator sees its output gradient."""
+    """Give each slot's accumulator (by path) its consumer, whose output gradient it hooks on sampled steps."""
     for path, consumer in consumers(model, list(accumulators)).items():
-        accumulators[path].enabled = True
-        consumer.register_forward_hook(_ConsumerProbe(accumulators[path]))
+        accumulators[path].consumer = consumer

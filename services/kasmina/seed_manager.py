@@ -300,8 +300,8 @@ class SeedManager:
     def after_optimizer_step(self) -> None:
         """Advance every grafting seed's alpha ramp by one step."""
         for slot in self.slots.values():
-            for idx in range(slot.num_seeds):
-                if slot.state(idx) is SeedState.GRAFTING and slot.alpha(idx) < 1.0:
+            for idx in slot.grafting:
+                if slot.alpha(idx) < 1.0:
                     step = int(slot.seed_graft_step[idx]) + 1
                     slot.seed_graft_step[idx] = step
                     slot.set_alpha(idx, min(1.0, step / max(1, int(slot.seed_graft_total[idx]))))

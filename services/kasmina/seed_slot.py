@@ -46,6 +46,22 @@ class WidthLinkLike(Protocol):
     def remove(self) -> None: ...
 
 
+class _SampleClock:
+    """Counts a slot's training forwards; the first and then every n-th one is sampled.
+
+    A plain object: a counter on the module itself would go through ``nn.Module.__setattr__`` on every forward."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def tick(self, every: int) -> bool:
+        due = self.calls % every == 0
+        self.calls += 1
+        return due
+
+
 class SeedSlot(nn.Module):
     # The buffers registered in ``__init__`` (declared so that they type as tensors, not ``Tensor | Module``).
     seed_state: torch.Tensor
@@ -88,7 +104,7 @@ class SeedSlot(nn.Module):
         self.probe_training = False
         self.input_shape: list[int] | None = None
         self.output_shape: list[int] | None = None
-        self._calls = 0
+        self._clock = _SampleClock()
         self._alpha_override: dict[int, float] = {}
         self._failures: dict[int, str] = {}
         self.kinds: dict[int, str | None] = {}  # seed -> its kernel's kind (None: a side branch)
@@ -104,6 +120,7 @@ class SeedSlot(nn.Module):
         contributing = [i for i, s in enumerate(self._states) if s in _CONTRIBUTING and str(i) in self.kernels]
         # Depth blocks act on the layer's finished output, so they come after every side branch.
         self._contributing = sorted(contributing, key=lambda i: self.kinds.get(i) == DEPTH)
+        self.grafting = [i for i, s in enumerate(self._states) if s is SeedState.GRAFTING]  # their alphas ramp
 
     def state(self, idx: int) -> SeedState:
         return self._states[idx]
@@ -163,11 +180,8 @@ class SeedSlot(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sample = False
-        if self.training and not self.probe_training:  # the isolated seed pass is not the host's forward
-            sample = self.collect_health and self._calls % self.sample_every == 0
-            self._calls += 1
-        if sample:
+        # The isolated seed pass is not the host's forward: it neither counts nor samples.
+        if self.training and not self.probe_training and self._clock.tick(self.sample_every) and self.collect_health:
             start = time.perf_counter()
             y = self.host(x)
             self.health.observe(y, time.perf_counter() - start)
@@ -176,6 +190,8 @@ class SeedSlot(nn.Module):
             y = self.host(x)
         if self.input_shape is None:
             self.input_shape, self.output_shape = list(x.shape[1:]), list(y.shape[1:])
+        if not self._contributing:  # no seed can add to the output (dormant, germinated, culled): the host alone
+            return y
         for idx in self._contributing:
             if idx in self._disabled:
                 continue
