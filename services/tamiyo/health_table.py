@@ -8,6 +8,10 @@ reading its attributes at the read cost 0.04 + 0.55 µs; staging its values cost
 decision that reads the table waits for less, and the whole costs less. Any per-event numpy or ``array``
 write costs more (0.5-0.85 µs).
 
+A batch of signals (``add_many``: an epoch's, as the decision's fold hands them over) is written straight
+into its epoch's block, one fancy-index write per epoch in the batch, with the same rule as ``add`` one by
+one: the first signal of a (row, epoch) stands, a later one (in the batch or before it) is refused.
+
 ``latest`` answers, for every slot at once, "the last ``last`` signals of epochs <= ``epoch``", which
 is what the features need: no loop over seeds, only over epochs, newest first, and that loop stops as
 soon as every slot has its ``last`` signals (after ``last`` epochs when every slot reports every epoch,
@@ -56,6 +60,35 @@ class HealthTable:
             return False
         staged[row] = _VALUES_OF(signal.__dict__)
         return True
+
+    def add_many(self, rows: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``add`` of every signal in order, as array work: ``rows`` and ``epochs`` (n,) int64, ``values`` (n, F)
+        float64 in ``HEALTH_FIELDS`` order. Returns (n,) bool: the signals taken (the others leave the table
+        unchanged: their slot already had one for that epoch, before the batch or earlier in it)."""
+        taken = np.zeros(rows.shape[0], dtype=bool)
+        if rows.shape[0] == 0:
+            return taken
+        single = int(epochs.min()) == int(epochs.max())  # the usual case: one epoch's signals
+        for epoch in [int(epochs[0])] if single else np.unique(epochs).tolist():
+            at = np.arange(rows.shape[0]) if single else np.flatnonzero(epochs == epoch)
+            these = rows[at]
+            fresh = np.zeros(at.shape[0], dtype=bool)
+            fresh[np.unique(these, return_index=True)[1]] = True  # the first of each row
+            present = self._present.get(epoch)
+            if present is not None:
+                inside = these < present.shape[0]
+                fresh[inside] &= ~present[these[inside]]
+            staged = self._staged.get(epoch)
+            if staged:
+                fresh &= ~np.isin(these, np.fromiter(staged.keys(), dtype=np.int64, count=len(staged)))
+            if not fresh.any():
+                continue
+            take = at[fresh]
+            block, present = self._block(epoch, int(rows[take].max()) + 1)
+            block[rows[take]] = values[take]
+            present[rows[take]] = True
+            taken[take] = True
+        return taken
 
     def _write_staged(self) -> None:
         for epoch, staged in self._staged.items():
