@@ -65,30 +65,39 @@ class HealthTable:
         """``add`` of every signal in order, as array work: ``rows`` and ``epochs`` (n,) int64, ``values`` (n, F)
         float64 in ``HEALTH_FIELDS`` order. Returns (n,) bool: the signals taken (the others leave the table
         unchanged: their slot already had one for that epoch, before the batch or earlier in it)."""
-        taken = np.zeros(rows.shape[0], dtype=bool)
         if rows.shape[0] == 0:
-            return taken
-        single = int(epochs.min()) == int(epochs.max())  # the usual case: one epoch's signals
-        for epoch in [int(epochs[0])] if single else np.unique(epochs).tolist():
-            at = np.arange(rows.shape[0]) if single else np.flatnonzero(epochs == epoch)
-            these = rows[at]
-            fresh = np.zeros(at.shape[0], dtype=bool)
-            fresh[np.unique(these, return_index=True)[1]] = True  # the first of each row
-            present = self._present.get(epoch)
-            if present is not None:
-                inside = these < present.shape[0]
-                fresh[inside] &= ~present[these[inside]]
-            staged = self._staged.get(epoch)
-            if staged:
-                fresh &= ~np.isin(these, np.fromiter(staged.keys(), dtype=np.int64, count=len(staged)))
-            if not fresh.any():
-                continue
-            take = at[fresh]
-            block, present = self._block(epoch, int(rows[take].max()) + 1)
-            block[rows[take]] = values[take]
-            present[rows[take]] = True
-            taken[take] = True
+            return np.zeros(0, dtype=bool)
+        first = int(epochs.min())
+        if first == int(epochs.max()):  # the usual case: one epoch's signals
+            return self._add_epoch(first, rows, values)
+        taken = np.zeros(rows.shape[0], dtype=bool)
+        for epoch in np.unique(epochs).tolist():
+            at = np.flatnonzero(epochs == epoch)
+            taken[at] = self._add_epoch(epoch, rows[at], values[at])
         return taken
+
+    def _add_epoch(self, epoch: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``add_many`` of signals of one epoch, written into its block at once."""
+        if int(np.bincount(rows).max()) > 1:  # a slot twice in the batch: the first stands
+            fresh = np.zeros(rows.shape[0], dtype=bool)
+            fresh[np.unique(rows, return_index=True)[1]] = True
+        else:
+            fresh = np.ones(rows.shape[0], dtype=bool)
+        present = self._present.get(epoch)
+        if present is not None:
+            inside = rows < present.shape[0]
+            fresh[inside] &= ~present[rows[inside]]
+        staged = self._staged.get(epoch)
+        if staged:
+            fresh &= ~np.isin(rows, np.fromiter(staged.keys(), dtype=np.int64, count=len(staged)))
+        if not fresh.all():
+            if not fresh.any():
+                return fresh
+            rows, values = rows[fresh], values[fresh]
+        block, present = self._block(epoch, int(rows.max()) + 1)
+        block[rows] = values
+        present[rows] = True
+        return fresh
 
     def _write_staged(self) -> None:
         for epoch, staged in self._staged.items():

@@ -219,8 +219,8 @@ class RunState:
             return self._apply_health_each(signals)  # ids beyond an Avro int: not from the bus, one by one
         keys, slot_rows = session_keys
         wanted = (layer << _KEY_BITS) | seed
-        at = np.minimum(np.searchsorted(keys, wanted), max(0, keys.shape[0] - 1))
-        known = keys[at] == wanted if keys.shape[0] else np.zeros(n, dtype=bool)
+        at = np.searchsorted(keys, wanted)  # keys end with a sentinel above every key: ``at`` is inside
+        known = keys[at] == wanted
         values = np.fromiter(chain.from_iterable(map(_HEALTH_VALUES, fields)), dtype=np.float64,
                              count=n * len(HEALTH_FIELDS)).reshape(n, len(HEALTH_FIELDS))
         if known.all():  # the usual case: no copy of the batch
@@ -228,13 +228,13 @@ class RunState:
         else:
             taken = np.zeros(n, dtype=bool)
             taken[known] = self.health.add_many(slot_rows[at[known]], epoch[known], values[known])
-        if int(epoch.min()) == int(epoch.max()):  # one epoch's telemetry
-            if taken.any():
-                self.health_per_epoch[int(epoch[0])] += int(taken.sum())
-        else:
+        folded = int(taken.sum())
+        if folded and int(epoch.min()) == int(epoch.max()):  # one epoch's telemetry
+            self.health_per_epoch[int(epoch[0])] += folded
+        elif folded:
             for e, count in zip(*np.unique(epoch[taken], return_counts=True), strict=True):
                 self.health_per_epoch[int(e)] += int(count)
-        if taken.all():
+        if folded == n:
             return []
         refused = []
         for i in np.flatnonzero(~taken).tolist():  # Python only for the refused ones
@@ -254,11 +254,13 @@ class RunState:
         return refused
 
     def _session_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The session's slots as sorted keys (``layer_id << 32 | seed_idx``) and their table rows, built once per
-        session (int64 both); None when a slot's ids do not fit a key."""
+        """The session's slots as sorted keys (``layer_id << 32 | seed_idx``), then a sentinel above any key, and
+        their table rows (-1 for the sentinel), built once per session (int64 both); None when a slot's ids do
+        not fit a key."""
         if "health_keys" not in self.views:
             slots = sorted((((layer_id << _KEY_BITS) | seed_idx), row)
                            for (layer_id, seed_idx), row in self.session_rows.items())
+            slots.append((np.iinfo(np.int64).max, -1))
             fits = all(_fits_key(*slot) for slot in self.session_rows)
             self.views["health_keys"] = (np.array([key for key, _ in slots], dtype=np.int64),
                                          np.array([row for _, row in slots], dtype=np.int64)) if fits else None
