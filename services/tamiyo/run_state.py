@@ -204,7 +204,8 @@ class RunState:
 
     def apply_health_batch(self, signals: Sequence[HealthSignal]) -> list[tuple[int, RejectedEvent]]:
         """``apply_health`` of each signal in order, as array work once the session is known: the same state.
-        Returns the signals refused, as (position in ``signals``, why); those changed nothing."""
+        Returns the signals refused, as (position in ``signals``, why); those changed nothing. The signals are
+        as the contract validates them (integer ids; any number, finite or not, in the health fields)."""
         n = len(signals)
         if self.session is None or n == 0:
             return self._apply_health_each(signals)  # before the session every signal is checked when it comes
