@@ -194,7 +194,7 @@ class Decider:
         if not topology.slots:
             return None, "no action: the session declares no seed slots", None, 0.0
         dormant = (graph.seed_state == _DORMANT) & ~busy
-        undeclared = np.unique(topology.slot_layer_id[dormant & ~topology.slot_declared]).tolist()
+        undeclared_dormant = dormant & ~topology.slot_declared
         dormant &= topology.slot_declared  # a slot without a declared layer has no shape
         assert run.session is not None  # decide() answers runs that have a session
         growth = derive_for(run, graph.epoch, self.chooser.units, issued)
@@ -202,6 +202,7 @@ class Decider:
             dormant &= ~np.isin(topology.slot_layer_id, sorted(growth.widening))
         if not graph.can_germinate or not dormant.any():
             reason = "no germination possible (adaptation off, budget, cooldown, or no dormant slot)"
+            undeclared = np.unique(topology.slot_layer_id[undeclared_dormant]).tolist()
             if undeclared:
                 reason += f"; seed slots on undeclared layers {undeclared} cannot be grown"
             return None, reason, None, 0.0

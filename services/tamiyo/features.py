@@ -297,24 +297,26 @@ def build_graph(run: RunState, epoch: int) -> GraphView:
 
     rows, seeds, active = _seed_rows(run, topology, epoch)
     width = rows.shape[1]
-    seed_x = torch.from_numpy(rows).to(torch.float32)
-
-    # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
-    index = topology.seed_layer
     layers = topology.layer_count
-    layer_x = torch.zeros(layers, width).index_add_(0, index, seed_x) / topology.seed_count
-    empty = topology.seedless
-    if empty is not None:
-        layer_x[empty] = torch.tensor(
-            [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
-    layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, topology.conv
-
     context = torch.tensor([
         current.validation_accuracy, slope(accuracies), min(len(history), 10) / 10,
         current.train_accuracy - current.validation_accuracy, _log1p(current.state.validation_loss),
         budget_left, 1.0 if allowed else 0.0, (epoch + 1) / max(1, spec.epochs), active / max(1, len(topology.slots)),
     ])
-    nodes = torch.cat([layer_x, seed_x])
-    x = torch.cat([nodes, context.expand(nodes.shape[0], -1), topology.node_depth.unsqueeze(1)], dim=1)
+    # Written in place into one (N, F) tensor: no concatenation of its parts.
+    x = torch.empty(layers + rows.shape[0], len(FEATURES))
+    seed_x = x[layers:, :width]
+    seed_x.copy_(torch.from_numpy(rows))  # cast to float32 once
+
+    # Layer rows: the mean of their seeds' rows (a layer without seeds looks healthy and dormant).
+    layer_x = x[:layers, :width]
+    torch.div(torch.zeros(layers, width).index_add_(0, topology.seed_layer, seed_x), topology.seed_count, out=layer_x)
+    empty = topology.seedless
+    if empty is not None:
+        layer_x[empty] = torch.tensor(
+            [0.0, 0.0, 0.0, *_health_features([]), *(1.0 if s is SeedState.DORMANT else 0.0 for s in STATES), 0.0, 0.0])
+    layer_x[:, 0], layer_x[:, 1], layer_x[:, 2] = 1.0, 0.0, topology.conv
+    x[:, width:-1] = context
+    x[:, -1] = topology.node_depth
     return GraphView(epoch, x, topology.edge_index, topology, seeds.state, seeds.since, seeds.ready, seeds.errors,
                      topology.node_layers, allowed)

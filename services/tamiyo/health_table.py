@@ -8,6 +8,10 @@ reading its attributes at the read cost 0.04 + 0.55 µs; staging its values cost
 decision that reads the table waits for less, and the whole costs less. Any per-event numpy or ``array``
 write costs more (0.5-0.85 µs).
 
+A batch of signals (``add_many``: an epoch's, as the decision's fold hands them over) is written straight
+into its epoch's block, one fancy-index write per epoch in the batch, with the same rule as ``add`` one by
+one: the first signal of a (row, epoch) stands, a later one (in the batch or before it) is refused.
+
 ``latest`` answers, for every slot at once, "the last ``last`` signals of epochs <= ``epoch``", which
 is what the features need: no loop over seeds, only over epochs, newest first, and that loop stops as
 soon as every slot has its ``last`` signals (after ``last`` epochs when every slot reports every epoch,
@@ -56,6 +60,44 @@ class HealthTable:
             return False
         staged[row] = _VALUES_OF(signal.__dict__)
         return True
+
+    def add_many(self, rows: np.ndarray, epochs: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``add`` of every signal in order, as array work: ``rows`` and ``epochs`` (n,) int64, ``values`` (n, F)
+        float64 in ``HEALTH_FIELDS`` order. Returns (n,) bool: the signals taken (the others leave the table
+        unchanged: their slot already had one for that epoch, before the batch or earlier in it)."""
+        if rows.shape[0] == 0:
+            return np.zeros(0, dtype=bool)
+        first = int(epochs.min())
+        if first == int(epochs.max()):  # the usual case: one epoch's signals
+            return self._add_epoch(first, rows, values)
+        taken = np.zeros(rows.shape[0], dtype=bool)
+        for epoch in np.unique(epochs).tolist():
+            at = np.flatnonzero(epochs == epoch)
+            taken[at] = self._add_epoch(epoch, rows[at], values[at])
+        return taken
+
+    def _add_epoch(self, epoch: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``add_many`` of signals of one epoch, written into its block at once."""
+        if int(np.bincount(rows).max()) > 1:  # a slot twice in the batch: the first stands
+            fresh = np.zeros(rows.shape[0], dtype=bool)
+            fresh[np.unique(rows, return_index=True)[1]] = True
+        else:
+            fresh = np.ones(rows.shape[0], dtype=bool)
+        present = self._present.get(epoch)
+        if present is not None:
+            inside = rows < present.shape[0]
+            fresh[inside] &= ~present[rows[inside]]
+        staged = self._staged.get(epoch)
+        if staged:
+            fresh &= ~np.isin(rows, np.fromiter(staged.keys(), dtype=np.int64, count=len(staged)))
+        if not fresh.all():
+            if not fresh.any():
+                return fresh
+            rows, values = rows[fresh], values[fresh]
+        block, present = self._block(epoch, int(rows.max()) + 1)
+        block[rows] = values
+        present[rows] = True
+        return fresh
 
     def _write_staged(self) -> None:
         for epoch, staged in self._staged.items():

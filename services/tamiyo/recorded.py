@@ -92,6 +92,9 @@ def fold_run(recorded: RecordedRun) -> RunState:
 
     run = RunState(recorded.run_id)
     for topic in RUN_TOPICS[:-1]:
+        if topic is TopicName.TELEMETRY_SEED_HEALTH:  # the session is folded: one batch, refused ones skipped
+            run.apply_health_batch(recorded.of(topic))
+            continue
         for payload in recorded.of(topic):
             try:
                 fold(run, topic.value, payload)

@@ -15,7 +15,10 @@ is; a duplicate older than that is folded again and meets the fold's own checks 
 health signal or EpochCompleted for one epoch is rejected).
 
 Health signals are kept as arrays (``health_table``: one block per epoch, one row per seed slot), so
-that the features of every seed are read at once at decision time, without a loop over seeds.
+that the features of every seed are read at once at decision time, without a loop over seeds. A batch of
+signals (``apply_health_batch``: an epoch's telemetry, a recorded run's) is folded as array work: its
+fields gathered into arrays once, its slots looked up in a sorted key array of the session's slots, its
+rows written into the table per epoch; the same state and the same refusals as ``apply_health`` one by one.
 
 Memory: a run is forgotten once it is done (completed and every epoch decided) or failed and
 nothing is left to read (``Runs.forget_failed``); its id stays in a bounded set of finished
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import chain, pairwise
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -46,11 +51,22 @@ from contracts import (
     TrainingSessionEvent,
 )
 from services.core.errors import EsperError
-from services.tamiyo.health_table import HealthTable
+from services.tamiyo.health_table import HEALTH_FIELDS, HealthTable
 from services.tamiyo.seed_states import SeedStates
+
+# What a batch of health signals is gathered by: the slot and epoch (int64) and the values (float64), each read
+# from the signal's __dict__ by one C-level getter.
+_SLOT_AND_EPOCH = (itemgetter("layer_id"), itemgetter("seed_idx"), itemgetter("epoch"))
+_HEALTH_VALUES = itemgetter(*HEALTH_FIELDS)
+_KEY_BITS = 32  # a slot's key for the batch lookup: layer_id << 32 | seed_idx (``_fits_key``: both < 2**31)
 
 EVENT_WINDOW = 20_000  # event ids remembered per run for duplicate detection (about 2 MB at most)
 FINISHED_WINDOW = 100_000  # ids of forgotten runs remembered (late events of them are skipped)
+
+
+def _fits_key(*ids: int) -> bool:
+    """Whether slot ids fit the batch lookup's key: each within an Avro int's non-negative range."""
+    return all(0 <= i < 1 << 31 for i in ids)
 
 
 class RejectedEvent(EsperError, ValueError):
@@ -186,6 +202,71 @@ class RunState:
         if not self.health.add(row, epoch, signal):
             raise RejectedEvent(f"second health signal for seed {slot[0]}:{slot[1]} epoch {epoch}")
         self.health_per_epoch[epoch] += 1
+
+    def apply_health_batch(self, signals: Sequence[HealthSignal]) -> list[tuple[int, RejectedEvent]]:
+        """``apply_health`` of each signal in order, as array work once the session is known: the same state.
+        Returns the signals refused, as (position in ``signals``, why); those changed nothing. The signals are
+        as the contract validates them (integer ids; any number, finite or not, in the health fields)."""
+        n = len(signals)
+        if self.session is None or n == 0:
+            return self._apply_health_each(signals)  # before the session every signal is checked when it comes
+        fields = [signal.__dict__ for signal in signals]
+        try:
+            layer, seed, epoch = (np.fromiter(map(get, fields), dtype=np.int64, count=n) for get in _SLOT_AND_EPOCH)
+        except OverflowError:  # beyond int64: no Avro record, only a hand-made signal; the one-by-one path
+            return self._apply_health_each(signals)
+        session_keys = self._session_keys()
+        either = layer | seed  # negative if either is, below 2**31 if both are (non-negative)
+        if session_keys is None or not _fits_key(int(either.min()), int(either.max())):
+            return self._apply_health_each(signals)  # ids beyond an Avro int: not from the bus, one by one
+        keys, slot_rows = session_keys
+        wanted = (layer << _KEY_BITS) | seed
+        at = np.searchsorted(keys, wanted)  # keys end with a sentinel above every key: ``at`` is inside
+        known = keys[at] == wanted
+        values = np.fromiter(chain.from_iterable(map(_HEALTH_VALUES, fields)), dtype=np.float64,
+                             count=n * len(HEALTH_FIELDS)).reshape(n, len(HEALTH_FIELDS))
+        if known.all():  # the usual case: no copy of the batch
+            taken = self.health.add_many(slot_rows[at], epoch, values)
+        else:
+            taken = np.zeros(n, dtype=bool)
+            taken[known] = self.health.add_many(slot_rows[at[known]], epoch[known], values[known])
+        folded = int(taken.sum())
+        if folded and int(epoch.min()) == int(epoch.max()):  # one epoch's telemetry
+            self.health_per_epoch[int(epoch[0])] += folded
+        elif folded:
+            for e, count in zip(*np.unique(epoch[taken], return_counts=True), strict=True):
+                self.health_per_epoch[int(e)] += int(count)
+        if folded == n:
+            return []
+        refused = []
+        for i in np.flatnonzero(~taken).tolist():  # Python only for the refused ones
+            slot = (int(layer[i]), int(seed[i]))
+            refused.append((i, RejectedEvent(
+                f"second health signal for seed {slot[0]}:{slot[1]} epoch {int(epoch[i])}" if known[i]
+                else f"run {self.run_id} has no seed slot {slot[0]}:{slot[1]}")))
+        return refused
+
+    def _apply_health_each(self, signals: Sequence[HealthSignal]) -> list[tuple[int, RejectedEvent]]:
+        refused = []
+        for i, signal in enumerate(signals):
+            try:
+                self.apply_health(signal)
+            except RejectedEvent as exc:
+                refused.append((i, exc))
+        return refused
+
+    def _session_keys(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The session's slots as sorted keys (``layer_id << 32 | seed_idx``), then a sentinel above any key, and
+        their table rows (-1 for the sentinel), built once per session (int64 both); None when a slot's ids do
+        not fit a key."""
+        if "health_keys" not in self.views:
+            slots = sorted((((layer_id << _KEY_BITS) | seed_idx), row)
+                           for (layer_id, seed_idx), row in self.session_rows.items())
+            slots.append((np.iinfo(np.int64).max, -1))
+            fits = all(_fits_key(*slot) for slot in self.session_rows)
+            self.views["health_keys"] = (np.array([key for key, _ in slots], dtype=np.int64),
+                                         np.array([row for _, row in slots], dtype=np.int64)) if fits else None
+        return self.views["health_keys"]
 
     def _apply_health_off_session(self, slot: tuple[int, int], signal: HealthSignal) -> None:
         """A signal before the session arrived (checked then), or of a slot the session does not have."""

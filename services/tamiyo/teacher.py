@@ -149,13 +149,15 @@ def synthetic_run(rng: random.Random) -> tuple[RunState, int]:
                                     system_load=0.5, memory_usage=0.5),
             train_accuracy=min(1.0, acc + rng.uniform(0, 0.05)), validation_accuracy=acc, epoch_seconds=1.0,
             parameter_count=1000))
-        for (layer_id, k), (score, dead) in health.items():
-            run.apply_health(HealthSignal(
-                layer_id=layer_id, seed_idx=k, epoch=epoch, activation_variance=rng.uniform(0, 2),
-                dead_neuron_ratio=min(1.0, max(0.0, dead + rng.gauss(0, 0.02))),
-                avg_correlation=rng.uniform(-0.2, 0.8), gradient_norm=rng.uniform(0, 3),
-                capacity_gain=capacity[layer_id] * math.exp(rng.gauss(0, 0.2)),
-                health_score=min(1.0, max(0.0, score + rng.gauss(0, 0.02))), total_seeds=per_layer))
+        refused = run.apply_health_batch([HealthSignal(
+            layer_id=layer_id, seed_idx=k, epoch=epoch, activation_variance=rng.uniform(0, 2),
+            dead_neuron_ratio=min(1.0, max(0.0, dead + rng.gauss(0, 0.02))),
+            avg_correlation=rng.uniform(-0.2, 0.8), gradient_norm=rng.uniform(0, 3),
+            capacity_gain=capacity[layer_id] * math.exp(rng.gauss(0, 0.2)),
+            health_score=min(1.0, max(0.0, score + rng.gauss(0, 0.02))), total_seeds=per_layer)
+            for (layer_id, k), (score, dead) in health.items()])
+        if refused:  # as apply_health one by one would have raised
+            raise refused[0][1]
     # Some seeds already grown: makes budget, cooldown and slot occupancy vary.
     for seed in session.seeds:
         if rng.random() < 0.25:
